@@ -1,0 +1,147 @@
+"""SLT-Net losses, top-K ACAM, VST transform inversion and box conventions on hand-built tensors."""
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sltnet.boxes import denormalize_boxes, normalize_boxes, pseudo_boxes, read_boxes_csv, write_boxes_csv
+from sltnet.losses import (box_regression_loss, label_in_top_k, semantic_tolerance_loss, top_k_cam,
+                           visual_stimulus_tolerance_loss)
+from sltnet.vst import SpatialParams, VSTConfig, apply_spatial, invert_spatial, transform_batch, vst_map_pair
+from utils.errors import DataError
+
+LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+LABELS = torch.tensor([1, 0])
+LSE = math.log(math.exp(2) + math.exp(1) + 1.0)   # log-sum-exp of (2, 1, 0) = 2.40761
+CE = [LSE - 1.0, LSE - 0.0]                       # per-image cross entropy: 1.40761, 2.40761
+
+
+def test_smt_is_cross_entropy_for_k1_alpha1():
+    got = semantic_tolerance_loss(LOGITS, LABELS, alpha=1.0, k=1)
+    assert got.item() == pytest.approx(sum(CE) / 2, abs=1e-6)
+    assert got.item() == pytest.approx(F.cross_entropy(LOGITS, LABELS).item(), abs=1e-6)
+
+
+def test_smt_scales_only_images_with_label_in_top_k():
+    # K=2: image 0 top-2 = {0, 1} holds label 1 -> alpha * CE; image 1 top-2 = {2, 1} lacks 0 -> CE
+    assert label_in_top_k(LOGITS, LABELS, 2).tolist() == [True, False]
+    per_image = semantic_tolerance_loss(LOGITS, LABELS, alpha=0.4, k=2, reduction="none")
+    assert per_image.tolist() == pytest.approx([0.4 * CE[0], CE[1]], abs=1e-6)
+    # K=3 (all classes): both inside -> alpha * mean CE
+    assert semantic_tolerance_loss(LOGITS, LABELS, alpha=0.4, k=3).item() == pytest.approx(0.4 * sum(CE) / 2, abs=1e-6)
+    # K=1: image 0's top-1 is class 0, not its label -> plain CE for both
+    assert semantic_tolerance_loss(LOGITS, LABELS, alpha=0.4, k=1).item() == pytest.approx(sum(CE) / 2, abs=1e-6)
+    with pytest.raises(ValueError):
+        semantic_tolerance_loss(LOGITS, LABELS, alpha=1.5, k=1)
+
+
+def test_top_k_cam_averages_the_maps_of_the_top_k_classes():
+    cams = torch.zeros(1, 3, 2, 2)
+    cams[0, 0] = 1.0
+    cams[0, 1] = torch.tensor([[3.0, 0.0], [0.0, 3.0]])
+    cams[0, 2] = torch.tensor([[1.0, 5.0], [1.0, 1.0]])
+    logits = torch.tensor([[0.1, 0.9, 0.5]])           # top-2 = classes 1 and 2
+    assert top_k_cam(cams, logits, 2)[0].tolist() == [[2.0, 2.5], [0.5, 2.0]]
+    assert top_k_cam(cams, logits, 1)[0].tolist() == cams[0, 1].tolist()
+    assert torch.allclose(top_k_cam(cams, logits, 10)[0], cams[0].mean(0))
+
+
+def _smooth_maps(size=16):
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    a = torch.exp(-((x - 0.3) ** 2 + (y + 0.2) ** 2) / 0.5)
+    b = torch.exp(-((x + 0.4) ** 2 + y ** 2) / 0.8)
+    return torch.stack([torch.stack([a, b]), torch.stack([b, a])])   # [2, 2, size, size]
+
+
+def test_flip_inverts_exactly_and_scale_within_interpolation_error():
+    maps = _smooth_maps()
+    flip_only = SpatialParams(flip=torch.tensor([True, False]), size=(16, 16))
+    flipped = apply_spatial(maps, flip_only)
+    assert torch.equal(flipped[0], maps[0].flip(-1)) and torch.equal(flipped[1], maps[1])
+    assert torch.equal(invert_spatial(flipped, flip_only, (16, 16)), maps)
+    for size in [(24, 24), (12, 12)]:
+        params = SpatialParams(flip=torch.tensor([True, True]), size=size)
+        moved = apply_spatial(maps, params)
+        assert moved.shape[-2:] == size
+        back = invert_spatial(moved, params, (16, 16))
+        assert (back - maps).abs().max().item() < 0.05
+        assert (back - maps).abs().max().item() > 0          # it is a real resampling
+
+
+def _pool_localizer(images, stride=4):
+    """A localizer whose 'CAMs' are average-pooled image channels: equivariant to flip and scale."""
+    return F.avg_pool2d(images, stride)
+
+
+def test_vst_loss_zero_for_equivariant_map_and_positive_otherwise():
+    torch.manual_seed(0)
+    images = _smooth_maps(32).repeat(1, 2, 1, 1)[:, :3]      # [2, 3, 32, 32], smooth content
+    cfg = VSTConfig(flip_prob=0.5, scale_min=1.0, scale_max=1.0, brightness=0, contrast=0, saturation=0,
+                    hue=0, size_multiple=4)
+    transformed, params = transform_batch(images, cfg, rng=random.Random(3))
+    assert params.size == (32, 32) and sorted(params.flip.tolist()) == [False, True]   # seeded: one image flipped
+    cams, cams_t = _pool_localizer(images), _pool_localizer(transformed)
+    m_o, m_it = vst_map_pair(cams, cams_t, params, cfg)
+    assert visual_stimulus_tolerance_loss(m_o, m_it).item() == 0.0
+    # a map that does not follow the flip (position-fixed) gives a positive loss
+    m_o2, m_it2 = vst_map_pair(cams, cams_t.flip(-1), params, cfg)
+    assert visual_stimulus_tolerance_loss(m_o2, m_it2).item() > 1e-4
+    # with a scale the equivariant map still gives (almost) zero loss
+    cfg_s = VSTConfig(scale_min=1.5, scale_max=1.5, brightness=0, contrast=0, saturation=0, hue=0, size_multiple=4)
+    transformed, params = transform_batch(images, cfg_s, rng=random.Random(1))
+    assert params.size == (48, 48)
+    m_o, m_it = vst_map_pair(cams, _pool_localizer(transformed), params, cfg_s)
+    assert visual_stimulus_tolerance_loss(m_o, m_it).item() < 1e-3
+
+
+def test_vst_map_selection_and_normalisation():
+    cams = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    params = SpatialParams(flip=torch.tensor([False, False]), size=(2, 2))
+    logits = torch.tensor([[0.0, 1.0, 2.0], [5.0, 0.0, 1.0]])
+    cfg = VSTConfig(maps="topk", normalize="max")
+    m_o, m_it = vst_map_pair(cams, cams, params, cfg, logits=logits, k=1)
+    assert m_o.shape == (2, 1, 2, 2)
+    assert m_o[0, 0].flatten().tolist() == pytest.approx([8 / 11, 9 / 11, 10 / 11, 1.0], abs=1e-5)   # class 2 / max
+    m_o, _ = vst_map_pair(cams, cams, params, VSTConfig(maps="gt"), labels=torch.tensor([1, 0]))
+    assert m_o[:, 0].tolist() == [cams[0, 1].tolist(), cams[1, 0].tolist()]
+
+
+def test_box_normalisation_round_trip():
+    boxes = np.array([[0, 0, 223, 223], [10, 20, 110, 60]], dtype=np.float64)
+    norm = normalize_boxes(boxes, 224)
+    assert norm[1].tolist() == pytest.approx([10 / 224, 20 / 224, 110 / 224, 60 / 224])
+    assert np.allclose(denormalize_boxes(norm, 224), boxes, atol=1e-9)
+    rect = normalize_boxes(torch.tensor([[30.0, 10.0, 60.0, 40.0]]), (300, 100))  # (width, height)
+    assert rect[0].tolist() == pytest.approx([0.1, 0.1, 0.2, 0.4])
+    assert torch.allclose(denormalize_boxes(rect, (300, 100)), torch.tensor([[30.0, 10.0, 60.0, 40.0]]))
+
+
+def test_regression_loss_is_summed_smooth_l1():
+    pred = torch.tensor([[0.5, 0.5, 2.5, 0.0]])
+    target = torch.zeros(1, 4)
+    # 0.5*0.25 + 0.5*0.25 + (2.5 - 0.5) + 0
+    assert box_regression_loss(pred, target).item() == pytest.approx(2.25)
+
+
+def test_pseudo_box_of_a_block():
+    maps = torch.zeros(2, 16, 16)
+    maps[0, 4:8, 2:10] = 1.0      # rows 4..7, cols 2..9 -> x0=2, y0=4, x1=2+8, y1=4+4
+    maps[1, 0, 0] = 0.1           # below 0.2 of max after min-max? it IS the max -> whole pixel box
+    boxes = pseudo_boxes(maps, 16, 0.2)
+    assert boxes[0].tolist() == [2, 4, 10, 8]
+    assert boxes[1].tolist() == [0, 0, 1, 1]
+
+
+def test_boxes_csv_round_trip_and_errors(tmp_path):
+    path = tmp_path / "boxes.csv"
+    write_boxes_csv(path, ["a/x.jpg", "b/y.jpg"], [[1, 2, 3, 4], [0, 0, 5, 6]], meta={"input_size": 224})
+    boxes, meta = read_boxes_csv(path)
+    assert boxes["b/y.jpg"].tolist() == [0, 0, 5, 6] and meta == {"input_size": 224}
+    with pytest.raises(DataError, match="localizer"):
+        read_boxes_csv(tmp_path / "missing.csv")
+    path.write_text("image_id,x0,y0,x1,y1\na.jpg,1,2,3\n")
+    with pytest.raises(DataError, match=r"boxes.csv:2:"):
+        read_boxes_csv(path)
