@@ -1,0 +1,206 @@
+"""SPOL networks: the multiplicative shallow x deep CAM model and the class-agnostic segmentation model.
+
+Both share one body (Wei et al., CVPR 2021, Sec. 3.1-3.2):
+
+* ``bkbone``: torchvision ResNet-50 without ``fc`` (module names ``conv1, bn1, layer1..layer4``),
+  returning layer2/3/4 outputs ``out3, out4, out5`` (512/1024/2048 channels, strides 8/16/32).
+* channel gating from global context: ``a_i = relu(bn{i}1(fc{i}1(gap(out_i))))`` for i in 5, 4, 3;
+  ``vector = a5 * a4 * a3`` (128-d); ``out_i = sigmoid(fc{i}2(vector)) * out_i``.
+* projection: ``out_i = relu(bn{i}(linear{i}(out_i)))`` (128 channels); out5 and out4 are resized
+  bilinearly (align_corners=True) to out3's size (stride 8).
+* fusion: ``fused = out5 * out4 * out3`` (element-wise: the shallow-feature-aware multiplication).
+* head ``linear``: 1x1 conv 128 -> C, fed through dropout p=0.5 while ``self.training``.
+
+The attribute names are exactly those of the released checkpoints (368 keys each, listed with their
+shapes in the reference JSON), so a released state dict loads with strict key and shape checking
+(:func:`load_spol_weights`).
+
+Outputs (all at stride 8, e.g. 28x28 for a 224x224 input):
+
+* :class:`CAMModel` ``forward(x)`` -> ``(deep, fused)`` raw class maps ``[B, K, h, w]``: ``deep`` is
+  ``linear(dropout(out5))`` (the CUB loss's ``pred1``), ``fused`` is ``linear(dropout(out5*out4*out3))``
+  (``pred2``). Training averages them spatially to logits (:func:`spol.losses.map_logits`).
+  ``cam(x)`` -> ``relu(fused)``: the class activation maps the pseudo masks are made from.
+* :class:`SegModel` ``forward(x)`` -> ``[B, 1, h, w]`` foreground logits (no ReLU).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+RESNET50_WEIGHTS = "resnet50-19c8e357.pth"  # torchvision's ImageNet ResNet-50 file, placed in resource/
+RESNET50_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
+FEATURE_DIM = 128
+
+
+class ResNet50Body(torchvision.models.ResNet):
+    """torchvision ResNet-50 whose state-dict keys are torchvision's minus ``fc`` (``conv1.weight`` ...).
+
+    ``forward`` returns ``(out3, out4, out5)`` = layer2, layer3, layer4 outputs.
+    ``freeze_stem=True`` freezes conv1/bn1 (the reference's ImageNet CAM training): no gradients, and
+    bn1 keeps its running statistics (stays in eval mode whatever ``train()`` is called with).
+    """
+
+    def __init__(self, freeze_stem: bool = False):
+        super().__init__(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3])
+        del self.fc, self.avgpool
+        self.freeze_stem = freeze_stem
+        if freeze_stem:
+            for p in list(self.conv1.parameters()) + list(self.bn1.parameters()):
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_stem:
+            self.bn1.eval()
+        return self
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out2 = self.layer1(x)
+        out3 = self.layer2(out2)
+        out4 = self.layer3(out3)
+        out5 = self.layer4(out4)
+        return out3, out4, out5
+
+
+def resnet50_weight_path(resource_dir=None):
+    """Path of the ImageNet ResNet-50 weights (``resource/resnet50-19c8e357.pth``)."""
+    from utils.paths import RESOURCE_DIR
+
+    return os.path.join(os.fspath(resource_dir or RESOURCE_DIR), RESNET50_WEIGHTS)
+
+
+def load_imagenet_resnet50(body: ResNet50Body, resource_dir=None) -> None:
+    """Load torchvision's ImageNet ResNet-50 into ``body`` (strict: only ``fc.*`` may be dropped)."""
+    from utils.checkpoint import load_checkpoint, load_state_dict_checked
+
+    path = resnet50_weight_path(resource_dir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: download {RESNET50_URL} and place it there (or pass --pretrained none)")
+    state = load_checkpoint(path)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    load_state_dict_checked(body, state, source=path)
+
+
+def _conv1x1(cin, cout):
+    return nn.Conv2d(cin, cout, kernel_size=1, bias=True)
+
+
+class SPOLNet(nn.Module):
+    """The shared body + a 1x1 head with ``num_outputs`` channels (see the module docstring)."""
+
+    def __init__(self, num_outputs: int, *, pretrained: str = "imagenet", freeze_stem: bool = False,
+                 dropout: float = 0.5, resource_dir=None):
+        super().__init__()
+        if pretrained not in ("imagenet", "none"):
+            raise ValueError(f"pretrained must be 'imagenet' or 'none', got {pretrained!r}")
+        self.bkbone = ResNet50Body(freeze_stem=freeze_stem)
+        for i, channels in ((5, 2048), (4, 1024), (3, 512)):
+            setattr(self, f"fc{i}1", _conv1x1(channels, FEATURE_DIM))
+            setattr(self, f"bn{i}1", nn.BatchNorm2d(FEATURE_DIM))
+            setattr(self, f"fc{i}2", _conv1x1(FEATURE_DIM, channels))
+        for i, channels in ((5, 2048), (4, 1024), (3, 512)):
+            setattr(self, f"linear{i}", _conv1x1(channels, FEATURE_DIM))
+            setattr(self, f"bn{i}", nn.BatchNorm2d(FEATURE_DIM))
+        self.linear = _conv1x1(FEATURE_DIM, num_outputs)
+        self.dropout = nn.Dropout(dropout)  # switched by self.training (no "mode" string)
+        self._init_head()
+        if pretrained == "imagenet":
+            load_imagenet_resnet50(self.bkbone, resource_dir)
+
+    def _init_head(self):
+        # reference initialisation of the non-backbone layers
+        for name, m in self.named_modules():
+            if name.startswith("bkbone"):
+                continue
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def head_parameters(self):
+        """Every parameter outside ``bkbone`` (the reference trains them at the base lr)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("bkbone.")]
+
+    def backbone_parameters(self):
+        """Trainable ``bkbone`` parameters (frozen stem excluded)."""
+        return [p for p in self.bkbone.parameters() if p.requires_grad]
+
+    def features(self, x):
+        """Gated, projected maps ``(out5, out4, out3)``, each ``[B, 128, h, w]`` at stride 8."""
+        out3, out4, out5 = self.bkbone(x)
+        vector = None
+        for i, out in ((5, out5), (4, out4), (3, out3)):
+            pooled = F.adaptive_avg_pool2d(out, 1)
+            a = F.relu(getattr(self, f"bn{i}1")(getattr(self, f"fc{i}1")(pooled)))
+            vector = a if vector is None else vector * a
+        outs = []
+        for i, out in ((5, out5), (4, out4), (3, out3)):
+            out = torch.sigmoid(getattr(self, f"fc{i}2")(vector)) * out
+            outs.append(F.relu(getattr(self, f"bn{i}")(getattr(self, f"linear{i}")(out))))
+        out5, out4, out3 = outs
+        size = out3.shape[2:]
+        out5 = F.interpolate(out5, size=size, mode="bilinear", align_corners=True)
+        out4 = F.interpolate(out4, size=size, mode="bilinear", align_corners=True)
+        return out5, out4, out3
+
+    def fused_map(self, x):
+        out5, out4, out3 = self.features(x)
+        return self.linear(self.dropout(out5 * out4 * out3))
+
+
+class CAMModel(SPOLNet):
+    """Multiplicative shallow x deep CAM model; ``num_classes`` output maps."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(num_classes, **kwargs)
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        """``(deep, fused)`` raw class maps at stride 8 (``pred1``, ``pred2`` of the CUB loss)."""
+        out5, out4, out3 = self.features(x)
+        deep = self.linear(self.dropout(out5))
+        fused = self.linear(self.dropout(out5 * out4 * out3))
+        return deep, fused
+
+    def cam(self, x):
+        """Class activation maps ``relu(fused)`` ``[B, K, h, w]`` (the head's ReLU)."""
+        return F.relu(self.fused_map(x))
+
+
+class SegModel(SPOLNet):
+    """Class-agnostic segmentation model: one foreground-logit map at stride 8, no ReLU."""
+
+    def __init__(self, **kwargs):
+        super().__init__(1, **kwargs)
+
+    def forward(self, x):
+        return self.fused_map(x)
+
+
+def load_spol_weights(model: nn.Module, path, *, source_stage: str = "") -> nn.Module:
+    """Load a released SPOL state dict or one of our own ``model.pth`` files into ``model``.
+
+    Strict: an unexpected or missing key, or a shape mismatch, is an error naming the key; fp16
+    tensors (the released files were saved under apex O2) are converted to float32.
+    A training checkpoint (``checkpoint.pth`` with a ``"model"`` entry) is accepted too.
+    """
+    from utils.checkpoint import load_checkpoint, load_state_dict_checked
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        hint = f": run {source_stage} first (or pass --checkpoint)" if source_stage else ""
+        raise FileNotFoundError(f"{path} not found{hint}")
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    load_state_dict_checked(model, state, source=path)
+    return model

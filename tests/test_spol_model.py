@@ -1,0 +1,133 @@
+"""SPOL CAM / seg models: stride-8 output shapes, dropout by model.training, and strict loading of
+state dicts with exactly the keys and shapes of the four released checkpoints."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import spol
+from spol.model import CAMModel, SegModel, load_spol_weights
+
+SHAPES_JSON = Path(spol.__file__).resolve().parent / "reference" / "released_state_dict_shapes.json"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _released_shapes():
+    return json.loads(SHAPES_JSON.read_text())
+
+
+def _fake_release(shapes: dict) -> dict:
+    """Random tensors with exactly the released keys/shapes; every third one in fp16 (apex O2)."""
+    state = {}
+    gen = torch.Generator().manual_seed(0)
+    for i, (key, shape) in enumerate(shapes.items()):
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(7, dtype=torch.long)
+            continue
+        t = torch.rand(shape, generator=gen) + 0.5
+        state[key] = t.half() if i % 3 == 0 else t
+    return state
+
+
+def _model_for(entry: str):
+    if entry.endswith("-seg"):
+        return SegModel(pretrained="none")
+    return CAMModel(200 if entry.startswith("cub") else 1000, pretrained="none")
+
+
+def test_cam_model_outputs_stride8_maps():
+    torch.manual_seed(0)
+    model = CAMModel(5, pretrained="none").eval()
+    x = torch.randn(2, 3, 64, 72)
+    with torch.no_grad():
+        deep, fused = model(x)
+        cam = model.cam(x)
+    assert deep.shape == fused.shape == cam.shape == (2, 5, 8, 9)
+    assert (cam >= 0).all()
+    assert torch.allclose(cam, torch.relu(fused))
+
+
+def test_seg_model_outputs_one_logit_channel_without_relu():
+    torch.manual_seed(0)
+    model = SegModel(pretrained="none").eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 1, 8, 8)
+    assert (out < 0).any()  # logits: no ReLU on the seg head
+
+
+def test_dropout_follows_model_training_flag():
+    torch.manual_seed(0)
+    model = SegModel(pretrained="none")
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+    model.train()
+    model.bkbone.eval()  # keep BN statistics out of the comparison
+    for name in ("bn51", "bn41", "bn31", "bn5", "bn4", "bn3"):
+        getattr(model, name).eval()
+    with torch.no_grad():
+        c, d = model(x), model(x)
+    assert not torch.equal(c, d)
+
+
+def test_frozen_stem_has_no_trainable_parameters_and_bn1_stays_in_eval():
+    model = CAMModel(3, pretrained="none", freeze_stem=True).train()
+    assert not model.bkbone.conv1.weight.requires_grad and not model.bkbone.bn1.weight.requires_grad
+    assert not model.bkbone.bn1.training and model.bkbone.layer1.training
+    ids = {id(p) for p in model.backbone_parameters()}
+    assert id(model.bkbone.conv1.weight) not in ids and id(model.bkbone.layer4[2].conv3.weight) in ids
+
+
+@pytest.mark.parametrize("entry", ["cub200-cam", "cub200-seg", "imagenet-cam", "imagenet-seg"])
+def test_model_keys_and_shapes_equal_released_checkpoint(entry):
+    shapes = _released_shapes()[entry]
+    own = {k: list(v.shape) for k, v in _model_for(entry).state_dict().items()}
+    assert own == shapes
+
+
+@pytest.mark.parametrize("entry", ["cub200-cam", "imagenet-seg"])
+def test_released_state_dict_loads_strictly_as_float32(entry, tmp_path):
+    state = _fake_release(_released_shapes()[entry])
+    path = tmp_path / "released.pth"
+    torch.save(state, path)
+    model = load_spol_weights(_model_for(entry), path)
+    loaded = model.state_dict()
+    assert loaded["linear.weight"].dtype == torch.float32
+    key16 = next(k for k, v in state.items() if v.dtype == torch.float16)
+    assert torch.equal(loaded[key16], state[key16].float())
+    assert torch.equal(loaded["bkbone.layer3.0.conv2.weight"], state["bkbone.layer3.0.conv2.weight"].float())
+
+
+def test_wrong_shape_or_extra_key_fails_naming_the_key(tmp_path):
+    state = _fake_release(_released_shapes()["cub200-seg"])
+    state["linear.weight"] = torch.zeros(2, 128, 1, 1)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="linear.weight"):
+        load_spol_weights(SegModel(pretrained="none"), path)
+    state = _fake_release(_released_shapes()["cub200-seg"])
+    state["fc.weight"] = torch.zeros(3)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="fc.weight"):
+        load_spol_weights(SegModel(pretrained="none"), path)
+
+
+def test_missing_weight_file_names_the_stage(tmp_path):
+    with pytest.raises(FileNotFoundError, match="spol/cam/train.py"):
+        load_spol_weights(SegModel(pretrained="none"), tmp_path / "model.pth", source_stage="spol/cam/train.py")
+
+
+def test_missing_imagenet_backbone_file_is_an_error_not_random_init(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resnet50-19c8e357.pth"):
+        SegModel(pretrained="imagenet", resource_dir=tmp_path)
