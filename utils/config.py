@@ -1,0 +1,259 @@
+"""Command-line options with YAML configuration files (timm-style).
+
+Every stage script builds an ``argparse`` parser (``get_args_parser()``) and calls
+``parse_args(parser, stage="cam")``. ``--config FILE.yaml`` is added automatically.
+
+Precedence, lowest to highest::
+
+    parser defaults < YAML top-level keys < YAML "<stage>:" mapping < explicit command line
+
+A YAML file looks like::
+
+    batch_size: 32          # applies to every stage that has --batch-size
+    lr: 0.02
+    cam:                    # applies to the "cam" stage only, wins over the top level
+      epochs: 10
+    seg:                    # ignored by every stage but "seg"
+      epochs: 2
+
+Keys are option destinations (``batch_size``; ``batch-size`` is accepted too). A key the
+stage's parser does not have is an error naming the file, the line and the key: a typo is
+never silently ignored. Values are converted with the option's ``type`` and checked
+against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML
+booleans; options with ``nargs`` take YAML lists.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.errors import DataError
+from utils.io import atomic_write_text
+from utils.paths import CONFIG_DIR, REPO_ROOT
+
+_FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+_SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options every training / testing stage shares.
+
+    Stage scripts change defaults with ``parser.set_defaults(batch_size=..., epochs=...)``
+    and derive ``output_dir`` / ``data_root`` when left as ``None``.
+    """
+    g = parser.add_argument_group("common")
+    g.add_argument("--output-dir", type=str, default=None,
+                   help="stage output folder (default: output/<method>/<dataset>/<stage> under the repository)")
+    g.add_argument("--data-root", type=str, default=None,
+                   help="dataset root folder (default chosen by the stage from --layout, under dataset/)")
+    g.add_argument("--layout", type=str, default="cub", choices=["cub", "ilsvrc", "metadata"],
+                   help="dataset layout: CUB-200-2011 files, ILSVRC folders, or wsolevaluation metadata")
+    g.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = cuda:LOCAL_RANK when CUDA is available, else cpu")
+    g.add_argument("--amp", type=str, default="off", choices=["off", "bf16", "fp16"],
+                   help="mixed precision (torch.autocast); fp16 also enables a GradScaler")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
+                   help="deterministic algorithms (slower); with the same seed a run is repeatable")
+    g.add_argument("--workers", type=int, default=2, help="data loader worker processes per GPU")
+    g.add_argument("--batch-size", type=int, default=32, help="images per GPU (per process)")
+    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument("--pretrained", type=str, default="imagenet", choices=["imagenet", "none"],
+                   help="backbone initialisation: ImageNet weights from resource/, or random (none)")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from output_dir/checkpoint.pth when it exists")
+    g.add_argument("--log-every", type=int, default=10, help="steps between log.jsonl lines")
+    g.add_argument("--save-every-steps", type=int, default=0,
+                   help="also checkpoint every N optimizer steps (0: only at epoch ends)")
+    g.add_argument("--max-steps-per-epoch", type=int, default=0,
+                   help="cap the steps of each epoch (0: no cap; for smoke runs)")
+    return parser
+
+
+def _find_config(path_text: str) -> Path:
+    """A relative config path is tried against the cwd, then the repository root, then configs/."""
+    path = Path(path_text).expanduser()
+    candidates = [path] if path.is_absolute() else [path, REPO_ROOT / path, CONFIG_DIR / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise DataError.at(path, None, "config file not found (also looked under "
+                       f"{REPO_ROOT} and {CONFIG_DIR})")
+
+
+def _load_yaml_with_lines(path: Path) -> tuple[dict, dict]:
+    """Return (mapping, lines) where lines maps key tuples to 1-based line numbers."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DataError.at(path, line, f"invalid YAML: {problem}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise DataError.at(path, 1, "a config file must be a YAML mapping of option names to values")
+    lines: dict[tuple, int] = {}
+    for key_node, value_node in node.value:
+        lines[(key_node.value,)] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            for sub_key, _ in value_node.value:
+                lines[(key_node.value, sub_key.value)] = sub_key.start_mark.line + 1
+    return data, lines
+
+
+def _convert(action: argparse.Action, value: Any, path: Path, line: int | None, key: str) -> Any:
+    """Convert a YAML value as argparse would convert the same text on the command line."""
+    def fail(msg: str):
+        raise DataError.at(path, line, f"option '{key}': {msg}")
+
+    if isinstance(action, _FLAG_ACTIONS):
+        if not isinstance(value, bool):
+            fail(f"expected true or false, got {value!r}")
+        return value  # the destination's value (for store_false too), not "the flag was given"
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreConstAction, argparse._AppendConstAction, argparse._CountAction)):
+        return value
+    multiple = action.nargs in ("+", "*") or isinstance(action.nargs, int) or isinstance(
+        action, argparse._AppendAction)
+    if multiple:
+        items = value if isinstance(value, list) else [value]
+        if isinstance(action.nargs, int) and len(items) != action.nargs:
+            fail(f"expected {action.nargs} values, got {len(items)}")
+        if action.nargs == "+" and not items:
+            fail("expected at least one value")
+        return [_convert_one(action, item, fail) for item in items]
+    if isinstance(value, (list, dict)):
+        fail(f"expected a single value, got {type(value).__name__} {value!r}")
+    return _convert_one(action, value, fail)
+
+
+def _convert_one(action: argparse.Action, value: Any, fail) -> Any:
+    kind = action.type
+    if kind is None or kind is str:
+        if isinstance(value, bool):
+            fail(f"expected text, got the boolean {value!r} (quote it in YAML)")
+        converted = str(value)
+    elif kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            fail(f"expected an integer, got {value!r}")
+        try:
+            converted = int(value)
+        except (TypeError, ValueError):
+            fail(f"expected an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool):
+            fail(f"expected a number, got {value!r}")
+        try:
+            converted = float(value)  # YAML reads "1e-3" as text: float() handles it
+        except (TypeError, ValueError):
+            fail(f"expected a number, got {value!r}")
+    else:
+        try:
+            converted = kind(value if isinstance(value, str) else str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            fail(f"invalid value {value!r}: {exc}")
+    if action.choices is not None and converted not in action.choices:
+        fail(f"{converted!r} is not one of {list(action.choices)}")
+    return converted
+
+
+def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> dict[str, Any]:
+    data, lines = _load_yaml_with_lines(path)
+    actions = {a.dest: a for a in parser._actions
+               if not isinstance(a, _SKIP_ACTIONS) and a.dest not in ("config", argparse.SUPPRESS)}
+    values: dict[str, Any] = {}
+
+    def apply(key: Any, value: Any, where: tuple) -> None:
+        line = lines.get(where)
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            section = f" in section '{stage}'" if len(where) == 2 else ""
+            raise DataError.at(path, line, f"unknown key '{key}'{section}: the '{stage}' stage has "
+                               f"no option --{dest.replace('_', '-')}")
+        values[dest] = _convert(actions[dest], value, path, line, str(key))
+
+    stage_section = None
+    for key, value in data.items():
+        if isinstance(value, dict):
+            # a mapping is a stage section; other stages' sections are not ours to check
+            if key == stage:
+                stage_section = value
+            elif str(key).replace("-", "_") in actions:
+                raise DataError.at(path, lines.get((key,)), f"option '{key}' must be a single value, "
+                                   "not a mapping")
+            continue
+        apply(key, value, (key,))
+    for key, value in (stage_section or {}).items():
+        if isinstance(value, dict):
+            raise DataError.at(path, lines.get((stage, key)), f"'{stage}.{key}': nested sections are "
+                               "not supported")
+        apply(key, value, (stage, key))
+    return values
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *,
+               stage: str) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``) with YAML defaults from ``--config``.
+
+    The returned namespace has ``config`` (the resolved config path or None) and
+    ``stage``-independent option values; see the module docstring for precedence.
+    """
+    if not any("--config" in a.option_strings for a in parser._actions):
+        parser.add_argument("--config", type=str, default=None,
+                            help="YAML file of option values (top level: every stage; "
+                                 f"a mapping named like the stage, e.g. '{stage}:', this stage only)")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=str, default=None)
+    known, _ = pre.parse_known_args(argv)
+    config_path = None
+    if known.config:
+        config_path = _find_config(known.config)
+        values = _yaml_defaults(parser, config_path, stage)
+        # options given by the file are no longer "required" on the command line
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    args.config = str(config_path) if config_path is not None else None
+    return args
+
+
+def args_to_dict(args: argparse.Namespace | dict) -> dict[str, Any]:
+    """A plain dict of builtins (paths become text, tuples lists), safe for YAML, JSON and checkpoints."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return str(value)
+
+    items = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return {k: plain(v) for k, v in items.items()}
+
+
+def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike) -> Path | None:
+    """Write every resolved option to ``output_dir/args.yaml`` (atomic); only rank 0 writes.
+
+    The file can be given back with ``--config`` to repeat the run (``config`` itself is left out).
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    values = args_to_dict(args)
+    values.pop("config", None)
+    path = Path(output_dir) / "args.yaml"
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
+    return path
