@@ -85,7 +85,7 @@ def test_vst_loss_zero_for_equivariant_map_and_positive_otherwise():
     assert params.size == (32, 32) and sorted(params.flip.tolist()) == [False, True]   # seeded: one image flipped
     cams, cams_t = _pool_localizer(images), _pool_localizer(transformed)
     m_o, m_it = vst_map_pair(cams, cams_t, params, cfg)
-    assert visual_stimulus_tolerance_loss(m_o, m_it).item() == 0.0
+    assert visual_stimulus_tolerance_loss(m_o, m_it).item() < 1e-12   # zero up to float summation order
     # a map that does not follow the flip (position-fixed) gives a positive loss
     m_o2, m_it2 = vst_map_pair(cams, cams_t.flip(-1), params, cfg)
     assert visual_stimulus_tolerance_loss(m_o2, m_it2).item() > 1e-4
