@@ -192,15 +192,11 @@ def load_spol_weights(model: nn.Module, path, *, source_stage: str = "") -> nn.M
     Strict: an unexpected or missing key, or a shape mismatch, is an error naming the key; fp16
     tensors (the released files were saved under apex O2) are converted to float32.
     A training checkpoint (``checkpoint.pth`` with a ``"model"`` entry) is accepted too.
+    ``source_stage`` (e.g. ``"spol/cam/train.py"``) is named in the error for a missing file.
     """
     from utils.checkpoint import load_checkpoint, load_state_dict_checked
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        hint = f": run {source_stage} first (or pass --checkpoint)" if source_stage else ""
-        raise FileNotFoundError(f"{path} not found{hint}")
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    state = load_checkpoint(path, producer=source_stage or None)  # missing file: names the stage
     load_state_dict_checked(model, state, source=path)
     return model
