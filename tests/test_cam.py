@@ -1,0 +1,135 @@
+"""utils.cam: CAMs, normalisation, resizing and the two named box rules, on hand-built maps."""
+import numpy as np
+import pytest
+import torch
+
+from utils.cam import (boxes_from_contours, boxes_from_maps, cam_from_features, normalize_max,
+                       normalize_minmax, quantize_scoremap, resize_maps)
+
+
+def test_cam_from_features_one_and_several_classes():
+    # features of one image: channel 0 = [[1, 2], [3, 4]], channel 1 = [[0, 1], [0, 1]]
+    feats = torch.tensor([[[[1., 2.], [3., 4.]], [[0., 1.], [0., 1.]]]])
+    weight = torch.tensor([[1., 0.], [0., 1.], [2., -1.]])  # 3 classes x 2 channels
+    # class 2: 2 * ch0 - ch1 = [[2, 3], [6, 7]]
+    assert torch.equal(cam_from_features(feats, weight, torch.tensor([2])), torch.tensor([[[2., 3.], [6., 7.]]]))
+    # classes {0, 1}: mean of ch0 and ch1 = [[0.5, 1.5], [1.5, 2.5]]
+    out = cam_from_features(feats, weight, torch.tensor([[0, 1]]))
+    assert torch.allclose(out, torch.tensor([[[0.5, 1.5], [1.5, 2.5]]]))
+    # a 1x1 conv weight [K, C, 1, 1] gives the same map
+    assert torch.equal(cam_from_features(feats, weight[:, :, None, None], torch.tensor([2])),
+                       cam_from_features(feats, weight, torch.tensor([2])))
+
+
+def test_normalize_minmax_numpy_and_torch():
+    x = np.array([[[0., 2.], [4., 2.]], [[3., 3.], [3., 3.]], [[np.nan, 1.], [0., 2.]]])
+    # map 0: (x - 0) / 4; map 1 constant -> zeros; map 2 has a NaN -> zeros (never NaN)
+    expected = np.array([[[0., .5], [1., .5]], [[0., 0.], [0., 0.]], [[0., 0.], [0., 0.]]])
+    out = normalize_minmax(x)
+    assert np.array_equal(out, expected)
+    out_t = normalize_minmax(torch.from_numpy(x).float())
+    assert isinstance(out_t, torch.Tensor) and torch.equal(out_t, torch.from_numpy(expected).float())
+    assert np.array_equal(normalize_minmax(np.array([[1., 5.]])), np.array([[0., 1.]]))  # one 2-D map
+
+
+def test_normalize_max():
+    x = torch.tensor([[[0., 2.], [4., 2.]]])
+    assert torch.allclose(normalize_max(x, eps=0.0), torch.tensor([[[0., .5], [1., .5]]]))
+    assert torch.equal(normalize_max(torch.zeros(1, 2, 2)), torch.zeros(1, 2, 2))  # 0 / (0 + eps)
+
+
+def test_resize_maps_bilinear():
+    x = torch.tensor([[[0., 1.], [0., 1.]]])
+    out = resize_maps(x, 4)
+    assert out.shape == (1, 4, 4)
+    # align_corners=False: output x centres at 0.125, 0.375, 0.625, 0.875 of the input width
+    # -> source coords -0.25 (clamped 0), 0.25, 0.75, 1.25 (clamped 1) -> values 0, .25, .75, 1
+    assert torch.allclose(out[0, 0], torch.tensor([0., .25, .75, 1.]))
+    assert resize_maps(x, (3, 5)).shape == (1, 3, 5)
+
+
+def test_choe_box_rule_single_block_and_right_edge_clamp():
+    m = np.zeros((6, 8))
+    m[1:3, 2:5] = 1.0  # rows 1-2, cols 2-4: boundingRect x=2, y=1, w=3, h=2
+    assert boxes_from_maps(m, 0.5)[0].tolist() == [[2, 1, 5, 3]]  # x1 = x + w, y1 = y + h
+    m = np.zeros((6, 8))
+    m[1:3, 5:8] = 1.0  # x=5, w=3 -> x + w = 8 clamped to W - 1 = 7
+    assert boxes_from_maps(m, 0.5)[0].tolist() == [[5, 1, 7, 3]]
+
+
+def test_choe_threshold_is_strict_and_relative_to_uint8_max():
+    m = np.zeros((5, 5))
+    m[1, 1] = 0.5   # uint8 int(127.5) = 127
+    m[3, 3] = 1.0   # uint8 255
+    assert quantize_scoremap(m)[1, 1] == 127
+    # t = 0.5: thr = int(0.5 * 255) = 127; 127 > 127 is false -> only the pixel (3, 3)
+    assert boxes_from_maps(m, 0.5)[0].tolist() == [[3, 3, 4, 4]]
+    # same map scaled by 0.5: max uint8 = 127, thr = int(0.5 * 127) = 63, 63 (pixel 1,1) not > 63
+    assert boxes_from_maps(m * 0.5, 0.5)[0].tolist() == [[3, 3, 4, 4]]
+    # t = 0.49: thr = int(124.95) = 124 < 127: both pixels are foreground; they are 2 components of
+    # equal area 0, the first contour found wins; with multi_contour both come back
+    both = sorted(boxes_from_maps(m, 0.49, multi_contour=True)[0].tolist())
+    assert both == [[1, 1, 2, 2], [3, 3, 4, 4]]
+
+
+def test_largest_component_and_multi_contour():
+    m = np.zeros((12, 12))
+    m[0:6, 0:6] = 1.0     # 6x6 block, contour area 25
+    m[8:11, 8:11] = 1.0   # 3x3 block, contour area 4
+    assert boxes_from_maps(m, 0.5)[0].tolist() == [[0, 0, 6, 6]]
+    multi = sorted(boxes_from_maps(m, 0.5, multi_contour=True)[0].tolist())
+    assert multi == [[0, 0, 6, 6], [8, 8, 11, 11]]
+
+
+def test_empty_map_gives_the_miss_box_for_every_rule():
+    zero = np.zeros((2, 7, 9))
+    for kwargs in ({}, {"multi_contour": True}, {"relative_to_max": False, "quantize_uint8": False}):
+        out = boxes_from_maps(zero, 0.0, **kwargs)
+        assert len(out) == 2 and all(b.tolist() == [[0, 0, 0, 0]] for b in out)
+    # a map below 1/255 everywhere quantises to 0: no box at any threshold
+    assert boxes_from_maps(np.full((4, 4), 0.003), 0.0)[0].tolist() == [[0, 0, 0, 0]]
+
+
+def test_spol_rule_absolute_float_threshold_external_contour():
+    ring = np.zeros((9, 9))
+    ring[1:8, 1:8] = 0.3
+    ring[3:6, 3:6] = 0.0  # a hole
+    ring[0, 8] = 0.2      # exactly at the threshold: not foreground (strict >)
+    spol = dict(relative_to_max=False, quantize_uint8=False)
+    # external contours only: the ring's outer border, x 1..7 -> boundingRect (1, 1, 7, 7) -> [1, 1, 8, 8]
+    assert boxes_from_maps(ring, 0.2, multi_contour=True, **spol)[0].tolist() == [[1, 1, 8, 8]]
+    # Choe's rule at t = 0.2 is relative to the uint8 max: uint8 0.3 -> 76, 0.2 -> 51,
+    # thr = int(0.2 * 76) = 15, so the corner pixel (y 0, x 8) is foreground too and 8-connected
+    # to the ring: outer contour x 1..8, y 0..7 -> (1, 0, 8, 8) -> [1, 0, min(9, 8), 8];
+    # RETR_TREE also returns the hole's contour (pixels 2..6 around it) -> [2, 2, 7, 7]
+    assert sorted(boxes_from_maps(ring, 0.2, multi_contour=True)[0].tolist()) == [[1, 0, 8, 8], [2, 2, 7, 7]]
+    # absolute threshold: 0.3 is not > 0.35, although 0.3 is the map's maximum region
+    assert boxes_from_maps(ring, 0.35, **spol)[0].tolist() == [[0, 0, 0, 0]]
+    # torch input and a batch of two maps
+    out = boxes_from_maps(torch.from_numpy(np.stack([ring, np.zeros((9, 9))])), 0.2, **spol)
+    assert [b.tolist() for b in out] == [[[1, 1, 8, 8]], [[0, 0, 0, 0]]]
+
+
+def test_vectorised_contour_boxes_match_per_contour_loop():
+    import cv2
+
+    def loop(contours, width, height, multi):
+        if len(contours) == 0:
+            return [[0, 0, 0, 0]]
+        if not multi:
+            contours = [max(contours, key=cv2.contourArea)]
+        return [[x, y, min(x + w, width - 1), min(y + h, height - 1)]
+                for x, y, w, h in map(cv2.boundingRect, contours)]
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # noisy binary maps: many contours, the vectorised path is used
+        h, w = rng.integers(5, 40, 2)
+        img = (rng.random((h, w)) < rng.uniform(0.2, 0.8)).astype(np.uint8) * 255
+        contours = cv2.findContours(img, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        for multi in (False, True):
+            assert boxes_from_contours(contours, w, h, multi).tolist() == loop(contours, w, h, multi)
+
+
+def test_boxes_from_maps_rejects_bad_shape():
+    with pytest.raises(ValueError):
+        boxes_from_maps(np.zeros((1, 2, 3, 4)), 0.5)

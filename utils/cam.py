@@ -1,0 +1,217 @@
+"""Class activation maps and boxes from score maps.
+
+Conventions used throughout:
+
+* A score map is a 2-D array (H, W) with values in [0, 1]; a batch is (B, H, W).
+* A box is ``x0, y0, x1, y1`` in pixels of the score map. Boxes from :func:`boxes_from_maps`
+  follow Choe et al. ("Evaluating WSOL right", CVPR 2020, ``compute_bboxes_from_scoremaps``):
+  ``x0, y0`` = top-left of ``cv2.boundingRect``, ``x1 = min(x0 + w, W - 1)``,
+  ``y1 = min(y0 + h, H - 1)``, to be compared with the *inclusive* IoU
+  (``utils.metrics.box_iou(..., inclusive=True)``).
+* A map with no foreground pixel yields the single box ``[0, 0, 0, 0]``: it is never dropped,
+  and it counts as a miss against any ground-truth box of real size.
+
+Two named box rules:
+
+* Choe et al. (``relative_to_max=True, quantize_uint8=True``): the map is quantised as
+  ``(map * 255).astype(uint8)``; the binary map is ``uint8 map > int(t * max(uint8 map))``
+  (``cv2.THRESH_BINARY`` is strict); contours come from ``cv2.findContours(RETR_TREE,
+  CHAIN_APPROX_SIMPLE)``; the largest contour by ``cv2.contourArea`` (first on ties, as Python's
+  ``max``) gives the box, or every contour when ``multi_contour=True`` (MaxBoxAccV2).
+* SPOL (``relative_to_max=False, quantize_uint8=False``): binary map = ``float map > t``; the
+  largest *external* contour (``RETR_EXTERNAL``) gives the box. The box convention (x0 + w,
+  clamped to W - 1) is kept identical to the rule above so that one IoU convention serves both.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- CAMs
+def cam_from_features(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Class activation maps ``sum_c weight[k, c] * features[b, c]`` for the given classes.
+
+    Args:
+        features: [B, C, h, w] feature maps (before global pooling).
+        weight: [K, C] classifier weights (a 1x1 conv weight [K, C, 1, 1] is accepted too).
+        classes: [B] one class per image, or [B, k] several classes per image (e.g. the top-k
+            predicted classes); the CAMs of the k classes are averaged.
+    Returns:
+        [B, h, w] CAMs (raw, not normalised).
+    """
+    if weight.dim() == 4:
+        weight = weight.flatten(1)
+    classes = torch.as_tensor(classes, device=features.device).long()
+    if classes.dim() == 1:
+        classes = classes[:, None]
+    w = weight[classes]  # [B, k, C]
+    cams = torch.einsum("bkc,bchw->bkhw", w.to(features.dtype), features)
+    return cams.mean(dim=1)
+
+
+def normalize_minmax(maps):
+    """Per-map ``(x - min) / (max - min)`` over the last two dimensions.
+
+    Accepts a torch tensor or a numpy array of shape (H, W) or (..., H, W) and returns the same
+    type and shape. A constant map becomes all zeros; a map containing NaN or inf becomes all
+    zeros (never NaN).
+    """
+    if isinstance(maps, torch.Tensor):
+        x = maps.float() if not maps.is_floating_point() else maps
+        flat = x.flatten(-2)
+        finite = torch.isfinite(flat).all(dim=-1, keepdim=True)
+        safe = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
+        lo = safe.amin(dim=-1, keepdim=True)
+        hi = safe.amax(dim=-1, keepdim=True)
+        rng = hi - lo
+        ok = finite & (rng > 0)
+        out = torch.where(ok, (safe - lo) / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(safe))
+        return out.clamp_(0, 1).reshape(x.shape)
+    x = np.asarray(maps)
+    x = x.astype(np.float32) if not np.issubdtype(x.dtype, np.floating) else x
+    flat = x.reshape(*x.shape[:-2], -1)
+    finite = np.isfinite(flat).all(axis=-1, keepdims=True)
+    safe = np.where(np.isfinite(flat), flat, 0)
+    lo = safe.min(axis=-1, keepdims=True)
+    hi = safe.max(axis=-1, keepdims=True)
+    rng = hi - lo
+    ok = finite & (rng > 0)
+    out = np.where(ok, (safe - lo) / np.where(ok, rng, 1), 0)
+    return np.clip(out, 0, 1).astype(x.dtype).reshape(x.shape)
+
+
+def normalize_max(maps, eps: float = 1e-6):
+    """Per-map ``x / (max + eps)`` over the last two dimensions (SPOL's pseudo-mask normalisation).
+
+    Non-finite values are replaced by 0 first. Torch tensor or numpy array in, same type out.
+    """
+    if isinstance(maps, torch.Tensor):
+        x = maps.float() if not maps.is_floating_point() else maps
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        hi = x.flatten(-2).amax(dim=-1)[..., None, None]
+        return x / (hi + eps)
+    x = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    hi = x.reshape(*x.shape[:-2], -1).max(axis=-1)[..., None, None]
+    return x / (hi + eps)
+
+
+def resize_maps(maps: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) of [B, h, w] maps to ``size`` (int or (H, W))."""
+    if isinstance(size, int):
+        size = (size, size)
+    out = F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return out[:, 0]
+
+
+# ----------------------------------------------------------------------------- boxes
+def quantize_scoremap(scoremap: np.ndarray) -> np.ndarray:
+    """Choe et al.'s quantisation ``(scoremap * 255).astype(uint8)``.
+
+    Their evaluator receives maps as float64 (``t2n``), so the product is taken in float64.
+    """
+    return (np.asarray(scoremap, dtype=np.float64) * 255).astype(np.uint8)
+
+
+def choe_threshold_levels(max_uint8: int, thresholds: Sequence[float]) -> np.ndarray:
+    """``int(t * max(uint8 map))`` for every threshold ``t`` (vectorised, identical values)."""
+    return (np.asarray(thresholds, dtype=np.float64) * float(max_uint8)).astype(np.int64)
+
+
+def boxes_from_binary(binary: np.ndarray, *, multi_contour: bool = False, external: bool = False) -> np.ndarray:
+    """Boxes of the contours of a binary uint8 map (non-zero = foreground).
+
+    ``external=False`` uses RETR_TREE (Choe et al.; hole contours are contours too),
+    ``external=True`` RETR_EXTERNAL (SPOL). Without ``multi_contour`` only the contour of largest
+    ``cv2.contourArea`` is kept (first one on ties). Returns int64 (n, 4) boxes
+    ``x0, y0, min(x0+w, W-1), min(y0+h, H-1)``; ``[[0, 0, 0, 0]]`` when there is no contour.
+    """
+    height, width = binary.shape[:2]
+    mode = cv2.RETR_EXTERNAL if external else cv2.RETR_TREE
+    contours = cv2.findContours(binary, mode, cv2.CHAIN_APPROX_SIMPLE)[0]
+    return boxes_from_contours(contours, width, height, multi_contour)
+
+
+def boxes_from_contours(contours, width: int, height: int, multi_contour: bool = False) -> np.ndarray:
+    """Boxes (n, 4) of cv2 contours in a W x H map; see :func:`boxes_from_binary`.
+
+    With many contours (noisy maps) the areas and bounding rectangles are computed in one
+    vectorised pass: for integer points ``cv2.contourArea`` is the shoelace formula (exact in
+    integers) and ``cv2.boundingRect`` is (min, min, max - min + 1, max - min + 1), so the boxes
+    and the choice of the largest contour (first on ties) are identical to the per-contour loop.
+    """
+    n = len(contours)
+    if n == 0:
+        return EMPTY_BOX.copy()
+    if n <= 4:
+        if not multi_contour:
+            contours = [max(contours, key=cv2.contourArea)]
+        boxes = np.empty((len(contours), 4), dtype=np.int64)
+        for i, contour in enumerate(contours):
+            x, y, w, h = cv2.boundingRect(contour)
+            boxes[i] = (x, y, min(x + w, width - 1), min(y + h, height - 1))
+        return boxes
+    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=n)
+    points = np.concatenate(contours, axis=0).reshape(-1, 2).astype(np.int64)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    xs, ys = points[:, 0], points[:, 1]
+    if not multi_contour:
+        nxt = np.arange(1, len(points) + 1)
+        nxt[starts + lengths - 1] = starts  # each polygon closes on its first point
+        twice_area = np.abs(np.add.reduceat(xs * ys[nxt] - ys * xs[nxt], starts))
+        k = int(np.argmax(twice_area))
+        sl = slice(starts[k], starts[k] + lengths[k])
+        xs, ys, starts = xs[sl], ys[sl], np.zeros(1, dtype=np.int64)
+    x0 = np.minimum.reduceat(xs, starts)
+    y0 = np.minimum.reduceat(ys, starts)
+    x1 = np.minimum(np.maximum.reduceat(xs, starts) + 1, width - 1)
+    y1 = np.minimum(np.maximum.reduceat(ys, starts) + 1, height - 1)
+    return np.stack([x0, y0, x1, y1], axis=1)
+
+
+def boxes_from_maps(maps: np.ndarray, threshold: float, *, relative_to_max: bool = True,
+                    multi_contour: bool = False, quantize_uint8: bool = True) -> list[np.ndarray]:
+    """Boxes of each score map of a batch at one threshold.
+
+    Args:
+        maps: [B, H, W] (or one [H, W]) score maps with values in [0, 1] (numpy or torch).
+        threshold: ``t`` in [0, 1].
+        relative_to_max, quantize_uint8: both True = Choe et al.'s rule
+            (``uint8 map > int(t * max(uint8 map))``, RETR_TREE); both False = SPOL's rule
+            (``map > t``, RETR_EXTERNAL). Mixed settings combine the two steps as named.
+        multi_contour: keep the boxes of all contours instead of the largest one.
+    Returns:
+        a list of B int64 arrays (n_i, 4), ``x0, y0, x1, y1`` (see module docstring);
+        ``[[0, 0, 0, 0]]`` for a map without any foreground pixel.
+    """
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().cpu().numpy()
+    maps = np.asarray(maps)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise ValueError(f"boxes_from_maps expects [B, H, W] maps, got shape {maps.shape}")
+    external = not (relative_to_max and quantize_uint8)
+    out = []
+    for scoremap in maps:
+        if quantize_uint8:
+            image = quantize_scoremap(scoremap)
+            if relative_to_max:
+                level = int(threshold * np.max(image))
+            else:
+                level = int(threshold * 255)
+            binary = (image > level).astype(np.uint8) * 255
+        else:
+            x = np.asarray(scoremap, dtype=np.float64)
+            thr = threshold * np.max(x) if relative_to_max else threshold
+            binary = (x > thr).astype(np.uint8) * 255
+        out.append(boxes_from_binary(binary, multi_contour=multi_contour, external=external))
+    return out
+

@@ -1,0 +1,101 @@
+"""Per-image classification results handed from the classification stage to the localizer.
+
+File format (``predictions.csv``, UTF-8, one header line, one line per image)::
+
+    image_id,label,pred_top5,top1_correct,top5_correct
+    001.Black_footed_Albatross/x.jpg,0,0 3 7 12 5,1,1
+
+``label`` is the 0-based GT class; ``pred_top5`` the 5 best class ids separated by single spaces,
+best first; the flags are 0/1 and are checked against ``label`` and ``pred_top5`` when read.
+Image ids are written through the csv module (ids with commas are quoted).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from utils.errors import DataError
+from utils.io import atomic_write_text
+
+HEADER = ["image_id", "label", "pred_top5", "top1_correct", "top5_correct"]
+DEFAULT_PRODUCER = "the classification stage (spol/cls/test.py or sltnet/classifier/test.py)"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int
+    top5: tuple[int, ...]
+    top1_correct: bool
+    top5_correct: bool
+
+
+def _to_list(x):
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x).tolist()
+
+
+def write_predictions(path, image_ids: Sequence[str], labels, top5) -> None:
+    """Write ``predictions.csv`` atomically. ``top5``: [N, k] class ids, best first (k <= 5
+    when the dataset has fewer than 5 classes); the correctness flags are derived here."""
+    labels = [int(v) for v in _to_list(labels)]
+    top5 = [[int(c) for c in row] for row in _to_list(top5)]
+    image_ids = list(image_ids)
+    if not (len(image_ids) == len(labels) == len(top5)):
+        raise ValueError(f"{path}: {len(image_ids)} image ids, {len(labels)} labels, {len(top5)} top-5 rows")
+    if len(set(image_ids)) != len(image_ids):
+        raise ValueError(f"{path}: duplicate image ids")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(HEADER)
+    for image_id, label, row in zip(image_ids, labels, top5):
+        if not 1 <= len(row) <= 5:
+            raise ValueError(f"{path}: image {image_id} has {len(row)} predicted classes (1 to 5 expected)")
+        writer.writerow([image_id, label, " ".join(str(c) for c in row),
+                         int(row[0] == label), int(label in row)])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_predictions(path, *, producer: str = DEFAULT_PRODUCER) -> dict[str, Prediction]:
+    """Read ``predictions.csv`` -> {image_id: Prediction}.
+
+    Raises DataError ``"<path>:<line>: ..."`` on any malformed line, and naming ``producer``
+    (the stage that writes the file) when the file is missing.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError.at(path, None, f"predictions file not found: it is written by {producer}; run that first")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != HEADER:
+        raise DataError.at(path, 1, f"header must be {','.join(HEADER)}")
+    out: dict[str, Prediction] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row:
+            raise DataError.at(path, lineno, "empty line")
+        if len(row) != len(HEADER):
+            raise DataError.at(path, lineno, f"expected {len(HEADER)} fields, got {len(row)}")
+        image_id, label_s, top5_s, t1_s, t5_s = row
+        if not image_id:
+            raise DataError.at(path, lineno, "empty image_id")
+        try:
+            label = int(label_s)
+            top5 = tuple(int(c) for c in top5_s.split(" "))
+        except ValueError:
+            raise DataError.at(path, lineno, f"label and pred_top5 must be integers, got {label_s!r}, {top5_s!r}") from None
+        if label < 0 or any(c < 0 for c in top5) or not 1 <= len(top5) <= 5:
+            raise DataError.at(path, lineno, f"bad label {label} or pred_top5 {top5_s!r} (1 to 5 ids >= 0)")
+        if t1_s not in ("0", "1") or t5_s not in ("0", "1"):
+            raise DataError.at(path, lineno, f"correctness flags must be 0 or 1, got {t1_s!r}, {t5_s!r}")
+        t1, t5 = t1_s == "1", t5_s == "1"
+        if t1 != (top5[0] == label) or t5 != (label in top5):
+            raise DataError.at(path, lineno, "correctness flags disagree with label and pred_top5")
+        if image_id in out:
+            raise DataError.at(path, lineno, f"duplicate image_id {image_id}")
+        out[image_id] = Prediction(label, top5, t1, t5)
+    return out
