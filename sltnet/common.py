@@ -1,0 +1,257 @@
+"""What the SLT-Net stage scripts share: options, default paths, the joint loss, test-time helpers.
+
+Stage folders (each with train.py / test.py):
+``sltnet/localizer`` (localizer + regressor trained together, Fig. 2a),
+``sltnet/regressor`` (optional standalone regressor training from saved pseudo boxes; the final
+evaluation), ``sltnet/classifier`` (the separate classifier, Fig. 2b).
+Default outputs: ``output/sltnet/<cub|imagenet>/<backbone>/<localizer|regressor|classifier>``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sltnet.boxes import normalize_boxes, pseudo_boxes
+from sltnet.losses import (box_regression_loss, semantic_tolerance_loss, top_k_cam, select_cams,
+                           visual_stimulus_tolerance_loss)
+from sltnet.model import BACKBONES, LocalizationBranch
+from sltnet.vst import VSTConfig, transform_batch, vst_map_pair
+from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked
+from utils.data import protocol_geometry
+from utils.errors import DataError
+from utils.paths import DATASET_DIR, OUTPUT_ROOT
+
+METHOD = "sltnet"
+# Sec. 4.1: VGG16 resize 256 crop 224, InceptionV3 resize 320 crop 299 (ResNet50 / DenseNet161: as VGG16)
+GEOMETRY = {"vgg16": (256, 224), "inception_v3": (320, 299), "resnet50": (256, 224), "densenet161": (256, 224)}
+DATASET_NAME = {"cub": "cub", "ilsvrc": "imagenet", "metadata": "metadata"}
+DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "ilsvrc": DATASET_DIR / "ILSVRC",
+                     "metadata": DATASET_DIR / "CUB_200_2011"}
+STAGE_SCRIPT = {"localizer": "sltnet/localizer/train.py", "regressor": "sltnet/regressor/train.py",
+                "classifier": "sltnet/classifier/test.py"}
+
+
+# ----------------------------------------------------------------------------- options
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = parser.add_argument_group("sltnet model")
+    g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES))
+    g.add_argument("--dataset-name", type=str, default=None,
+                   help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout)")
+    g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
+    g.add_argument("--input-size", type=int, default=None, help="crop / test size: 224 (299 InceptionV3)")
+    g.add_argument("--cam-feature", type=str, default=None,
+                   help="backbone block the localizer ends at (default: vgg16 conv5, inception_v3 mixed_6e, "
+                        "resnet50 layer4, densenet161 features)")
+    g.add_argument("--extra-conv", type=int, default=None,
+                   help="channels of the 3x3 conv + ReLU before GAP, 0 = none (default 1024 VGG16/InceptionV3, 0 others)")
+    g.add_argument("--regressor-feature", type=str, default=None,
+                   help="regressor backbone block (default: the backbone's last block)")
+    g.add_argument("--regressor-hidden", type=int, default=512, help="width of the regressor's first FC layer")
+    g.add_argument("--regressor-final-relu", action=argparse.BooleanOptionalAction, default=False,
+                   help="ReLU after the regressor's output layer too")
+    g.add_argument("--share-backbone", action=argparse.BooleanOptionalAction, default=False,
+                   help="regressor head on the localizer's features instead of its own backbone")
+    return parser
+
+
+def add_optim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = parser.add_argument_group("optimizer (Sec. 4.1: SGD, momentum 0.9, wd 5e-4, lr 2e-4, batch 16)")
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--head-lr-mult", type=float, default=1.0, help="lr multiplier of the new localizer layers")
+    g.add_argument("--regressor-lr", type=float, default=None, help="regressor lr (default: --lr)")
+    parser.set_defaults(batch_size=16, epochs=4)
+    return parser
+
+
+def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = parser.add_argument_group("SLT-Net losses (each on/off for the Table 5 ablation)")
+    g.add_argument("--smt", action=argparse.BooleanOptionalAction, default=True, help="L_SMT (Eq. 8), else CE")
+    g.add_argument("--alpha", type=float, default=0.4, help="SMT factor (CUB 0.4, ILSVRC 0.2)")
+    g.add_argument("--top-k", type=int, default=30, help="K of SMT and ACAM (CUB 30, ILSVRC 100)")
+    g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True,
+                   help="top-K ACAM map (Eq. 9); off: the CAM of the ground-truth class")
+    g.add_argument("--vst", action=argparse.BooleanOptionalAction, default=True, help="L_VST (Eq. 10-13)")
+    g.add_argument("--beta", type=float, default=10.0, help="weight of L_VST (Eq. 2)")
+    g.add_argument("--vst-scale-min", type=float, default=0.75)
+    g.add_argument("--vst-scale-max", type=float, default=1.25)
+    g.add_argument("--vst-flip-prob", type=float, default=0.5)
+    g.add_argument("--vst-brightness", type=float, default=0.4)
+    g.add_argument("--vst-contrast", type=float, default=0.4)
+    g.add_argument("--vst-saturation", type=float, default=0.4)
+    g.add_argument("--vst-hue", type=float, default=0.1)
+    g.add_argument("--vst-normalize", type=str, default="none", choices=["none", "max", "minmax"],
+                   help="CAM normalisation before the MSE of Eq. 13")
+    g.add_argument("--vst-maps", type=str, default="all", choices=["all", "topk", "gt"],
+                   help="maps in L_VST: all C, the top-K of the original image, or the GT class")
+    g.add_argument("--vst-detach-original", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--reg-weight", type=float, default=1.0, help="weight of L_REG (Eq. 1 uses 1)")
+    g.add_argument("--box-threshold", type=float, default=0.2,
+                   help="pseudo-box threshold, fraction of the map's max (CAM's 20%%)")
+    return parser
+
+
+def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = None) -> argparse.Namespace:
+    """Fill the defaults derived from other options (paths, per-backbone input geometry).
+
+    Training stages write into ``stage_dir(stage)``; a test script (``test_of`` = the stage whose
+    folder it reads) writes into ``<that folder>/<split>`` unless --output-dir is given.
+    """
+    resize, crop = GEOMETRY[args.backbone]
+    args.resize_size = args.resize_size or resize
+    args.input_size = args.input_size or crop
+    args.dataset_name = args.dataset_name or DATASET_NAME[args.layout]
+    if args.data_root is None:
+        args.data_root = str(DEFAULT_DATA_ROOT[args.layout])
+    for name in ("localizer_dir", "classifier_dir", "regressor_dir"):
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, str(stage_dir(args, name.split("_")[0])))
+    if args.output_dir is None:
+        if test_of is not None:
+            args.output_dir = str(Path(getattr(args, f"{test_of}_dir")) / args.split)
+        else:
+            args.output_dir = str(stage_dir(args, stage))
+    return args
+
+
+def stage_dir(args, stage: str) -> Path:
+    return OUTPUT_ROOT / METHOD / args.dataset_name / args.backbone / stage
+
+
+def require_file(path, stage: str, what: str) -> Path:
+    """Fail with one line naming the missing upstream file and the stage that writes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError.at(path, None, f"{what} not found: run {STAGE_SCRIPT[stage]} first "
+                                  f"(or pass its output folder)")
+    return path
+
+
+# ----------------------------------------------------------------------------- model
+def build_branch(args, num_classes: int, pretrained: str | None = None) -> LocalizationBranch:
+    return LocalizationBranch(args.backbone, num_classes, pretrained=pretrained or args.pretrained,
+                              cam_feature=args.cam_feature, extra_conv=args.extra_conv,
+                              regressor_feature=args.regressor_feature, regressor_hidden=args.regressor_hidden,
+                              regressor_final_relu=args.regressor_final_relu, share_backbone=args.share_backbone)
+
+
+def load_weights(module: torch.nn.Module, path, *, stage: str, prefix: str = "") -> None:
+    """Load ``model.pth`` of ``stage`` into ``module``; with ``prefix`` only the keys under it.
+
+    E.g. the regressor alone from the localizer stage's joint weights: prefix "regressor.".
+    Unexpected or missing keys are errors (utils.checkpoint.load_state_dict_checked).
+    """
+    require_file(path, stage, "weights")
+    state = load_checkpoint(path)
+    state = state.get("model", state) if not any(isinstance(v, torch.Tensor) for v in state.values()) else state
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if prefix and any(k.startswith(prefix) for k in state):   # else: a file of the part alone
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    load_state_dict_checked(module, state, source=str(path))
+
+
+# ----------------------------------------------------------------------------- maps and the joint loss
+def localization_map(cams: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, *,
+                     acam: bool, top_k: int) -> torch.Tensor:
+    """[B, h, w]: top-K ACAM (Eq. 9) or, with ``acam`` off, the CAM of the ground-truth class."""
+    if acam:
+        return top_k_cam(cams, logits, top_k)
+    if labels is None:
+        labels = logits.argmax(dim=1)
+    return select_cams(cams, labels)[:, 0]
+
+
+def make_branch_loss(args, stride: int):
+    """loss_fn(model, batch) -> (loss, logs) for utils.engine.Trainer: L_SMT + beta L_VST + w L_REG.
+
+    The regressor's target is the box of the localizer's CURRENT map (Fig. 2a; detached), at
+    ``args.box_threshold`` of the map's max, normalised by the input size.
+    """
+    vst_cfg = VSTConfig.from_args(args, size_multiple=stride)
+
+    def loss_fn(model, batch):
+        images, labels = batch["image"], batch["label"]
+        transformed = params = None
+        if args.vst:
+            transformed, params = transform_batch(images, vst_cfg)
+        out = model(images, transformed)
+        logits, cams = out["logits"].float(), out["cams"].float()
+        if args.smt:
+            loss_cls = semantic_tolerance_loss(logits, labels, alpha=args.alpha, k=args.top_k)
+        else:
+            loss_cls = F.cross_entropy(logits, labels)
+        loss, logs = loss_cls, {"loss_cls": loss_cls.item()}
+        if args.vst:
+            m_o, m_it = vst_map_pair(cams, out["cams_t"].float(), params, vst_cfg, logits=logits,
+                                     labels=labels, k=args.top_k)
+            loss_vst = visual_stimulus_tolerance_loss(m_o, m_it)
+            loss = loss + args.beta * loss_vst
+            logs["loss_vst"] = loss_vst.item()
+        maps = localization_map(cams.detach(), logits.detach(), labels, acam=args.acam, top_k=args.top_k)
+        height, width = images.shape[-2:]
+        target = normalize_boxes(torch.from_numpy(pseudo_boxes(maps, (height, width), args.box_threshold)),
+                                 (width, height)).to(images.device)
+        loss_reg = box_regression_loss(out["boxes"].float(), target)
+        loss = loss + args.reg_weight * loss_reg
+        logs["loss_reg"] = loss_reg.item()
+        logs["acc"] = (logits.argmax(1) == labels).float().mean().item()
+        return loss, logs
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- standalone regressor
+def boxes_to_image_fraction(box, meta: dict, path) -> list[float]:
+    """A boxes.csv box (protocol input pixels, see its boxes.json) -> fractions of the original image."""
+    if not meta or "protocol" not in meta or "input_size" not in meta:
+        raise DataError.at(Path(path).with_suffix(".json"), None, "missing or incomplete (needs protocol and "
+                           "input_size): rerun sltnet/localizer/test.py, which writes it next to boxes.csv")
+    box = np.asarray(box, dtype=np.float64)
+    if meta["protocol"] == "wsol":
+        return (box / float(meta["input_size"])).tolist()
+    geom = protocol_geometry(meta["protocol"], int(meta["input_size"]), int(meta["resize_size"]))
+    return ((box + geom["offset"][0]) / float(geom["resize"][0])).tolist()
+
+
+def crop_flip_boxes(images: torch.Tensor, boxes: torch.Tensor, crop: int, *, flip: bool = True):
+    """Random crop (per image) and horizontal flip of a resized batch, moving the boxes with it.
+
+    ``images`` [B, 3, R, R]; ``boxes`` [B, 4] as fractions of the image. Returns the crops
+    [B, 3, crop, crop] and the boxes normalised by the crop size (continuous coordinates: shifted
+    by the offset, clipped to the crop, x -> 1 - x on a flip).
+    """
+    b, _, height, width = images.shape
+    ys = torch.randint(0, height - crop + 1, (b,)).tolist()
+    xs = torch.randint(0, width - crop + 1, (b,)).tolist()
+    flips = (torch.rand(b) < 0.5).tolist() if flip else [False] * b
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
+    out_images, out_boxes = [], []
+    for i in range(b):
+        image = images[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop]
+        offset = torch.tensor([xs[i], ys[i], xs[i], ys[i]], dtype=torch.float32, device=boxes.device)
+        box = ((boxes[i].float() * scale - offset).clamp(0, crop)) / crop
+        if flips[i]:
+            image = image.flip(-1)
+            box = torch.stack([1 - box[2], box[1], 1 - box[0], box[3]])
+        out_images.append(image)
+        out_boxes.append(box)
+    return torch.stack(out_images), torch.stack(out_boxes)
+
+
+# ----------------------------------------------------------------------------- test helpers
+def shard(records: list, ctx) -> list:
+    """This rank's share of the records for inference (every image exactly once over the ranks)."""
+    return records[ctx.rank::ctx.world_size] if ctx.distributed else list(records)
+
+
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """Normalised [B, 3, H, W] -> uint8 [B, H, W, 3] RGB (for overlays)."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    rgb = (images.detach().float().cpu() * std + mean).clamp(0, 1)
+    return (rgb.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

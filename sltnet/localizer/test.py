@@ -1,0 +1,150 @@
+"""Evaluate the SLT-Net localizer alone (Table 5 / Table 6: GT-known Loc) and write its boxes and maps.
+
+Per image: the localization map (top-K ACAM, Eq. 9; with --no-acam the ground-truth class's CAM) at
+the protocol input size, min-max normalised; its box at --box-threshold of the max (largest
+connected component, utils.cam). Writes into <localizer dir>/<split>/: boxes.csv (+ boxes.json:
+protocol, input size, threshold), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
+metrics.txt (GT-known Loc at the fixed threshold, MaxBoxAccV2 over all thresholds), when the split
+has GT boxes. With --split train the boxes are the standalone regressor's training targets.
+
+    python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
+    python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc
+    torchrun --nproc_per_node 4 sltnet/localizer/test.py --config configs/sltnet_imagenet_vgg16.yaml --split val
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sltnet.boxes import write_boxes_csv
+from sltnet.common import add_model_args, build_branch, load_weights, localization_map, resolve_args
+from utils.cam import boxes_from_maps, normalize_minmax, resize_maps
+from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.data import WSOLDataset, build_transform, load_records, num_classes, protocol_geometry, transform_boxes
+from utils.distributed import all_gather_object, cleanup
+from utils.engine import evaluate_loop, gather_lists, setup_run
+from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from utils.metrics import BoxAccumulator, LocalizationMeter
+
+STAGE = "localizer_test"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SLT-Net localizer evaluation, pseudo boxes and score maps")
+    add_common_args(parser)
+    add_model_args(parser)
+    g = parser.add_argument_group("localizer test")
+    g.add_argument("--split", type=str, default="test", help="test / val, or train for the regressor's targets")
+    g.add_argument("--localizer-dir", type=str, default=None, help="localizer stage folder (model.pth)")
+    g.add_argument("--weights", type=str, default=None, help="default: <localizer-dir>/model.pth")
+    g.add_argument("--protocol", type=str, default="wsol", choices=["wsol", "spol"],
+                   help="wsol: whole image resized to input size; spol: resize then centre crop")
+    g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--top-k", type=int, default=30)
+    g.add_argument("--box-threshold", type=float, default=0.2)
+    g.add_argument("--iou-threshold", type=float, default=0.5)
+    g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
+    g.add_argument("--cam-curve-interval", type=float, default=0.001, help="MaxBoxAccV2 threshold step")
+    g.add_argument("--maxboxacc", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--scoremaps", action=argparse.BooleanOptionalAction, default=True,
+                   help="save scoremaps/<id stem>.npy")
+    parser.set_defaults(batch_size=32)
+    return parser
+
+
+def localizer_step(model, batch, *, acam: bool, top_k: int, size, threshold: float) -> dict:
+    """One batch: normalised localization maps [B, H, W] at the input size and their boxes."""
+    out = model(batch["image"])
+    maps = localization_map(out["cams"].float(), out["logits"].float(), batch["label"], acam=acam, top_k=top_k)
+    maps = normalize_minmax(resize_maps(maps, size)).cpu().numpy().astype(np.float32)
+    boxes = np.stack([b[0] for b in boxes_from_maps(maps, threshold)])
+    return {"index": batch["index"].cpu().numpy(), "maps": maps, "boxes": boxes}
+
+
+def localize(model, dataset, ctx, args, *, consume=None) -> list[tuple[int, np.ndarray]]:
+    """The batched inference loop over this rank's shard: [(dataset index, box)] in shard order.
+
+    ``consume(result)`` is called on every batch result (maps, boxes) before the maps are
+    dropped, e.g. to save score maps or accumulate metrics, so memory stays one batch.
+    """
+    size = (args.input_size, args.input_size)
+
+    def step(m, batch):
+        result = localizer_step(m, batch, acam=args.acam, top_k=args.top_k, size=size,
+                                threshold=args.box_threshold)
+        if consume is not None:
+            consume(result)
+        return list(zip(result["index"].tolist(), result["boxes"]))
+
+    batches = evaluate_loop(model, dataset, step, ctx, batch_size=args.batch_size, workers=args.workers,
+                            amp=args.amp, desc=STAGE)
+    return [item for batch in batches for item in batch]
+
+
+def main(args):
+    args = resolve_args(args, "localizer", test_of="localizer")
+    ctx = setup_run(args)
+    out_dir = Path(args.output_dir)
+
+    records = load_records(args.data_root, args.layout, args.split)
+    geom = protocol_geometry(args.protocol, args.input_size, args.resize_size)
+    transform = (build_transform("resize", resize=args.input_size) if args.protocol == "wsol" else
+                 build_transform("center", resize=args.resize_size, crop=args.input_size))
+    dataset = WSOLDataset(records, transform)
+    branch = build_branch(args, num_classes(records), pretrained="none")
+    load_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", stage="localizer")
+    model = branch.localizer.to(ctx.device)
+
+    has_gt = all(len(r.boxes) for r in records)
+    meter = LocalizationMeter(args.iou_threshold, args.iou_compare)
+    boxacc = BoxAccumulator(args.cam_curve_interval) if (args.maxboxacc and has_gt) else None
+
+    def consume(result):
+        for i, scoremap, box in zip(result["index"], result["maps"], result["boxes"]):
+            record = records[int(i)]
+            if args.scoremaps:
+                atomic_save_npy(out_dir / "scoremaps" / (Path(record.image_id).with_suffix("").as_posix() + ".npy"),
+                                scoremap)
+            if has_gt:
+                gt = transform_boxes(record.boxes, record.size, args.protocol, args.input_size, args.resize_size)
+                meter.update(box[None], [gt])
+                if boxacc is not None:
+                    boxacc.accumulate(scoremap, gt)
+
+    with torch.inference_mode():
+        items = gather_lists(localize(model, dataset, ctx, args, consume=consume), ctx)
+    meters = all_gather_object((meter.state(), boxacc.state() if boxacc is not None else None), ctx)
+    if ctx.is_main:
+        items.sort(key=lambda t: t[0])
+        assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
+        meta = {"protocol": args.protocol, "input_size": args.input_size, "resize_size": args.resize_size,
+                "output_size": list(geom["output_size"]), "box_threshold": args.box_threshold,
+                "map": f"top-{args.top_k} ACAM" if args.acam else "GT-class CAM", "split": args.split,
+                "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.cam)"}
+        write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], [b for _, b in items], meta=meta)
+        save_resolved_config(args, out_dir)
+        if has_gt:
+            for state, acc_state in meters[1:]:
+                meter.merge(state)
+                if boxacc is not None:
+                    boxacc.merge(acc_state)
+            metrics = {"split": args.split, "protocol": args.protocol, **meter.compute(),
+                       "box_threshold": args.box_threshold}
+            if boxacc is not None:
+                acc = boxacc.compute()
+                metrics["max_box_acc_v2"] = acc["mean_max_box_acc"]
+                metrics["max_box_acc_v2_per_iou"] = {str(k): v for k, v in acc["max_box_acc"].items()}
+            atomic_write_json(out_dir / "metrics.json", metrics)
+            text = "\n".join(f"{k:>24s}  {v}" for k, v in metrics.items() if not isinstance(v, dict))
+            atomic_write_text(out_dir / "metrics.txt", text + "\n")
+            print(text, flush=True)
+        print(f"{STAGE}: {len(records)} boxes -> {out_dir / 'boxes.csv'}", flush=True)
+    cleanup(ctx)
+    return out_dir
+
+
+if __name__ == "__main__":
+    main(parse_args(get_args_parser(), stage=STAGE))

@@ -1,0 +1,69 @@
+"""Train the SLT-Net localizer and its box regressor together (Guo et al., CVPR 2021, Fig. 2a).
+
+Loss per batch: L_SMT (Eq. 8) + beta * L_VST (Eq. 10-13) + reg_weight * L_REG (Eq. 3-4), where the
+regressor's target is the box of the localizer's current top-K ACAM map (Eq. 9). Each component can
+be switched off (--no-smt, --no-acam, --no-vst): the rows of the paper's Table 5 are configs, see
+sltnet/README.md. Writes output/sltnet/<cub|imagenet>/<backbone>/localizer/{model.pth, checkpoint.pth,
+log.jsonl, args.yaml}; model.pth holds both networks ("localizer.*", "regressor.*").
+
+CUB, VGG16 (Table 1 / Table 5 last column), one GPU:
+    python3 sltnet/localizer/train.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
+four GPUs (batch 16 per GPU: pass --batch-size 4 to keep the paper's global batch of 16):
+    torchrun --nproc_per_node 4 sltnet/localizer/train.py --config configs/sltnet_cub_vgg16.yaml --batch-size 4
+ILSVRC, InceptionV3 (Table 4):
+    python3 sltnet/localizer/train.py --config configs/sltnet_imagenet_inception_v3.yaml --data-root dataset/ILSVRC
+Tiny CPU run on generated data:
+    python3 -m sltnet.localizer.train --data-root /tmp/birds --pretrained none --device cpu \
+        --epochs 1 --max-steps-per-epoch 2 --batch-size 4 --resize-size 72 --input-size 64 --top-k 2
+"""
+from __future__ import annotations
+
+import argparse
+
+from sltnet.common import (add_loss_args, add_model_args, add_optim_args, build_branch, make_branch_loss,
+                           resolve_args)
+from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.distributed import cleanup
+from utils.engine import Trainer, build_optimizer, setup_run
+
+STAGE = "localizer_train"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SLT-Net localizer + regressor training (Fig. 2a)")
+    add_common_args(parser)
+    add_model_args(parser)
+    add_optim_args(parser)
+    add_loss_args(parser)
+    g = parser.add_argument_group("data")
+    g.add_argument("--split", type=str, default="train")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="random horizontal flip after the random crop (data augmentation)")
+    return parser
+
+
+def main(args):
+    args = resolve_args(args, "localizer")
+    ctx = setup_run(args)
+
+    records = load_records(args.data_root, args.layout, args.split)
+    dataset = WSOLDataset(records, build_transform("train", resize=args.resize_size, crop=args.input_size,
+                                                   flip=args.flip))
+    model = build_branch(args, num_classes(records))
+    optimizer = build_optimizer(model.param_groups(args.lr, regressor_lr=args.regressor_lr,
+                                                   head_lr_mult=args.head_lr_mult), args)
+    if ctx.is_main:
+        save_resolved_config(args, args.output_dir)
+        print(f"{STAGE}: {len(records)} images, {num_classes(records)} classes, backbone {args.backbone}, "
+              f"SMT {args.smt} (alpha {args.alpha}, K {args.top_k}), ACAM {args.acam}, "
+              f"VST {args.vst} (beta {args.beta}) -> {args.output_dir}", flush=True)
+
+    trainer = Trainer(model, optimizer, args, ctx, stage_name=STAGE)
+    trainer.fit(dataset, make_branch_loss(args, model.localizer.stride))
+    cleanup(ctx)
+    return args.output_dir
+
+
+if __name__ == "__main__":
+    main(parse_args(get_args_parser(), stage=STAGE))

@@ -1,0 +1,164 @@
+"""SLT-Net networks: the CAM localizer, the box regressor, and the two trained together (Fig. 2a).
+
+* :class:`CAMLocalizer` -- backbone feature map F (cut at a configurable block), optional extra
+  3x3 conv + ReLU, GAP and a linear classifier W (Sec. 3.2). The CAM stack ``M_c = sum_n w_nc F_n``
+  (Eq. 7) is computed for all C classes and the logits are ``GAP(M) + b`` (the same numbers as
+  ``W . GAP(F) + b``, since GAP and W commute), so one pass gives both.
+* :class:`BoxRegressor` -- backbone, GAP, two fully connected layers with ReLU, 4 outputs: the box
+  ``(x1/W, y1/H, x2/W, y2/H)`` (Sec. 3.1, Eq. 3-4).
+* :class:`LocalizationBranch` -- both networks in one module, so one optimizer (two param groups) and
+  one DDP wrapper train them jointly; ``forward(images, transformed=None)`` runs the localizer on the
+  images (and on the VST-transformed copy) and the regressor on the images.
+
+Open choices (configuration values, defaults in :data:`CAM_FEATURE` / :data:`EXTRA_CONV`):
+VGG16 keeps conv5_3 (no pool5) and adds one 3x3 conv to 1024 channels before GAP (as in the CAM
+literature's VGG16-GAP); InceptionV3 ends at Mixed_6e ("last three blocks removed": Mixed_7a/7b/7c)
+followed by the same 3x3 conv to 1024 channels; ResNet50 (layer4) and DenseNet161 (final features)
+use their last block as is. The regressor shares no weight with the localizer unless
+``share_backbone`` (then it reads the localizer's CAM features).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from network import build_backbone
+
+BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
+CAM_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_6e", "resnet50": "layer4", "densenet161": "features"}
+REGRESSOR_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_7c", "resnet50": "layer4", "densenet161": "features"}
+EXTRA_CONV = {"vgg16": 1024, "inception_v3": 1024, "resnet50": 0, "densenet161": 0}
+
+
+class FeatureExtractor(nn.Module):
+    """A backbone cut after ``feature``: forward(x) -> that feature map [B, N, h, w].
+
+    Blocks after the cut are removed (when the backbone supports it) so that they hold no
+    parameters that DDP would see unused.
+    """
+
+    def __init__(self, backbone_name: str, feature: str, pretrained: str):
+        super().__init__()
+        self.backbone = build_backbone(backbone_name, pretrained=pretrained)
+        if feature not in self.backbone.feature_names:
+            raise ValueError(f"backbone {backbone_name} has no feature '{feature}' "
+                             f"(choices: {', '.join(self.backbone.feature_names)})")
+        truncate = getattr(self.backbone, "truncate", None)
+        if callable(truncate):
+            truncate(feature)
+        self.feature = feature
+        self.out_channels = self.backbone.out_channels[feature]
+        self.stride = self.backbone.strides[feature]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)[self.feature]
+
+
+class CAMLocalizer(nn.Module):
+    """CAM network: features -> [3x3 conv + ReLU] -> (GAP, linear) with the CAMs of every class."""
+
+    def __init__(self, backbone_name: str, num_classes: int, *, pretrained: str = "imagenet",
+                 feature: str | None = None, extra_conv: int | None = None):
+        super().__init__()
+        feature = feature or CAM_FEATURE[backbone_name]
+        extra_conv = EXTRA_CONV[backbone_name] if extra_conv is None else extra_conv
+        self.features = FeatureExtractor(backbone_name, feature, pretrained)
+        channels = self.features.out_channels
+        if extra_conv > 0:
+            self.extra = nn.Sequential(nn.Conv2d(channels, extra_conv, 3, padding=1), nn.ReLU(inplace=True))
+            channels = extra_conv
+        else:
+            self.extra = nn.Identity()
+        self.classifier = nn.Linear(channels, num_classes)
+        self.stride = self.features.stride
+        self.out_channels = channels
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extra(self.features(x))
+
+    def head(self, feats: torch.Tensor) -> dict:
+        """CAM stack (Eq. 7) and logits of a feature map: {"cams": [B, C, h, w], "logits": [B, C]}."""
+        cams = torch.einsum("kn,bnhw->bkhw", self.classifier.weight.to(feats.dtype), feats)
+        logits = cams.mean(dim=(2, 3)) + self.classifier.bias.to(cams.dtype)
+        return {"cams": cams, "logits": logits}
+
+    def forward(self, x: torch.Tensor) -> dict:
+        feats = self.forward_features(x)
+        out = self.head(feats)
+        out["features"] = feats
+        return out
+
+
+class BoxRegressor(nn.Module):
+    """Backbone (or shared features) -> GAP -> FC -> ReLU -> FC -> 4 normalised box coordinates.
+
+    The paper: "two fully connected layers and corresponding ReLU layers". By default the output
+    layer is linear (a ReLU there would stop the gradient of any coordinate predicted below 0);
+    ``final_relu=True`` puts a ReLU after the second layer as well. Predictions are clamped to
+    [0, 1] only when converted to boxes at test time.
+    """
+
+    def __init__(self, backbone_name: str | None, *, pretrained: str = "imagenet", feature: str | None = None,
+                 hidden: int = 512, in_channels: int | None = None, final_relu: bool = False):
+        super().__init__()
+        if backbone_name is not None:
+            self.features = FeatureExtractor(backbone_name, feature or REGRESSOR_FEATURE[backbone_name], pretrained)
+            in_channels = self.features.out_channels
+        else:
+            self.features = None            # shared: forward receives feature maps
+        layers = [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)]
+        if final_relu:
+            layers.append(nn.ReLU())
+        self.fc = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.features(x) if self.features is not None else x
+        return self.fc(feats.mean(dim=(2, 3)))
+
+
+class LocalizationBranch(nn.Module):
+    """Localizer + regressor trained together (Fig. 2a).
+
+    forward(images, transformed=None) -> {"logits", "cams", "boxes"} for ``images`` and, when the
+    VST copy is given, "logits_t" and "cams_t" for it. "boxes" [B, 4] are the regressor's
+    normalised boxes.
+    """
+
+    def __init__(self, backbone_name: str, num_classes: int, *, pretrained: str = "imagenet",
+                 cam_feature: str | None = None, extra_conv: int | None = None,
+                 regressor_feature: str | None = None, regressor_hidden: int = 512,
+                 regressor_final_relu: bool = False, share_backbone: bool = False):
+        super().__init__()
+        self.localizer = CAMLocalizer(backbone_name, num_classes, pretrained=pretrained,
+                                      feature=cam_feature, extra_conv=extra_conv)
+        self.share_backbone = share_backbone
+        if share_backbone:
+            self.regressor = BoxRegressor(None, in_channels=self.localizer.out_channels, hidden=regressor_hidden,
+                                          final_relu=regressor_final_relu)
+        else:
+            self.regressor = BoxRegressor(backbone_name, pretrained=pretrained, feature=regressor_feature,
+                                          hidden=regressor_hidden, final_relu=regressor_final_relu)
+
+    def forward(self, images: torch.Tensor, transformed: torch.Tensor | None = None) -> dict:
+        out = self.localizer(images)
+        feats = out.pop("features")
+        out["boxes"] = self.regressor(feats if self.share_backbone else images)
+        if transformed is not None:
+            out_t = self.localizer(transformed)
+            out["logits_t"], out["cams_t"] = out_t["logits"], out_t["cams"]
+        return out
+
+    def param_groups(self, lr: float, *, regressor_lr: float | None = None, head_lr_mult: float = 1.0) -> list[dict]:
+        """Two param groups for one optimizer: localizer, regressor (``regressor_lr`` defaults to ``lr``).
+
+        ``head_lr_mult`` scales the lr of the newly initialised layers of the localizer (extra conv,
+        classifier); 1.0 (the paper names one lr) by default.
+        """
+        new = list(self.localizer.extra.parameters()) + list(self.localizer.classifier.parameters())
+        new_ids = {id(p) for p in new}
+        old = [p for p in self.localizer.parameters() if id(p) not in new_ids]
+        groups = [{"params": old, "lr": lr, "name": "localizer"},
+                  {"params": new, "lr": lr * head_lr_mult, "name": "localizer_head"},
+                  {"params": list(self.regressor.parameters()),
+                   "lr": lr if regressor_lr is None else regressor_lr, "name": "regressor"}]
+        return [g for g in groups if g["params"]]

@@ -1,0 +1,158 @@
+"""Final SLT-Net evaluation (Fig. 2c): box from the regressor, class from the classifier.
+
+Top-1 / Top-5 / GT-known Loc (Tables 1-4, 7) with every image counted: an image is Top-k correct
+when the classifier's top-k (``predictions.csv`` of sltnet/classifier/test.py) holds the label AND
+the regressor's box has IoU >= 0.5 with a GT box. Writes into <regressor dir>/<split>/: metrics.json,
+metrics.txt, boxes.csv (regressor boxes, protocol input pixels) and grid.png (GT green, localizer
+blue when its boxes.csv for this split exists, regressor red).
+
+Regressor weights: --regressor-source localizer (default; the jointly trained regressor in
+<localizer dir>/model.pth) or regressor (<regressor dir>/model.pth from sltnet/regressor/train.py).
+
+    python3 sltnet/regressor/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
+    torchrun --nproc_per_node 4 sltnet/regressor/test.py --config configs/sltnet_imagenet_inception_v3.yaml --split val
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sltnet.boxes import denormalize_boxes, read_boxes_csv, write_boxes_csv
+from sltnet.common import add_model_args, build_branch, load_weights, require_file, resolve_args, to_uint8_images
+from sltnet.model import BoxRegressor
+from sltnet.visualize import BLUE, GREEN, RED, box_grid
+from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.data import WSOLDataset, build_transform, load_records, num_classes, transform_boxes
+from utils.distributed import cleanup
+from utils.engine import evaluate_loop, gather_lists, setup_run
+from utils.errors import DataError
+from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
+from utils.metrics import LocalizationMeter
+from utils.predictions import read_predictions
+
+STAGE = "regressor_test"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SLT-Net final evaluation: regressor boxes + classifier classes")
+    add_common_args(parser)
+    add_model_args(parser)
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--split", type=str, default="test")
+    g.add_argument("--localizer-dir", type=str, default=None)
+    g.add_argument("--regressor-dir", type=str, default=None)
+    g.add_argument("--classifier-dir", type=str, default=None)
+    g.add_argument("--regressor-source", type=str, default="localizer", choices=["localizer", "regressor"],
+                   help="which stage's model.pth holds the regressor")
+    g.add_argument("--weights", type=str, default=None, help="explicit regressor weights file")
+    g.add_argument("--predictions", type=str, default=None,
+                   help="default: <classifier-dir>/<split>/predictions.csv")
+    g.add_argument("--localizer-boxes", type=str, default=None,
+                   help="localizer boxes for grid.png (default: <localizer-dir>/<split>/boxes.csv if present)")
+    g.add_argument("--protocol", type=str, default="wsol", choices=["wsol", "spol"])
+    g.add_argument("--iou-threshold", type=float, default=0.5)
+    g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
+    g.add_argument("--grid-images", type=int, default=16)
+    parser.set_defaults(batch_size=32)
+    return parser
+
+
+def build_predictor(args, num_classes_: int):
+    """The regressor (or, with --share-backbone, the whole branch) with its weights loaded."""
+    stage = args.regressor_source
+    path = Path(args.weights) if args.weights else Path(getattr(args, f"{stage}_dir")) / "model.pth"
+    require_file(path, stage, "regressor weights")
+    if args.share_backbone:
+        model = build_branch(args, num_classes_, pretrained="none")
+        load_weights(model, path, stage=stage)
+        return model, lambda m, x: m(x)["boxes"]
+    model = BoxRegressor(args.backbone, pretrained="none", feature=args.regressor_feature,
+                         hidden=args.regressor_hidden, final_relu=args.regressor_final_relu)
+    load_weights(model, path, stage=stage, prefix="regressor.")
+    return model, lambda m, x: m(x)
+
+
+def main(args):
+    args = resolve_args(args, "regressor", test_of="regressor")
+    ctx = setup_run(args)
+    out_dir = Path(args.output_dir)
+
+    records = load_records(args.data_root, args.layout, args.split)
+    pred_path = Path(args.predictions) if args.predictions else Path(args.classifier_dir) / args.split / "predictions.csv"
+    predictions = read_predictions(pred_path, producer=f"sltnet/classifier/test.py --split {args.split}")
+    for record in records:
+        if record.image_id not in predictions:
+            raise DataError.at(pred_path, None, f"no prediction for {record.image_id}: rerun "
+                               f"sltnet/classifier/test.py --split {args.split} on this dataset")
+    transform = (build_transform("resize", resize=args.input_size) if args.protocol == "wsol" else
+                 build_transform("center", resize=args.resize_size, crop=args.input_size))
+    model, predict = build_predictor(args, num_classes(records))
+    model.to(ctx.device)
+
+    def step(m, batch):
+        boxes = denormalize_boxes(predict(m, batch["image"]).float().clamp(0, 1), args.input_size)
+        index = batch["index"].cpu()
+        keep = index < args.grid_images
+        shown = to_uint8_images(batch["image"].cpu()[keep]) if keep.any() else []
+        return list(zip(index.tolist(), boxes.cpu().numpy())), list(zip(index[keep].tolist(), shown))
+
+    dataset = WSOLDataset(records, transform)
+    with torch.inference_mode():
+        results = evaluate_loop(model, dataset, step, ctx, batch_size=args.batch_size, workers=args.workers,
+                                amp=args.amp, desc=STAGE)
+    items = gather_lists([it for r in results for it in r[0]], ctx)
+    shown = gather_lists([it for r in results for it in r[1]], ctx)
+    if ctx.is_main:
+        items.sort(key=lambda t: t[0])
+        assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
+        boxes = np.stack([b for _, b in items])
+        gts = [transform_boxes(r.boxes, r.size, args.protocol, args.input_size, args.resize_size) for r in records]
+        preds = [predictions[r.image_id] for r in records]
+        meter = LocalizationMeter(args.iou_threshold, args.iou_compare)
+        meter.update(boxes, gts, [p.top1_correct for p in preds], [p.top5_correct for p in preds])
+        metrics = {"split": args.split, "protocol": args.protocol, "regressor_source": args.regressor_source,
+                   **meter.compute(),
+                   "top1_cls": 100.0 * float(np.mean([p.top1_correct for p in preds])),
+                   "top5_cls": 100.0 * float(np.mean([p.top5_correct for p in preds]))}
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        text = "\n".join(f"{k:>18s}  {v}" for k, v in metrics.items())
+        atomic_write_text(out_dir / "metrics.txt", text + "\n")
+        write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], boxes,
+                        meta={"protocol": args.protocol, "input_size": args.input_size,
+                              "resize_size": args.resize_size, "source": "regressor", "split": args.split})
+        save_resolved_config(args, out_dir)
+        write_grid(out_dir / "grid.png", sorted(shown, key=lambda t: t[0]), records, boxes, gts, args)
+        print(text, flush=True)
+    cleanup(ctx)
+    return out_dir
+
+
+def write_grid(path, shown, records, boxes, gts, args) -> None:
+    """grid.png: GT (green), localizer (blue, when its boxes.csv for this split exists), regressor (red)."""
+    loc_path = Path(args.localizer_boxes) if args.localizer_boxes else Path(args.localizer_dir) / args.split / "boxes.csv"
+    loc_boxes = {}
+    if loc_path.is_file():
+        loc_boxes, meta = read_boxes_csv(loc_path)
+        if meta.get("protocol") != args.protocol or meta.get("input_size") != args.input_size:
+            print(f"{STAGE}: {loc_path} was written for another geometry ({meta}); grid without localizer boxes")
+            loc_boxes = {}
+    elif args.localizer_boxes:
+        raise DataError.at(loc_path, None, "not found: run sltnet/localizer/test.py first")
+    images, sets = [], []
+    for index, image in shown:
+        record = records[index]
+        entry = [(gts[index], GREEN)]
+        if record.image_id in loc_boxes:
+            entry.append((loc_boxes[record.image_id], BLUE))
+        entry.append((boxes[index], RED))
+        images.append(image)
+        sets.append(entry)
+    if images:
+        atomic_save_png(path, box_grid(images, sets))
+
+
+if __name__ == "__main__":
+    main(parse_args(get_args_parser(), stage=STAGE))
