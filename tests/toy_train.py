@@ -1,0 +1,99 @@
+"""Tiny training run used by tests/test_engine.py (not a stage of either method).
+
+A synthetic dataset with random augmentation (crop, flip, noise from torch, numpy and
+random) and a BatchNorm-free model with dropout, trained by utils.engine.Trainer.
+
+    python3 tests/toy_train.py --output-dir /tmp/toy --device cpu --workers 0
+    OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node 2 \
+        tests/toy_train.py --output-dir /tmp/toy2 --device cpu --batch-size 2
+
+``--kill-after-step K`` sends SIGKILL to the process itself when step K + 1 starts
+(K optimizer steps done), to test resuming. ``--trace-file F`` appends the index of
+every sample loaded (from any worker) to F.
+"""
+import argparse
+import os
+import random
+import signal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from utils.config import add_common_args, parse_args
+from utils.distributed import cleanup
+from utils.engine import Trainer, build_optimizer, setup_run
+
+
+class ToyDataset(Dataset):
+    def __init__(self, n: int, classes: int = 3, size: int = 12, trace_file: str | None = None):
+        g = torch.Generator().manual_seed(1234)
+        self.images = torch.rand(n, 3, size, size, generator=g)
+        self.labels = torch.randint(0, classes, (n,), generator=g)
+        self.trace_file = trace_file
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        if self.trace_file:
+            with open(self.trace_file, "a") as f:
+                f.write(f"{i}\n")
+        y, x = torch.randint(0, 3, (2,)).tolist()
+        img = self.images[i, :, y:y + 10, x:x + 10]
+        if torch.rand(()) < 0.5:
+            img = img.flip(-1)
+        img = img + 0.05 * torch.randn_like(img) + float(np.random.rand()) * 0.1 + random.random() * 0.1
+        return {"image": img, "label": int(self.labels[i]), "index": i}
+
+
+class ToyNet(nn.Module):
+    def __init__(self, dropout: float, classes: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x)).mean(dim=(2, 3))
+        return self.fc(self.drop(x))
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("toy training run for the engine tests")
+    add_common_args(parser)
+    parser.set_defaults(batch_size=2, epochs=2, workers=0, device="cpu", log_every=1)
+    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--weight-decay", type=float, default=1e-3)
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--kill-after-step", type=int, default=-1)
+    parser.add_argument("--trace-file", type=str, default=None)
+    return parser
+
+
+def main(args):
+    torch.set_num_threads(1)
+    ctx = setup_run(args)
+    model = ToyNet(args.dropout)
+    optimizer = build_optimizer(model.parameters(), args)
+    trainer = Trainer(model, optimizer, args, ctx, lr_lambda=lambda step: 1.0 / (1.0 + 0.1 * step),
+                      stage_name="toy")
+    calls = {"n": 0}
+
+    def loss_fn(net, batch):
+        calls["n"] += 1
+        if calls["n"] == args.kill_after_step + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        logits = net(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"])
+        return loss, {"ce": loss.item(), "acc": (logits.argmax(1) == batch["label"]).float().mean().item()}
+
+    trainer.fit(ToyDataset(args.samples, trace_file=args.trace_file), loss_fn)
+    cleanup(ctx)
+
+
+if __name__ == "__main__":
+    main(parse_args(get_args_parser(), stage="toy"))

@@ -1,0 +1,547 @@
+"""One training loop for every stage: devices, precision, torchrun, resume, logging.
+
+A stage script does (MAE ``main_pretrain.py`` order)::
+
+    ctx = setup_run(args)                                  # torchrun detection + seeds
+    model = build_model(...)                               # after seeding: same init everywhere
+    optimizer = build_optimizer(param_groups, args)
+    trainer = Trainer(model, optimizer, args, ctx, lr_lambda=..., stage_name="cam")
+    model = trainer.fit(dataset, loss_fn)                  # resumes from output_dir/checkpoint.pth
+
+``loss_fn(model, batch) -> (loss, {"name": float, ...})`` gets the batch already on the
+device and the (possibly DDP-wrapped) model: call ``model(...)``, reach attributes with
+``unwrap(model)``.
+
+Resume is exact at STEP granularity. The checkpoint holds model, optimizer, scaler and
+scheduler state, epoch, step in the epoch, global step, every rank's RNG states and the
+arguments as a plain dict. Each epoch's sample order is a function of (seed, epoch) alone
+(DistributedSampler's permutation, also in a single process), so a resumed run rebuilds
+it and starts at the first sample not yet trained on, without loading the skipped
+images. Data augmentation draws from RNGs seeded per sample from (seed, epoch, index),
+so a sample is augmented identically whatever the worker count or the resume point; the
+RNG used by the model (dropout) is restored from the checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from utils.config import args_to_dict
+from utils.distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
+
+_AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- setup
+def configure_determinism(deterministic: bool) -> None:
+    """Deterministic algorithms and cuDNN flags (``--deterministic``); else cuDNN autotuning."""
+    if deterministic:
+        # cuBLAS needs this before its first call to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+
+
+def seed_everything(seed: int, ctx: DistContext | None = None, *, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch with ``seed + rank``; set the determinism flags."""
+    rank = ctx.rank if ctx is not None else 0
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+    configure_determinism(deterministic)
+
+
+def setup_run(args) -> DistContext:
+    """``init_distributed(args.device)`` then ``seed_everything(args.seed, ...)``."""
+    ctx = init_distributed(getattr(args, "device", "auto"))
+    seed_everything(getattr(args, "seed", 0), ctx, deterministic=getattr(args, "deterministic", False))
+    return ctx
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors in (nested) dicts / lists / tuples moved to ``device``; other values as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [move_to_device(v, device) for v in batch]
+        if isinstance(batch, list):
+            return moved
+        return type(batch)(*moved) if hasattr(batch, "_fields") else tuple(moved)
+    return batch
+
+
+def autocast(ctx: DistContext, amp: str = "off"):
+    """``torch.autocast`` for the context's device: ``off``, ``bf16`` or ``fp16``."""
+    if amp not in _AMP_DTYPES:
+        raise ValueError(f"--amp must be one of {list(_AMP_DTYPES)}, got {amp!r}")
+    return torch.autocast(device_type=ctx.device.type, dtype=_AMP_DTYPES[amp] or torch.bfloat16,
+                          enabled=amp != "off")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def build_optimizer(param_groups: Iterable, args) -> torch.optim.Optimizer:
+    """``args.optimizer`` (sgd | adam | adamw, default sgd) with ``args.lr``, ``momentum``, ``weight_decay``.
+
+    ``param_groups`` may carry their own ``lr`` (e.g. backbone lr x0.1).
+    """
+    name = str(getattr(args, "optimizer", "sgd")).lower()
+    lr = float(args.lr)
+    weight_decay = float(getattr(args, "weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=float(getattr(args, "momentum", 0.9)),
+                               weight_decay=weight_decay, nesterov=bool(getattr(args, "nesterov", False)))
+    if name == "adam":
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (sgd, adam, adamw)")
+
+
+# ----------------------------------------------------------------------------- sampling
+def epoch_order(length: int, *, epoch: int, seed: int, shuffle: bool = True, rank: int = 0,
+                world_size: int = 1) -> list[int]:
+    """This rank's sample order for ``epoch``: exactly ``DistributedSampler(drop_last=False)``'s.
+
+    With ``world_size`` 1 it is ``RandomSampler``'s order for a generator seeded with
+    ``seed + epoch``. For any world size the first ``k * world_size`` positions over all
+    ranks are the first ``k * world_size`` samples of the same permutation, so a global
+    batch holds the same samples on one process and on many.
+    """
+    if shuffle:
+        g = torch.Generator()
+        g.manual_seed(seed + epoch)
+        order = torch.randperm(length, generator=g).tolist()
+    else:
+        order = list(range(length))
+    if world_size > 1:
+        total = math.ceil(length / world_size) * world_size
+        pad = total - length
+        if pad:  # DistributedSampler pads by repeating the head of the order
+            order += (order * math.ceil(pad / len(order)))[:pad]
+        order = order[rank:total:world_size]
+    return order
+
+
+class ResumableSampler(Sampler):
+    """Yields ``(epoch, index)`` for this rank's order of ``epoch``, from position ``start`` on.
+
+    Skipped positions are never yielded, so their images are never loaded.
+    """
+
+    def __init__(self, length: int, *, epoch: int, seed: int, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, start: int = 0):
+        self.epoch = epoch
+        self.order = epoch_order(length, epoch=epoch, seed=seed, shuffle=shuffle, rank=rank,
+                                 world_size=world_size)[start:]
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in self.order])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world_size, ...``: every sample on exactly one rank, no padding."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation in one epoch."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class PerSampleSeeded(Dataset):
+    """Wraps a dataset: item ``(epoch, index)`` is ``dataset[index]`` drawn with seeded RNGs.
+
+    torch's CPU generator, ``random`` and ``numpy.random`` are seeded from
+    ``sample_seed(seed, epoch, index)`` for the call and restored afterwards, so the
+    caller's random streams (dropout when ``workers`` is 0) are not disturbed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        s = sample_seed(self.seed, epoch, index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(s)
+                random.seed(s)
+                np.random.seed(s % 2**32)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+# ----------------------------------------------------------------------------- rng state
+def _rng_state(ctx: DistContext) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+
+
+def _set_rng_state(state: dict, ctx: DistContext) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], ctx.device)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, dict):
+        if isinstance(batch.get("image"), torch.Tensor):
+            return int(batch["image"].shape[0])
+        values = list(batch.values())
+    elif isinstance(batch, (list, tuple)):
+        values = list(batch)
+    else:
+        values = [batch]
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    return 0
+
+
+class _Meter:
+    """Sums of the loss and the loss_fn logs over a window (this rank's values)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.loss, self.steps, self.images, self.timed_images = 0.0, 0, 0, 0
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.start = time.perf_counter()
+
+    def update(self, loss: float, logs: dict, images: int):
+        self.loss += loss
+        self.steps += 1
+        self.images += images
+        self.timed_images += images
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def state(self) -> dict:
+        return {"loss": self.loss, "steps": self.steps, "images": self.images,
+                "sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load(self, state: dict):
+        self.loss, self.steps, self.images = state["loss"], state["steps"], state["images"]
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+        self.timed_images, self.start = 0, time.perf_counter()  # throughput since the resume
+
+    def reduced(self, ctx: DistContext) -> dict:
+        """Means over every rank's steps (every rank must call this at the same point)."""
+        keys = sorted(self.sums)
+        values = [self.loss, self.steps, self.timed_images] + [self.sums[k] for k in keys] + \
+                 [self.counts[k] for k in keys]
+        t = all_reduce_sum(torch.tensor(values, dtype=torch.float64), ctx)
+        loss, steps, images = t[0].item(), t[1].item(), t[2].item()
+        n = len(keys)
+        out = {"loss": loss / max(steps, 1)}
+        for i, k in enumerate(keys):
+            out[k] = t[3 + i].item() / max(t[3 + n + i].item(), 1)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out["images_per_s"] = images / elapsed
+        return out
+
+
+# ----------------------------------------------------------------------------- trainer
+class Trainer:
+    """Train ``model`` with ``optimizer`` for ``args.epochs`` epochs, resuming exactly.
+
+    Uses from ``args``: output_dir, batch_size, epochs, workers, seed, amp, deterministic,
+    resume, log_every, save_every_steps, max_steps_per_epoch.
+    ``lr_lambda(global_step)`` multiplies every group's base lr (``LambdaLR`` stepped per
+    optimizer step).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, args, ctx: DistContext, *,
+                 lr_lambda: Callable[[int], float] | None = None, stage_name: str = "",
+                 find_unused_parameters: bool = False, drop_last: bool = False,
+                 clip_grad_norm: float | None = None, shuffle: bool = True):
+        self.args, self.ctx, self.stage_name = args, ctx, stage_name
+        self.model = model.to(ctx.device)
+        self.train_model: nn.Module = self.model
+        if ctx.distributed:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters)
+        self.optimizer = optimizer
+        self.amp = getattr(args, "amp", "off")
+        autocast(ctx, self.amp)  # validates the name
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == "fp16")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
+        self.output_dir = Path(args.output_dir)
+        self.drop_last, self.clip_grad_norm, self.shuffle = drop_last, clip_grad_norm, shuffle
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch_meter, self.window = _Meter(), _Meter()
+        configure_determinism(bool(getattr(args, "deterministic", False)))
+
+    # -- bookkeeping ------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / "checkpoint.pth"
+
+    def steps_per_epoch(self, length: int) -> int:
+        per_rank = math.ceil(length / self.ctx.world_size)
+        b = int(self.args.batch_size)
+        steps = per_rank // b if self.drop_last else math.ceil(per_rank / b)
+        cap = int(getattr(self.args, "max_steps_per_epoch", 0) or 0)
+        return min(steps, cap) if cap > 0 else steps
+
+    def _log(self, record: dict) -> None:
+        if not self.ctx.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def _lr_fields(self) -> dict:
+        lrs = getattr(self, "_step_lrs", None) or [g["lr"] for g in self.optimizer.param_groups]
+        return {"lr": lrs[0]} if len(lrs) == 1 else {"lr": lrs[0], "lr_groups": lrs}
+
+    def save(self) -> None:
+        """Write ``checkpoint.pth`` (collective: every rank must call it)."""
+        per_rank = all_gather_object({"rng": _rng_state(self.ctx), "epoch_meter": self.epoch_meter.state()},
+                                     self.ctx)
+        if not self.ctx.is_main:
+            return
+        save_checkpoint(self.checkpoint_path, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": self.epoch, "step": self.step_in_epoch, "global_step": self.global_step,
+            "world_size": self.ctx.world_size, "batch_size": int(self.args.batch_size),
+            "per_rank": per_rank, "stage": self.stage_name, "args": args_to_dict(self.args),
+        })
+
+    def resume(self) -> bool:
+        """Restore everything from ``checkpoint.pth`` when ``args.resume`` and the file exists."""
+        path = self.checkpoint_path
+        if not getattr(self.args, "resume", True) or not path.is_file():
+            return False
+        ck = load_checkpoint(path, map_location="cpu")
+        if ck.get("stage", "") != self.stage_name:
+            raise ValueError(f"{path}: checkpoint of stage {ck.get('stage')!r}, this is stage "
+                             f"{self.stage_name!r}: use another --output-dir or --no-resume")
+        load_state_dict_checked(self.model, ck["model"], source=str(path))
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        if self.scheduler is not None and ck.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.epoch, self.global_step = int(ck["epoch"]), int(ck["global_step"])
+        step = int(ck["step"])
+        same_layout = ck["world_size"] == self.ctx.world_size and ck["batch_size"] == int(self.args.batch_size)
+        if step and not same_layout:
+            # the first step * B_old * W_old positions of the epoch's permutation are done
+            done = step * ck["batch_size"] * ck["world_size"]
+            global_batch = int(self.args.batch_size) * self.ctx.world_size
+            if done % global_batch:
+                raise ValueError(f"{path}: saved mid-epoch after {done} samples with batch size "
+                                 f"{ck['batch_size']} x {ck['world_size']} processes; resuming with "
+                                 f"{self.args.batch_size} x {self.ctx.world_size} needs a multiple of "
+                                 f"{global_batch} (use the original settings or --no-resume)")
+            step = done // global_batch
+        self.step_in_epoch = step
+        per_rank = ck["per_rank"]
+        if ck["world_size"] == self.ctx.world_size:
+            _set_rng_state(per_rank[self.ctx.rank]["rng"], self.ctx)
+            self.epoch_meter.load(per_rank[self.ctx.rank]["epoch_meter"])
+        else:
+            # other ranks' random streams cannot be mapped: restart them from a known seed
+            seed_everything(int(self.args.seed) + self.global_step, self.ctx,
+                            deterministic=bool(getattr(self.args, "deterministic", False)))
+        if self.ctx.is_main:
+            print(f"resumed {self.stage_name or 'training'} from {path}: epoch {self.epoch} "
+                  f"step {self.step_in_epoch} (global step {self.global_step})", flush=True)
+        return True
+
+    # -- training ---------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, epoch: int, start_step: int, collate_fn) -> DataLoader:
+        args, ctx = self.args, self.ctx
+        b = int(args.batch_size)
+        sampler = ResumableSampler(len(dataset), epoch=epoch, seed=int(args.seed), shuffle=self.shuffle,
+                                   rank=ctx.rank, world_size=ctx.world_size, start=start_step * b)
+        g = torch.Generator()
+        g.manual_seed(int(args.seed) + epoch)  # workers' base seed; leaves the global RNG alone
+        workers = int(getattr(args, "workers", 0))
+        return DataLoader(PerSampleSeeded(dataset, int(args.seed)), batch_size=b, sampler=sampler,
+                          num_workers=workers, collate_fn=collate_fn, pin_memory=ctx.device.type == "cuda",
+                          drop_last=self.drop_last, generator=g, persistent_workers=False)
+
+    def train_step(self, batch: Any, loss_fn) -> tuple[float, dict]:
+        self._step_lrs = [g["lr"] for g in self.optimizer.param_groups]  # the lr this step uses
+        with autocast(self.ctx, self.amp):
+            loss, logs = loss_fn(self.train_model, batch)
+        loss_value = float(loss.detach().float().item())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{self.stage_name}: loss is {loss_value} at epoch {self.epoch} "
+                                     f"step {self.step_in_epoch} (global step {self.global_step})")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss_value, dict(logs or {})
+
+    def fit(self, dataset: Dataset, loss_fn, *, collate_fn=None,
+            on_epoch_end: Callable[[int, nn.Module], dict | None] | None = None) -> nn.Module:
+        """Train; return the unwrapped model. ``on_epoch_end(epoch, model)`` runs on every rank
+        after each epoch (e.g. evaluation); a dict it returns is added to the epoch's log line."""
+        args, ctx = self.args, self.ctx
+        if ctx.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        steps = self.steps_per_epoch(len(dataset))
+        if steps <= 0:
+            raise ValueError(f"{self.stage_name}: no training step per epoch ({len(dataset)} samples, "
+                             f"batch size {args.batch_size}, {ctx.world_size} processes)")
+        log_every = int(getattr(args, "log_every", 0) or 0)
+        save_every = int(getattr(args, "save_every_steps", 0) or 0)
+        for epoch in range(self.epoch, int(args.epochs)):
+            self.epoch = epoch
+            start = self.step_in_epoch
+            self.train_model.train()
+            self.window.reset()
+            if start == 0:
+                self.epoch_meter.reset()
+            bar = tqdm(total=steps, initial=start, disable=not ctx.is_main, dynamic_ncols=True,
+                       desc=f"{self.stage_name} epoch {epoch}".strip())
+            if start < steps:
+                for batch in self._loader(dataset, epoch, start, collate_fn):
+                    batch = move_to_device(batch, ctx.device)
+                    loss, logs = self.train_step(batch, loss_fn)
+                    self.step_in_epoch += 1
+                    self.global_step += 1
+                    n = _batch_len(batch)
+                    self.window.update(loss, logs, n)
+                    self.epoch_meter.update(loss, logs, n)
+                    bar.update(1)
+                    if log_every and self.global_step % log_every == 0:
+                        stats = self.window.reduced(ctx)
+                        bar.set_postfix(loss=f"{stats['loss']:.4f}")
+                        self._log({"stage": self.stage_name, "epoch": epoch, "step": self.step_in_epoch,
+                                   "global_step": self.global_step, **self._lr_fields(), **stats})
+                        self.window.reset()
+                    if self.step_in_epoch >= steps:
+                        break
+                    if save_every and self.global_step % save_every == 0:
+                        self.save()
+            bar.close()
+            stats = self.epoch_meter.reduced(ctx)
+            extra = on_epoch_end(epoch, self.model) if on_epoch_end is not None else None
+            self.train_model.train()
+            self._log({"stage": self.stage_name, "event": "epoch_end", "epoch": epoch, "steps": steps,
+                       "global_step": self.global_step, **self._lr_fields(), **stats,
+                       **(extra if isinstance(extra, dict) else {})})
+            self.epoch, self.step_in_epoch = epoch + 1, 0
+            self.epoch_meter.reset()
+            self.save()
+        if ctx.is_main:
+            save_checkpoint(self.output_dir / "model.pth", self.model.state_dict())
+        barrier(ctx)
+        return self.model
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_loop(model: nn.Module, dataset: Dataset, step_fn: Callable[[nn.Module, Any], Any],
+                  ctx: DistContext, *, batch_size: int, workers: int = 0, amp: str = "off",
+                  collate_fn=None, desc: str = "eval") -> list:
+    """Run ``step_fn(model, batch_on_device)`` over this rank's shard; return its results in order.
+
+    Every sample is on exactly one rank (no DistributedSampler padding), so gathering
+    the per-rank results with ``gather_lists`` counts every image exactly once.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank,
+                                                                              ctx.world_size),
+                        num_workers=workers, collate_fn=collate_fn, pin_memory=ctx.device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for batch in tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc=desc):
+            batch = move_to_device(batch, ctx.device)
+            with autocast(ctx, amp):
+                results.append(step_fn(model, batch))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def gather_lists(items: list, ctx: DistContext) -> list:
+    """Concatenate every rank's list (rank order); the list itself in a single process."""
+    out: list = []
+    for part in all_gather_object(items, ctx):
+        out.extend(part)
+    return out
+
+
+@contextlib.contextmanager
+def main_process_first(ctx: DistContext):
+    """Rank 0 runs the block first (e.g. to create a cache), then the others."""
+    if not ctx.is_main:
+        barrier(ctx)
+    yield
+    if ctx.is_main:
+        barrier(ctx)
