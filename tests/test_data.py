@@ -122,6 +122,7 @@ def test_metadata_splits_boxes_sizes(tiny_metadata):
     assert test[1].path == str((tiny_metadata / "birds/b_0002.png").resolve())
     val = load_records(tiny_metadata, "metadata", "val")
     np.testing.assert_array_equal(val[0].boxes, [[1, 2, 30, 20]])
+    assert num_classes(val) == 2  # val holds only class 0; the count comes from every split folder
     assert class_names(tiny_metadata, "metadata") == ["0", "1"]
 
 
@@ -341,7 +342,7 @@ def test_pseudo_masks_soft_bilinear_and_missing(tiny_cub, tmp_path):
     # halving bilinearly averages pixel pairs: (0+8)/2 = 4, (16+24)/2 = 20 ... (nearest would give 0, 16)
     np.testing.assert_allclose(pseudo[0, 5].numpy() * 255, np.arange(16) * 16 + 4, atol=1e-3)
     assert torch.all(pseudo[1] == 1) and torch.all(pseudo[2] == 0)
-    with pytest.raises(DataError, match=r"Blue_0001\.png: pseudo mask not found.*cam stage"):
+    with pytest.raises(DataError, match=r"Blue_0001\.png: pseudo mask not found.*spol/cam/test\.py"):
         dataset[1]
 
 

@@ -40,6 +40,7 @@ whose boxes are ``x0, y0, x1, y1`` in ORIGINAL image pixels (float32, shape (N, 
     <split>/localization.txt  "<image_id>,<x0>,<y0>,<x1>,<y1>", several lines per image allowed;
                               optional for the "train" split only (then boxes have shape (0, 4))
     class_names.txt           optional, one name per line (line i = class i); fixes the class count
+                              (without it: 1 + the largest label found in any split folder)
 
   Boxes as given (x0, y0, x1, y1; Choe's IoU counts edges inclusively). This layout carries no GT
   masks (mask_path is None): PxAP needs the "cub" layout. Its "val" splits (CUBV2 / ImageNetV2)
@@ -447,6 +448,22 @@ def _metadata_class_names(meta: Path) -> list[str] | None:
     return names
 
 
+def _metadata_names(meta: Path) -> tuple[list[str], str]:
+    """Class names and where they come from: class_names.txt, else "0".."N-1" with N - 1 the
+    largest label of ANY split folder (so every split of a dataset gives the same class count)."""
+    names = _metadata_class_names(meta)
+    if names is not None:
+        return names, "class_names.txt"
+    n = -1
+    for path in sorted(meta.glob("*/class_labels.txt")):
+        for lineno, line in _lines(path):
+            label = _fields(path, lineno, line, 2, ",", "<image_id>,<label>")[1]
+            n = max(n, _int(path, lineno, label, "label"))
+    if n < 0:
+        raise DataError.at(meta, msg="no <split>/class_labels.txt to count the classes from")
+    return [str(i) for i in range(n + 1)], "largest label of the split folders"
+
+
 def _load_metadata(root: Path, meta: Path, split: str, exclude: set[str], tolerance: float) -> RecordList:
     _require(meta, "metadata", "metadata", folder=True)
     folder = _require(meta / split, f"split '{split}'", "metadata", folder=True)
@@ -476,11 +493,7 @@ def _load_metadata(root: Path, meta: Path, split: str, exclude: set[str], tolera
     labels = table(labels_file, 2, "<image_id>,<label>")
     sizes = table(sizes_file, 3, "<image_id>,<w>,<h>")
     locs = table(loc_file, 5, "<image_id>,<x0>,<y0>,<x1>,<y1>", multi=True) if loc_file.is_file() else None
-    names = _metadata_class_names(meta)
-    names_from = "class_names.txt"
-    if names is None:
-        n = 1 + max((_int(labels_file, v[0][0], v[0][1][0], "label") for v in labels.values()), default=-1)
-        names, names_from = [str(i) for i in range(n)], "labels of this split"
+    names, names_from = _metadata_names(meta)
     records = []
     for image_id, id_line in ids.items():
         for path, tab in ((labels_file, labels), (sizes_file, sizes), (loc_file, locs)):
@@ -558,17 +571,7 @@ def class_names(root, layout: str, *, metadata_root=None) -> list[str]:
         return _ilsvrc_wnids(root)
     meta = Path(metadata_root).expanduser().resolve() if metadata_root else root / "metadata"
     _require(meta, "metadata", "metadata", folder=True)
-    names = _metadata_class_names(meta)
-    if names is None:
-        n = -1
-        for path in sorted(meta.glob("*/class_labels.txt")):
-            for lineno, line in _lines(path):
-                label = _fields(path, lineno, line, 2, ",", "<image_id>,<label>")[1]
-                n = max(n, _int(path, lineno, label, "label"))
-        if n < 0:
-            raise DataError.at(meta, msg="no <split>/class_labels.txt to count the classes from")
-        names = [str(i) for i in range(n + 1)]
-    return names
+    return _metadata_names(meta)[0]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -683,7 +686,7 @@ class WSOLDataset(torch.utils.data.Dataset):
             sample["mask"] = tv_tensors.Mask(F.pil_to_tensor(mask))
         if self.pseudo_mask_dir is not None:
             path = self.pseudo_mask_path(record)
-            hint = " (pseudo masks are written by the test step of the spol cam stage)"
+            hint = " (pseudo masks are written by the cam stage's test step, spol/cam/test.py)"
             pseudo = self._open(path, "RGB", "pseudo mask", hint)
             self._same_size(pseudo, image, path)
             sample["pseudo_mask"] = SoftMask(F.pil_to_tensor(pseudo).float() / 255.0)
