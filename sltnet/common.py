@@ -29,10 +29,10 @@ METHOD = "sltnet"
 # Sec. 4.1: VGG16 resize 256 crop 224, InceptionV3 resize 320 crop 299 (ResNet50 / DenseNet161: as VGG16)
 GEOMETRY = {"vgg16": (256, 224), "inception_v3": (320, 299), "resnet50": (256, 224), "densenet161": (256, 224)}
 DATASET_NAME = {"cub": "cub", "ilsvrc": "imagenet", "metadata": "metadata"}
-DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "ilsvrc": DATASET_DIR / "ILSVRC",
+DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "ilsvrc": DATASET_DIR / "ILSVRC2012",
                      "metadata": DATASET_DIR / "CUB_200_2011"}
 STAGE_SCRIPT = {"localizer": "sltnet/localizer/train.py", "regressor": "sltnet/regressor/train.py",
-                "classifier": "sltnet/classifier/test.py"}
+                "classifier_train": "sltnet/classifier/train.py", "classifier": "sltnet/classifier/test.py"}
 
 
 # ----------------------------------------------------------------------------- options
@@ -55,6 +55,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="ReLU after the regressor's output layer too")
     g.add_argument("--share-backbone", action=argparse.BooleanOptionalAction, default=False,
                    help="regressor head on the localizer's features instead of its own backbone")
+    return parser
+
+
+def add_classifier_stage_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The model / geometry options of the classifier stage (named as in the other SLT-Net stages)."""
+    g = parser.add_argument_group("sltnet classifier")
+    g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES),
+                   help="classifier network (the paper uses the regressor's backbone type)")
+    g.add_argument("--dataset-name", type=str, default=None)
+    g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
+    g.add_argument("--input-size", type=int, default=None, help="crop size: 224 (299 InceptionV3)")
     return parser
 
 

@@ -11,7 +11,7 @@ CUB, VGG16 (Table 1 / Table 5 last column), one GPU:
 four GPUs (batch 16 per GPU: pass --batch-size 4 to keep the paper's global batch of 16):
     torchrun --nproc_per_node 4 sltnet/localizer/train.py --config configs/sltnet_cub_vgg16.yaml --batch-size 4
 ILSVRC, InceptionV3 (Table 4):
-    python3 sltnet/localizer/train.py --config configs/sltnet_imagenet_inception_v3.yaml --data-root dataset/ILSVRC
+    python3 sltnet/localizer/train.py --config configs/sltnet_imagenet_inception_v3.yaml --data-root dataset/ILSVRC2012
 Tiny CPU run on generated data:
     python3 -m sltnet.localizer.train --data-root /tmp/birds --pretrained none --device cpu \
         --epochs 1 --max-steps-per-epoch 2 --batch-size 4 --resize-size 72 --input-size 64 --top-k 2

@@ -1,0 +1,73 @@
+"""SLT-Net classifier predictions (Fig. 2c: the class comes from the classifier), ten-crop by default.
+
+Writes <classifier dir>/<split>/predictions.csv (utils.predictions format, read by
+sltnet/regressor/test.py) and metrics.json (Top-1/Top-5 CLS). Ten-crop (Sec. 4.1): the image is
+resized to --resize-size and the softmax of its ten --input-size crops is averaged (utils.classify).
+
+CUB (weights of sltnet/classifier/train.py):
+    python3 sltnet/classifier/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
+ILSVRC (torchvision's ImageNet weights as they are, from resource/):
+    python3 sltnet/classifier/test.py --config configs/sltnet_imagenet_vgg16.yaml --checkpoint pretrained
+    torchrun --nproc_per_node 4 sltnet/classifier/test.py --config configs/sltnet_imagenet_vgg16.yaml
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sltnet.common import add_classifier_stage_args, load_weights, resolve_args
+from network import build_classifier
+from utils.classify import write_classification
+from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.data import build_transform, load_records, num_classes
+from utils.distributed import cleanup
+from utils.engine import setup_run
+from utils.io import atomic_write_json
+
+STAGE = "classifier_test"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SLT-Net classifier predictions (predictions.csv)")
+    add_common_args(parser)
+    add_classifier_stage_args(parser)
+    g = parser.add_argument_group("test")
+    g.add_argument("--split", type=str, default="test")
+    g.add_argument("--classifier-dir", type=str, default=None, help="classifier stage folder (model.pth)")
+    g.add_argument("--checkpoint", type=str, default=None,
+                   help="weights file (default <classifier-dir>/model.pth); 'pretrained' = ImageNet weights as they are")
+    g.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=True,
+                   help="average the softmax of ten crops (else one centre crop)")
+    parser.set_defaults(batch_size=32)
+    return parser
+
+
+def main(args):
+    args = resolve_args(args, "classifier", test_of="classifier")
+    ctx = setup_run(args)
+
+    records = load_records(args.data_root, args.layout, args.split)
+    if args.checkpoint == "pretrained":
+        model = build_classifier(args.backbone, 1000, "imagenet")
+    else:
+        model = build_classifier(args.backbone, num_classes(records), "none")
+        load_weights(model, args.checkpoint or Path(args.classifier_dir) / "model.pth", stage="classifier_train")
+    model.to(ctx.device)
+    transform = (build_transform("resize", resize=args.resize_size) if args.ten_crop else
+                 build_transform("center", resize=args.resize_size, crop=args.input_size))
+    args.crop = args.input_size                      # write_classification's ten-crop size
+    out = Path(args.output_dir)
+    result = write_classification(model, records, transform, args, ctx, out / "predictions.csv")
+    if ctx.is_main:
+        atomic_write_json(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
+                                                 "top1_cls": result["top1"], "top5_cls": result["top5"],
+                                                 "num_images": result["num_images"]})
+        save_resolved_config(args, out)
+        print(f"{STAGE}: Top-1 CLS {result['top1']:.2f}  Top-5 CLS {result['top5']:.2f} "
+              f"({result['num_images']} images) -> {out / 'predictions.csv'}", flush=True)
+    cleanup(ctx)
+    return out
+
+
+if __name__ == "__main__":
+    main(parse_args(get_args_parser(), stage=STAGE))

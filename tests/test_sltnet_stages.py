@@ -1,0 +1,115 @@
+"""SLT-Net stages end to end on tiny generated data (CPU, random init), backbones, upstream-file errors."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utils.checkpoint import MissingFileError
+from utils.config import parse_args
+from utils.data import load_records
+from utils.errors import DataError
+from utils.generate import generate_dataset
+
+SIZE = ["--resize-size", "72", "--input-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def birds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sltnet") / "birds"
+    return generate_dataset(root, num_classes=3, train_per_class=3, test_per_class=2, image_size=64, seed=0)
+
+
+@pytest.fixture
+def run_stage(birds, tmp_path, monkeypatch):
+    """run_stage(module, stage, *argv): parse like the command line and call main()."""
+    import importlib
+
+    monkeypatch.setattr("sltnet.common.OUTPUT_ROOT", tmp_path / "output")
+    torch.set_num_threads(1)
+    common = ["--data-root", str(birds), "--pretrained", "none", "--device", "cpu", "--workers", "0",
+              "--batch-size", "3", "--dataset-name", "birds"]
+
+    def run(module, stage, *argv):
+        script = importlib.import_module(module)
+        return script.main(parse_args(script.get_args_parser(), common + list(argv), stage=stage))
+    run.out = tmp_path / "output" / "sltnet" / "birds" / "vgg16"
+    return run
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_three_stages_end_to_end(run_stage, birds):
+    out = run_stage.out
+    train_ids = [r.image_id for r in load_records(birds, "cub", "train")]
+    test_ids = [r.image_id for r in load_records(birds, "cub", "test")]
+    # 1. localizer + regressor, jointly (SMT + ACAM + VST + L_REG all on), then its own evaluation
+    run_stage("sltnet.localizer.train", "localizer_train", *SIZE, "--top-k", "2", "--epochs", "1",
+              "--max-steps-per-epoch", "2")
+    assert (out / "localizer" / "model.pth").is_file()
+    log = [json.loads(line) for line in (out / "localizer" / "log.jsonl").read_text().splitlines()]
+    assert {"loss_cls", "loss_vst", "loss_reg"} <= set(log[-1])
+    run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--top-k", "2", "--cam-curve-interval", "0.1")
+    metrics = json.loads((out / "localizer" / "test" / "metrics.json").read_text())
+    assert metrics["num_images"] == len(test_ids) and 0 <= metrics["gt_known_loc"] <= 100
+    assert 0 <= metrics["max_box_acc_v2"] <= 100
+    rows = _csv_rows(out / "localizer" / "test" / "boxes.csv")
+    assert rows[0] == ["image_id", "x0", "y0", "x1", "y1"] and [r[0] for r in rows[1:]] == test_ids
+    scoremap = np.load(out / "localizer" / "test" / "scoremaps" / (test_ids[0][:-4] + ".npy"))
+    assert scoremap.shape == (64, 64) and 0 <= scoremap.min() and scoremap.max() <= 1
+    # pseudo boxes on the train split feed the standalone regressor
+    run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--top-k", "2", "--split", "train",
+              "--no-scoremaps", "--no-maxboxacc")
+    assert [r[0] for r in _csv_rows(out / "localizer" / "train" / "boxes.csv")[1:]] == train_ids
+    run_stage("sltnet.regressor.train", "regressor_train", *SIZE, "--epochs", "1", "--max-steps-per-epoch", "1")
+    assert (out / "regressor" / "model.pth").is_file()
+    # 2. classifier: fine-tune, then ten-crop predictions
+    run_stage("sltnet.classifier.train", "classifier_train", *SIZE, "--epochs", "1", "--max-steps-per-epoch", "1")
+    run_stage("sltnet.classifier.test", "classifier_test", *SIZE)
+    rows = _csv_rows(out / "classifier" / "test" / "predictions.csv")
+    assert rows[0] == ["image_id", "label", "pred_top5", "top1_correct", "top5_correct"] and len(rows) == 1 + len(test_ids)
+    # 3. final evaluation: jointly trained regressor, and the standalone one
+    run_stage("sltnet.regressor.test", "regressor_test", *SIZE)
+    final = json.loads((out / "regressor" / "test" / "metrics.json").read_text())
+    assert final["num_images"] == len(test_ids)
+    assert final["top1_loc"] <= final["top5_loc"] <= final["gt_known_loc"] + 1e-9
+    assert (out / "regressor" / "test" / "grid.png").stat().st_size > 0
+    run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
+              "--output-dir", str(out / "final_standalone"))
+    assert json.loads((out / "final_standalone" / "metrics.json").read_text())["num_images"] == len(test_ids)
+
+
+def test_missing_upstream_files_name_the_stage_to_run(run_stage):
+    with pytest.raises(MissingFileError, match="sltnet/localizer/train.py"):
+        run_stage("sltnet.localizer.test", "localizer_test", *SIZE)
+    with pytest.raises(DataError, match="sltnet/localizer/test.py"):
+        run_stage("sltnet.regressor.train", "regressor_train", *SIZE)
+    with pytest.raises(DataError, match="sltnet/classifier/test.py"):
+        run_stage("sltnet.regressor.test", "regressor_test", *SIZE)
+    with pytest.raises(MissingFileError, match="sltnet/classifier/train.py"):
+        run_stage("sltnet.classifier.test", "classifier_test", *SIZE)
+
+
+def test_config_files_parse_for_every_stage():
+    """Every configs/sltnet_*.yaml is accepted by every stage (unknown keys would be errors)."""
+    import importlib
+
+    from utils.paths import CONFIG_DIR
+
+    files = sorted(CONFIG_DIR.glob("sltnet_*.yaml"))
+    assert len(files) == 8
+    stages = {"localizer_train": "sltnet.localizer.train", "localizer_test": "sltnet.localizer.test",
+              "regressor_train": "sltnet.regressor.train", "regressor_test": "sltnet.regressor.test",
+              "classifier_train": "sltnet.classifier.train", "classifier_test": "sltnet.classifier.test"}
+    for path in files:
+        for stage, module in stages.items():
+            args = parse_args(importlib.import_module(module).get_args_parser(), ["--config", str(path)], stage=stage)
+            assert args.backbone in path.name
+    args = parse_args(importlib.import_module("sltnet.localizer.train").get_args_parser(),
+                      ["--config", "configs/sltnet_imagenet_inception_v3.yaml", "--beta", "3"], stage="localizer_train")
+    assert (args.alpha, args.top_k, args.epochs, args.lr, args.batch_size, args.beta) == (0.2, 100, 2, 2e-4, 16, 3.0)
+    assert (args.resize_size, args.input_size, args.layout) == (320, 299, "ilsvrc")
