@@ -1,0 +1,316 @@
+"""Evaluate saved score maps: GT-known / Top-1 / Top-5 Loc, MaxBoxAcc, MaxBoxAccV2, PxAP.
+
+The evaluator runs on saved score maps alone, so any method's maps are scored by the same code.
+Score maps: ``<DIR>/<image id without extension>.npy``, 2-D, values in [0, 1], at the protocol's
+input size (224 x 224 by default); a missing or malformed map is an error naming the file
+(never skipped).
+
+Protocols (named):
+
+* ``wsol`` (Choe et al., CVPR 2020): the whole image resized to input x input; GT boxes with
+  their ``resize_bbox`` truncation; threshold sweep ``np.arange(0, 1, interval)``; Choe's box rule
+  (uint8 map > int(t * max), RETR_TREE); inclusive IoU. GT-known Loc is taken at the best
+  threshold of the IoU-50 largest-contour sweep, or at ``--threshold`` (chosen on a held-out
+  split, as Choe et al. recommend).
+* ``spol`` (SPOL's test step): resize 256 x 256, centre crop 224; GT boxes clipped to the crop
+  (boxes that leave it are dropped; an image with none left is a miss); fixed absolute threshold
+  (``--threshold``, default 0.2, SPOL used 0.8 on ImageNet) with SPOL's box rule (map > t,
+  largest external contour). Unlike SPOL's script every image is counted and IoU >= 0.5 is the
+  default (``--iou-compare '>'`` gives SPOL's strict comparison).
+
+Both protocols also report MaxBoxAcc / MaxBoxAccV2 (Choe's sweep over the same maps, the
+protocol's GT boxes) and PxAP when the records have GT masks (CUB segmentations: any pixel > 0
+is foreground, i.e. marked by at least one annotator).
+
+Commands::
+
+    python -m utils.evaluate --data-root dataset/CUB_200_2011 --layout cub --split test \\
+        --scoremaps output/spol/cub/seg/scoremaps --protocol spol --threshold 0.2 \\
+        --predictions output/spol/cub/cls/predictions.csv --output output/spol/cub/seg/eval.json
+    python -m utils.evaluate --data-root dataset/ILSVRC --layout metadata --metadata-root metadata/ILSVRC \\
+        --split val --scoremaps DIR --protocol wsol --workers 8 --output val.json
+
+``--workers N`` evaluates images in N processes (same numbers, any N).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from utils.cam import boxes_from_maps
+from utils.data import load_gt_mask, load_records, transform_boxes
+from utils.errors import DataError
+from utils.io import atomic_write_json, atomic_write_text
+from utils.metrics import (BoxAccumulator, LocalizationMeter, PxAPAccumulator, best_iou_per_threshold,
+                           cam_threshold_list, check_scoremap_validity)
+from utils.predictions import read_predictions
+
+PROTOCOLS = ("wsol", "spol")
+SCOREMAP_PRODUCER = "the localization stage's test step (it saves one .npy score map per image)"
+
+
+def scoremap_path(scoremap_dir, image_id: str) -> Path:
+    return Path(scoremap_dir) / (os.path.splitext(image_id)[0] + ".npy")
+
+
+def load_scoremap(source, image_id: str, input_size: int) -> np.ndarray:
+    """The checked float64 score map of ``image_id`` from a directory, a mapping or a callable."""
+    if isinstance(source, (str, os.PathLike)):
+        path = scoremap_path(source, image_id)
+        if not path.is_file():
+            raise DataError.at(path, None, f"score map not found (written by {SCOREMAP_PRODUCER})")
+        try:
+            scoremap = np.load(path, allow_pickle=False)
+        except Exception as exc:  # truncated file, pickled object, not an .npy
+            raise DataError.at(path, None, f"unreadable score map ({type(exc).__name__}: {exc})") from None
+    else:
+        path = f"<score map of {image_id}>"
+        if isinstance(source, Mapping):
+            if image_id not in source:
+                raise DataError.at(path, None, "no score map given for this image")
+            scoremap = source[image_id]
+        else:
+            scoremap = source(image_id)
+        if hasattr(scoremap, "detach"):
+            scoremap = scoremap.detach().cpu().numpy()
+    check_scoremap_validity(scoremap, path)
+    if scoremap.shape != (input_size, input_size):
+        raise DataError.at(path, None, f"score map shape {scoremap.shape} differs from the protocol input "
+                                       f"size ({input_size}, {input_size})")
+    return scoremap.astype(np.float64)  # Choe et al. evaluate float64 maps (t2n)
+
+
+class _ImageJob:
+    """Per-image work, picklable so that worker processes can run it."""
+
+    def __init__(self, source, protocol, input_size, resize_size, cam_curve_interval, fixed_threshold, with_masks):
+        self.source, self.protocol = source, protocol
+        self.input_size, self.resize_size = input_size, resize_size
+        self.cam_curve_interval = cam_curve_interval
+        self.thresholds = cam_threshold_list(cam_curve_interval)
+        self.fixed_threshold, self.with_masks = fixed_threshold, with_masks
+
+    def gt_boxes(self, record):
+        return transform_boxes(record.boxes, record.size, self.protocol, self.input_size, self.resize_size)
+
+    def fixed_boxes(self, scoremap, threshold):
+        if self.protocol == "spol":
+            return boxes_from_maps(scoremap, threshold, relative_to_max=False, quantize_uint8=False)[0]
+        return boxes_from_maps(scoremap, threshold)[0]
+
+    def sweep(self, record):
+        scoremap = load_scoremap(self.source, record.image_id, self.input_size)
+        gt = self.gt_boxes(record)
+        ious = best_iou_per_threshold(scoremap, gt, self.thresholds, (False, True))
+        out = {"largest": ious[False], "multi": ious[True]}
+        if self.fixed_threshold is not None:
+            out["boxes"] = self.fixed_boxes(scoremap, self.fixed_threshold)
+        if self.with_masks:
+            px = PxAPAccumulator(self.cam_curve_interval)
+            px.accumulate(scoremap, load_gt_mask(record, self.protocol, self.input_size, self.resize_size),
+                          path=record.mask_path)
+            out["px"] = px.state()
+        return out
+
+    def boxes_at(self, record_threshold):
+        record, threshold = record_threshold
+        return self.fixed_boxes(load_scoremap(self.source, record.image_id, self.input_size), threshold)
+
+
+class _Runner:
+    """Maps a function over records in this process, or in a pool of ``workers`` processes
+    (fork where available, as torch's DataLoader does; results come back in order)."""
+
+    def __init__(self, workers: int):
+        self.pool = None
+        if workers and workers > 1:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            self.pool = mp.get_context(method).Pool(workers, initializer=_worker_init)
+
+    def map(self, fn, items):
+        if self.pool is None:
+            return map(fn, items)
+        return self.pool.imap(fn, items, chunksize=8)
+
+    def close(self, failed: bool = False):
+        if self.pool is not None:
+            if failed:
+                self.pool.terminate()  # do not finish the remaining images after an error
+            else:
+                self.pool.close()
+            self.pool.join()
+
+
+def _worker_init():
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval: float = 0.001,
+                       threshold: float | None = None, predictions=None, iou_threshold: float = 0.5,
+                       iou_compare: str = ">=", inclusive_iou: bool = True, input_size: int = 224,
+                       resize_size: int = 256, split: str = "", workers: int = 0) -> dict:
+    """Evaluate score maps of ``records`` (list of utils.data.Record) and return the results dict.
+
+    ``scoremaps``: a directory of ``<id stem>.npy`` files, a mapping ``image_id -> map`` or a
+    callable ``image_id -> map`` (2-D, [0, 1], input_size x input_size). ``threshold``: the box
+    threshold for GT-known / Top-k Loc (required for "spol"; for "wsol" None = the best threshold
+    of the IoU-50 largest-contour sweep). ``predictions``: a ``read_predictions`` dict or a path to
+    predictions.csv (adds top1_loc / top5_loc). ``workers`` > 1 uses processes (directory only).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "spol" and threshold is None:
+        raise ValueError("protocol 'spol' needs a fixed threshold (SPOL: 0.2 on CUB, 0.8 on ImageNet)")
+    records = list(records)
+    if not records:
+        raise ValueError("no records to evaluate")
+    flags = None
+    if predictions is not None:
+        preds = read_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
+        where = predictions if isinstance(predictions, (str, os.PathLike)) else "<predictions>"
+        flags = []
+        for r in records:
+            p = preds.get(r.image_id)
+            if p is None:
+                raise DataError.at(where, None, f"no prediction for image {r.image_id}")
+            if p.label != r.label:
+                raise DataError.at(where, None, f"label {p.label} of image {r.image_id} differs from the dataset's {r.label}")
+            flags.append((p.top1_correct, p.top5_correct))
+    if workers and workers > 1 and not isinstance(scoremaps, (str, os.PathLike)):
+        workers = 0  # in-memory maps stay in this process
+    thresholds = cam_threshold_list(cam_curve_interval)
+    with_masks = all(r.mask_path is not None for r in records)
+    job = _ImageJob(scoremaps, protocol, input_size, resize_size, cam_curve_interval, threshold, with_masks)
+
+    maxboxacc = BoxAccumulator(cam_curve_interval, iou_thresholds=(50,), multi_contour=False)
+    v2 = BoxAccumulator(cam_curve_interval, iou_thresholds=(30, 50, 70), multi_contour=True)
+    pxap = PxAPAccumulator(cam_curve_interval) if with_masks else None
+    fixed = []
+    runner = _Runner(workers)
+    failed = True
+    try:
+        for out in runner.map(job.sweep, records):
+            maxboxacc.accumulate_ious(out["largest"])
+            v2.accumulate_ious(out["multi"])
+            if pxap is not None:
+                pxap.merge(out["px"])
+            if "boxes" in out:
+                fixed.append(out["boxes"])
+        box = maxboxacc.compute()
+        box_v2 = v2.compute()
+        best_threshold = box["best_threshold"][50]
+        threshold_used = best_threshold if threshold is None else float(threshold)
+        if threshold is None:  # second pass: boxes at the sweep's best threshold
+            fixed = list(runner.map(job.boxes_at, [(r, threshold_used) for r in records]))
+        failed = False
+    finally:
+        runner.close(failed)
+
+    meter = LocalizationMeter(iou_threshold, iou_compare, inclusive_iou)
+    meter.update(fixed, [job.gt_boxes(r) for r in records],
+                 *(zip(*flags) if flags is not None else (None, None)))
+    loc = meter.compute()
+
+    results = {"protocol": protocol, "split": split, "num_images": len(records),
+               "gt_known_loc": loc["gt_known_loc"]}
+    if flags is not None:
+        results["top1_loc"], results["top5_loc"] = loc["top1_loc"], loc["top5_loc"]
+    results.update({
+        "maxboxacc": box["max_box_acc"][50],
+        "maxboxacc_v2": box_v2["mean_max_box_acc"],
+        "maxboxacc_v2_per_iou": {str(k): v for k, v in box_v2["max_box_acc"].items()},
+    })
+    if pxap is not None:
+        px = pxap.compute()
+        results["pxap"] = px["pxap"]
+    results.update({
+        "best_threshold": best_threshold,
+        "best_threshold_v2_per_iou": {str(k): v for k, v in box_v2["best_threshold"].items()},
+        "threshold_used": threshold_used,
+        "threshold_source": "fixed" if threshold is not None else "best of the IoU-50 sweep on this split",
+        "iou_threshold": iou_threshold, "iou_compare": iou_compare,
+        "iou_convention": "inclusive" if inclusive_iou else "exclusive",
+        "cam_curve_interval": cam_curve_interval, "input_size": input_size,
+        "resize_size": resize_size if protocol == "spol" else None,
+        "num_images_without_gt_box": int(sum(len(job.gt_boxes(r)) == 0 for r in records)),
+        "curves": {"thresholds": [float(t) for t in thresholds],
+                   "maxboxacc_iou50": box["curve"][50].tolist(),
+                   "maxboxacc_v2": {str(k): c.tolist() for k, c in box_v2["curve"].items()}},
+    })
+    if pxap is not None:
+        results["curves"]["pxap_precision"] = np.nan_to_num(px["precision"], nan=1.0).tolist()
+        results["curves"]["pxap_recall"] = px["recall"].tolist()
+    return results
+
+
+def format_table(results: dict) -> str:
+    """A readable summary of :func:`evaluate_scoremaps`'s results."""
+    rows = [("protocol", results["protocol"]), ("split", results["split"]),
+            ("images", results["num_images"])]
+    for key, name in (("top1_loc", "Top-1 Loc"), ("top5_loc", "Top-5 Loc"), ("gt_known_loc", "GT-known Loc")):
+        if results.get(key) is not None:
+            rows.append((name, f"{results[key]:.2f}"))
+    rows.append(("  at threshold", f"{results['threshold_used']:.3f} ({results['threshold_source']}), "
+                                   f"IoU {results['iou_compare']} {results['iou_threshold']}"))
+    rows.append(("MaxBoxAcc (IoU 50)", f"{results['maxboxacc']:.2f} (best threshold {results['best_threshold']:.3f})"))
+    per = results["maxboxacc_v2_per_iou"]
+    rows.append(("MaxBoxAccV2", f"{results['maxboxacc_v2']:.2f} (IoU 30/50/70: "
+                                + " / ".join(f"{per[k]:.2f}" for k in ("30", "50", "70")) + ")"))
+    if "pxap" in results:
+        rows.append(("PxAP", f"{results['pxap']:.2f}"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata"))
+    p.add_argument("--metadata-root", default=None, help="for --layout metadata (default <data-root>/metadata)")
+    p.add_argument("--split", required=True)
+    p.add_argument("--exclude-ids", nargs="*", default=(),
+                   help="image ids / file names left out (SPOL leaves out ILSVRC2012_val_00033202.JPEG)")
+    p.add_argument("--scoremaps", required=True, help="folder of <image id stem>.npy score maps")
+    p.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    p.add_argument("--cam-curve-interval", type=float, default=0.001)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="fixed box threshold (wsol: default = best of the sweep; spol: default 0.2, 0.8 for ilsvrc)")
+    p.add_argument("--predictions", default=None, help="predictions.csv of the classification stage")
+    p.add_argument("--iou-threshold", type=float, default=0.5)
+    p.add_argument("--iou-compare", choices=(">=", ">"), default=">=")
+    p.add_argument("--iou-convention", choices=("inclusive", "exclusive"), default="inclusive")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--resize-size", type=int, default=256, help="spol protocol: resize before the centre crop")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--output", required=True, help="results JSON; the table goes next to it as .txt")
+    return p
+
+
+def main(args) -> dict:
+    threshold = args.threshold
+    if args.protocol == "spol" and threshold is None:
+        threshold = 0.8 if args.layout == "ilsvrc" else 0.2
+    records = load_records(args.data_root, args.layout, args.split, metadata_root=args.metadata_root,
+                           exclude_ids=args.exclude_ids)
+    results = evaluate_scoremaps(
+        records, args.scoremaps, args.protocol, cam_curve_interval=args.cam_curve_interval,
+        threshold=threshold, predictions=args.predictions, iou_threshold=args.iou_threshold,
+        iou_compare=args.iou_compare, inclusive_iou=args.iou_convention == "inclusive",
+        input_size=args.input_size, resize_size=args.resize_size, split=args.split, workers=args.workers)
+    results["scoremaps"] = os.path.abspath(args.scoremaps)
+    table = format_table(results)
+    output = Path(args.output)
+    atomic_write_json(output, results)
+    atomic_write_text(output.with_suffix(".txt"), table)
+    print(table, end="")
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
