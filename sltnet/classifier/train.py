@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 
-from sltnet.common import GEOMETRY, add_classifier_stage_args, resolve_args
 from network import build_classifier
-from utils.classify import classification_loss, classifier_param_groups, linear_epoch_decay, steps_per_epoch
+from sltnet.common import add_classifier_stage_args, resolve_args
+from utils.classify import train_classifier
 from utils.config import add_common_args, parse_args, save_resolved_config
-from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.data import load_records, num_classes
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import setup_run
 
 STAGE = "classifier_train"
 
@@ -48,20 +48,12 @@ def main(args):
 
     records = load_records(args.data_root, args.layout, args.split)
     n_classes = num_classes(records)
-    dataset = WSOLDataset(records, build_transform("train", resize=args.resize_size, crop=args.input_size,
-                                                   flip=args.flip))
     model = build_classifier(args.backbone, n_classes, args.pretrained)
-    optimizer = build_optimizer(classifier_param_groups(model, n_classes, args.lr, args.backbone_lr_mult,
-                                                        args.weight_decay), args)
-    lr_lambda = None
-    if args.lr_schedule == "linear":
-        lr_lambda = linear_epoch_decay(steps_per_epoch(len(dataset), args.batch_size, ctx.world_size,
-                                                       args.max_steps_per_epoch), args.epochs)
+    args.resize, args.crop = args.resize_size, args.input_size      # utils.classify's option names
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
         print(f"{STAGE}: {args.backbone}, {len(records)} images, {n_classes} classes -> {args.output_dir}", flush=True)
-    trainer = Trainer(model, optimizer, args, ctx, lr_lambda=lr_lambda, stage_name=STAGE)
-    trainer.fit(dataset, classification_loss)
+    train_classifier(model, records, args, ctx, stage_name=STAGE)
     cleanup(ctx)
     return args.output_dir
 
