@@ -1,0 +1,7 @@
+"""Backbones and classifiers shared by both methods (see network/backbones.py)."""
+from network.backbones import (NAMES, WEIGHTS, Backbone, build_backbone, build_classifier,
+                               classifier_head, load_imagenet_weights, resnet50_trunk, weight_file,
+                               weight_url)
+
+__all__ = ["NAMES", "WEIGHTS", "Backbone", "build_backbone", "build_classifier", "classifier_head",
+           "load_imagenet_weights", "resnet50_trunk", "weight_file", "weight_url"]

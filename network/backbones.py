@@ -1,0 +1,322 @@
+"""ImageNet backbones from torchvision, with their intermediate feature maps.
+
+``build_backbone(name, pretrained)`` returns a ``Backbone`` whose ``forward(x)`` returns a
+dict of feature maps (explicit forward code per family, no hooks). Module names are
+torchvision's (``features.28``, ``layer4.2.conv3``, ``Mixed_7c``, ...), so torchvision
+state dicts and checkpoints of methods built on torchvision models line up.
+
+ImageNet weights are read from ``resource/<torchvision file name>`` (no download, no
+silent fallback): a missing file is an error naming the path and the URL; random
+initialisation only with ``pretrained="none"``. File names and URLs: ``WEIGHTS`` below
+and ``resource/README.md``.
+
+Feature maps (stride = input pixels per map pixel; a 224x224 input gives 224/stride):
+
+=============== ==================================================================
+vgg16           conv3 (conv3_3+ReLU, 256 ch, s4), conv4 (conv4_3+ReLU, 512, s8),
+                conv5 (conv5_3+ReLU, 512, s16; pool5 is not applied)
+inception_v3    mixed_5d (288, s8), mixed_6e (768, s16), mixed_7c (2048, s32);
+                unpadded convolutions make the maps slightly smaller than input/stride
+resnet50        layer1 (256, s4), layer2 (512, s8), layer3 (1024, s16), layer4 (2048, s32)
+densenet161     denseblock1 (384, s4), denseblock2 (768, s8), denseblock3 (2112, s16),
+                denseblock4 (2208, s32), features (ReLU(norm5), 2208, s32)
+efficientnet_b7 stage1..stage7 (32, 48, 80, 160, 224, 384, 640 ch; s2, 4, 8, 16, 16, 32, 32),
+                features (final 1x1 conv, 2560, s32)
+=============== ==================================================================
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.models as tvm
+from torchvision.models.vgg import cfgs as _vgg_cfgs, make_layers as _vgg_make_layers
+
+from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked
+from utils.paths import RESOURCE_DIR
+
+_URL = "https://download.pytorch.org/models/"
+# name -> accepted file names in resource/ (first = torchvision's current file)
+WEIGHTS: dict[str, list[str]] = {
+    "vgg16": ["vgg16-397923af.pth"],
+    "inception_v3": ["inception_v3_google-0cc3c7bd.pth"],
+    # 19c8e357 is the file torchvision shipped before 0.13, used by earlier WSOL code (SPOL)
+    "resnet50": ["resnet50-0676ba61.pth", "resnet50-19c8e357.pth"],
+    "densenet161": ["densenet161-8d451a50.pth"],
+    "efficientnet_b7": ["efficientnet_b7_lukemelas-c5b4e57e.pth"],
+}
+NAMES = tuple(WEIGHTS)
+
+
+def weight_url(file_name: str) -> str:
+    return _URL + file_name
+
+
+def _check_name(name: str) -> None:
+    if name not in WEIGHTS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def weight_file(name: str, resource_dir: str | os.PathLike = RESOURCE_DIR) -> Path:
+    """The ImageNet weight file for ``name``: the first accepted file present, else the expected path."""
+    _check_name(name)
+    resource_dir = Path(resource_dir)
+    for file_name in WEIGHTS[name]:
+        if (resource_dir / file_name).is_file():
+            return resource_dir / file_name
+    return resource_dir / WEIGHTS[name][0]
+
+
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _rename_legacy_keys(name: str, state_dict: dict) -> dict:
+    """torchvision's DenseNet files use 'norm.1'-style keys (torchvision renames them the same way)."""
+    if not name.startswith("densenet"):
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        match = _DENSENET_LEGACY.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
+def load_imagenet_weights(module: nn.Module, name: str, resource_dir=RESOURCE_DIR,
+                          drop_prefixes: tuple[str, ...] = ()) -> Path:
+    """Load ``resource/<file of name>`` into ``module`` (checked: every other key must fit)."""
+    path = weight_file(name, resource_dir)
+    if not path.is_file():
+        alternatives = WEIGHTS[name][1:]
+        also = f" (also accepted: {', '.join(alternatives)})" if alternatives else ""
+        raise MissingFileError(f"{path} not found: download {weight_url(path.name)} and place it there"
+                               f"{also} (or pass --pretrained none)")
+    state_dict = _rename_legacy_keys(name, load_checkpoint(path))
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(drop_prefixes)}
+    load_state_dict_checked(module, state_dict, source=str(path))
+    return path
+
+
+def _check_pretrained(pretrained: str) -> None:
+    if pretrained not in ("imagenet", "none"):
+        raise ValueError(f"pretrained must be 'imagenet' or 'none', got {pretrained!r}")
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``forward(x) -> {feature name: map}`` in ``feature_names`` order."""
+
+    name: str = ""
+    feature_names: list[str] = []
+    out_channels: dict[str, int] = {}
+    strides: dict[str, int] = {}
+    # keys of the torchvision ImageNet file that the backbone does not have (the heads)
+    dropped_prefixes: tuple[str, ...] = ()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class VGG16Backbone(Backbone):
+    name = "vgg16"
+    feature_names = ["conv3", "conv4", "conv5"]
+    out_channels = {"conv3": 256, "conv4": 512, "conv5": 512}
+    strides = {"conv3": 4, "conv4": 8, "conv5": 16}
+    dropped_prefixes = ("classifier.",)
+    _taps = {15: "conv3", 22: "conv4", 29: "conv5"}  # indices of the ReLUs after conv3_3/4_3/5_3
+
+    def __init__(self):
+        super().__init__()
+        self.features = _vgg_make_layers(_vgg_cfgs["D"], batch_norm=False)
+        for m in self.modules():  # torchvision VGG initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        out = {}
+        for i, layer in enumerate(self.features):
+            if i > 29:  # pool5 is not part of any map
+                break
+            x = layer(x)
+            if i in self._taps:
+                out[self._taps[i]] = x
+        return out
+
+
+class ResNet50Backbone(Backbone):
+    name = "resnet50"
+    feature_names = ["layer1", "layer2", "layer3", "layer4"]
+    out_channels = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
+    strides = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+    dropped_prefixes = ("fc.",)
+
+    def __init__(self):
+        super().__init__()
+        tv = tvm.resnet50(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = tv.conv1, tv.bn1, tv.relu, tv.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
+
+    def _maps(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return c2, c3, c4, c5
+
+    def forward(self, x):
+        return dict(zip(self.feature_names, self._maps(x)))
+
+
+class ResNet50Trunk(ResNet50Backbone):
+    """ResNet-50 without ``fc`` whose forward returns (layer1, layer2, layer3, layer4) outputs.
+
+    Attribute names are torchvision's, so a model holding it as ``bkbone`` has the keys
+    ``bkbone.conv1.weight``, ``bkbone.layer1.0.conv1.weight``, ... (SPOL's checkpoints).
+    """
+
+    def forward(self, x):
+        return self._maps(x)
+
+
+class InceptionV3Backbone(Backbone):
+    name = "inception_v3"
+    feature_names = ["mixed_5d", "mixed_6e", "mixed_7c"]
+    out_channels = {"mixed_5d": 288, "mixed_6e": 768, "mixed_7c": 2048}
+    strides = {"mixed_5d": 8, "mixed_6e": 16, "mixed_7c": 32}
+    dropped_prefixes = ("AuxLogits.", "fc.")
+    _blocks = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+               "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+               "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
+
+    def __init__(self, transform_input: bool = False, init_weights: bool = True):
+        super().__init__()
+        tv = tvm.inception_v3(weights=None, aux_logits=False, init_weights=init_weights,
+                              transform_input=transform_input)
+        self.transform_input = transform_input
+        for block in self._blocks:
+            setattr(self, block, getattr(tv, block))
+
+    def forward(self, x):
+        if self.transform_input:
+            # Google's weights expect inputs in [-1, 1]: map ImageNet-normalised inputs there
+            # (torchvision's Inception3._transform_input)
+            mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+            std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+            x = x * (std / 0.5) + (mean - 0.5) / 0.5
+        out = {}
+        for block in self._blocks:
+            x = getattr(self, block)(x)
+            if block in ("Mixed_5d", "Mixed_6e", "Mixed_7c"):
+                out[block.lower()] = x
+        return out
+
+
+class DenseNet161Backbone(Backbone):
+    name = "densenet161"
+    feature_names = ["denseblock1", "denseblock2", "denseblock3", "denseblock4", "features"]
+    out_channels = {"denseblock1": 384, "denseblock2": 768, "denseblock3": 2112, "denseblock4": 2208,
+                    "features": 2208}
+    strides = {"denseblock1": 4, "denseblock2": 8, "denseblock3": 16, "denseblock4": 32, "features": 32}
+    dropped_prefixes = ("classifier.",)
+
+    def __init__(self):
+        super().__init__()
+        self.features = tvm.densenet161(weights=None).features
+
+    def forward(self, x):
+        out = {}
+        for name, layer in self.features.named_children():
+            x = layer(x)
+            if name.startswith("denseblock"):
+                out[name] = x
+        out["features"] = F.relu(x)  # after norm5, as torchvision's DenseNet.forward
+        return out
+
+
+class EfficientNetB7Backbone(Backbone):
+    name = "efficientnet_b7"
+    feature_names = [f"stage{i}" for i in range(1, 8)] + ["features"]
+    out_channels = dict(zip(feature_names, [32, 48, 80, 160, 224, 384, 640, 2560]))
+    strides = dict(zip(feature_names, [2, 4, 8, 16, 16, 32, 32, 32]))
+    dropped_prefixes = ("classifier.",)
+
+    def __init__(self):
+        super().__init__()
+        self.features = tvm.efficientnet_b7(weights=None).features
+
+    def forward(self, x):
+        out = {}
+        x = self.features[0](x)  # stem
+        for i in range(1, 8):
+            x = self.features[i](x)
+            out[f"stage{i}"] = x
+        out["features"] = self.features[8](x)
+        return out
+
+
+def build_backbone(name: str, pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> Backbone:
+    """A ``Backbone`` for ``name`` (see ``NAMES``), ImageNet weights or random (``"none"``)."""
+    _check_name(name)
+    _check_pretrained(pretrained)
+    if name == "inception_v3":
+        # with Google's weights the input is remapped as torchvision does; random: plain input
+        model = InceptionV3Backbone(transform_input=pretrained == "imagenet", init_weights=pretrained == "none")
+    else:
+        model = {"vgg16": VGG16Backbone, "resnet50": ResNet50Backbone, "densenet161": DenseNet161Backbone,
+                 "efficientnet_b7": EfficientNetB7Backbone}[name]()
+    if pretrained == "imagenet":
+        load_imagenet_weights(model, name, resource_dir, model.dropped_prefixes)
+    return model
+
+
+def resnet50_trunk(pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> ResNet50Trunk:
+    """ResNet-50 trunk (conv1, bn1, layer1..layer4; no fc) returning the four layer outputs."""
+    _check_pretrained(pretrained)
+    model = ResNet50Trunk()
+    if pretrained == "imagenet":
+        load_imagenet_weights(model, "resnet50", resource_dir, model.dropped_prefixes)
+    return model
+
+
+def classifier_head(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(parent module, attribute) of the final linear layer of a torchvision classifier."""
+    _check_name(name)
+    if name == "vgg16":
+        return model.classifier, "6"
+    if name in ("inception_v3", "resnet50"):
+        return model, "fc"
+    if name == "densenet161":
+        return model, "classifier"
+    return model.classifier, "1"
+
+
+def build_classifier(name: str, num_classes: int, pretrained: str = "imagenet",
+                     resource_dir=RESOURCE_DIR) -> nn.Module:
+    """A torchvision classifier; ImageNet weights loaded into the 1000-class model, then a new
+    (randomly initialised) head when ``num_classes != 1000``. Inception: no auxiliary head."""
+    _check_name(name)
+    _check_pretrained(pretrained)
+    imagenet = pretrained == "imagenet"
+    builder = getattr(tvm, name)
+    if name == "inception_v3":
+        model = builder(weights=None, num_classes=1000, aux_logits=False, transform_input=imagenet,
+                        init_weights=not imagenet)
+    else:
+        model = builder(weights=None, num_classes=1000)
+    if imagenet:
+        load_imagenet_weights(model, name, resource_dir, ("AuxLogits.",) if name == "inception_v3" else ())
+    if num_classes != 1000:
+        parent, attr = classifier_head(model, name)
+        old = getattr(parent, attr)
+        new = nn.Linear(old.in_features, num_classes)
+        if name == "efficientnet_b7":  # torchvision's EfficientNet head initialisation
+            init_range = 1.0 / num_classes ** 0.5
+            nn.init.uniform_(new.weight, -init_range, init_range)
+            nn.init.zeros_(new.bias)
+        setattr(parent, attr, new)
+    return model

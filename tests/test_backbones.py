@@ -1,0 +1,114 @@
+"""network.backbones: feature maps, strides, weight files, checked loading."""
+import pytest
+import torch
+import torchvision
+
+from network import (WEIGHTS, build_backbone, build_classifier, load_imagenet_weights, resnet50_trunk,
+                     weight_file)
+from network.backbones import _rename_legacy_keys
+from utils.checkpoint import MissingFileError, save_checkpoint
+
+torch.set_num_threads(1)
+
+# (name, input size, expected spatial size of each map): strides 4/8/16/32 give 64/stride;
+# Inception's unpadded convolutions: 96 -> 47 -> 45 -> 22 -> 20 -> 9 (5d) -> 4 (6e) -> 1 (7c)
+CASES = [
+    ("vgg16", 64, {"conv3": 16, "conv4": 8, "conv5": 4}),
+    ("resnet50", 64, {"layer1": 16, "layer2": 8, "layer3": 4, "layer4": 2}),
+    ("inception_v3", 96, {"mixed_5d": 9, "mixed_6e": 4, "mixed_7c": 1}),
+    ("densenet161", 64, {"denseblock1": 16, "denseblock2": 8, "denseblock3": 4, "denseblock4": 2,
+                         "features": 2}),
+    ("efficientnet_b7", 64, {"stage1": 32, "stage2": 16, "stage3": 8, "stage4": 4, "stage5": 4,
+                             "stage6": 2, "stage7": 2, "features": 2}),
+]
+
+
+@pytest.mark.parametrize("name,size,spatial", CASES, ids=[c[0] for c in CASES])
+def test_random_backbone_maps(name, size, spatial):
+    model = build_backbone(name, pretrained="none").eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, size, size))
+    assert list(out) == model.feature_names == list(spatial)
+    for key, side in spatial.items():
+        assert out[key].shape == (1, model.out_channels[key], side, side), key
+        if name != "inception_v3":
+            assert size // model.strides[key] == side
+    assert not any(k.startswith(("fc.", "classifier.", "AuxLogits.")) for k in model.state_dict())
+
+
+def test_resnet50_trunk_keys_and_tuple():
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bkbone = resnet50_trunk("none")
+
+    keys = list(Holder().state_dict())
+    assert keys[:2] == ["bkbone.conv1.weight", "bkbone.bn1.weight"]
+    assert "bkbone.layer1.0.conv1.weight" in keys and "bkbone.layer4.2.bn3.running_var" in keys
+    assert not any(".fc." in k for k in keys)
+    assert len(keys) == len(torchvision.models.resnet50().state_dict()) - 2
+    with torch.no_grad():
+        outs = resnet50_trunk("none").eval()(torch.randn(1, 3, 64, 64))
+    assert isinstance(outs, tuple) and [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
+
+
+def test_missing_weight_file_names_path_and_url(tmp_path):
+    for name, files in WEIGHTS.items():
+        with pytest.raises(MissingFileError) as info:
+            load_imagenet_weights(torch.nn.Linear(1, 1), name, tmp_path)
+        msg = str(info.value)
+        assert msg.startswith(f"{tmp_path / files[0]} not found: download "
+                              f"https://download.pytorch.org/models/{files[0]} and place it there")
+        assert msg.endswith("(or pass --pretrained none)")
+    with pytest.raises(FileNotFoundError, match="resnet50-0676ba61.pth not found"):
+        build_backbone("resnet50", "imagenet", resource_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("alexnet", "none")
+
+
+def test_pretrained_resnet50_loads_legacy_file_exactly(tmp_path):
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet50()
+    # the pre-0.13 file: other name, no BatchNorm num_batches_tracked entries, fp16 here
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in reference.state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+    save_checkpoint(tmp_path / "resnet50-19c8e357.pth", sd)
+    assert weight_file("resnet50", tmp_path).name == "resnet50-19c8e357.pth"
+    model = build_backbone("resnet50", "imagenet", resource_dir=tmp_path)
+    assert torch.equal(model.layer3[2].conv2.weight, reference.layer3[2].conv2.weight.half().float())
+    trunk = resnet50_trunk("imagenet", resource_dir=tmp_path)
+    assert torch.equal(trunk.conv1.weight, model.conv1.weight)
+    clf = build_classifier("resnet50", 7, "imagenet", resource_dir=tmp_path)
+    assert clf.fc.out_features == 7
+    assert torch.equal(clf.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
+
+
+def test_wrong_weight_file_is_refused(tmp_path):
+    path = tmp_path / "resnet50-0676ba61.pth"
+    sd = torchvision.models.resnet50().state_dict()
+    sd["layer1.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
+    del sd["layer4.2.bn3.bias"]
+    sd["extra.weight"] = torch.zeros(1)
+    save_checkpoint(path, sd)
+    with pytest.raises(ValueError) as info:
+        build_backbone("resnet50", "imagenet", resource_dir=tmp_path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ")
+    assert "unexpected keys (1): extra.weight" in msg
+    assert "layer1.0.conv1.weight [64, 64, 3, 3] vs model [64, 64, 1, 1]" in msg
+    assert "missing keys (1): layer4.2.bn3.bias" in msg
+
+
+def test_densenet_legacy_keys_are_renamed():
+    sd = {"features.denseblock1.denselayer1.norm.1.weight": 1, "features.denseblock1.denselayer1.conv.2.weight": 2,
+          "features.norm5.bias": 3}
+    assert _rename_legacy_keys("densenet161", sd) == {"features.denseblock1.denselayer1.norm1.weight": 1,
+                                                     "features.denseblock1.denselayer1.conv2.weight": 2,
+                                                     "features.norm5.bias": 3}
+    assert _rename_legacy_keys("resnet50", sd) is sd
+
+
+def test_classifier_heads():
+    model = build_classifier("inception_v3", 5, "none")
+    assert model.fc.out_features == 5 and model.AuxLogits is None and not model.transform_input
+    assert build_classifier("vgg16", 1000, "none").classifier[6].out_features == 1000
