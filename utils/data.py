@@ -127,7 +127,7 @@ def _require(path: Path, what: str, layout: str, *, folder: bool = False) -> Pat
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, stripped line) for every non-blank line."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # tolerate a BOM
             for lineno, line in enumerate(f, 1):
                 line = line.strip()
                 if line:
