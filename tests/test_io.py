@@ -66,3 +66,12 @@ def test_png_rejects_non_uint8_without_touching_target(tmp_path):
         atomic_save_png(target, np.zeros((2, 2), np.float32))
     assert target.read_bytes() == b"keep"
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_data_error_names_file_and_line():
+    from utils.errors import DataError
+
+    assert str(DataError.at("a/b.txt", 3, "bad\nvalue")) == "a/b.txt:3: bad value"
+    assert str(DataError.at("a/b.txt", msg="missing")) == "a/b.txt: missing"
+    assert str(DataError.at("a/b.txt", "missing")) == "a/b.txt: missing"
+    assert isinstance(DataError.at("x", 1, "y"), ValueError)

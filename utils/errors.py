@@ -12,8 +12,10 @@ class DataError(ValueError):
     """Bad or missing input data. A ``ValueError`` so generic handlers still catch it."""
 
     @classmethod
-    def at(cls, path: str | os.PathLike, line: int | None = None, msg: str = "") -> "DataError":
+    def at(cls, path: str | os.PathLike, line: int | str | None = None, msg: str = "") -> "DataError":
         """Build the error for ``path`` (and 1-based ``line`` when given): ``"<path>:<line>: <msg>"``."""
+        if isinstance(line, str) and not msg:  # DataError.at(path, "what is wrong")
+            line, msg = None, line
         where = os.fspath(path)
         if line is not None:
             where = f"{where}:{int(line)}"
