@@ -1,0 +1,123 @@
+"""SPOL cam stage, test step: one pseudo mask per TRAINING image, for the seg stage.
+
+    python3 spol/cam/test.py --config configs/spol_cub.yaml
+    torchrun --nproc_per_node 4 spol/cam/test.py --config configs/spol_cub.yaml
+    python3 spol/cam/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_cam.pth
+
+Each image is resized to 256 x 256 (no crop) and goes through the CAM model in batches on the
+device; the ground-truth class's map is max-normalised and resized to 256 x 256 there. The
+Gaussian prior is fitted per image on the CPU (vectorised numpy, ``--mask-workers`` threads);
+see ``spol/pseudo_mask.py`` for the recipe. Output, in this stage's output folder (never in the
+dataset)::
+
+    <output>/pseudo_masks/<image id without extension>.png   lossless RGB PNG, original image size:
+                                                             R = CAM, G = Gaussian prior, B = 0
+    <output>/pseudo_masks.json                               recipe, channel order, image count
+
+Weights: ``--checkpoint`` (default ``<output>/model.pth`` of ``spol/cam/train.py``), a released
+SPOL cam state dict or one of ours, loaded strictly (fp16 -> fp32).
+"""
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from spol import pseudo_mask as pm
+from spol.common import add_spol_args, load_split, require, resolve_defaults
+from spol.model import CAMModel, load_spol_weights
+from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.data import WSOLDataset, build_transform, num_classes
+from utils.distributed import DistContext, barrier, cleanup
+from utils.engine import ShardSampler, autocast, setup_run
+from utils.io import atomic_save_png, atomic_write_json
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SPOL cam stage: write pseudo masks of the training images")
+    add_common_args(parser)
+    add_spol_args(parser)
+    g = parser.add_argument_group("cam test")
+    g.add_argument("--checkpoint", type=str, default=None,
+                   help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
+    g.add_argument("--split", type=str, default="train", help="images to write pseudo masks for")
+    g.add_argument("--resize", type=int, default=pm.WORK_SIZE,
+                   help="CAM input and pseudo-mask working size (reference: 256)")
+    g.add_argument("--mask-workers", type=int, default=4, help="CPU threads fitting the Gaussians")
+    parser.set_defaults(batch_size=64, pretrained="none")
+    return parser
+
+
+@torch.no_grad()
+def iter_normalized_cams(model, loader, device: torch.device, *, work_size: int = pm.WORK_SIZE, amp: str = "off"):
+    """Batched inference loop: yields ``(indices [B], cams [B, S, S] float32 numpy)``, the
+    ground-truth class's CAM divided by its max and resized to ``work_size`` on the device."""
+    model.eval()
+    ctx = DistContext(device=device)
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        labels = torch.as_tensor(batch["label"], device=device)
+        with autocast(ctx, amp):
+            cams = model.cam(images)
+        cams = cams[torch.arange(len(labels), device=device), labels]
+        maps = pm.normalize_and_resize(cams.float(), work_size)
+        yield torch.as_tensor(batch["index"]).numpy(), maps.cpu().numpy()
+
+
+def pseudo_mask_path(mask_dir, image_id: str) -> Path:
+    return Path(mask_dir) / (str(Path(image_id).with_suffix("")) + ".png")
+
+
+def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
+    """This rank's share of the records -> PNG pseudo masks; returns how many it wrote."""
+    transform = build_transform("resize", resize=args.resize)
+    dataset = WSOLDataset(records, transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
+                                         sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
+
+    def save(item):
+        index, cam = item
+        record = records[int(index)]
+        atomic_save_png(pseudo_mask_path(mask_dir, record.image_id), pm.pseudo_mask_image(cam, record.size))
+
+    written = 0
+    batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc="pseudo masks")
+    with ThreadPoolExecutor(max(1, args.mask_workers)) as pool:
+        for indices, cams in iter_normalized_cams(model, batches, ctx.device, work_size=args.resize, amp=args.amp):
+            list(pool.map(save, zip(indices, cams)))
+            written += len(indices)
+    return written
+
+
+def main(args):
+    resolve_defaults(args, "cam")
+    checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
+    require(checkpoint, "cam_model")
+    ctx = setup_run(args)
+    if ctx.is_main:  # next to, not over, the train step's args.yaml
+        save_resolved_config(args, Path(args.output_dir) / "test_args")
+    records = load_split(args, args.split)
+    model = CAMModel(num_classes(records), pretrained="none")
+    load_spol_weights(model, checkpoint, source_stage="spol/cam/train.py")
+    model.to(ctx.device)
+    mask_dir = Path(args.output_dir) / "pseudo_masks"
+    write_pseudo_masks(model, records, args, ctx, mask_dir)
+    barrier(ctx)
+    if ctx.is_main:
+        atomic_write_json(Path(args.output_dir) / "pseudo_masks.json", {
+            "split": args.split, "num_images": len(records), "checkpoint": str(Path(checkpoint).resolve()),
+            "folder": str(mask_dir.resolve()), "format": "PNG (lossless), original image size",
+            "channels": {"R": "CAM of the GT class, max-normalised", "G": "Gaussian prior", "B": "zero"},
+            "work_size": args.resize, "band": [pm.BAND_LOW, pm.BAND_HIGH], "min_contour_area": pm.MIN_CONTOUR_AREA,
+            "variance_divisor": pm.VARIANCE_DIVISOR, "degenerate_contours": "skipped"})
+        print(f"{len(records)} pseudo masks written to {mask_dir}", flush=True)
+    cleanup(ctx)
+    return mask_dir
+
+
+if __name__ == "__main__":
+    main(parse_args(get_args_parser(), stage="cam_test"))

@@ -1,0 +1,72 @@
+"""SPOL cls stage, test step: per-image Top-1/Top-5 of the classifier -> ``predictions.csv``.
+
+CUB-200-2011 (the classifier of ``spol/cls/train.py``, whole image at 685 x 685)::
+
+    python3 spol/cls/test.py --config configs/spol_cub.yaml
+    torchrun --nproc_per_node 4 spol/cls/test.py --config configs/spol_cub.yaml
+
+ImageNet-1K (torchvision's pretrained EfficientNet-B7 as it is, no training)::
+
+    python3 spol/cls/test.py --config configs/spol_imagenet.yaml --checkpoint pretrained
+
+Writes ``output/spol/<dataset>/cls/predictions.csv`` (``utils/predictions.py`` format: image_id,
+label, pred_top5, top1_correct, top5_correct), read by ``spol/seg/test.py`` for Top-1/Top-5 Loc,
+and ``cls_metrics.json`` (Top-1/Top-5 accuracy). ``--ten-crop --crop C`` averages the softmax of
+ten crops of size C of the image resized to ``--resize``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from network.backbones import build_classifier
+from spol.common import add_spol_args, load_split, require, resolve_defaults
+from utils.checkpoint import load_checkpoint, load_state_dict_checked
+from utils.classify import add_classifier_args, test_transform, write_classification
+from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.data import num_classes
+from utils.distributed import cleanup
+from utils.engine import setup_run
+from utils.io import atomic_write_json
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SPOL cls stage: write predictions.csv")
+    add_common_args(parser)
+    add_spol_args(parser)
+    add_classifier_args(parser, train=False)
+    parser.set_defaults(batch_size=16, resize=685, pretrained="none")
+    return parser
+
+
+def load_classifier(args, classes: int):
+    """``--checkpoint pretrained``: the ImageNet classifier from resource/ as it is (1000 classes);
+    otherwise a state dict (default ``<output>/model.pth`` of spol/cls/train.py), loaded strictly."""
+    if args.checkpoint == "pretrained":
+        return build_classifier(args.arch, 1000, "imagenet")
+    path = args.checkpoint or str(Path(args.output_dir) / "model.pth")
+    require(path, "cls_model")
+    model = build_classifier(args.arch, classes, "none")
+    load_state_dict_checked(model, load_checkpoint(path, producer="spol/cls/train.py"), source=path)
+    return model
+
+
+def main(args):
+    resolve_defaults(args, "cls")
+    ctx = setup_run(args)
+    if ctx.is_main:  # next to, not over, the train step's args.yaml
+        save_resolved_config(args, Path(args.output_dir) / "test_args")
+    records = load_split(args, args.split)
+    model = load_classifier(args, num_classes(records)).to(ctx.device)
+    path = Path(args.output_dir) / "predictions.csv"
+    stats = write_classification(model, records, test_transform(args), args, ctx, path)
+    if ctx.is_main:
+        atomic_write_json(Path(args.output_dir) / "cls_metrics.json", {"split": args.split, **stats})
+        print(f"Top-1 {stats['top1']:.2f}  Top-5 {stats['top5']:.2f}  ({stats['num_images']} images) "
+              f"-> {path}", flush=True)
+    cleanup(ctx)
+    return path
+
+
+if __name__ == "__main__":
+    main(parse_args(get_args_parser(), stage="cls_test"))

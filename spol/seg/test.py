@@ -1,0 +1,223 @@
+"""SPOL seg stage, test step: boxes from the segmentation model, localization accuracy, two protocols.
+
+    python3 spol/seg/test.py --config configs/spol_cub.yaml
+    torchrun --nproc_per_node 4 spol/seg/test.py --config configs/spol_cub.yaml
+    python3 spol/seg/test.py --config configs/spol_cub.yaml --checkpoint PATH/TO/released_cub_seg.pth
+    python3 spol/seg/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_imagenet_seg.pth
+
+Protocols (``--protocol spol|wsol|both``), each in its own folder ``<output>/<protocol>/``:
+
+* ``spol``: resize 256 x 256, centre crop 224, sigmoid map > 0.2 (CUB) / 0.8 (ImageNet), box of the
+  largest external contour; GT boxes clipped to the crop (an image left with none is a miss).
+* ``wsol`` (Choe et al., CVPR 2020): whole image at 224 x 224, Choe's box rule at a threshold chosen
+  on ``--threshold-split`` (a held-out fully supervised split, e.g. CUBV2 ``val`` with
+  ``--threshold-layout metadata``); without it the threshold is the best one on the test split
+  itself, and metrics.json says so. Also MaxBoxAcc, MaxBoxAccV2 and PxAP (CUB masks).
+
+Every image counts (no box = a miss); IoU ``>=`` 0.5 by default (``--iou-compare '>'``: SPOL's
+scripts). Top-1/Top-5 Loc use ``--cls-dir``/predictions.csv (spol/cls/test.py). Writes per protocol
+``scoremaps/<id stem>.npy`` (sigmoid maps at 224 x 224: ``python -m utils.evaluate`` re-scores them,
+the exact command is in metrics.json), ``metrics.json``/``metrics.txt``, ``boxes.csv``/``boxes.json``,
+``grid.png``; and ``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from spol.common import add_spol_args, dataset_name, default_path, load_split, require, resolve_defaults
+from spol.model import SegModel, load_spol_weights
+from spol.visualize import write_boxes_csv, write_grid
+from utils.cam import boxes_from_maps
+from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.data import WSOLDataset, build_transform
+from utils.distributed import DistContext, barrier, cleanup
+from utils.engine import ShardSampler, autocast, setup_run
+from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
+from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from utils.predictions import read_predictions
+
+PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
+         "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
+SPOL_THRESHOLD = {"cub": 0.2, "imagenet": 0.8}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SPOL seg stage: evaluate localization")
+    add_common_args(parser)
+    add_spol_args(parser)
+    g = parser.add_argument_group("seg test")
+    g.add_argument("--checkpoint", type=str, default=None,
+                   help="seg model weights (default <output-dir>/model.pth, from spol/seg/train.py)")
+    g.add_argument("--cls-dir", type=str, default=None,
+                   help="folder with predictions.csv (default output/spol/<dataset>/cls, from spol/cls/test.py)")
+    g.add_argument("--split", type=str, default="test")
+    g.add_argument("--protocol", type=str, default="both", choices=["spol", "wsol", "both"])
+    g.add_argument("--spol-threshold", type=float, default=None, help="spol protocol: 0.2 CUB, 0.8 ImageNet")
+    g.add_argument("--resize", type=int, default=256, help="spol protocol: resize before the centre crop")
+    g.add_argument("--crop", type=int, default=224, help="input size of both protocols")
+    g.add_argument("--threshold-split", type=str, default=None,
+                   help="wsol protocol: held-out split the box threshold is chosen on (e.g. val)")
+    g.add_argument("--threshold-layout", type=str, default=None, choices=["cub", "ilsvrc", "metadata"],
+                   help="layout of the threshold split (default --layout)")
+    g.add_argument("--threshold-data-root", type=str, default=None, help="its data root (default --data-root)")
+    g.add_argument("--iou-threshold", type=float, default=0.5)
+    g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
+    g.add_argument("--iou-convention", type=str, default="inclusive", choices=["inclusive", "exclusive"])
+    g.add_argument("--cam-curve-interval", type=float, default=0.001)
+    g.add_argument("--eval-workers", type=int, default=0, help="processes scoring the maps")
+    g.add_argument("--grid-images", type=int, default=16)
+    parser.set_defaults(batch_size=64, pretrained="none")
+    return parser
+
+
+@torch.no_grad()
+def iter_scoremaps(model, loader, device: torch.device, *, size: int, amp: str = "off"):
+    """Batched inference loop: yields ``(indices [B], maps [B, size, size] float32 numpy)``, the
+    sigmoid of the seg logits resized bilinearly to ``size`` on the device."""
+    model.eval()
+    ctx = DistContext(device=device)
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(ctx, amp):
+            logits = model(images)
+        logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=True)
+        yield torch.as_tensor(batch["index"]).numpy(), torch.sigmoid(logits[:, 0]).cpu().numpy()
+
+
+def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> None:
+    """This rank's share of the records -> ``out_dir/<id stem>.npy`` at the protocol geometry."""
+    transform = (build_transform("center", resize=args.resize, crop=args.crop) if protocol == "spol"
+                 else build_transform("resize", resize=args.crop))
+    dataset = WSOLDataset(records, transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
+                                         sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
+    batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc=f"score maps ({protocol})")
+    for indices, maps in iter_scoremaps(model, batches, ctx.device, size=args.crop, amp=args.amp):
+        for i, m in zip(indices, maps):
+            atomic_save_npy(scoremap_path(out_dir, records[int(i)].image_id), m.astype(np.float32))
+
+
+def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold: float, output: Path,
+                    predictions_path: str) -> str:
+    cmd = ["python", "-m", "utils.evaluate", "--data-root", os.path.abspath(args.data_root), "--layout",
+           args.layout, "--split", split, "--scoremaps", os.path.abspath(scoremaps), "--protocol", protocol,
+           "--threshold", repr(float(threshold)), "--input-size", str(args.crop),
+           "--resize-size", str(args.resize), "--iou-threshold", str(args.iou_threshold),
+           "--iou-compare", args.iou_compare, "--iou-convention", args.iou_convention,
+           "--cam-curve-interval", str(args.cam_curve_interval), "--output", os.path.abspath(output)]
+    if args.metadata_root:
+        cmd += ["--metadata-root", os.path.abspath(args.metadata_root)]
+    if args.exclude_ids:
+        cmd += ["--exclude-ids", *args.exclude_ids]
+    return shlex.join(cmd + ["--predictions", os.path.abspath(predictions_path)])
+    return shlex.join(cmd)
+
+
+def score(records, protocol: str, maps_dir: Path, threshold, args, predictions, split: str) -> dict:
+    return evaluate_scoremaps(records, maps_dir, protocol, cam_curve_interval=args.cam_curve_interval,
+                              threshold=threshold, predictions=predictions, iou_threshold=args.iou_threshold,
+                              iou_compare=args.iou_compare, inclusive_iou=args.iou_convention == "inclusive",
+                              input_size=args.crop, resize_size=args.resize, split=split,
+                              workers=args.eval_workers)
+
+
+def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path: str) -> dict | None:
+    """Score maps of every image (all ranks), then metrics, boxes and grid (rank 0)."""
+    out = Path(args.output_dir) / protocol
+    maps_dir = out / "scoremaps"
+    write_scoremaps(model, records, protocol, maps_dir, args, ctx)
+    threshold, source = None, None
+    if protocol == "spol":
+        threshold = args.spol_threshold
+        source = "fixed (SPOL's threshold)"
+    elif args.threshold_split:
+        held = load_split(args, args.threshold_split, layout=args.threshold_layout or args.layout,
+                          data_root=args.threshold_data_root or args.data_root)
+        held_dir = out / f"threshold_split_{args.threshold_split}" / "scoremaps"
+        write_scoremaps(model, held, protocol, held_dir, args, ctx)
+        barrier(ctx)
+        if ctx.is_main:
+            held_results = score(held, protocol, held_dir, None, args, None, args.threshold_split)
+            threshold = held_results["best_threshold"]
+            atomic_write_json(held_dir.parent / "metrics.json", held_results)
+        threshold = _broadcast(threshold, ctx)
+        source = f"best IoU-50 threshold on the held-out split '{args.threshold_split}'"
+    barrier(ctx)
+    if not ctx.is_main:
+        return None
+    results = score(records, protocol, maps_dir, threshold, args, predictions_path, args.split)
+    if source is None:
+        source = ("chosen on the TEST split itself (no --threshold-split given): optimistic, "
+                  "not the held-out choice of Choe et al.")
+    results["threshold_source"] = source
+    results["rescore_command"] = rescore_command(args, protocol, args.split, maps_dir,
+                                                 results["threshold_used"], out / "rescored.json", predictions_path)
+    maps = {r.image_id: load_scoremap(maps_dir, r.image_id, args.crop) for r in records}
+    rule = {"relative_to_max": False, "quantize_uint8": False} if protocol == "spol" else {}
+    boxes = {r.image_id: boxes_from_maps(maps[r.image_id][None], results["threshold_used"], **rule)[0][0]
+             for r in records}
+    write_boxes_csv(out / "boxes.csv", [r.image_id for r in records], [boxes[r.image_id] for r in records],
+                    {"protocol": protocol, "input_size": args.crop,
+                     "resize_size": args.resize if protocol == "spol" else None,
+                     "threshold": results["threshold_used"],
+                     "box_rule": "map > t, largest external contour" if protocol == "spol"
+                     else "Choe et al.: uint8 map > int(t * max), largest contour",
+                     "convention": "x0,y0,x1,y1 input pixels, x1 = min(x0 + w, W - 1), inclusive IoU"})
+    atomic_write_json(out / "metrics.json", results)
+    atomic_write_text(out / "metrics.txt", format_table(results) + f"threshold source: {source}\n")
+    write_grid(out / "grid.png", records, maps, boxes, protocol, args.crop, args.resize,
+               max_images=args.grid_images)
+    return results
+
+
+def _broadcast(value, ctx):
+    from utils.distributed import all_gather_object
+    return all_gather_object(value, ctx)[0]
+
+
+def main(args):
+    resolve_defaults(args, "seg")
+    name = dataset_name(args)
+    if args.spol_threshold is None:
+        args.spol_threshold = SPOL_THRESHOLD[name]
+    predictions_path = str(require(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
+                                   "predictions"))
+    checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
+    require(checkpoint, "seg_model")
+    ctx = setup_run(args)
+    if ctx.is_main:  # next to, not over, the train step's args.yaml
+        save_resolved_config(args, Path(args.output_dir) / "test_args")
+    read_predictions(predictions_path, producer="spol/cls/test.py")  # a malformed file fails before inference
+    records = load_split(args, args.split)
+    model = load_spol_weights(SegModel(pretrained="none"), checkpoint, source_stage="spol/seg/train.py")
+    model.to(ctx.device)
+    protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
+    summary = {}
+    for protocol in protocols:
+        summary[protocol] = evaluate_protocol(model, records, protocol, args, ctx, predictions_path)
+    if ctx.is_main:
+        keys = ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap",
+                "threshold_used", "threshold_source", "num_images", "iou_compare", "rescore_command")
+        report = {p: {k: r[k] for k in keys if k in r} for p, r in summary.items()}
+        report["paper"] = PAPER[name]
+        report["checkpoint"] = str(Path(checkpoint).resolve())
+        atomic_write_json(Path(args.output_dir) / "metrics.json", report)
+        text = "".join(f"== {p} protocol ==\n" + format_table(r) for p, r in summary.items())
+        text += "paper (SPOL protocol): " + ", ".join(f"{k} {v}" for k, v in PAPER[name].items()) + "\n"
+        atomic_write_text(Path(args.output_dir) / "metrics.txt", text)
+        print(text, end="", flush=True)
+    cleanup(ctx)
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args(get_args_parser(), stage="seg_test"))

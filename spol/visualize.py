@@ -1,0 +1,78 @@
+"""Outputs of the seg stage's test step besides the metrics: ``boxes.csv`` and ``grid.png``.
+
+``boxes.csv``: header ``image_id,x0,y0,x1,y1``; one line per evaluated image, the predicted box in
+pixels of the protocol's input (``utils.cam.boxes_from_maps`` convention: x0, y0 top-left pixel,
+``x1 = min(x0 + w, W - 1)``, scored with the inclusive IoU). ``[0, 0, 0, 0]`` = no foreground
+(a miss). A sidecar ``boxes.json`` names the protocol, input size, threshold and box rule.
+
+``grid.png``: images at the protocol geometry with the score map overlaid (jet colour map, 50%),
+ground-truth boxes in green, the predicted box in red.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from utils.data import protocol_geometry, transform_boxes
+from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
+
+GREEN, RED = (0, 200, 0), (230, 20, 20)  # RGB
+
+
+def write_boxes_csv(path, image_ids, boxes, meta: dict) -> None:
+    """``boxes.csv`` (atomic) and its ``boxes.json`` sidecar."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image_id", "x0", "y0", "x1", "y1"])
+    for image_id, box in zip(image_ids, boxes):
+        writer.writerow([image_id, *(int(v) for v in np.asarray(box).reshape(4))])
+    atomic_write_text(path, buf.getvalue())
+    atomic_write_json(Path(path).with_suffix(".json"), meta)
+
+
+def protocol_image(record, protocol: str, input_size: int, resize_size: int) -> np.ndarray:
+    """The record's RGB uint8 image as the network saw it (resize, then centre crop for 'spol')."""
+    image = cv2.imread(record.path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"{record.path}: image not found or unreadable")
+    geom = protocol_geometry(protocol, input_size, resize_size)
+    h, w = geom["resize"]
+    image = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (w, h), interpolation=cv2.INTER_LINEAR)
+    if geom["crop"] is not None:
+        ox, oy = geom["offset"]
+        image = image[oy:oy + input_size, ox:ox + input_size]
+    return np.ascontiguousarray(image)
+
+
+def overlay(image: np.ndarray, scoremap: np.ndarray, gt_boxes, pred_box) -> np.ndarray:
+    heat = cv2.applyColorMap(np.clip(scoremap * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    out = cv2.addWeighted(image, 0.5, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.5, 0)
+    thickness = max(1, round(min(image.shape[:2]) / 112))
+    for boxes, colour in ((gt_boxes, GREEN), (np.asarray(pred_box).reshape(-1, 4), RED)):
+        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            cv2.rectangle(out, (int(round(x0)), int(round(y0))), (int(round(x1)), int(round(y1))), colour, thickness)
+    return out
+
+
+def write_grid(path, records, scoremaps: dict, boxes: dict, protocol: str, input_size: int, resize_size: int,
+               *, max_images: int = 16, cols: int = 4, pad: int = 4) -> None:
+    """``grid.png`` of the first ``max_images`` records (score map overlay, GT green, prediction red)."""
+    tiles = []
+    for record in list(records)[:max_images]:
+        image = protocol_image(record, protocol, input_size, resize_size)
+        gt = transform_boxes(record.boxes, record.size, protocol, input_size, resize_size)
+        tiles.append(overlay(image, scoremaps[record.image_id], gt, boxes[record.image_id]))
+    if not tiles:
+        return
+    cols = max(1, min(cols, len(tiles)))
+    rows = (len(tiles) + cols - 1) // cols
+    s = input_size
+    grid = np.full((rows * (s + pad) + pad, cols * (s + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        grid[pad + r * (s + pad):pad + r * (s + pad) + s, pad + c * (s + pad):pad + c * (s + pad) + s] = tile
+    atomic_save_png(path, grid)

@@ -1,0 +1,211 @@
+"""Image classification shared by SPOL's cls stage and SLT-Net's classifier stage.
+
+Training (:func:`train_classifier`): a torchvision classifier from ``network.build_classifier``
+fine-tuned with SGD, the new classification layer(s) at ``--lr`` and every other parameter at
+``--lr x --backbone-lr-mult``; ``--lr-schedule linear`` decays the lr linearly per EPOCH
+(epoch e of E runs at ``lr * (1 - e / E)``, SPOL's cls recipe), ``constant`` keeps it.
+Loss: plain cross entropy. Runs through ``utils.engine.Trainer`` (DDP, AMP, resume, logs).
+
+Prediction (:func:`predict_top5`, the batched inference loop, importable for benchmarks): top-5
+class ids per image, from one view or from ten crops (4 corners + centre of the image resized to
+``resize``, and of its horizontal flip; the crops' softmax outputs are averaged). The crops are cut
+on the device from the resized batch. :func:`write_classification` shards the images over the
+ranks, gathers the results and writes ``predictions.csv`` (``utils.predictions`` format).
+
+Which parameters are "the head": every ``nn.Linear`` whose ``out_features`` equals the class
+count (torchvision's ``fc`` / ``classifier[-1]``, and Inception's ``AuxLogits.fc``).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.data import WSOLDataset, build_transform, num_classes
+from utils.distributed import DistContext, all_gather_object
+from utils.engine import ShardSampler, Trainer, autocast, build_optimizer
+from utils.predictions import write_predictions
+
+ARCHS = ("vgg16", "inception_v3", "resnet50", "densenet161", "efficientnet_b7")
+
+
+def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argparse.ArgumentParser:
+    """Options of a classification stage (train: optimiser and augmentation; test: views)."""
+    g = parser.add_argument_group("classifier")
+    g.add_argument("--arch", type=str, default="efficientnet_b7", choices=ARCHS, help="torchvision classifier")
+    g.add_argument("--split", type=str, default="train" if train else "test", help="dataset split")
+    g.add_argument("--resize", type=int, default=256, help="images are resized to resize x resize")
+    g.add_argument("--crop", type=int, default=None,
+                   help="crop size (train: random crop; test: centre crop, or the ten-crop size)")
+    if train:
+        g.add_argument("--lr", type=float, default=0.05, help="lr of the new classification layer")
+        g.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of every other layer")
+        g.add_argument("--lr-schedule", type=str, default="linear", choices=["linear", "constant"],
+                       help="linear: lr * (1 - epoch / epochs), stepped per epoch")
+        g.add_argument("--momentum", type=float, default=0.9)
+        g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+        g.add_argument("--weight-decay", type=float, default=1e-4)
+        g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                       help="random horizontal flip")
+    else:
+        g.add_argument("--checkpoint", type=str, default=None,
+                       help="weights (model.pth of the train step); 'pretrained' = the ImageNet "
+                            "weights from resource/ as they are (1000 classes)")
+        g.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=False,
+                       help="average the softmax of ten crops of size --crop")
+    return parser
+
+
+def head_parameter_names(model: nn.Module, num_classes: int) -> set[str]:
+    """Names of the parameters of the classification layer(s) (see the module docstring)."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_classes:
+            names.update(f"{module_name}.{p}" if module_name else p for p, _ in module.named_parameters())
+    if not names:
+        raise ValueError(f"{type(model).__name__}: no nn.Linear with {num_classes} outputs (the classification layer)")
+    return names
+
+
+def classifier_param_groups(model: nn.Module, num_classes: int, lr: float, backbone_lr_mult: float,
+                            weight_decay: float) -> list[dict]:
+    """Two SGD groups: the head at ``lr``, the rest at ``lr * backbone_lr_mult``."""
+    head = head_parameter_names(model, num_classes)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in params if n in head], "lr": lr, "weight_decay": weight_decay},
+            {"params": [p for n, p in params if n not in head], "lr": lr * backbone_lr_mult,
+             "weight_decay": weight_decay}]
+
+
+class LinearEpochDecay:
+    """``lr_lambda(global_step)`` = ``1 - epoch / epochs`` with ``epoch = step // steps_per_epoch``.
+
+    ``steps_per_epoch`` may be set after the scheduler is built (it is the Trainer's to compute);
+    until then the multiplier is 1 (the value at step 0 anyway).
+    """
+
+    def __init__(self, epochs: int, steps_per_epoch: int | None = None):
+        self.epochs, self.steps_per_epoch = int(epochs), steps_per_epoch
+
+    def __call__(self, step: int) -> float:
+        if not self.steps_per_epoch:
+            return 1.0
+        return max(0.0, 1.0 - (step // self.steps_per_epoch) / float(self.epochs))
+
+
+def logits_of(output) -> torch.Tensor:
+    """Logits of a torchvision classifier's output (Inception/GoogLeNet return a named tuple in training)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    return output[0]
+
+
+def classification_loss(model, batch):
+    """``utils.engine.Trainer`` loss: cross entropy of the classifier's logits."""
+    logits = logits_of(model(batch["image"]))
+    loss = F.cross_entropy(logits.float(), batch["label"])
+    acc = (logits.argmax(1) == batch["label"]).float().mean()
+    return loss, {"ce": float(loss.detach()), "top1": float(acc)}
+
+
+def ten_crop_views(images: torch.Tensor, crop: int) -> torch.Tensor:
+    """``[B, 3, H, W]`` -> ``[B, 10, 3, crop, crop]``: 4 corners + centre, then the same of the
+    horizontally flipped images (torchvision ``TenCrop`` order)."""
+    _, _, h, w = images.shape
+    if crop > h or crop > w:
+        raise ValueError(f"ten-crop size {crop} larger than the {h}x{w} input")
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    corners = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), (top, left)]
+    views = [images[:, :, y:y + crop, x:x + crop] for y, x in corners]
+    flipped = images.flip(3)
+    views += [flipped[:, :, y:y + crop, x:x + crop] for y, x in corners]
+    return torch.stack(views, dim=1)
+
+
+@torch.no_grad()
+def predict_top5(model: nn.Module, loader, device: torch.device, *, ten_crop: int | None = None,
+                 amp: str = "off", k: int = 5):
+    """Batched inference loop: returns ``(indices [N], top-k class ids [N, k])`` (numpy int64).
+
+    ``ten_crop``: crop size for ten-crop averaging (mean of the softmax over the views), or None
+    for one view per image. ``batch["index"]`` keys the rows back to the dataset.
+    """
+    model.eval()
+    ctx = DistContext(device=device)
+    indices, tops = [], []
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(ctx, amp):
+            if ten_crop:
+                views = ten_crop_views(images, ten_crop)
+                b, v = views.shape[:2]
+                probs = F.softmax(logits_of(model(views.flatten(0, 1))).float(), dim=1)
+                probs = probs.view(b, v, -1).mean(dim=1)
+            else:
+                probs = F.softmax(logits_of(model(images)).float(), dim=1)
+        kk = min(k, probs.shape[1])
+        tops.append(probs.topk(kk, dim=1).indices.cpu())
+        indices.append(torch.as_tensor(batch["index"]).cpu())
+    if not tops:
+        return np.zeros(0, np.int64), np.zeros((0, k), np.int64)
+    return torch.cat(indices).numpy().astype(np.int64), torch.cat(tops).numpy().astype(np.int64)
+
+
+def write_classification(model, records, transform, args, ctx, output_path) -> dict:
+    """Predict every record (sharded over ranks), write ``predictions.csv`` on rank 0.
+
+    Returns {"top1": %, "top5": %, "num_images": N} (the same on every rank).
+    """
+    dataset = WSOLDataset(records, transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
+                                         sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
+    ten_crop = args.crop if getattr(args, "ten_crop", False) else None
+    indices, top5 = predict_top5(model, loader, ctx.device, ten_crop=ten_crop, amp=args.amp)
+    parts = all_gather_object((indices, top5), ctx)
+    indices = np.concatenate([p[0] for p in parts])
+    top5 = np.concatenate([p[1] for p in parts])
+    order = np.argsort(indices, kind="stable")
+    indices, top5 = indices[order], top5[order]
+    if len(indices) != len(records) or not np.array_equal(indices, np.arange(len(records))):
+        raise RuntimeError(f"predicted {len(indices)} images for {len(records)} records")
+    labels = np.asarray([r.label for r in records])
+    if ctx.is_main:
+        write_predictions(output_path, [r.image_id for r in records], labels, top5)
+    return {"top1": float(100.0 * np.mean(top5[:, 0] == labels)),
+            "top5": float(100.0 * np.mean((top5 == labels[:, None]).any(axis=1))),
+            "num_images": int(len(records))}
+
+
+def train_transform(args):
+    return build_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+
+
+def test_transform(args):
+    """One view: resize (+ centre crop when --crop); ten-crop: resize only (crops cut on the device)."""
+    if getattr(args, "ten_crop", False):
+        if not args.crop:
+            raise ValueError("--ten-crop needs --crop (the size of the ten crops)")
+        return build_transform("resize", resize=args.resize)
+    if args.crop:
+        return build_transform("center", resize=args.resize, crop=args.crop)
+    return build_transform("resize", resize=args.resize)
+
+
+def train_classifier(model: nn.Module, records, args, ctx, *, stage_name: str) -> nn.Module:
+    """Fine-tune ``model`` on ``records`` with the options of :func:`add_classifier_args` (train)
+    through ``utils.engine.Trainer``; ``output_dir/model.pth`` holds the final state dict."""
+    dataset = WSOLDataset(records, train_transform(args))
+    groups = classifier_param_groups(model, num_classes(records), args.lr, args.backbone_lr_mult,
+                                     args.weight_decay)
+    optimizer = build_optimizer(groups, args)
+    schedule = LinearEpochDecay(args.epochs) if args.lr_schedule == "linear" else None
+    trainer = Trainer(model, optimizer, args, ctx, lr_lambda=schedule, stage_name=stage_name)
+    if schedule is not None:
+        schedule.steps_per_epoch = trainer.steps_per_epoch(len(dataset))
+    return trainer.fit(dataset, classification_loss)
