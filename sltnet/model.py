@@ -19,6 +19,8 @@ use their last block as is. The regressor shares no weight with the localizer un
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn as nn
 
@@ -28,6 +30,34 @@ BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
 CAM_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_6e", "resnet50": "layer4", "densenet161": "features"}
 REGRESSOR_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_7c", "resnet50": "layer4", "densenet161": "features"}
 EXTRA_CONV = {"vgg16": 1024, "inception_v3": 1024, "resnet50": 0, "densenet161": 0}
+
+
+def _drop_blocks_after(backbone: nn.Module, feature: str) -> None:
+    """Remove the blocks of a ``network.backbones`` backbone that come after ``feature``.
+
+    network.Backbone has no truncation call; this relies on the layout of its four classes
+    (InceptionV3 ``_blocks``, VGG16 ``features`` + ``_taps``, ResNet50 ``layerN``, DenseNet161
+    ``features``). Without it the removed blocks would still run and, holding parameters that
+    get no gradient, break DDP (find_unused_parameters=False). Maps after the cut become wrong;
+    only ``feature`` is read.
+    """
+    name = getattr(backbone, "name", "")
+    if name == "inception_v3":
+        blocks = list(backbone._blocks)
+        cut = [b.lower() for b in blocks].index(feature)
+        for block in blocks[cut + 1:]:
+            delattr(backbone, block)
+        backbone._blocks = blocks[:cut + 1]
+    elif name == "vgg16":
+        last = {v: k for k, v in backbone._taps.items()}[feature]
+        backbone.features = backbone.features[:last + 1]
+    elif name == "resnet50":
+        for layer in backbone.feature_names[backbone.feature_names.index(feature) + 1:]:
+            setattr(backbone, layer, nn.Identity())
+    elif name == "densenet161" and feature != "features":
+        children = list(backbone.features.named_children())
+        keep = [i for i, (n, _) in enumerate(children) if n == feature][0]
+        backbone.features = nn.Sequential(OrderedDict(children[:keep + 1]))
 
 
 class FeatureExtractor(nn.Module):
@@ -46,6 +76,8 @@ class FeatureExtractor(nn.Module):
         truncate = getattr(self.backbone, "truncate", None)
         if callable(truncate):
             truncate(feature)
+        else:
+            _drop_blocks_after(self.backbone, feature)
         self.feature = feature
         self.out_channels = self.backbone.out_channels[feature]
         self.stride = self.backbone.strides[feature]
