@@ -149,6 +149,9 @@ def boxes_from_contours(contours, width: int, height: int, multi_contour: bool =
     n = len(contours)
     if n == 0:
         return EMPTY_BOX.copy()
+    if n == 1:  # the common case on smooth maps: no area to compare
+        x, y, w, h = cv2.boundingRect(contours[0])
+        return np.array([[x, y, min(x + w, width - 1), min(y + h, height - 1)]], dtype=np.int64)
     if n <= 4:
         if not multi_contour:
             contours = [max(contours, key=cv2.contourArea)]
