@@ -188,7 +188,8 @@ def boxes_from_maps(maps: np.ndarray, threshold: float, *, relative_to_max: bool
         threshold: ``t`` in [0, 1].
         relative_to_max, quantize_uint8: both True = Choe et al.'s rule
             (``uint8 map > int(t * max(uint8 map))``, RETR_TREE); both False = SPOL's rule
-            (``map > t``, RETR_EXTERNAL). Mixed settings combine the two steps as named.
+            (``map > t``, RETR_EXTERNAL). Mixed settings combine the two steps as named
+            (``uint8 map > int(t * 255)`` or ``map > t * max``) and use RETR_EXTERNAL.
         multi_contour: keep the boxes of all contours instead of the largest one.
     Returns:
         a list of B int64 arrays (n_i, 4), ``x0, y0, x1, y1`` (see module docstring);

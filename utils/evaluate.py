@@ -244,7 +244,8 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
                    "maxboxacc_v2": {str(k): c.tolist() for k, c in box_v2["curve"].items()}},
     })
     if pxap is not None:
-        results["curves"]["pxap_precision"] = np.nan_to_num(px["precision"], nan=1.0).tolist()
+        # precision is undefined (null) at thresholds above every score
+        results["curves"]["pxap_precision"] = [None if np.isnan(v) else float(v) for v in px["precision"]]
         results["curves"]["pxap_recall"] = px["recall"].tolist()
     return results
 

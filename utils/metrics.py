@@ -321,6 +321,8 @@ class BoxAccumulator:
 
     def accumulate(self, scoremap, gt_boxes, *, path=None) -> None:
         """Add one image: its score map (H, W) in [0, 1] and its GT boxes (n, 4) in map pixels."""
+        if isinstance(scoremap, torch.Tensor):
+            scoremap = scoremap.detach().cpu().numpy()
         check_scoremap_validity(scoremap, path)
         self.accumulate_ious(self.image_ious(scoremap, gt_boxes))
 
@@ -391,6 +393,8 @@ class PxAPAccumulator:
 
         ``ignore_mask`` (optional, same size): background pixels there are left out.
         """
+        if isinstance(scoremap, torch.Tensor):
+            scoremap = scoremap.detach().cpu().numpy()
         check_scoremap_validity(scoremap, path)
         scoremap = np.asarray(scoremap, dtype=np.float64)
         fg = mask_foreground(gt_mask)
