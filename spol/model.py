@@ -2,8 +2,10 @@
 
 Both share one body (Wei et al., CVPR 2021, Sec. 3.1-3.2):
 
-* ``bkbone``: torchvision ResNet-50 without ``fc`` (module names ``conv1, bn1, layer1..layer4``),
-  returning layer2/3/4 outputs ``out3, out4, out5`` (512/1024/2048 channels, strides 8/16/32).
+* ``bkbone``: torchvision ResNet-50 without ``fc`` (``network.backbones.resnet50_trunk``: module
+  names ``conv1, bn1, layer1..layer4``); its layer2/3/4 outputs are ``out3, out4, out5``
+  (512/1024/2048 channels, strides 8/16/32). ImageNet weights: ``resource/resnet50-19c8e357.pth``
+  (the file the reference used) or torchvision's current ``resnet50-0676ba61.pth``.
 * channel gating from global context: ``a_i = relu(bn{i}1(fc{i}1(gap(out_i))))`` for i in 5, 4, 3;
   ``vector = a5 * a4 * a3`` (128-d); ``out_i = sigmoid(fc{i}2(vector)) * out_i``.
 * projection: ``out_i = relu(bn{i}(linear{i}(out_i)))`` (128 channels); out5 and out4 are resized
@@ -30,62 +32,11 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
-RESNET50_WEIGHTS = "resnet50-19c8e357.pth"  # torchvision's ImageNet ResNet-50 file, placed in resource/
-RESNET50_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
+from network.backbones import resnet50_trunk
+from utils.paths import RESOURCE_DIR
+
 FEATURE_DIM = 128
-
-
-class ResNet50Body(torchvision.models.ResNet):
-    """torchvision ResNet-50 whose state-dict keys are torchvision's minus ``fc`` (``conv1.weight`` ...).
-
-    ``forward`` returns ``(out3, out4, out5)`` = layer2, layer3, layer4 outputs.
-    ``freeze_stem=True`` freezes conv1/bn1 (the reference's ImageNet CAM training): no gradients, and
-    bn1 keeps its running statistics (stays in eval mode whatever ``train()`` is called with).
-    """
-
-    def __init__(self, freeze_stem: bool = False):
-        super().__init__(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3])
-        del self.fc, self.avgpool
-        self.freeze_stem = freeze_stem
-        if freeze_stem:
-            for p in list(self.conv1.parameters()) + list(self.bn1.parameters()):
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze_stem:
-            self.bn1.eval()
-        return self
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out2 = self.layer1(x)
-        out3 = self.layer2(out2)
-        out4 = self.layer3(out3)
-        out5 = self.layer4(out4)
-        return out3, out4, out5
-
-
-def resnet50_weight_path(resource_dir=None):
-    """Path of the ImageNet ResNet-50 weights (``resource/resnet50-19c8e357.pth``)."""
-    from utils.paths import RESOURCE_DIR
-
-    return os.path.join(os.fspath(resource_dir or RESOURCE_DIR), RESNET50_WEIGHTS)
-
-
-def load_imagenet_resnet50(body: ResNet50Body, resource_dir=None) -> None:
-    """Load torchvision's ImageNet ResNet-50 into ``body`` (strict: only ``fc.*`` may be dropped)."""
-    from utils.checkpoint import load_checkpoint, load_state_dict_checked
-
-    path = resnet50_weight_path(resource_dir)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: download {RESNET50_URL} and place it there (or pass --pretrained none)")
-    state = load_checkpoint(path)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    load_state_dict_checked(body, state, source=path)
 
 
 def _conv1x1(cin, cout):
@@ -96,11 +47,14 @@ class SPOLNet(nn.Module):
     """The shared body + a 1x1 head with ``num_outputs`` channels (see the module docstring)."""
 
     def __init__(self, num_outputs: int, *, pretrained: str = "imagenet", freeze_stem: bool = False,
-                 dropout: float = 0.5, resource_dir=None):
+                 dropout: float = 0.5, resource_dir=RESOURCE_DIR):
         super().__init__()
-        if pretrained not in ("imagenet", "none"):
-            raise ValueError(f"pretrained must be 'imagenet' or 'none', got {pretrained!r}")
-        self.bkbone = ResNet50Body(freeze_stem=freeze_stem)
+        # "imagenet": resource/ weights, a missing file is an error naming it and its URL
+        self.bkbone = resnet50_trunk(pretrained, resource_dir)
+        self.freeze_stem = freeze_stem
+        if freeze_stem:  # the reference's ImageNet CAM training: conv1/bn1 fixed
+            for p in list(self.bkbone.conv1.parameters()) + list(self.bkbone.bn1.parameters()):
+                p.requires_grad_(False)
         for i, channels in ((5, 2048), (4, 1024), (3, 512)):
             setattr(self, f"fc{i}1", _conv1x1(channels, FEATURE_DIM))
             setattr(self, f"bn{i}1", nn.BatchNorm2d(FEATURE_DIM))
@@ -111,8 +65,13 @@ class SPOLNet(nn.Module):
         self.linear = _conv1x1(FEATURE_DIM, num_outputs)
         self.dropout = nn.Dropout(dropout)  # switched by self.training (no "mode" string)
         self._init_head()
-        if pretrained == "imagenet":
-            load_imagenet_resnet50(self.bkbone, resource_dir)
+
+    def train(self, mode: bool = True):
+        """``freeze_stem``: bn1 keeps its running statistics (stays in eval mode) while training."""
+        super().train(mode)
+        if self.freeze_stem:
+            self.bkbone.bn1.eval()
+        return self
 
     def _init_head(self):
         # reference initialisation of the non-backbone layers
@@ -136,7 +95,7 @@ class SPOLNet(nn.Module):
 
     def features(self, x):
         """Gated, projected maps ``(out5, out4, out3)``, each ``[B, 128, h, w]`` at stride 8."""
-        out3, out4, out5 = self.bkbone(x)
+        _, out3, out4, out5 = self.bkbone(x)
         vector = None
         for i, out in ((5, out5), (4, out4), (3, out3)):
             pooled = F.adaptive_avg_pool2d(out, 1)

@@ -12,8 +12,8 @@ class ids per image, from one view or from ten crops (4 corners + centre of the 
 on the device from the resized batch. :func:`write_classification` shards the images over the
 ranks, gathers the results and writes ``predictions.csv`` (``utils.predictions`` format).
 
-Which parameters are "the head": every ``nn.Linear`` whose ``out_features`` equals the class
-count (torchvision's ``fc`` / ``classifier[-1]``, and Inception's ``AuxLogits.fc``).
+"The head" is the final linear layer, ``network.backbones.classifier_head`` (torchvision's ``fc`` /
+``classifier[-1]``), replaced by a new one when the class count is not 1000.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.data import WSOLDataset, build_transform, num_classes
+from network.backbones import classifier_head
+from utils.data import WSOLDataset, build_transform
 from utils.distributed import DistContext, all_gather_object
 from utils.engine import ShardSampler, Trainer, autocast, build_optimizer
 from utils.predictions import write_predictions
@@ -59,24 +60,14 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
     return parser
 
 
-def head_parameter_names(model: nn.Module, num_classes: int) -> set[str]:
-    """Names of the parameters of the classification layer(s) (see the module docstring)."""
-    names = set()
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.out_features == num_classes:
-            names.update(f"{module_name}.{p}" if module_name else p for p, _ in module.named_parameters())
-    if not names:
-        raise ValueError(f"{type(model).__name__}: no nn.Linear with {num_classes} outputs (the classification layer)")
-    return names
-
-
-def classifier_param_groups(model: nn.Module, num_classes: int, lr: float, backbone_lr_mult: float,
+def classifier_param_groups(model: nn.Module, head: nn.Module, lr: float, backbone_lr_mult: float,
                             weight_decay: float) -> list[dict]:
-    """Two SGD groups: the head at ``lr``, the rest at ``lr * backbone_lr_mult``."""
-    head = head_parameter_names(model, num_classes)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in params if n in head], "lr": lr, "weight_decay": weight_decay},
-            {"params": [p for n, p in params if n not in head], "lr": lr * backbone_lr_mult,
+    """Two SGD groups: ``head``'s parameters at ``lr``, every other trainable one at
+    ``lr * backbone_lr_mult``."""
+    head_ids = {id(p) for p in head.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) in head_ids], "lr": lr, "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in head_ids], "lr": lr * backbone_lr_mult,
              "weight_decay": weight_decay}]
 
 
@@ -186,7 +177,7 @@ def train_transform(args):
     return build_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
 
 
-def test_transform(args):
+def eval_transform(args):
     """One view: resize (+ centre crop when --crop); ten-crop: resize only (crops cut on the device)."""
     if getattr(args, "ten_crop", False):
         if not args.crop:
@@ -201,7 +192,8 @@ def train_classifier(model: nn.Module, records, args, ctx, *, stage_name: str) -
     """Fine-tune ``model`` on ``records`` with the options of :func:`add_classifier_args` (train)
     through ``utils.engine.Trainer``; ``output_dir/model.pth`` holds the final state dict."""
     dataset = WSOLDataset(records, train_transform(args))
-    groups = classifier_param_groups(model, num_classes(records), args.lr, args.backbone_lr_mult,
+    parent, attr = classifier_head(model, args.arch)
+    groups = classifier_param_groups(model, getattr(parent, attr), args.lr, args.backbone_lr_mult,
                                      args.weight_decay)
     optimizer = build_optimizer(groups, args)
     schedule = LinearEpochDecay(args.epochs) if args.lr_schedule == "linear" else None

@@ -22,7 +22,7 @@ from pathlib import Path
 from network.backbones import build_classifier
 from spol.common import add_spol_args, load_split, require, resolve_defaults
 from utils.checkpoint import load_checkpoint, load_state_dict_checked
-from utils.classify import add_classifier_args, test_transform, write_classification
+from utils.classify import add_classifier_args, eval_transform, write_classification
 from utils.config import add_common_args, parse_args, save_resolved_config
 from utils.data import num_classes
 from utils.distributed import cleanup
@@ -59,7 +59,7 @@ def main(args):
     records = load_split(args, args.split)
     model = load_classifier(args, num_classes(records)).to(ctx.device)
     path = Path(args.output_dir) / "predictions.csv"
-    stats = write_classification(model, records, test_transform(args), args, ctx, path)
+    stats = write_classification(model, records, eval_transform(args), args, ctx, path)
     if ctx.is_main:
         atomic_write_json(Path(args.output_dir) / "cls_metrics.json", {"split": args.split, **stats})
         print(f"Top-1 {stats['top1']:.2f}  Top-5 {stats['top5']:.2f}  ({stats['num_images']} images) "
