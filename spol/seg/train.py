@@ -25,11 +25,11 @@ from spol.common import (add_sgd_args, add_spol_args, default_path, drop_last_ne
                          require, resolve_defaults, spol_param_groups)
 from spol.losses import seg_loss
 from spol.model import SegModel
+from utils.checkpoint import MissingFileError
 from utils.config import add_common_args, parse_args, save_resolved_config
 from utils.data import WSOLDataset, build_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
-from utils.errors import DataError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def check_masks(records, mask_dir: Path, split: str) -> None:
         if path.parent not in listings:
             listings[path.parent] = set(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else set()
         if path.name not in listings[path.parent]:
-            raise DataError.at(path, None, "pseudo mask not found: run spol/cam/test.py first "
+            raise MissingFileError.at(path, None, "pseudo mask not found: run spol/cam/test.py first "
                                            f"(it writes one per image of split '{split}')")
 
 

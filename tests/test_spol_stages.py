@@ -1,0 +1,175 @@
+"""Every SPOL stage end to end on tiny generated data, on the CPU, each consuming the previous
+stage's files: cam train -> cam test (pseudo masks) -> seg train; cls train -> cls test
+(predictions.csv) -> seg test (metrics, boxes, score maps, grid). Missing upstream files give one
+clear error naming the stage to run first."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import torch
+
+import spol
+from spol.cam import test as cam_test, train as cam_train
+from spol.cls import test as cls_test, train as cls_train
+from spol.model import CAMModel, load_spol_weights
+from spol.pseudo_mask import pseudo_mask_image
+from spol.seg import test as seg_test, train as seg_train
+from utils.config import parse_args
+from utils.data import WSOLDataset, build_transform, load_records
+from utils.evaluate import evaluate_scoremaps
+from utils.generate import generate_dataset
+
+SPOL_DIR = Path(spol.__file__).resolve().parent
+TINY = ["--device", "cpu", "--workers", "0", "--resize", "72", "--crop", "64"]
+
+
+def run(module, stage, argv):
+    return module.main(parse_args(module.get_args_parser(), [str(a) for a in argv], stage=stage))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spol") / "birds"
+    generate_dataset(root, num_classes=3, train_per_class=3, test_per_class=2, image_size=48, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cam_dir(data):
+    out = data.parent / "out" / "cam"
+    base = ["--data-root", data, "--output-dir", out]
+    # 9 images, batch 4: the last batch would hold 1 image and is dropped (gating BatchNorms)
+    run(cam_train, "cam_train", base + TINY + ["--pretrained", "none", "--epochs", "1", "--batch-size", "4"])
+    run(cam_test, "cam_test", ["--data-root", data, "--output-dir", out, "--device", "cpu", "--workers", "0",
+                               "--resize", "72", "--batch-size", "4"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def seg_dir(data, cam_dir):
+    out = data.parent / "out" / "seg"
+    run(seg_train, "seg_train", ["--data-root", data, "--output-dir", out, "--mask-dir", cam_dir / "pseudo_masks",
+                                 "--pretrained", "none", "--epochs", "1", "--batch-size", "4"] + TINY)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cls_dir(data):
+    out = data.parent / "out" / "cls"
+    common = ["--data-root", data, "--output-dir", out, "--arch", "resnet50"] + TINY
+    run(cls_train, "cls_train", common + ["--pretrained", "none", "--epochs", "1", "--batch-size", "4"])
+    run(cls_test, "cls_test", common + ["--batch-size", "4"])
+    return out
+
+
+def test_cam_stage_writes_one_lossless_pseudo_mask_per_training_image(data, cam_dir):
+    assert (cam_dir / "model.pth").is_file() and (cam_dir / "log.jsonl").is_file()
+    train = load_records(data, "cub", "train")
+    # recompute every mask from the saved model, one image at a time: the PNG holds exactly it
+    model = load_spol_weights(CAMModel(3, pretrained="none"), cam_dir / "model.pth")
+    loader = torch.utils.data.DataLoader(WSOLDataset(train, build_transform("resize", resize=72)), batch_size=1)
+    for (index,), (cam,) in cam_test.iter_normalized_cams(model, loader, torch.device("cpu"), work_size=72):
+        r = train[index]
+        path = cam_dir / "pseudo_masks" / (str(Path(r.image_id).with_suffix("")) + ".png")
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert mask is not None and mask.shape == (r.size[1], r.size[0], 3)
+        expected = pseudo_mask_image(cam, r.size)  # RGB
+        assert np.abs(mask[:, :, ::-1].astype(int) - expected).max() <= 1
+        assert not mask[:, :, 0].any()          # B (cv2 order: BGR) is zero
+    assert len(list((cam_dir / "pseudo_masks").rglob("*.png"))) == len(train)
+    assert json.loads((cam_dir / "pseudo_masks.json").read_text())["channels"]["G"] == "Gaussian prior"
+    assert len(list(data.rglob("*.png"))) == 15  # 15 GT segmentations, no pseudo mask written there
+
+
+def test_seg_stage_trains_on_pseudo_masks(seg_dir):
+    assert (seg_dir / "model.pth").is_file()
+    log = [json.loads(line) for line in (seg_dir / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "epoch_end" and np.isfinite(log[-1]["loss"])
+
+
+def test_cls_stage_writes_predictions(data, cls_dir):
+    rows = list(csv.reader(open(cls_dir / "predictions.csv")))
+    assert rows[0] == ["image_id", "label", "pred_top5", "top1_correct", "top5_correct"]
+    assert sorted(r[0] for r in rows[1:]) == sorted(r.image_id for r in load_records(data, "cub", "test"))
+    assert all(len(r[2].split()) == 3 for r in rows[1:])  # 3 classes: top-3
+
+
+def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir, cls_dir):
+    run(seg_test, "seg_test", ["--data-root", data, "--output-dir", seg_dir, "--cls-dir", cls_dir,
+                               "--batch-size", "4", "--threshold-split", "train"] + TINY)
+    summary = json.loads((seg_dir / "metrics.json").read_text())
+    test = load_records(data, "cub", "test")
+    for protocol in ("spol", "wsol"):
+        out = seg_dir / protocol
+        results = json.loads((out / "metrics.json").read_text())
+        assert results["num_images"] == len(test) == summary[protocol]["num_images"]
+        for key in ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc_v2", "pxap"):
+            assert 0 <= results[key] <= 100
+        assert len(list((out / "scoremaps").rglob("*.npy"))) == len(test)
+        boxes = list(csv.reader(open(out / "boxes.csv")))
+        assert boxes[0] == ["image_id", "x0", "y0", "x1", "y1"] and len(boxes) == len(test) + 1
+        assert cv2.imread(str(out / "grid.png")) is not None
+        again = evaluate_scoremaps(test, out / "scoremaps", protocol, threshold=results["threshold_used"],
+                                   predictions=cls_dir / "predictions.csv", input_size=64, resize_size=72)
+        for key in ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap"):
+            assert again[key] == results[key]
+    assert summary["spol"]["threshold_used"] == 0.2
+    assert "held-out split 'train'" in summary["wsol"]["threshold_source"]
+    assert summary["paper"]["top5_loc"] == 93.44
+
+
+def test_wsol_threshold_on_test_split_is_said_so(data, seg_dir, cls_dir, tmp_path):
+    run(seg_test, "seg_test", ["--data-root", data, "--output-dir", tmp_path, "--cls-dir", cls_dir,
+                               "--checkpoint", seg_dir / "model.pth", "--protocol", "wsol",
+                               "--batch-size", "4"] + TINY)
+    results = json.loads((tmp_path / "wsol" / "metrics.json").read_text())
+    assert "TEST split itself" in results["threshold_source"]
+    assert not (tmp_path / "spol").exists()
+
+
+def test_missing_upstream_files_name_the_stage_to_run_first(data, tmp_path, seg_dir):
+    def error(module, stage, argv):
+        with pytest.raises(FileNotFoundError) as info:
+            run(module, stage, ["--data-root", data, "--device", "cpu", "--workers", "0"] + argv)
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    msg = error(seg_test, "seg_test", ["--output-dir", seg_dir, "--cls-dir", tmp_path / "nothing"])
+    assert "predictions.csv" in msg and "run spol/cls/test.py first" in msg
+    msg = error(seg_train, "seg_train", ["--output-dir", tmp_path / "s", "--mask-dir", tmp_path / "none"])
+    assert "run spol/cam/test.py first" in msg
+    msg = error(cam_test, "cam_test", ["--output-dir", tmp_path / "c"])
+    assert "model.pth" in msg and "run spol/cam/train.py first" in msg
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "predictions.csv").write_text("image_id,label,pred_top5,top1_correct,top5_correct\n")
+    msg = error(seg_test, "seg_test", ["--output-dir", tmp_path / "g", "--cls-dir", tmp_path / "cls"])
+    assert "run spol/seg/train.py first" in msg
+    msg = error(cls_test, "cls_test", ["--output-dir", tmp_path / "k", "--arch", "resnet50"])
+    assert "run spol/cls/train.py first" in msg
+
+
+def test_a_pseudo_mask_missing_for_one_image_fails_before_training(data, cam_dir, tmp_path):
+    import shutil
+
+    masks = tmp_path / "masks"
+    shutil.copytree(cam_dir / "pseudo_masks", masks)
+    victim = sorted(masks.rglob("*.png"))[3]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match="run spol/cam/test.py first") as info:
+        run(seg_train, "seg_train", ["--data-root", data, "--output-dir", tmp_path / "s", "--mask-dir", masks,
+                                     "--pretrained", "none", "--batch-size", "4"] + TINY)
+    assert victim.name in str(info.value)
+
+
+@pytest.mark.parametrize("stage,step", [("seg", "test.py"), ("cam", "train.py")])
+def test_scripts_run_from_their_own_folder(stage, step):
+    proc = subprocess.run([sys.executable, step, "--help"], cwd=SPOL_DIR / stage, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--config" in proc.stdout
