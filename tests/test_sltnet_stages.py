@@ -53,10 +53,15 @@ def test_three_stages_end_to_end(run_stage, birds):
     assert (out / "localizer" / "model.pth").is_file()
     log = [json.loads(line) for line in (out / "localizer" / "log.jsonl").read_text().splitlines()]
     assert {"loss_cls", "loss_vst", "loss_reg"} <= set(log[-1])
+    from sltnet.localizer.train import get_args_parser       # args.yaml repeats the run
+    again = parse_args(get_args_parser(), ["--config", str(out / "localizer" / "args.yaml")], stage="localizer_train")
+    assert (again.top_k, again.input_size, again.vst) == (2, 64, True)
     run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--top-k", "2", "--cam-curve-interval", "0.1")
     metrics = json.loads((out / "localizer" / "test" / "metrics.json").read_text())
     assert metrics["num_images"] == len(test_ids) and 0 <= metrics["gt_known_loc"] <= 100
-    assert 0 <= metrics["max_box_acc_v2"] <= 100
+    assert 0 <= metrics["maxboxacc_v2"] <= 100 and 0 <= metrics["pxap"] <= 100
+    full = json.loads((out / "localizer" / "test" / "evaluate.json").read_text())
+    assert full["gt_known_loc"] == metrics["gt_known_loc"]     # evaluator on the saved maps = in-loop boxes
     rows = _csv_rows(out / "localizer" / "test" / "boxes.csv")
     assert rows[0] == ["image_id", "x0", "y0", "x1", "y1"] and [r[0] for r in rows[1:]] == test_ids
     scoremap = np.load(out / "localizer" / "test" / "scoremaps" / (test_ids[0][:-4] + ".npy"))
@@ -70,6 +75,10 @@ def test_three_stages_end_to_end(run_stage, birds):
     # 2. classifier: fine-tune, then ten-crop predictions
     run_stage("sltnet.classifier.train", "classifier_train", *SIZE, "--epochs", "1", "--max-steps-per-epoch", "1")
     run_stage("sltnet.classifier.test", "classifier_test", *SIZE)
+    for stage in ("classifier", "classifier/test"):
+        module = "sltnet.classifier." + ("test" if "/" in stage else "train")
+        parse_args(__import__(module, fromlist=["x"]).get_args_parser(),
+                   ["--config", str(out / stage / "args.yaml")], stage="classifier_x")
     rows = _csv_rows(out / "classifier" / "test" / "predictions.csv")
     assert rows[0] == ["image_id", "label", "pred_top5", "top1_correct", "top5_correct"] and len(rows) == 1 + len(test_ids)
     # 3. final evaluation: jointly trained regressor, and the standalone one

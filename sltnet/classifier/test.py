@@ -55,9 +55,9 @@ def main(args):
     model.to(ctx.device)
     transform = (build_transform("resize", resize=args.resize_size) if args.ten_crop else
                  build_transform("center", resize=args.resize_size, crop=args.input_size))
-    args.crop = args.input_size                      # write_classification's ten-crop size
     out = Path(args.output_dir)
-    result = write_classification(model, records, transform, args, ctx, out / "predictions.csv")
+    cls_args = argparse.Namespace(**vars(args), crop=args.input_size)     # utils.classify's ten-crop size
+    result = write_classification(model, records, transform, cls_args, ctx, out / "predictions.csv")
     if ctx.is_main:
         atomic_write_json(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
                                                  "top1_cls": result["top1"], "top5_cls": result["top5"],

@@ -49,11 +49,12 @@ def main(args):
     records = load_records(args.data_root, args.layout, args.split)
     n_classes = num_classes(records)
     model = build_classifier(args.backbone, n_classes, args.pretrained)
-    args.resize, args.crop = args.resize_size, args.input_size      # utils.classify's option names
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
         print(f"{STAGE}: {args.backbone}, {len(records)} images, {n_classes} classes -> {args.output_dir}", flush=True)
-    train_classifier(model, records, args, ctx, stage_name=STAGE)
+    # utils.classify's option names (kept out of args.yaml, which must parse back with --config)
+    cls_args = argparse.Namespace(**vars(args), arch=args.backbone, resize=args.resize_size, crop=args.input_size)
+    train_classifier(model, records, cls_args, ctx, stage_name=STAGE)
     cleanup(ctx)
     return args.output_dir
 

@@ -4,8 +4,9 @@ Per image: the localization map (top-K ACAM, Eq. 9; with --no-acam the ground-tr
 the protocol input size, min-max normalised; its box at --box-threshold of the max (largest
 connected component, utils.cam). Writes into <localizer dir>/<split>/: boxes.csv (+ boxes.json:
 protocol, input size, threshold), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
-metrics.txt (GT-known Loc at the fixed threshold, MaxBoxAccV2 over all thresholds), when the split
-has GT boxes. With --split train the boxes are the standalone regressor's training targets.
+metrics.txt (GT-known Loc at the fixed threshold; with the saved maps also MaxBoxAcc, MaxBoxAccV2 and,
+on CUB, PxAP from utils.evaluate.evaluate_scoremaps, whose full output incl. curves goes to
+evaluate.json), when the split has GT boxes. With --split train the boxes are the standalone regressor's training targets.
 
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc
@@ -27,7 +28,8 @@ from utils.data import WSOLDataset, build_transform, load_records, num_classes, 
 from utils.distributed import all_gather_object, cleanup
 from utils.engine import evaluate_loop, gather_lists, setup_run
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
-from utils.metrics import BoxAccumulator, LocalizationMeter
+from utils.evaluate import evaluate_scoremaps
+from utils.metrics import LocalizationMeter
 
 STAGE = "localizer_test"
 
@@ -48,7 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--iou-threshold", type=float, default=0.5)
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
     g.add_argument("--cam-curve-interval", type=float, default=0.001, help="MaxBoxAccV2 threshold step")
-    g.add_argument("--maxboxacc", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--maxboxacc", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the saved score maps with utils.evaluate (needs --scoremaps)")
     g.add_argument("--scoremaps", action=argparse.BooleanOptionalAction, default=True,
                    help="save scoremaps/<id stem>.npy")
     parser.set_defaults(batch_size=32)
@@ -100,7 +103,6 @@ def main(args):
 
     has_gt = all(len(r.boxes) for r in records)
     meter = LocalizationMeter(args.iou_threshold, args.iou_compare)
-    boxacc = BoxAccumulator(args.cam_curve_interval) if (args.maxboxacc and has_gt) else None
 
     def consume(result):
         for i, scoremap, box in zip(result["index"], result["maps"], result["boxes"]):
@@ -111,12 +113,10 @@ def main(args):
             if has_gt:
                 gt = transform_boxes(record.boxes, record.size, args.protocol, args.input_size, args.resize_size)
                 meter.update(box[None], [gt])
-                if boxacc is not None:
-                    boxacc.accumulate(scoremap, gt)
 
     with torch.inference_mode():
         items = gather_lists(localize(model, dataset, ctx, args, consume=consume), ctx)
-    meters = all_gather_object((meter.state(), boxacc.state() if boxacc is not None else None), ctx)
+    meters = all_gather_object(meter.state(), ctx)
     if ctx.is_main:
         items.sort(key=lambda t: t[0])
         assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
@@ -127,16 +127,19 @@ def main(args):
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], [b for _, b in items], meta=meta)
         save_resolved_config(args, out_dir)
         if has_gt:
-            for state, acc_state in meters[1:]:
+            for state in meters[1:]:
                 meter.merge(state)
-                if boxacc is not None:
-                    boxacc.merge(acc_state)
             metrics = {"split": args.split, "protocol": args.protocol, **meter.compute(),
                        "box_threshold": args.box_threshold}
-            if boxacc is not None:
-                acc = boxacc.compute()
-                metrics["max_box_acc_v2"] = acc["mean_max_box_acc"]
-                metrics["max_box_acc_v2_per_iou"] = {str(k): v for k, v in acc["max_box_acc"].items()}
+            if args.maxboxacc and args.scoremaps:
+                results = evaluate_scoremaps(records, out_dir / "scoremaps", args.protocol,
+                                             cam_curve_interval=args.cam_curve_interval,
+                                             threshold=args.box_threshold, iou_threshold=args.iou_threshold,
+                                             iou_compare=args.iou_compare, input_size=args.input_size,
+                                             resize_size=args.resize_size, split=args.split, workers=args.workers)
+                atomic_write_json(out_dir / "evaluate.json", results)
+                metrics.update({k: results[k] for k in ("maxboxacc", "maxboxacc_v2", "maxboxacc_v2_per_iou",
+                                                        "pxap") if k in results})
             atomic_write_json(out_dir / "metrics.json", metrics)
             text = "\n".join(f"{k:>24s}  {v}" for k, v in metrics.items() if not isinstance(v, dict))
             atomic_write_text(out_dir / "metrics.txt", text + "\n")
