@@ -96,7 +96,7 @@ def test_model_keys_and_shapes_equal_released_checkpoint(entry):
     assert own == shapes
 
 
-@pytest.mark.parametrize("entry", ["cub200-cam", "imagenet-seg"])
+@pytest.mark.parametrize("entry", ["cub200-cam", "cub200-seg", "imagenet-cam", "imagenet-seg"])
 def test_released_state_dict_loads_strictly_as_float32(entry, tmp_path):
     state = _fake_release(_released_shapes()[entry])
     path = tmp_path / "released.pth"

@@ -167,9 +167,15 @@ def test_a_pseudo_mask_missing_for_one_image_fails_before_training(data, cam_dir
     assert victim.name in str(info.value)
 
 
-@pytest.mark.parametrize("stage,step", [("seg", "test.py"), ("cam", "train.py")])
-def test_scripts_run_from_their_own_folder(stage, step):
-    proc = subprocess.run([sys.executable, step, "--help"], cwd=SPOL_DIR / stage, capture_output=True,
+def test_scripts_run_from_their_own_folder():
+    proc = subprocess.run([sys.executable, "test.py", "--help"], cwd=SPOL_DIR / "seg", capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "--config" in proc.stdout
+    assert proc.returncode == 0 and "--threshold-split" in proc.stdout, proc.stderr
+
+
+def test_bad_input_ends_a_script_with_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "--mask-dir", str(tmp_path / "none"), "--output-dir",
+                           str(tmp_path / "out")], cwd=SPOL_DIR / "seg", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "run spol/cam/test.py first" in lines[0]

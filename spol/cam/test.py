@@ -27,9 +27,9 @@ import torch
 from tqdm import tqdm
 
 from spol import pseudo_mask as pm
-from spol.common import add_spol_args, load_split, require, resolve_defaults
+from spol.common import add_spol_args, load_split, require, resolve_defaults, run_cli
 from spol.model import CAMModel, load_spol_weights
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, save_resolved_config
 from utils.data import WSOLDataset, build_transform, num_classes
 from utils.distributed import DistContext, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
@@ -120,4 +120,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage="cam_test"))
+    run_cli(main, get_args_parser, "cam_test")

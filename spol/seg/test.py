@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spol.common import add_spol_args, dataset_name, default_path, load_split, require, resolve_defaults
+from spol.common import (add_spol_args, dataset_name, default_path, load_split, require, resolve_defaults,
+                         run_cli)
 from spol.model import SegModel, load_spol_weights
 from spol.visualize import write_boxes_csv, write_grid
 from utils.cam import boxes_from_maps
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, save_resolved_config
 from utils.data import WSOLDataset, build_transform
 from utils.distributed import DistContext, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
@@ -220,4 +221,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage="seg_test"))
+    run_cli(main, get_args_parser, "seg_test")

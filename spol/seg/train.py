@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spol.common import (add_sgd_args, add_spol_args, default_path, drop_last_needed, load_split,
-                         require, resolve_defaults, spol_param_groups)
+from spol.common import (add_sgd_args, add_spol_args, default_path, drop_last_needed, load_split, require,
+                         resolve_defaults, run_cli, spol_param_groups)
 from spol.losses import seg_loss
 from spol.model import SegModel
 from utils.checkpoint import MissingFileError
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, save_resolved_config
 from utils.data import WSOLDataset, build_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
@@ -89,4 +89,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage="seg_train"))
+    run_cli(main, get_args_parser, "seg_train")
