@@ -119,3 +119,10 @@ def test_save_resolved_config_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert save_resolved_config(args, tmp_path / "other") is None
     assert not (tmp_path / "other").exists()
+
+
+def test_parser_is_left_unchanged(tmp_path):
+    parser = make_parser()
+    cfg = write(tmp_path, "epochs: 9\n")
+    assert parse_args(parser, ["--config", str(cfg)], stage="cam").epochs == 9
+    assert parse_args(parser, [], stage="cam").epochs == 1

@@ -59,6 +59,9 @@ def test_sigkill_mid_epoch_resumes_to_identical_weights(tmp_path):
     trace = tmp_path / "trace.txt"
     resumed = run_toy(tmp_path / "cut", *common, "--workers", "0", "--trace-file", str(trace))
     assert "resumed toy from" in resumed.stdout
+    # steps after the checkpoint were logged before the kill and again after: kept once
+    cut_log = read_log(tmp_path / "cut" / "log.jsonl")
+    assert [r["global_step"] for r in cut_log if r.get("event") != "epoch_end"] == list(range(1, 11))
     # the 2 samples of epoch 1's first step are skipped without being loaded
     assert len(trace.read_text().split()) == 8
     full, cut = weights(tmp_path / "full" / "model.pth"), weights(tmp_path / "cut" / "model.pth")

@@ -115,6 +115,8 @@ def _convert(action: argparse.Action, value: Any, path: Path, line: int | None, 
         raise DataError.at(path, line, f"option '{key}': {msg}")
 
     if isinstance(action, _FLAG_ACTIONS):
+        if value is None and action.default is None:
+            return None
         if not isinstance(value, bool):
             fail(f"expected true or false, got {value!r}")
         return value  # the destination's value (for store_false too), not "the flag was given"
@@ -215,15 +217,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *
     pre.add_argument("--config", type=str, default=None)
     known, _ = pre.parse_known_args(argv)
     config_path = None
-    if known.config:
-        config_path = _find_config(known.config)
-        values = _yaml_defaults(parser, config_path, stage)
-        # options given by the file are no longer "required" on the command line
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
-        parser.set_defaults(**values)
-    args = parser.parse_args(argv)
+    saved = [(a, a.default, a.required) for a in parser._actions]
+    try:
+        if known.config:
+            config_path = _find_config(known.config)
+            values = _yaml_defaults(parser, config_path, stage)
+            for action in parser._actions:
+                if action.dest in values:
+                    action.default = values[action.dest]
+                    action.required = False  # given by the file, no longer needed on the command line
+        args = parser.parse_args(argv)
+    finally:
+        # the parser is left as it was: parsing again without the file gives the plain defaults
+        for action, default, required in saved:
+            action.default, action.required = default, required
     args.config = str(config_path) if config_path is not None else None
     return args
 

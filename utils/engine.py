@@ -43,6 +43,7 @@ from tqdm import tqdm
 from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from utils.config import args_to_dict
 from utils.distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
+from utils.io import atomic_write_text
 
 _AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -350,6 +351,21 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
             f.flush()
 
+    def _truncate_log(self) -> None:
+        """Drop log lines of steps after the checkpoint: they are trained (and logged) again."""
+        log = self.output_dir / "log.jsonl"
+        if not log.is_file():
+            return
+        kept = []
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the crash
+            if int(record.get("global_step", 0)) <= self.global_step:
+                kept.append(line)
+        atomic_write_text(log, "".join(k + "\n" for k in kept))
+
     def _lr_fields(self) -> dict:
         lrs = getattr(self, "_step_lrs", None) or [g["lr"] for g in self.optimizer.param_groups]
         return {"lr": lrs[0]} if len(lrs) == 1 else {"lr": lrs[0], "lr_groups": lrs}
@@ -408,6 +424,7 @@ class Trainer:
             seed_everything(int(self.args.seed) + self.global_step, self.ctx,
                             deterministic=bool(getattr(self.args, "deterministic", False)))
         if self.ctx.is_main:
+            self._truncate_log()
             print(f"resumed {self.stage_name or 'training'} from {path}: epoch {self.epoch} "
                   f"step {self.step_in_epoch} (global step {self.global_step})", flush=True)
         return True
