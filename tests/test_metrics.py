@@ -295,3 +295,12 @@ def test_check_scoremap_validity_names_the_file(bad, what):
 def test_check_scoremap_validity_accepts_valid_maps():
     check_scoremap_validity(np.array([[0.0, 1.0]], np.float32), "ok.npy")
     check_scoremap_validity(np.zeros((3, 3)), "ok.npy")
+
+
+def test_box_accumulator_counts_iou_exactly_at_the_threshold():
+    m = np.zeros((20, 20))
+    m[0:10, 0:10] = 1.0  # boundingRect (0, 0, 10, 10) -> box [0, 0, 10, 10], 11 x 11 = 121 px inclusive
+    # GT [0, 0, 10, 21]: 11 x 22 = 242 px containing the box: IoU = 121 / 242 = 0.5 exactly
+    acc = BoxAccumulator(0.5, iou_thresholds=(50,), multi_contour=False)
+    acc.accumulate(m, np.array([[0, 0, 10, 21]]))
+    assert np.array_equal(acc.compute()["curve"][50], [100.0, 100.0])  # Choe et al. compare with >=
