@@ -17,13 +17,15 @@ import torch
 import spol
 from spol.cam import test as cam_test, train as cam_train
 from spol.cls import test as cls_test, train as cls_train
-from spol.model import CAMModel, load_spol_weights
+from spol.model import CAMModel, SegModel, load_spol_weights
 from spol.pseudo_mask import pseudo_mask_image
 from spol.seg import test as seg_test, train as seg_train
 from utils.config import parse_args
-from utils.data import WSOLDataset, build_transform, load_records
+from utils.data import WSOLDataset, build_transform, load_records, transform_boxes
 from utils.evaluate import evaluate_scoremaps
 from utils.generate import generate_dataset
+from utils.metrics import LocalizationMeter, box_iou
+from utils.predictions import read_predictions
 
 SPOL_DIR = Path(spol.__file__).resolve().parent
 TINY = ["--device", "cpu", "--workers", "0", "--resize", "72", "--crop", "64"]
@@ -36,7 +38,8 @@ def run(module, stage, argv):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("spol") / "birds"
-    generate_dataset(root, num_classes=3, train_per_class=3, test_per_class=2, image_size=48, seed=0)
+    generate_dataset(root, num_classes=3, train_per_class=3, test_per_class=2, image_size=48, seed=0,
+                     object_scale=(0.9, 1.0))  # large birds: the whole-image box hits some of them
     return root
 
 
@@ -114,6 +117,12 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
         assert len(list((out / "scoremaps").rglob("*.npy"))) == len(test)
         boxes = list(csv.reader(open(out / "boxes.csv")))
         assert boxes[0] == ["image_id", "x0", "y0", "x1", "y1"] and len(boxes) == len(test) + 1
+        # the boxes in boxes.csv are the ones scored: GT-known Loc recomputed from them agrees
+        pred = {row[0]: np.array([float(v) for v in row[1:]]) for row in boxes[1:]}
+        meter = LocalizationMeter(0.5, ">=")
+        meter.update([pred[r.image_id] for r in test],
+                     [transform_boxes(r.boxes, r.size, protocol, 64, 72) for r in test])
+        assert meter.compute()["gt_known_loc"] == results["gt_known_loc"]
         assert cv2.imread(str(out / "grid.png")) is not None
         again = evaluate_scoremaps(test, out / "scoremaps", protocol, threshold=results["threshold_used"],
                                    predictions=cls_dir / "predictions.csv", input_size=64, resize_size=72)
@@ -179,3 +188,28 @@ def test_bad_input_ends_a_script_with_one_error_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "run spol/cam/test.py first" in lines[0]
+
+
+def test_seg_test_numbers_for_a_model_with_a_known_answer(data, cls_dir, tmp_path):
+    # head weight 0, bias 10: sigmoid ~1 everywhere, so every predicted box is the whole 64x64 input
+    model = SegModel(pretrained="none")
+    torch.nn.init.zeros_(model.linear.weight)
+    torch.nn.init.constant_(model.linear.bias, 10.0)
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    run(seg_test, "seg_test", ["--data-root", data, "--output-dir", tmp_path, "--cls-dir", cls_dir,
+                               "--protocol", "spol", "--batch-size", "6"] + TINY)
+    results = json.loads((tmp_path / "spol" / "metrics.json").read_text())
+    preds = read_predictions(cls_dir / "predictions.csv")
+    whole = np.array([[0, 0, 63, 63]])
+    hits, top1, top5 = [], [], []
+    for r in load_records(data, "cub", "test"):
+        gt = transform_boxes(r.boxes, r.size, "spol", 64, 72)
+        hits.append(len(gt) > 0 and box_iou(whole, gt, inclusive=True).max() >= 0.5)
+        top1.append(hits[-1] and preds[r.image_id].top1_correct)
+        top5.append(hits[-1] and preds[r.image_id].top5_correct)
+    assert 0 < sum(hits) < len(hits)  # a real answer: some hits, some misses
+    assert results["gt_known_loc"] == pytest.approx(100 * np.mean(hits))
+    assert results["top1_loc"] == pytest.approx(100 * np.mean(top1))
+    assert results["top5_loc"] == pytest.approx(100 * np.mean(top5))
+    rows = list(csv.reader(open(tmp_path / "spol" / "boxes.csv")))[1:]
+    assert all(row[1:] == ["0", "0", "63", "63"] for row in rows)

@@ -39,7 +39,7 @@ from spol.visualize import write_boxes_csv, write_grid
 from utils.cam import boxes_from_maps
 from utils.config import add_common_args, save_resolved_config
 from utils.data import WSOLDataset, build_transform
-from utils.distributed import DistContext, barrier, cleanup
+from utils.distributed import DistContext, all_gather_object, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
 from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
@@ -139,7 +139,7 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
     threshold, source = None, None
     if protocol == "spol":
         threshold = args.spol_threshold
-        source = "fixed (SPOL's threshold)"
+        source = "SPOL's fixed threshold"
     elif args.threshold_split:
         held = load_split(args, args.threshold_split, layout=args.threshold_layout or args.layout,
                           data_root=args.threshold_data_root or args.data_root)
@@ -150,7 +150,7 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
             held_results = score(held, protocol, held_dir, None, args, None, args.threshold_split)
             threshold = held_results["best_threshold"]
             atomic_write_json(held_dir.parent / "metrics.json", held_results)
-        threshold = _broadcast(threshold, ctx)
+        threshold = all_gather_object(threshold, ctx)[0]  # rank 0's choice, on every rank
         source = f"best IoU-50 threshold on the held-out split '{args.threshold_split}'"
     barrier(ctx)
     if not ctx.is_main:
@@ -162,10 +162,11 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
     results["threshold_source"] = source
     results["rescore_command"] = rescore_command(args, protocol, args.split, maps_dir,
                                                  results["threshold_used"], out / "rescored.json", predictions_path)
-    maps = {r.image_id: load_scoremap(maps_dir, r.image_id, args.crop) for r in records}
     rule = {"relative_to_max": False, "quantize_uint8": False} if protocol == "spol" else {}
-    boxes = {r.image_id: boxes_from_maps(maps[r.image_id][None], results["threshold_used"], **rule)[0][0]
-             for r in records}
+    boxes = {}  # one map in memory at a time (ImageNet: 50k maps)
+    for r in records:
+        scoremap = load_scoremap(maps_dir, r.image_id, args.crop)
+        boxes[r.image_id] = boxes_from_maps(scoremap[None], results["threshold_used"], **rule)[0][0]
     write_boxes_csv(out / "boxes.csv", [r.image_id for r in records], [boxes[r.image_id] for r in records],
                     {"protocol": protocol, "input_size": args.crop,
                      "resize_size": args.resize if protocol == "spol" else None,
@@ -175,14 +176,10 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
                      "convention": "x0,y0,x1,y1 input pixels, x1 = min(x0 + w, W - 1), inclusive IoU"})
     atomic_write_json(out / "metrics.json", results)
     atomic_write_text(out / "metrics.txt", format_table(results) + f"threshold source: {source}\n")
-    write_grid(out / "grid.png", records, maps, boxes, protocol, args.crop, args.resize,
-               max_images=args.grid_images)
+    shown = records[:args.grid_images]
+    write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.crop) for r in shown},
+               boxes, protocol, args.crop, args.resize, max_images=args.grid_images)
     return results
-
-
-def _broadcast(value, ctx):
-    from utils.distributed import all_gather_object
-    return all_gather_object(value, ctx)[0]
 
 
 def main(args):
