@@ -213,3 +213,9 @@ def test_seg_test_numbers_for_a_model_with_a_known_answer(data, cls_dir, tmp_pat
     assert results["top5_loc"] == pytest.approx(100 * np.mean(top5))
     rows = list(csv.reader(open(tmp_path / "spol" / "boxes.csv")))[1:]
     assert all(row[1:] == ["0", "0", "63", "63"] for row in rows)
+
+
+def test_resolved_args_yaml_parses_back(seg_dir, cam_dir):
+    for module, stage, folder in ((seg_train, "seg_train", seg_dir), (cam_test, "cam_test", cam_dir / "test_args")):
+        args = parse_args(module.get_args_parser(), ["--config", str(folder / "args.yaml")], stage=stage)
+        assert args.device == "cpu" and args.batch_size == 4
