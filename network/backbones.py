@@ -314,9 +314,15 @@ def build_classifier(name: str, num_classes: int, pretrained: str = "imagenet",
         parent, attr = classifier_head(model, name)
         old = getattr(parent, attr)
         new = nn.Linear(old.in_features, num_classes)
-        if name == "efficientnet_b7":  # torchvision's EfficientNet head initialisation
+        # the initialisation torchvision gives each family's head
+        if name == "efficientnet_b7":
             init_range = 1.0 / num_classes ** 0.5
             nn.init.uniform_(new.weight, -init_range, init_range)
+        elif name == "vgg16":
+            nn.init.normal_(new.weight, 0, 0.01)
+        elif name == "inception_v3":
+            nn.init.trunc_normal_(new.weight, mean=0.0, std=0.1, a=-2, b=2)
+        if name != "resnet50":
             nn.init.zeros_(new.bias)
         setattr(parent, attr, new)
     return model
