@@ -182,3 +182,30 @@ def test_amp_runs_on_cpu_and_checks_stage(tmp_path, amp):
                     stage_name="b")
     with pytest.raises(ValueError, match="checkpoint of stage 'a'"):
         other.fit(toy.ToyDataset(6), loss_fn)
+
+
+def _toy_args(out, **kw):
+    base = dict(output_dir=str(out), batch_size=4, epochs=1, workers=0, seed=0, amp="off",
+                deterministic=False, resume=True, log_every=0, save_every_steps=0, max_steps_per_epoch=0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_resume_with_another_batch_size_maps_the_position(tmp_path):
+    model = toy.ToyNet(0.0)
+    first = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), _toy_args(tmp_path), DistContext(),
+                    stage_name="t")
+    first.epoch, first.step_in_epoch, first.global_step = 0, 3, 3  # 12 samples of epoch 0 done
+    first.save()
+    for batch, step in ((2, 6), (6, 2), (12, 1)):
+        m = toy.ToyNet(0.0)
+        t = Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1), _toy_args(tmp_path, batch_size=batch),
+                    DistContext(), stage_name="t")
+        assert t.resume() and (t.epoch, t.step_in_epoch, t.global_step) == (0, step, 3)
+    m = toy.ToyNet(0.0)
+    t = Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1), _toy_args(tmp_path, batch_size=5), DistContext(),
+                stage_name="t")
+    with pytest.raises(ValueError, match="needs a multiple of 5"):
+        t.resume()
+    t.args.resume = False
+    assert not t.resume()
