@@ -23,6 +23,8 @@ exactly the reference's Gaussian. Everything is vectorised numpy (no per-pixel P
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
@@ -33,6 +35,14 @@ BAND_LOW, BAND_HIGH = 0.1, 0.5
 MIN_CONTOUR_AREA = 20
 VARIANCE_DIVISOR = 10.0
 DEGENERATE_EPS = 1e-6
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(shape) -> np.ndarray:
+    """Read-only (y, x) pixel coordinates of a map of ``shape`` (shared by every call)."""
+    grid = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    grid.flags.writeable = False
+    return grid
 
 
 def normalize_and_resize(cams: torch.Tensor, size: int = WORK_SIZE) -> torch.Tensor:
@@ -64,9 +74,7 @@ def gaussian_from_weights(weights: np.ndarray, grid=None, *, variance_divisor: f
     one_minus_rho2 = 1.0 - sxy * sxy / (sx * sy)
     if one_minus_rho2 <= eps:
         return None
-    if grid is None:
-        grid = np.mgrid[0:weights.shape[0], 0:weights.shape[1]].astype(np.float64)
-    gy, gx = grid
+    gy, gx = _grid(weights.shape) if grid is None else grid
     dx = (gx - ux) ** 2 / sx
     dy = (gy - uy) ** 2 / sy
     dxy = (gx - ux) * (gy - uy) * sxy / (sx * sy)
@@ -81,14 +89,12 @@ def gaussian_prior(cam: np.ndarray, *, low: float = BAND_LOW, high: float = BAND
     band = np.where((cam >= low) & (cam <= high), cam, 0.0)
     prior = np.zeros_like(cam)
     contours, _ = cv2.findContours((band > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    grid = None
+    grid = _grid(cam.shape)
     for contour in contours:
         if cv2.contourArea(contour) < min_area:
             continue
         filled = np.zeros(cam.shape, dtype=np.uint8)
         cv2.drawContours(filled, [contour], -1, 1, thickness=-1)
-        if grid is None:
-            grid = np.mgrid[0:cam.shape[0], 0:cam.shape[1]].astype(np.float64)
         gauss = gaussian_from_weights(band * filled, grid, variance_divisor=variance_divisor)
         if gauss is not None:
             np.maximum(prior, gauss, out=prior)
@@ -100,11 +106,13 @@ def pseudo_mask_image(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     (width, height) of the original image: R = CAM, G = Gaussian prior, B = 0."""
     cam = np.asarray(cam, dtype=np.float64)
     width, height = int(size[0]), int(size[1])
-    channels = np.stack([cam, gaussian_prior(cam), np.zeros_like(cam)], axis=2) * 255.0
-    resized = cv2.resize(channels.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    if resized.ndim == 2:  # cv2 drops a trailing axis only for 1-channel images; keep it safe
-        resized = resized[:, :, None]
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    channels = np.empty(cam.shape + (2,), np.float32)  # R and G; B is zero
+    channels[:, :, 0] = cam * 255.0
+    channels[:, :, 1] = gaussian_prior(cam) * 255.0
+    resized = cv2.resize(channels, (width, height), interpolation=cv2.INTER_LINEAR)
+    out = np.zeros((height, width, 3), np.uint8)
+    out[:, :, :2] = np.clip(np.rint(resized), 0, 255)
+    return out
 
 
 def pseudo_mask_from_cam(raw_cam, size: tuple[int, int], work_size: int = WORK_SIZE) -> np.ndarray:
