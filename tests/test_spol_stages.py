@@ -219,3 +219,14 @@ def test_resolved_args_yaml_parses_back(seg_dir, cam_dir):
     for module, stage, folder in ((seg_train, "seg_train", seg_dir), (cam_test, "cam_test", cam_dir / "test_args")):
         args = parse_args(module.get_args_parser(), ["--config", str(folder / "args.yaml")], stage=stage)
         assert args.device == "cpu" and args.batch_size == 4
+
+
+def test_predictions_of_another_split_are_refused_before_inference(data, seg_dir, tmp_path):
+    from utils.predictions import write_predictions
+
+    train = load_records(data, "cub", "train")
+    write_predictions(tmp_path / "predictions.csv", [r.image_id for r in train], [r.label for r in train],
+                      [[r.label] for r in train])
+    with pytest.raises(ValueError, match="run spol/cls/test.py on that split"):
+        run(seg_test, "seg_test", ["--data-root", data, "--output-dir", tmp_path / "o", "--cls-dir", tmp_path,
+                                   "--checkpoint", seg_dir / "model.pth"] + TINY)

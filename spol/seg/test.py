@@ -41,6 +41,7 @@ from utils.config import add_common_args, save_resolved_config
 from utils.data import WSOLDataset, build_transform
 from utils.distributed import DistContext, all_gather_object, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
+from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from utils.predictions import read_predictions
@@ -194,8 +195,12 @@ def main(args):
     ctx = setup_run(args)
     if ctx.is_main:  # next to, not over, the train step's args.yaml
         save_resolved_config(args, Path(args.output_dir) / "test_args")
-    read_predictions(predictions_path, producer="spol/cls/test.py")  # a malformed file fails before inference
     records = load_split(args, args.split)
+    predictions = read_predictions(predictions_path, producer="spol/cls/test.py")  # checked before inference
+    missing = [r.image_id for r in records if r.image_id not in predictions]
+    if missing:
+        raise DataError.at(predictions_path, None, f"no prediction for {len(missing)} of the {len(records)} images "
+                           f"of split '{args.split}' (first: {missing[0]}): run spol/cls/test.py on that split")
     model = load_spol_weights(SegModel(pretrained="none"), checkpoint, source_stage="spol/seg/train.py")
     model.to(ctx.device)
     protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
