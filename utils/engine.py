@@ -162,7 +162,8 @@ class ResumableSampler(Sampler):
                                  world_size=world_size)[start:]
 
     def __iter__(self):
-        return iter([(self.epoch, i) for i in self.order])
+        epoch = self.epoch
+        return ((epoch, i) for i in self.order)
 
     def __len__(self) -> int:
         return len(self.order)
