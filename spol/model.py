@@ -85,6 +85,10 @@ class SPOLNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def load_weights(self, path, *, source_stage: str = ""):
+        """Load a released SPOL state dict or our own ``model.pth`` strictly (:func:`load_spol_weights`)."""
+        return load_spol_weights(self, path, source_stage=source_stage)
+
     def head_parameters(self):
         """Every parameter outside ``bkbone`` (the reference trains them at the base lr)."""
         return [p for n, p in self.named_parameters() if not n.startswith("bkbone.")]
