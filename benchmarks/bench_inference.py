@@ -1,0 +1,164 @@
+"""Benchmark: the stages' importable inference loops against the bare forward pass of the same model.
+
+For each loop, images/s of the stage's own code (data loading, forward, post-processing, writing
+its outputs, as the test step does) next to images/s of the bare ``model(images)`` on the same
+batches already in memory; the ratio stage/bare time is the overhead of everything but the network.
+
+    spol cam/test   spol.cam.test.write_pseudo_masks  (CAMs -> max-norm -> Gaussian prior -> PNG) vs CAMModel.cam
+    spol seg/test   spol.seg.test.write_scoremaps     (sigmoid maps -> .npy)                     vs SegModel
+    sltnet loc/test sltnet.localizer.test.localize    (top-K ACAM maps -> boxes)                 vs CAMLocalizer
+    utils.evaluate  evaluate_scoremaps on the seg maps (MaxBoxAcc, MaxBoxAccV2, PxAP sweep)     (no model)
+
+Models are randomly initialised (speed does not depend on the weights). Data: generated birds
+(``utils.generate``) in a temporary folder.
+
+    python benchmarks/bench_inference.py                                  # CPU, 64 images, 64 px
+    python benchmarks/bench_inference.py --device cuda --amp bf16 --num-images 2048 --size 224 --batch-size 64
+    python benchmarks/bench_inference.py --json bench_inference.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.distributed import DistContext
+from utils.engine import autocast
+from utils.generate import generate_dataset
+from utils.io import atomic_write_json
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--num-images", type=int, default=64, help="test images (generated)")
+    p.add_argument("--size", type=int, default=64, help="image and input size")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--classes", type=int, default=8)
+    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", type=str, default="off", choices=["off", "bf16"])
+    p.add_argument("--workers", type=int, default=0, help="data loader workers of the stage loops")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats (the best is kept) after one warm-up")
+    p.add_argument("--only", type=str, nargs="*", default=None,
+                   help="subset of: spol_cam spol_seg sltnet_localizer evaluate")
+    p.add_argument("--json", type=str, default=None, help="also write the figures to this JSON file")
+    return p
+
+
+def best_time(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up (allocator, cuDNN autotune, lazy imports)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bare_forward(forward, batches, ctx: DistContext, amp: str):
+    """The bare forward pass over batches already on the device."""
+    @torch.no_grad()
+    def run():
+        for images in batches:
+            with autocast(ctx, amp):
+                forward(images)
+    return run
+
+
+def device_batches(records, size: int, batch_size: int, device) -> list:
+    dataset = WSOLDataset(records, build_transform("resize", resize=size))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    return [b["image"].to(device) for b in loader]
+
+
+def main(args) -> list[dict]:
+    device = torch.device(args.device)
+    ctx = DistContext(device=device)
+    only = set(args.only or ["spol_cam", "spol_seg", "sltnet_localizer", "evaluate"])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
+        tmp = Path(tmp)
+        per_class = max(1, -(-args.num_images // args.classes))
+        root = generate_dataset(tmp / "data", num_classes=args.classes, train_per_class=0,
+                                test_per_class=per_class, image_size=args.size, seed=0)
+        records = load_records(root, "cub", "test")[: args.num_images]
+        n, k = len(records), num_classes(load_records(root, "cub", "test"))
+        batches = device_batches(records, args.size, args.batch_size, device)
+        stage_args = SimpleNamespace(resize=args.size, crop=args.size, batch_size=args.batch_size,
+                                     workers=args.workers, mask_workers=os.cpu_count() or 1, amp=args.amp)
+
+        def add(name, stage_s, bare_s, what):
+            rows.append({"loop": name, "images": n, "stage_images_per_s": n / stage_s,
+                         "bare_images_per_s": None if bare_s is None else n / bare_s,
+                         "stage_over_bare": None if bare_s is None else stage_s / bare_s, "what": what})
+
+        if "spol_cam" in only:
+            from spol.cam.test import write_pseudo_masks
+            from spol.model import CAMModel
+            model = CAMModel(k, pretrained="none").to(device).eval()
+            stage = best_time(lambda: write_pseudo_masks(model, records, stage_args, ctx, tmp / "masks"),
+                              args.repeats, device)
+            bare = best_time(bare_forward(model.cam, batches, ctx, args.amp), args.repeats, device)
+            add("spol cam/test (pseudo masks)", stage, bare, "CAM + max-norm + Gaussian + PNG vs CAMModel.cam")
+        if "spol_seg" in only or "evaluate" in only:
+            from spol.model import SegModel
+            from spol.seg.test import write_scoremaps
+            model = SegModel(pretrained="none").to(device).eval()
+            stage = best_time(lambda: write_scoremaps(model, records, "wsol", tmp / "seg_maps", stage_args, ctx),
+                              args.repeats, device)
+            bare = best_time(bare_forward(model, batches, ctx, args.amp), args.repeats, device)
+            if "spol_seg" in only:
+                add("spol seg/test (score maps)", stage, bare, "sigmoid maps + .npy vs SegModel")
+        if "sltnet_localizer" in only:
+            from sltnet.localizer.test import localize
+            from sltnet.model import CAMLocalizer
+            model = CAMLocalizer("resnet50", k, pretrained="none", feature="layer2").to(device).eval()
+            loc_args = SimpleNamespace(input_size=args.size, acam=True, top_k=min(2, k), box_threshold=0.2,
+                                       batch_size=args.batch_size, workers=args.workers, amp=args.amp)
+            dataset = WSOLDataset(records, build_transform("resize", resize=args.size))
+            with torch.inference_mode():
+                stage = best_time(lambda: localize(model, dataset, ctx, loc_args), args.repeats, device)
+            bare = best_time(bare_forward(model, batches, ctx, args.amp), args.repeats, device)
+            add("sltnet localizer/test (ResNet-50 to layer2)", stage, bare, "top-K ACAM + boxes vs CAMLocalizer")
+        if "evaluate" in only:
+            from utils.evaluate import evaluate_scoremaps
+            stage = best_time(lambda: evaluate_scoremaps(records, tmp / "seg_maps", "wsol", input_size=args.size),
+                              args.repeats, torch.device("cpu"))
+            add("utils.evaluate (interval 0.001)", stage, None, "GT-known, MaxBoxAcc(V2), PxAP per image")
+    print_table(rows, args)
+    if args.json:
+        atomic_write_json(args.json, {"machine": machine(args), "args": vars(args), "rows": rows})
+    return rows
+
+
+def machine(args) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": args.device, "amp": args.amp}
+    if args.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def print_table(rows, args) -> None:
+    print(f"\n{args.device} ({torch.get_num_threads()} threads), amp {args.amp}, {args.size}x{args.size}, "
+          f"batch {args.batch_size}")
+    print(f"{'loop':46s} {'images':>6s} {'stage img/s':>12s} {'bare img/s':>11s} {'stage/bare':>10s}")
+    for r in rows:
+        bare = "—" if r["bare_images_per_s"] is None else f"{r['bare_images_per_s']:.1f}"
+        ratio = "—" if r["stage_over_bare"] is None else f"{r['stage_over_bare']:.2f}x"
+        print(f"{r['loop']:46s} {r['images']:6d} {r['stage_images_per_s']:12.1f} {bare:>11s} {ratio:>10s}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
