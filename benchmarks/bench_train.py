@@ -1,0 +1,135 @@
+"""Benchmark: a stage's training step against the bare forward + backward of the same model.
+
+The stage step is ``utils.engine.Trainer.train_step`` with the stage's own loss function, built
+from the stage script's own options (``parse_args(get_args_parser(), argv, stage=...)``); the bare
+step is zero_grad -> forward -> cross entropy on the logits -> backward -> optimizer step, on the
+same batches already in memory. The ratio stage/bare shows what the method adds (SLT-Net: a second
+forward pass for VST, SMT, the regressor; SPOL: the second head and soft cross entropy).
+
+    sltnet_localizer  sltnet.localizer.train: L_SMT + beta L_VST + L_REG  (ResNet-50 to layer2, shared backbone)
+    spol_cam          spol.cam.train: (CE(deep) + softCE(fused)) / 2      (SPOL CAM model, ResNet-50)
+
+    python benchmarks/bench_train.py                                   # CPU, 64 px, batch 16
+    python benchmarks/bench_train.py --device cuda --amp bf16 --size 224 --batch-size 32 --steps 20
+    python benchmarks/bench_train.py --stages spol_cam --json bench_train.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from utils.config import parse_args
+from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.distributed import DistContext
+from utils.engine import Trainer, autocast, build_optimizer, move_to_device
+from utils.generate import generate_dataset
+from utils.io import atomic_write_json
+
+STAGES = ("sltnet_localizer", "spol_cam")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stages", type=str, nargs="*", default=list(STAGES), choices=STAGES)
+    p.add_argument("--size", type=int, default=64, help="image and crop size")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per variant (after 2 warm-up steps)")
+    p.add_argument("--classes", type=int, default=8)
+    p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", type=str, default="off", choices=["off", "bf16"])
+    p.add_argument("--json", type=str, default=None, help="also write the figures to this JSON file")
+    return p
+
+
+def build(stage: str, data_root: Path, out: Path, args, records):
+    """(model, optimizer, loss_fn, logits_fn, stage args) exactly as the stage's main() builds them."""
+    common = ["--data-root", data_root, "--pretrained", "none", "--device", args.device, "--amp", args.amp,
+              "--batch-size", args.batch_size, "--output-dir", out / stage]
+    k = num_classes(records)
+    if stage == "sltnet_localizer":
+        from sltnet.common import build_branch, make_branch_loss, resolve_args
+        from sltnet.localizer import train
+        sargs = resolve_args(parse_args(train.get_args_parser(), [str(a) for a in common + [
+            "--backbone", "resnet50", "--cam-feature", "layer2", "--share-backbone", "--top-k", min(2, k),
+            "--input-size", args.size, "--resize-size", args.size]], stage="localizer_train"), "localizer")
+        model = build_branch(sargs, k)
+        optimizer = build_optimizer(model.param_groups(sargs.lr), sargs)
+        return model, optimizer, make_branch_loss(sargs, model.localizer.stride), lambda m, x: m(x)["logits"], sargs
+    from spol.cam import train
+    from spol.common import spol_param_groups
+    from spol.losses import map_logits
+    from spol.model import CAMModel
+    sargs = parse_args(train.get_args_parser(), [str(a) for a in common], stage="cam_train")
+    model = CAMModel(k, pretrained="none")
+    optimizer = build_optimizer(spol_param_groups(model, sargs.lr, sargs.backbone_lr_mult, sargs.weight_decay), sargs)
+    return model, optimizer, train.cam_loss_fn(sargs.loss), lambda m, x: map_logits(m(x)[1]), sargs
+
+
+def timed(step, batches, steps: int, device) -> float:
+    """Seconds per step over ``steps`` steps, after two warm-up steps."""
+    for batch in batches[:2]:
+        step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main(args) -> list[dict]:
+    device = torch.device(args.device)
+    ctx = DistContext(device=device)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        tmp = Path(tmp)
+        per_class = max(1, -(-args.batch_size * 3 // args.classes))
+        root = generate_dataset(tmp / "data", num_classes=args.classes, train_per_class=per_class,
+                                test_per_class=0, image_size=args.size, seed=0)
+        records = load_records(root, "cub", "train")
+        dataset = WSOLDataset(records, build_transform("train", resize=args.size, crop=args.size, flip=True))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, drop_last=True)
+        batches = [move_to_device(b, device) for b in loader]
+        for stage in args.stages:
+            model, optimizer, loss_fn, logits_fn, sargs = build(stage, root, tmp, args, records)
+            trainer = Trainer(model, optimizer, sargs, ctx, stage_name=stage)
+            model.train()
+            stage_s = timed(lambda b: trainer.train_step(b, loss_fn), batches, args.steps, device)
+
+            def bare(batch):
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(ctx, args.amp):
+                    logits = logits_fn(model, batch["image"])
+                F.cross_entropy(logits.float(), batch["label"]).backward()
+                optimizer.step()
+
+            bare_s = timed(bare, batches, args.steps, device)
+            rows.append({"stage": stage, "batch_size": args.batch_size, "stage_step_s": stage_s,
+                         "bare_step_s": bare_s, "stage_images_per_s": args.batch_size / stage_s,
+                         "bare_images_per_s": args.batch_size / bare_s, "stage_over_bare": stage_s / bare_s})
+    print(f"\n{args.device} ({torch.get_num_threads()} threads), amp {args.amp}, {args.size}x{args.size}, "
+          f"batch {args.batch_size}, {args.steps} timed steps")
+    print(f"{'stage':18s} {'step s':>8s} {'img/s':>8s} {'bare step s':>12s} {'bare img/s':>11s} {'stage/bare':>10s}")
+    for r in rows:
+        print(f"{r['stage']:18s} {r['stage_step_s']:8.3f} {r['stage_images_per_s']:8.1f} {r['bare_step_s']:12.3f} "
+              f"{r['bare_images_per_s']:11.1f} {r['stage_over_bare']:9.2f}x")
+    if args.json:
+        machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                   "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+        if args.device == "cuda":
+            machine["gpu"] = torch.cuda.get_device_name()
+        atomic_write_json(args.json, {"machine": machine, "args": vars(args), "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
