@@ -126,3 +126,11 @@ def test_parser_is_left_unchanged(tmp_path):
     cfg = write(tmp_path, "epochs: 9\n")
     assert parse_args(parser, ["--config", str(cfg)], stage="cam").epochs == 9
     assert parse_args(parser, [], stage="cam").epochs == 1
+
+
+def test_misspelt_stage_section_is_an_error(tmp_path):
+    # 'cma_train' is one transposition away from 'cam_train': it must not be ignored silently
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("epochs: 2\ncma_train:\n  epochs: 3\n")
+    with pytest.raises(DataError, match=r"typo\.yaml:2: unknown stage section 'cma_train' .*cam_train"):
+        parse_args(make_parser(), ["--config", str(cfg)], stage="cam_train")

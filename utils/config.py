@@ -11,20 +11,22 @@ A YAML file looks like::
 
     batch_size: 32          # applies to every stage that has --batch-size
     lr: 0.02
-    cam:                    # applies to the "cam" stage only, wins over the top level
+    cam_train:              # applies to the "cam_train" stage only, wins over the top level
       epochs: 10
-    seg:                    # ignored by every stage but "seg"
+    seg_train:              # ignored by every stage but "seg_train"
       epochs: 2
 
 Keys are option destinations (``batch_size``; ``batch-size`` is accepted too). A key the
 stage's parser does not have is an error naming the file, the line and the key: a typo is
-never silently ignored. Values are converted with the option's ``type`` and checked
+never silently ignored. A section whose name is close to a known stage name
+(``STAGES``) but not one of them (``cma_train:``) is an error too. Values are converted with the option's ``type`` and checked
 against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML
 booleans; options with ``nargs`` take YAML lists.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,10 @@ import yaml
 from utils.errors import DataError
 from utils.io import atomic_write_text
 from utils.paths import CONFIG_DIR, REPO_ROOT
+
+# The stage names the stage scripts pass to parse_args ("<stage>_<train|test>").
+STAGES = tuple(f"{stage}_{step}" for stage in ("cls", "cam", "seg", "localizer", "regressor", "classifier")
+               for step in ("train", "test"))
 
 _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
@@ -189,6 +195,10 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> d
             # a mapping is a stage section; other stages' sections are not ours to check
             if key == stage:
                 stage_section = value
+            elif key not in STAGES and difflib.get_close_matches(str(key), STAGES, n=1, cutoff=0.8):
+                near = difflib.get_close_matches(str(key), STAGES, n=1, cutoff=0.8)[0]
+                raise DataError.at(path, lines.get((key,)), f"unknown stage section '{key}' "
+                                   f"(did you mean '{near}'?)")
             elif str(key).replace("-", "_") in actions:
                 raise DataError.at(path, lines.get((key,)), f"option '{key}' must be a single value, "
                                    "not a mapping")
