@@ -220,12 +220,14 @@ def _image_at(record, size: int) -> np.ndarray:
 
 
 def grid_samples(records, size: int, methods: dict, n: int) -> list[dict]:
-    """The first ``n`` test images with each method's map and box (see utils.report.draw_grid)."""
+    """``n`` test images spread evenly over the split (so over the classes), with each method's map
+    and box (see utils.report.draw_grid)."""
     from utils.cam import boxes_from_maps
     from utils.evaluate import load_scoremap
 
     samples = []
-    for r in records[:n]:
+    picks = np.unique(np.linspace(0, len(records) - 1, num=min(n, len(records))).round().astype(int))
+    for r in (records[int(i)] for i in picks):
         sample = {"image": _image_at(r, size), "gt_boxes": transform_boxes(r.boxes, r.size, "wsol", size),
                   "mask": load_gt_mask(r, "wsol", size), "maps": {}, "boxes": {}}
         for name, spec in methods.items():
