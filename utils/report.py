@@ -118,7 +118,7 @@ def plot_losses(loss_logs: dict, path) -> Path:
     items = list(loss_logs.items())
     cols = min(3, max(1, len(items)))
     rows = max(1, -(-len(items) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(items):]:
         ax.axis("off")
     for ax, (label, log) in zip(axes.flat, items):
