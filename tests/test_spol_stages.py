@@ -230,3 +230,15 @@ def test_predictions_of_another_split_are_refused_before_inference(data, seg_dir
     with pytest.raises(ValueError, match="run spol/cls/test.py on that split"):
         run(seg_test, "seg_test", ["--data-root", data, "--output-dir", tmp_path / "o", "--cls-dir", tmp_path,
                                    "--checkpoint", seg_dir / "model.pth"] + TINY)
+
+
+def test_a_diverged_cam_model_stops_pseudo_masks_naming_the_image(data, cam_dir, tmp_path):
+    # weights holding NaN give NaN maps: no PNG may be written from them (it would cast to garbage)
+    state = torch.load(cam_dir / "model.pth", weights_only=True)
+    state["linear.bias"] = torch.full_like(state["linear.bias"], float("nan"))
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(FloatingPointError, match=r"\.jpg: the CAM model gives a non-finite map"):
+        run(cam_test, "cam_test", ["--data-root", data, "--output-dir", tmp_path / "cam", "--device", "cpu",
+                                   "--workers", "0", "--resize", "72", "--batch-size", "4",
+                                   "--checkpoint", tmp_path / "nan.pth"])
+    assert not list((tmp_path / "cam").rglob("*.png"))

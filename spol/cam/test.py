@@ -23,6 +23,7 @@ import argparse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -82,6 +83,9 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
     def save(item):
         index, cam = item
         record = records[int(index)]
+        if not np.isfinite(cam).all():  # a NaN map would be cast into a meaningless PNG
+            raise FloatingPointError(f"{record.path}: the CAM model gives a non-finite map (its weights have "
+                                     "diverged): retrain with spol/cam/train.py, e.g. with a lower --lr")
         atomic_save_png(pseudo_mask_path(mask_dir, record.image_id), pm.pseudo_mask_image(cam, record.size))
 
     written = 0
