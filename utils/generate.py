@@ -1,16 +1,18 @@
 """A generated fine-grained "birds" dataset in the CUB-200-2011 layout, for demos and tests.
 
-    python -m utils.generate --out dataset/synth_birds --classes 10 --train-per-class 60 \
-        --test-per-class 20 --size 96 --seed 0
+    python -m utils.generate --out dataset/synth_birds --classes 6 --train-per-class 60 \
+        --test-per-class 25 --size 64 --seed 0
 
 Every image shows one bird (body ellipse, wing, tail, head, eye, beak, crest) on a cluttered
 background. The **class is decided by a small part**, the head: each class has its own head
 colour, crest shape, crest colour and beak colour (classes share some of these, as related
 species do; no two classes share all four). Body colour, size, aspect, pose (rotation, facing
 left/right) and position vary at random, so the head is the one part that always tells the
-class; with ``body_evidence > 0`` a fraction of the birds also wear their class's body colour,
-weak evidence that makes the rest of the object useful to a classifier (as plumage is in
-CUB). The background holds smooth coloured noise, random shapes and distractors: headless
+class; with ``body_evidence > 0`` a fraction of the birds also wear their class's body colour
+(muted hues spread around the colour circle, jittered), evidence that makes the rest of the
+object useful to a classifier (as plumage is in CUB). The defaults are those of ``demo.py``
+(``configs/demo.yaml``): with ``body_evidence=0`` a CAM network trained from scratch looks at the
+head alone (part domination) and its boxes cover the head only. The background holds smooth coloured noise, random shapes and distractors: headless
 bird bodies (object-like, but without the class part). Segmentation masks cover the bird only.
 
 Layout written (the same files and formats as CUB-200-2011, so ``utils.data.load_records(root,
@@ -242,8 +244,8 @@ def render_image(rng, cls: BirdClass, size: int, *, clutter: float, distractors:
 
 # ----------------------------------------------------------------------------- dataset
 def generate_dataset(out, *, num_classes: int, train_per_class: int, test_per_class: int,
-                     image_size: int, seed: int, clutter: float = 0.6, distractors: float = 0.8,
-                     body_evidence: float = 0.5, object_scale: tuple[float, float] = (0.6, 0.9),
+                     image_size: int, seed: int, clutter: float = 0.5, distractors: float = 0.6,
+                     body_evidence: float = 1.0, object_scale: tuple[float, float] = (0.4, 0.9),
                      jpeg_quality: int = 95, overwrite: bool = False, progress: bool = False) -> Path:
     """Write the dataset into ``out`` (CUB-200-2011 layout, see the module docstring); return ``out``.
 
@@ -343,16 +345,16 @@ def read_generator_params(root) -> dict | None:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Generate a fine-grained 'birds' dataset in the CUB-200-2011 layout.")
     parser.add_argument("--out", required=True, help="output folder (created; must not exist unless --overwrite)")
-    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--train-per-class", type=int, default=60)
-    parser.add_argument("--test-per-class", type=int, default=20)
-    parser.add_argument("--size", type=int, default=96, help="image side in pixels (square images)")
+    parser.add_argument("--test-per-class", type=int, default=25)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels (square images)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clutter", type=float, default=0.6, help="0..1 background texture and shapes")
-    parser.add_argument("--distractors", type=float, default=0.8, help="mean number of headless bodies")
-    parser.add_argument("--body-evidence", type=float, default=0.5,
+    parser.add_argument("--clutter", type=float, default=0.5, help="0..1 background texture and shapes")
+    parser.add_argument("--distractors", type=float, default=0.6, help="mean number of headless bodies")
+    parser.add_argument("--body-evidence", type=float, default=1.0,
                         help="probability that a bird's body wears its class colour")
-    parser.add_argument("--object-scale", type=float, nargs=2, default=(0.6, 0.9), metavar=("LO", "HI"),
+    parser.add_argument("--object-scale", type=float, nargs=2, default=(0.4, 0.9), metavar=("LO", "HI"),
                         help="bird length as a fraction of the image side")
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--overwrite", action="store_true")
