@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shutil
 import time
@@ -296,8 +297,16 @@ def main(args) -> dict | None:
     data_root = prepare_data(args, s, rank == 0)
     out = Path(args.output_dir)
     runs = out / "runs"
-    if rank == 0 and not args.keep and runs.exists():
-        shutil.rmtree(runs)
+    # torchrun ranks start together: the others wait until rank 0 has cleared the old outputs
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "single")
+    marker = runs / "demo_started.json"
+    if rank == 0:
+        if not args.keep and runs.exists():
+            shutil.rmtree(runs)
+        atomic_write_json(marker, {"run_id": run_id})
+    else:
+        while not (marker.is_file() and json.loads(marker.read_text()).get("run_id") == run_id):
+            time.sleep(1)
     plan = stage_plan(args.config, str(data_root), runs, s, args.device, args.amp, args.tiny)
     stages = []
     for label, module, stage, argv in plan:
@@ -338,8 +347,6 @@ def main(args) -> dict | None:
         row["notes"] = (f"{notes}. Threshold {t:.3f} = best GT-known on the training split's boxes "
                         f"({train_acc:.1f}% there); at the papers' fixed {thr}: {at_fixed:.1f}% GT-known on test")
         rows.append(row)
-    import json
-
     final = json.loads((runs / "sltnet" / "regressor" / "test" / "metrics.json").read_text())
     rows.append({"method": "SLT-Net (final)", "kind": "method", "top1_cls": final["top1_cls"],
                  "top1_loc": final["top1_loc"], "gt_known_loc": final["gt_known_loc"], "maxboxacc_v2": None,
