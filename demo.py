@@ -374,7 +374,7 @@ def main(args) -> dict | None:
                                   written_by="sltnet/regressor/test.py")
     grid_methods = {"CAM (plain)": {"maps": cam_dir / "scoremaps", "threshold": thresholds["CAM (plain)"]},
                     "SPOL": {"maps": spol_seg / "scoremaps", "threshold": thresholds["SPOL"]},
-                    "SLT-Net": {"maps": runs / "sltnet" / "localizer" / "test" / "scoremaps",
+                    "SLT-Net (map; regressor box)": {"maps": runs / "sltnet" / "localizer" / "test" / "scoremaps",
                                 "threshold": thresholds["SLT-Net localizer map"],
                                 "boxes": reg_boxes}}
     samples = grid_samples(test, size, grid_methods, s["grid_images"])
