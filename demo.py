@@ -286,7 +286,7 @@ def prepare_data(args, s: dict, is_main: bool) -> Path:
 
 
 def main(args) -> dict | None:
-    from sltnet.boxes import read_boxes_csv
+    from utils.predictions import read_boxes_csv
     from utils.io import atomic_write_json
     from utils.predictions import read_predictions
     from utils.report import markdown_table, write_report

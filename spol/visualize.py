@@ -1,37 +1,19 @@
-"""Outputs of the seg stage's test step besides the metrics: ``boxes.csv`` and ``grid.png``.
-
-``boxes.csv``: header ``image_id,x0,y0,x1,y1``; one line per evaluated image, the predicted box in
-pixels of the protocol's input (``utils.cam.boxes_from_maps`` convention: x0, y0 top-left pixel,
-``x1 = min(x0 + w, W - 1)``, scored with the inclusive IoU). ``[0, 0, 0, 0]`` = no foreground
-(a miss). A sidecar ``boxes.json`` names the protocol, input size, threshold and box rule.
+"""The seg stage's overlay grid (``boxes.csv`` is written by ``utils.predictions.write_boxes_csv``:
+one line per evaluated image, the predicted box in pixels of the protocol's input; ``[0, 0, 0, 0]``
+= no foreground, a miss).
 
 ``grid.png``: images at the protocol geometry with the score map overlaid (jet colour map, 50%),
 ground-truth boxes in green, the predicted box in red.
 """
 from __future__ import annotations
 
-import csv
-import io
-from pathlib import Path
-
 import cv2
 import numpy as np
 
 from utils.data import protocol_geometry, transform_boxes
-from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
+from utils.io import atomic_save_png
 
 GREEN, RED = (0, 200, 0), (230, 20, 20)  # RGB
-
-
-def write_boxes_csv(path, image_ids, boxes, meta: dict) -> None:
-    """``boxes.csv`` (atomic) and its ``boxes.json`` sidecar."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image_id", "x0", "y0", "x1", "y1"])
-    for image_id, box in zip(image_ids, boxes):
-        writer.writerow([image_id, *(int(v) for v in np.asarray(box).reshape(4))])
-    atomic_write_text(path, buf.getvalue())
-    atomic_write_json(Path(path).with_suffix(".json"), meta)
 
 
 def protocol_image(record, protocol: str, input_size: int, resize_size: int) -> np.ndarray:

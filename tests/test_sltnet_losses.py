@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sltnet.boxes import denormalize_boxes, normalize_boxes, pseudo_boxes, read_boxes_csv, write_boxes_csv
+from sltnet.boxes import denormalize_boxes, normalize_boxes, pseudo_boxes
 from sltnet.losses import (box_regression_loss, label_in_top_k, semantic_tolerance_loss, top_k_cam,
                            visual_stimulus_tolerance_loss)
 from sltnet.vst import SpatialParams, VSTConfig, apply_spatial, invert_spatial, transform_batch, vst_map_pair
 from utils.errors import DataError
+from utils.predictions import read_boxes_csv, write_boxes_csv
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
 LABELS = torch.tensor([1, 0])

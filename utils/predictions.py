@@ -8,19 +8,29 @@ File format (``predictions.csv``, UTF-8, one header line, one line per image)::
 ``label`` is the 0-based GT class; ``pred_top5`` the 5 best class ids separated by single spaces,
 best first; the flags are 0/1 and are checked against ``label`` and ``pred_top5`` when read.
 Image ids are written through the csv module (ids with commas are quoted).
+
+Per-image boxes (``boxes.csv``, written by every localization test step)::
+
+    image_id,x0,y0,x1,y1
+    001.Black_footed_Albatross/x.jpg,12,30,140,201
+
+in input pixels of the protocol geometry (``utils.cam.boxes_from_maps`` convention); a sidecar
+``boxes.json`` names the protocol, input size and threshold that produced them.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from utils.errors import DataError
-from utils.io import atomic_write_text
+from utils.io import atomic_write, atomic_write_json, atomic_write_text
 
 HEADER = ["image_id", "label", "pred_top5", "top1_correct", "top5_correct"]
 DEFAULT_PRODUCER = "the classification stage (spol/cls/test.py or sltnet/classifier/test.py)"
@@ -99,3 +109,50 @@ def read_predictions(path, *, producer: str = DEFAULT_PRODUCER) -> dict[str, Pre
             raise DataError.at(path, lineno, f"duplicate image_id {image_id}")
         out[image_id] = Prediction(label, top5, t1, t5)
     return out
+
+
+BOXES_HEADER = ["image_id", "x0", "y0", "x1", "y1"]
+
+
+def write_boxes_csv(path, image_ids, boxes, *, meta: dict | None = None) -> None:
+    """Write ``boxes.csv`` (``image_id,x0,y0,x1,y1``) atomically, and ``boxes.json`` beside it."""
+    boxes = np.asarray(boxes)
+    with atomic_write(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(BOXES_HEADER)
+        for image_id, box in zip(image_ids, boxes):
+            writer.writerow([image_id, *[f"{float(v):g}" for v in box]])
+    if meta is not None:
+        atomic_write_json(Path(path).with_suffix(".json"), meta)
+
+
+def read_boxes_csv(path, *, written_by: str = "sltnet/localizer/test.py") -> tuple[dict, dict]:
+    """Read ``boxes.csv`` -> ({image_id: float array (4,)}, sidecar metadata dict or {}).
+
+    A missing file or a malformed line raises ``DataError`` naming the file (and line) and the stage
+    that writes it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError.at(path, None, f"not found: run {written_by} first (it writes boxes.csv)")
+    boxes = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != BOXES_HEADER:
+            raise DataError.at(path, 1, f"header must be {','.join(BOXES_HEADER)}, got {header}")
+        for line, row in enumerate(reader, start=2):
+            if len(row) != 5:
+                raise DataError.at(path, line, f"expected 5 fields, got {len(row)}")
+            try:
+                box = np.array([float(v) for v in row[1:]], dtype=np.float64)
+            except ValueError:
+                raise DataError.at(path, line, f"non-numeric box {row[1:]}") from None
+            if not np.all(np.isfinite(box)) or box[2] < box[0] or box[3] < box[1]:
+                raise DataError.at(path, line, f"invalid box {row[1:]} (need x0<=x1, y0<=y1)")
+            if row[0] in boxes:
+                raise DataError.at(path, line, f"duplicate image_id {row[0]}")
+            boxes[row[0]] = box
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    return boxes, meta

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sltnet.boxes import write_boxes_csv
 from sltnet.common import add_model_args, build_branch, load_weights, localization_map, resolve_args
 from utils.cam import boxes_from_maps, normalize_minmax, resize_maps
 from utils.config import add_common_args, parse_args, save_resolved_config
@@ -30,6 +29,7 @@ from utils.engine import evaluate_loop, gather_lists, setup_run
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from utils.evaluate import evaluate_scoremaps
 from utils.metrics import LocalizationMeter
+from utils.predictions import write_boxes_csv
 
 STAGE = "localizer_test"
 

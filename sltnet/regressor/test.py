@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sltnet.boxes import denormalize_boxes, read_boxes_csv, write_boxes_csv
+from sltnet.boxes import denormalize_boxes
 from sltnet.common import add_model_args, build_branch, load_weights, require_file, resolve_args, to_uint8_images
 from sltnet.model import BoxRegressor
 from sltnet.visualize import BLUE, GREEN, RED, box_grid
@@ -31,7 +31,7 @@ from utils.engine import evaluate_loop, gather_lists, setup_run
 from utils.errors import DataError
 from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 from utils.metrics import LocalizationMeter
-from utils.predictions import read_predictions
+from utils.predictions import read_boxes_csv, read_predictions, write_boxes_csv
 
 STAGE = "regressor_test"
 

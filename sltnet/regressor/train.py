@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from sltnet.boxes import read_boxes_csv
 from sltnet.common import add_model_args, add_optim_args, boxes_to_image_fraction, crop_flip_boxes, resolve_args
 from sltnet.losses import box_regression_loss
 from sltnet.model import BoxRegressor
@@ -33,6 +32,7 @@ from utils.data import WSOLDataset, build_transform, load_records
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 from utils.errors import DataError
+from utils.predictions import read_boxes_csv
 
 STAGE = "regressor_train"
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from spol.common import (add_spol_args, dataset_name, default_path, load_split, require, resolve_defaults,
                          run_cli)
 from spol.model import SegModel, load_spol_weights
-from spol.visualize import write_boxes_csv, write_grid
+from spol.visualize import write_grid
 from utils.cam import boxes_from_maps
 from utils.config import add_common_args, save_resolved_config
 from utils.data import WSOLDataset, build_transform
@@ -44,7 +44,7 @@ from utils.engine import ShardSampler, autocast, setup_run
 from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
-from utils.predictions import read_predictions
+from utils.predictions import read_predictions, write_boxes_csv
 
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
@@ -169,12 +169,12 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
         scoremap = load_scoremap(maps_dir, r.image_id, args.crop)
         boxes[r.image_id] = boxes_from_maps(scoremap[None], results["threshold_used"], **rule)[0][0]
     write_boxes_csv(out / "boxes.csv", [r.image_id for r in records], [boxes[r.image_id] for r in records],
-                    {"protocol": protocol, "input_size": args.crop,
-                     "resize_size": args.resize if protocol == "spol" else None,
-                     "threshold": results["threshold_used"],
-                     "box_rule": "map > t, largest external contour" if protocol == "spol"
-                     else "Choe et al.: uint8 map > int(t * max), largest contour",
-                     "convention": "x0,y0,x1,y1 input pixels, x1 = min(x0 + w, W - 1), inclusive IoU"})
+                    meta={"protocol": protocol, "input_size": args.crop,
+                          "resize_size": args.resize if protocol == "spol" else None,
+                          "threshold": results["threshold_used"],
+                          "box_rule": "map > t, largest external contour" if protocol == "spol"
+                          else "Choe et al.: uint8 map > int(t * max), largest contour",
+                          "convention": "x0,y0,x1,y1 input pixels, x1 = min(x0 + w, W - 1), inclusive IoU"})
     atomic_write_json(out / "metrics.json", results)
     atomic_write_text(out / "metrics.txt", format_table(results) + f"threshold source: {source}\n")
     shown = records[:args.grid_images]
