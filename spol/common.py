@@ -114,20 +114,3 @@ def drop_last_needed(num_images: int, batch_size: int, world_size: int) -> bool:
 def default_path(value, args, stage: str, *parts) -> str:
     """``value`` when given, else ``output/spol/<dataset>/<stage>/<parts...>``."""
     return os.fspath(value) if value else os.fspath(stage_dir(args, stage).joinpath(*parts))
-
-
-def run_cli(main, get_args_parser, stage: str, argv=None):
-    """``__main__`` of a stage script: parse (YAML + command line) and call ``main``. Bad input
-    (``utils.errors.DataError``: missing upstream file, malformed annotation, bad weights) ends the
-    run with its one-line message and exit status 2 instead of a traceback."""
-    import sys
-
-    from utils.config import parse_args
-    from utils.errors import DataError
-
-    args = parse_args(get_args_parser(), argv, stage=stage)
-    try:
-        return main(args)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None

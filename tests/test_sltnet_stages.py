@@ -122,3 +122,21 @@ def test_config_files_parse_for_every_stage():
                       ["--config", "configs/sltnet_imagenet_inception_v3.yaml", "--beta", "3"], stage="localizer_train")
     assert (args.alpha, args.top_k, args.epochs, args.lr, args.batch_size, args.beta) == (0.2, 100, 2, 2e-4, 16, 3.0)
     assert (args.resize_size, args.input_size, args.layout) == (320, 299, "ilsvrc")
+
+
+def test_bad_input_ends_a_script_with_one_error_line(tmp_path):
+    # run as a user would: the script's __main__ turns a DataError into one 'error:' line, exit 2
+    import subprocess
+    import sys
+
+    from utils.generate import generate_dataset as make
+    from utils.paths import REPO_ROOT
+
+    root = make(tmp_path / "birds", num_classes=2, train_per_class=2, test_per_class=1, image_size=32, seed=1)
+    proc = subprocess.run([sys.executable, "test.py", "--data-root", str(root), "--device", "cpu",
+                           "--output-dir", str(tmp_path / "reg"), "--localizer-dir", str(tmp_path / "none"),
+                           "--classifier-dir", str(tmp_path / "none")],
+                          cwd=REPO_ROOT / "sltnet" / "regressor", capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "first" in lines[0], lines

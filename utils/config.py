@@ -274,3 +274,16 @@ def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike
     path = Path(output_dir) / "args.yaml"
     atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
     return path
+
+
+def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):
+    """``__main__`` of a stage script: parse (YAML + command line) and call ``main``. Bad input
+    (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights)
+    ends the run with its one-line message on stderr and exit status 2 instead of a traceback."""
+    import sys
+
+    try:
+        return main(parse_args(get_args_parser(), argv, stage=stage))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

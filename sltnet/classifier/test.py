@@ -18,7 +18,7 @@ from pathlib import Path
 from sltnet.common import add_classifier_stage_args, load_weights, resolve_args
 from network import build_classifier
 from utils.classify import write_classification
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import build_transform, load_records, num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
@@ -70,4 +70,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage=STAGE))
+    run_cli(main, get_args_parser, STAGE)

@@ -18,7 +18,7 @@ import argparse
 from network import build_classifier
 from sltnet.common import add_classifier_stage_args, resolve_args
 from utils.classify import train_classifier
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import load_records, num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
@@ -60,4 +60,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage=STAGE))
+    run_cli(main, get_args_parser, STAGE)

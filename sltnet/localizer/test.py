@@ -22,7 +22,7 @@ import torch
 
 from sltnet.common import add_model_args, build_branch, load_weights, localization_map, resolve_args
 from utils.cam import boxes_from_maps, normalize_minmax, resize_maps
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, protocol_geometry, transform_boxes
 from utils.distributed import all_gather_object, cleanup
 from utils.engine import evaluate_loop, gather_lists, setup_run
@@ -150,4 +150,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage=STAGE))
+    run_cli(main, get_args_parser, STAGE)

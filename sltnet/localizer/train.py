@@ -22,7 +22,7 @@ import argparse
 
 from sltnet.common import (add_loss_args, add_model_args, add_optim_args, build_branch, make_branch_loss,
                            resolve_args)
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
@@ -66,4 +66,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage=STAGE))
+    run_cli(main, get_args_parser, STAGE)

@@ -24,7 +24,7 @@ from sltnet.boxes import denormalize_boxes
 from sltnet.common import add_model_args, build_branch, load_weights, require_file, resolve_args, to_uint8_images
 from sltnet.model import BoxRegressor
 from sltnet.visualize import BLUE, GREEN, RED, box_grid
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, transform_boxes
 from utils.distributed import cleanup
 from utils.engine import evaluate_loop, gather_lists, setup_run
@@ -155,4 +155,4 @@ def write_grid(path, shown, records, boxes, gts, args) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage=STAGE))
+    run_cli(main, get_args_parser, STAGE)

@@ -27,7 +27,7 @@ import torch
 from sltnet.common import add_model_args, add_optim_args, boxes_to_image_fraction, crop_flip_boxes, resolve_args
 from sltnet.losses import box_regression_loss
 from sltnet.model import BoxRegressor
-from utils.config import add_common_args, parse_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
@@ -94,4 +94,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage=STAGE))
+    run_cli(main, get_args_parser, STAGE)

@@ -28,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from spol import pseudo_mask as pm
-from spol.common import add_spol_args, load_split, require, resolve_defaults, run_cli
+from spol.common import add_spol_args, load_split, require, resolve_defaults
 from spol.model import CAMModel, load_spol_weights
-from utils.config import add_common_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, num_classes
 from utils.distributed import DistContext, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run

@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 
 from spol.common import (add_sgd_args, add_spol_args, drop_last_needed, load_split, resolve_defaults,
-                         run_cli, spol_param_groups)
+                         spol_param_groups)
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
 from spol.model import CAMModel
-from utils.config import add_common_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, num_classes
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run

@@ -20,10 +20,10 @@ import argparse
 from pathlib import Path
 
 from network.backbones import build_classifier
-from spol.common import add_spol_args, load_split, require, resolve_defaults, run_cli
+from spol.common import add_spol_args, load_split, require, resolve_defaults
 from utils.checkpoint import load_checkpoint, load_state_dict_checked
 from utils.classify import add_classifier_args, eval_transform, write_classification
-from utils.config import add_common_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 
 from network.backbones import build_classifier
-from spol.common import add_spol_args, load_split, resolve_defaults, run_cli
+from spol.common import add_spol_args, load_split, resolve_defaults
 from utils.classify import add_classifier_args, train_classifier
-from utils.config import add_common_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run

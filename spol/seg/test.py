@@ -32,12 +32,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spol.common import (add_spol_args, dataset_name, default_path, load_split, require, resolve_defaults,
-                         run_cli)
+from spol.common import add_spol_args, dataset_name, default_path, load_split, require, resolve_defaults
 from spol.model import SegModel, load_spol_weights
 from spol.visualize import write_grid
 from utils.cam import boxes_from_maps
-from utils.config import add_common_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform
 from utils.distributed import DistContext, all_gather_object, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run

@@ -22,11 +22,11 @@ import argparse
 from pathlib import Path
 
 from spol.common import (add_sgd_args, add_spol_args, default_path, drop_last_needed, load_split, require,
-                         resolve_defaults, run_cli, spol_param_groups)
+                         resolve_defaults, spol_param_groups)
 from spol.losses import seg_loss
 from spol.model import SegModel
 from utils.checkpoint import MissingFileError
-from utils.config import add_common_args, save_resolved_config
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
