@@ -12,8 +12,7 @@ import numpy as np
 
 from utils.data import protocol_geometry, transform_boxes
 from utils.io import atomic_save_png
-
-GREEN, RED = (0, 200, 0), (230, 20, 20)  # RGB
+from utils.visualize import GREEN, RED, draw_boxes, tile_images
 
 
 def protocol_image(record, protocol: str, input_size: int, resize_size: int) -> np.ndarray:
@@ -33,11 +32,7 @@ def protocol_image(record, protocol: str, input_size: int, resize_size: int) -> 
 def overlay(image: np.ndarray, scoremap: np.ndarray, gt_boxes, pred_box) -> np.ndarray:
     heat = cv2.applyColorMap(np.clip(scoremap * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     out = cv2.addWeighted(image, 0.5, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.5, 0)
-    thickness = max(1, round(min(image.shape[:2]) / 112))
-    for boxes, colour in ((gt_boxes, GREEN), (np.asarray(pred_box).reshape(-1, 4), RED)):
-        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-            cv2.rectangle(out, (int(round(x0)), int(round(y0))), (int(round(x1)), int(round(y1))), colour, thickness)
-    return out
+    return draw_boxes(draw_boxes(out, gt_boxes, GREEN), pred_box, RED)
 
 
 def write_grid(path, records, scoremaps: dict, boxes: dict, protocol: str, input_size: int, resize_size: int,
@@ -48,13 +43,5 @@ def write_grid(path, records, scoremaps: dict, boxes: dict, protocol: str, input
         image = protocol_image(record, protocol, input_size, resize_size)
         gt = transform_boxes(record.boxes, record.size, protocol, input_size, resize_size)
         tiles.append(overlay(image, scoremaps[record.image_id], gt, boxes[record.image_id]))
-    if not tiles:
-        return
-    cols = max(1, min(cols, len(tiles)))
-    rows = (len(tiles) + cols - 1) // cols
-    s = input_size
-    grid = np.full((rows * (s + pad) + pad, cols * (s + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        grid[pad + r * (s + pad):pad + r * (s + pad) + s, pad + c * (s + pad):pad + c * (s + pad) + s] = tile
-    atomic_save_png(path, grid)
+    if tiles:
+        atomic_save_png(path, tile_images(tiles, cols, pad))

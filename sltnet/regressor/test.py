@@ -23,7 +23,6 @@ import torch
 from sltnet.boxes import denormalize_boxes
 from sltnet.common import add_model_args, build_branch, load_weights, require_file, resolve_args, to_uint8_images
 from sltnet.model import BoxRegressor
-from sltnet.visualize import BLUE, GREEN, RED, box_grid
 from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, transform_boxes
 from utils.distributed import cleanup
@@ -32,6 +31,7 @@ from utils.errors import DataError
 from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 from utils.metrics import LocalizationMeter
 from utils.predictions import read_boxes_csv, read_predictions, write_boxes_csv
+from utils.visualize import BLUE, GREEN, RED, box_grid
 
 STAGE = "regressor_test"
 

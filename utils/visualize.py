@@ -1,4 +1,5 @@
-"""Box overlays for SLT-Net's grid.png (Fig. 6 style: ground truth, localizer and regressor boxes)."""
+"""Box drawing and image tiling shared by the stages' ``grid.png`` pictures (SPOL seg test: score map
+overlay with GT and predicted boxes; SLT-Net final test: GT, localizer and regressor boxes)."""
 from __future__ import annotations
 
 import cv2
@@ -16,18 +17,28 @@ def draw_boxes(image: np.ndarray, boxes, colour, thickness: int | None = None) -
     return out
 
 
+def tile_images(images: list[np.ndarray], cols: int = 4, pad: int = 4) -> np.ndarray:
+    """Tile RGB uint8 images of one size into a grid with white ``pad``-pixel gaps."""
+    if not images:
+        raise ValueError("tile_images: no image")
+    h, w = images[0].shape[:2]
+    cols = max(1, min(cols, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = image
+    return grid
+
+
 def box_grid(images: list[np.ndarray], box_sets: list[list[tuple[np.ndarray, tuple]]], cols: int = 4,
              pad: int = 4) -> np.ndarray:
     """Tile RGB images (same size) with their boxes: ``box_sets[i]`` = [(boxes, colour), ...]."""
     if not images:
         raise ValueError("box_grid: no image")
-    h, w = images[0].shape[:2]
-    cols = max(1, min(cols, len(images)))
-    rows = (len(images) + cols - 1) // cols
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, (image, sets) in enumerate(zip(images, box_sets)):
+    drawn = []
+    for image, sets in zip(images, box_sets):
         for boxes, colour in sets:
             image = draw_boxes(image, boxes, colour)
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = image
-    return grid
+        drawn.append(image)
+    return tile_images(drawn, cols, pad)
