@@ -20,7 +20,7 @@ from sltnet.losses import (box_regression_loss, semantic_tolerance_loss, top_k_c
                            visual_stimulus_tolerance_loss)
 from sltnet.model import BACKBONES, LocalizationBranch
 from sltnet.vst import VSTConfig, transform_batch, vst_map_pair
-from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked
+from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
 from utils.data import protocol_geometry
 from utils.errors import DataError
 from utils.paths import DATASET_DIR, OUTPUT_ROOT
@@ -158,8 +158,7 @@ def load_weights(module: torch.nn.Module, path, *, stage: str, prefix: str = "")
     Unexpected or missing keys are errors (utils.checkpoint.load_state_dict_checked).
     """
     require_file(path, stage, "weights")
-    state = load_checkpoint(path)
-    state = state.get("model", state) if not any(isinstance(v, torch.Tensor) for v in state.values()) else state
+    state = unwrap_state_dict(load_checkpoint(path))
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     if prefix and any(k.startswith(prefix) for k in state):   # else: a file of the part alone
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
