@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from sltnet.boxes import normalize_boxes, pseudo_boxes
-from sltnet.losses import (box_regression_loss, semantic_tolerance_loss, top_k_cam, select_cams,
-                           visual_stimulus_tolerance_loss)
+from sltnet.losses import box_regression_loss, semantic_tolerance_loss, top_k_cam, select_cams
 from sltnet.model import BACKBONES, LocalizationBranch
-from sltnet.vst import VSTConfig, transform_batch, vst_map_pair
+from sltnet.vst import VSTConfig, transform_batch, vst_loss
 from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
 from utils.data import protocol_geometry
 from utils.errors import DataError
@@ -100,7 +99,13 @@ def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="CAM normalisation before the MSE of Eq. 13")
     g.add_argument("--vst-maps", type=str, default="all", choices=["all", "topk", "gt"],
                    help="maps in L_VST: all C, the top-K of the original image, or the GT class")
-    g.add_argument("--vst-detach-original", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--vst-detach-original", action=argparse.BooleanOptionalAction, default=False,
+                   help="stop the gradient of L_VST through the original image's maps M^o (paper silent)")
+    g.add_argument("--vst-reduction", type=str, default="eq13", choices=["eq13", "mean"],
+                   help="eq13: Eq. 13 as written (sum over the C maps, mean over W x H, mean over the batch); "
+                        "mean: also divided by C (per-map mean)")
+    g.add_argument("--vst-border", type=str, default="mask", choices=["mask", "keep"],
+                   help="cells that the inverse of a down-scaled copy extrapolates: left out of L_VST (mask) or kept")
     g.add_argument("--reg-weight", type=float, default=1.0, help="weight of L_REG (Eq. 1 uses 1)")
     g.add_argument("--box-threshold", type=float, default=0.2,
                    help="pseudo-box threshold, fraction of the map's max (CAM's 20%%)")
@@ -197,9 +202,8 @@ def make_branch_loss(args, stride: int):
             loss_cls = F.cross_entropy(logits, labels)
         loss, logs = loss_cls, {"loss_cls": loss_cls.item()}
         if args.vst:
-            m_o, m_it = vst_map_pair(cams, out["cams_t"].float(), params, vst_cfg, logits=logits,
-                                     labels=labels, k=args.top_k)
-            loss_vst = visual_stimulus_tolerance_loss(m_o, m_it)
+            loss_vst = vst_loss(cams, out["cams_t"].float(), params, vst_cfg, logits=logits,
+                                labels=labels, k=args.top_k)
             loss = loss + args.beta * loss_vst
             logs["loss_vst"] = loss_vst.item()
         maps = localization_map(cams.detach(), logits.detach(), labels, acam=args.acam, top_k=args.top_k)

@@ -146,3 +146,81 @@ def test_boxes_csv_round_trip_and_errors(tmp_path):
     path.write_text("image_id,x0,y0,x1,y1\na.jpg,1,2,3\n")
     with pytest.raises(DataError, match=r"boxes.csv:2:"):
         read_boxes_csv(path)
+
+
+# ----------------------------------------------------------------------------- issue 9: the letter of the paper
+def test_vst_loss_is_eq13_summed_over_the_class_maps():
+    """Eq. 13: L_VST = 1/(W x H) * ||M^o - M^it||_2^2 with M in R^{W x H x C}: sum over C, mean over W x H.
+
+    B = 2 images, C = 2 maps of 2 x 2. Squared differences added by hand:
+    image 0: map 0 (1-1)^2 + (2-1)^2 + (3-1)^2 + (4-1)^2 = 0+1+4+9 = 14, map 1 1+0+0+4 = 5 -> 19 / 4 = 4.75
+    image 1: map 0 0+0+0+9 = 9, map 1 0+0+0+4 = 4 -> 13 / 4 = 3.25;  batch mean (4.75 + 3.25) / 2 = 4.0.
+    Dividing by C as well (the per-map mean) would give 2.0.
+    """
+    m_o = torch.tensor([[[[1., 2.], [3., 4.]], [[0., 0.], [0., 0.]]],
+                        [[[0., 0.], [0., 0.]], [[2., 2.], [2., 2.]]]])
+    m_it = torch.tensor([[[[1., 1.], [1., 1.]], [[1., 0.], [0., 2.]]],
+                         [[[0., 0.], [0., 3.]], [[2., 2.], [2., 0.]]]])
+    assert visual_stimulus_tolerance_loss(m_o, m_it).item() == pytest.approx(4.0)
+    assert visual_stimulus_tolerance_loss(m_o, m_it, reduction="mean").item() == pytest.approx(2.0)
+    # position (0, 0) masked out: image 0 (1+4+9) + (0+0+4) = 18 over 3 positions = 6, image 1 (9 + 4) / 3
+    valid = torch.tensor([[[[0., 1.], [1., 1.]]]])
+    assert visual_stimulus_tolerance_loss(m_o, m_it, valid).item() == pytest.approx((6 + 13 / 3) / 2)
+    with pytest.raises(ValueError):
+        visual_stimulus_tolerance_loss(m_o, m_it, reduction="sum")
+
+
+def test_vst_border_cells_extrapolated_by_the_inverse_of_a_down_scale():
+    """Eq. 12's inverse resizes M^t (h' x w') back to h x w; with h' < h the outer cells are extrapolated.
+
+    4 cells from 3 (scale 0.75): cell i reads source (i + 0.5) * 3/4 - 0.5 = -0.125, 0.625, 1.375, 2.125;
+    -0.125 < 0 and 2.125 > 2 are clamped -> mask [0, 1, 1, 0] per axis. From 6 (scale 1.5): 0.25 .. 4.75,
+    all inside [0, 5] -> nothing masked.
+    """
+    from sltnet.vst import valid_after_inverse, vst_loss
+
+    params = SpatialParams(flip=torch.tensor([False]), size=(48, 48))
+    down = valid_after_inverse(params, (4, 4), (3, 3))[0, 0]
+    assert down.tolist() == [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    assert valid_after_inverse(params, (4, 4), (6, 6)).min().item() == 1.0
+    # vst_loss applies the mask by default, keeps every cell with border="keep"
+    cams = torch.zeros(1, 2, 4, 4)
+    cams_t = torch.zeros(1, 2, 3, 3)
+    cams_t[0, 0, 0, 0] = 3.0        # after the inverse: 3.0 in the extrapolated corner cell, less inside
+    small = SpatialParams(flip=torch.tensor([False]), size=(12, 12))
+    assert vst_loss(cams, cams_t, small, VSTConfig()).item() == pytest.approx(
+        visual_stimulus_tolerance_loss(cams, invert_spatial(cams_t, small, (4, 4)), down[None, None]).item())
+    keep = vst_loss(cams, cams_t, small, VSTConfig(border="keep")).item()
+    assert keep == pytest.approx(visual_stimulus_tolerance_loss(cams, invert_spatial(cams_t, small, (4, 4))).item())
+    assert keep > vst_loss(cams, cams_t, small, VSTConfig()).item()
+
+
+def test_vst_gradient_reaches_the_original_maps_unless_detached():
+    """Eq. 13 is a loss on M^o and M^it alike; by default both get its gradient (--vst-detach-original stops M^o's)."""
+    cams = torch.rand(1, 2, 4, 4, requires_grad=True)
+    cams_t = torch.rand(1, 2, 4, 4, requires_grad=True)
+    params = SpatialParams(flip=torch.tensor([True]), size=(16, 16))
+    from sltnet.vst import vst_loss
+
+    vst_loss(cams, cams_t, params, VSTConfig()).backward()
+    assert cams.grad is not None and cams.grad.abs().sum() > 0 and cams_t.grad.abs().sum() > 0
+    cams.grad = None
+    vst_loss(cams, cams_t, params, VSTConfig(detach_original=True)).backward()
+    assert cams.grad is None
+
+
+def test_smt_tie_with_the_k_th_score_is_inside_top_k():
+    """Eq. 8 tests x_k in top-K(x) on scores: a true class tied with the K-th score is inside.
+
+    Scores (1, 2, 2), K = 1: the top-1 score is 2; classes 1 and 2 both hold it, so both are inside
+    (torch.topk would pick only one of them); class 0 is outside.
+    """
+    logits = torch.tensor([[1.0, 2.0, 2.0]] * 3)
+    labels = torch.tensor([0, 1, 2])
+    assert label_in_top_k(logits, labels, 1).tolist() == [False, True, True]
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    got = semantic_tolerance_loss(logits, labels, alpha=0.4, k=1, reduction="none")
+    assert got.tolist() == pytest.approx([ce[0].item(), 0.4 * ce[1].item(), 0.4 * ce[2].item()])
+    # K = 2: classes scoring strictly higher than class 0 are 2 -> still outside
+    assert label_in_top_k(logits, labels, 2).tolist() == [False, True, True]
+    assert label_in_top_k(logits, labels, 3).tolist() == [True, True, True]
