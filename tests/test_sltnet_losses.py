@@ -224,3 +224,67 @@ def test_smt_tie_with_the_k_th_score_is_inside_top_k():
     # K = 2: classes scoring strictly higher than class 0 are 2 -> still outside
     assert label_in_top_k(logits, labels, 2).tolist() == [False, True, True]
     assert label_in_top_k(logits, labels, 3).tolist() == [True, True, True]
+
+
+def test_pseudo_box_on_a_14x14_map_of_a_224_input_gives_the_papers_p():
+    """Sec. 3.1: p = (x1/m, y1/m, x2/m, y2/m), m the downsampling factor (16: a 224 input, a 14 x 14 map).
+
+    Map: 1 on rows 2..6, cols 3..8 of 14 x 14, 0 elsewhere, upsampled x16 (bilinear, align_corners=False:
+    pixel x reads cell (x + 0.5)/16 - 0.5). Left edge: value (x + 0.5)/16 - 2.5 > 0.2 (20 % of the max 1)
+    -> x > 42.7 -> x0 = 43; right: 9.5 - (x + 0.5)/16 > 0.2 -> x < 148.3 -> last column 148, x1 = 148 + 1;
+    top: (y + 0.5)/16 - 1.5 > 0.2 -> y0 = 27; bottom: 7.5 - (y + 0.5)/16 > 0.2 -> last row 116, y1 = 117.
+    p = (43, 27, 149, 117) / 16; with --box-scale input, / 224.
+    """
+    from sltnet.boxes import box_divisor
+
+    cam = torch.zeros(1, 14, 14)
+    cam[0, 2:7, 3:9] = 1.0
+    box = pseudo_boxes(cam, 224, 0.2)
+    assert box[0].tolist() == [43, 27, 149, 117]
+    p = normalize_boxes(torch.from_numpy(box).float(), box_divisor("stride", 224, 16))
+    assert p[0].tolist() == [43 / 16, 27 / 16, 149 / 16, 117 / 16]          # 2.6875, 1.6875, 9.3125, 7.3125
+    q = normalize_boxes(torch.from_numpy(box).float(), box_divisor("input", 224, 16))
+    assert q[0].tolist() == pytest.approx([43 / 224, 27 / 224, 149 / 224, 117 / 224])
+    # back to pixels at test time, under both scales
+    assert denormalize_boxes(p, box_divisor("stride", 224, 16))[0].tolist() == [43, 27, 149, 117]
+    assert denormalize_boxes(q, box_divisor("input", 224, 16))[0].tolist() == pytest.approx([43, 27, 149, 117])
+    with pytest.raises(ValueError):
+        box_divisor("stride", 224, None)
+
+
+def test_pseudo_box_rule_on_a_signed_cam():
+    """The localizer's boxes follow CAM's rule on the raw map (Sec. 3.2), not min-max then 20 %."""
+    cam = torch.full((1, 8, 10), -1.0)
+    cam[0, 1:7, 2:8] = 1.5
+    cam[0, 3:5, 4:6] = 10.0
+    assert pseudo_boxes(cam, (8, 10), 0.2)[0].tolist() == [4, 3, 6, 5]
+    assert pseudo_boxes(cam, (8, 10), 0.2, rule="choe")[0].tolist() == [2, 1, 8, 7]
+    with pytest.raises(ValueError):
+        pseudo_boxes(cam, (8, 10), 0.2, rule="otsu")
+
+
+def test_trained_box_encoding_is_read_from_args_yaml(tmp_path):
+    """The test converts p back as the regressor was trained (args.yaml beside model.pth)."""
+    import argparse
+
+    from sltnet.common import trained_box_encoding
+
+    def ask(scale=None, stride=None):
+        return argparse.Namespace(box_scale=scale, box_stride=stride)
+
+    weights = tmp_path / "model.pth"
+    (tmp_path / "args.yaml").write_text("box_scale: stride\nbox_stride: 16.0\n")
+    assert trained_box_encoding(ask(), weights) == ("stride", 16.0)
+    assert trained_box_encoding(ask("stride", 16), weights) == ("stride", 16.0)
+    with pytest.raises(DataError, match="box_scale stride"):
+        trained_box_encoding(ask("input"), weights)
+    with pytest.raises(DataError, match="box_stride 16"):
+        trained_box_encoding(ask("stride", 32), weights)
+    (tmp_path / "args.yaml").write_text("box_scale: input\nbox_stride: null\n")
+    assert trained_box_encoding(ask(), weights) == ("input", None)
+    (tmp_path / "args.yaml").write_text("backbone: vgg16\n")           # a run from before the option existed
+    assert trained_box_encoding(ask(), weights) == ("input", None)
+    (tmp_path / "args.yaml").unlink()
+    with pytest.raises(DataError, match="--box-scale"):
+        trained_box_encoding(ask(), weights)
+    assert trained_box_encoding(ask("stride", 8), weights) == ("stride", 8.0)

@@ -56,6 +56,7 @@ def test_three_stages_end_to_end(run_stage, birds):
     from sltnet.localizer.train import get_args_parser       # args.yaml repeats the run
     again = parse_args(get_args_parser(), ["--config", str(out / "localizer" / "args.yaml")], stage="localizer_train")
     assert (again.top_k, again.input_size, again.vst) == (2, 64, True)
+    assert (again.box_scale, again.box_stride, again.box_rule) == ("stride", 16.0, "zhou")   # VGG16 conv5: m = 16
     run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--top-k", "2", "--cam-curve-interval", "0.1")
     metrics = json.loads((out / "localizer" / "test" / "metrics.json").read_text())
     assert metrics["num_images"] == len(test_ids) and 0 <= metrics["gt_known_loc"] <= 100
@@ -85,12 +86,45 @@ def test_three_stages_end_to_end(run_stage, birds):
     # 3. final evaluation: jointly trained regressor, and the standalone one
     run_stage("sltnet.regressor.test", "regressor_test", *SIZE)
     final = json.loads((out / "regressor" / "test" / "metrics.json").read_text())
-    assert final["num_images"] == len(test_ids)
+    assert final["num_images"] == len(test_ids) and (final["box_scale"], final["box_stride"]) == ("stride", 16.0)
     assert final["top1_loc"] <= final["top5_loc"] <= final["gt_known_loc"] + 1e-9
     assert (out / "regressor" / "test" / "grid.png").stat().st_size > 0
     run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
               "--output-dir", str(out / "final_standalone"))
     assert json.loads((out / "final_standalone" / "metrics.json").read_text())["num_images"] == len(test_ids)
+
+
+@pytest.mark.parametrize("scale,p", [("stride", [1.0, 0.5, 3.0, 2.5]), ("input", [0.25, 0.125, 0.75, 0.625])])
+def test_regressor_prediction_goes_back_to_pixels_as_trained(run_stage, birds, scale, p):
+    """A regressor that always predicts p: the final test must write the box p * m (stride, m = 16 from
+    the localizer's boxes.json, Sec. 3.1) or p * 64 (input size) = (16, 8, 48, 40) in both cases."""
+    from utils.predictions import write_boxes_csv, write_predictions
+
+    out = run_stage.out
+    train = load_records(birds, "cub", "train")
+    test = load_records(birds, "cub", "test")
+    write_boxes_csv(out / "localizer" / "train" / "boxes.csv", [r.image_id for r in train], [[8, 8, 40, 40]] * len(train),
+                    meta={"protocol": "wsol", "input_size": 64, "resize_size": 72, "downsampling_factor": 16.0})
+    run_stage("sltnet.regressor.train", "regressor_train", *SIZE, "--epochs", "1", "--max-steps-per-epoch", "1",
+              "--box-scale", scale, "--regressor-hidden", "8")
+    again = parse_args(__import__("sltnet.regressor.train", fromlist=["x"]).get_args_parser(),
+                       ["--config", str(out / "regressor" / "args.yaml")], stage="regressor_train")
+    assert (again.box_scale, again.box_stride) == (scale, 16.0 if scale == "stride" else None)
+    state = torch.load(out / "regressor" / "model.pth", weights_only=True)
+    state = state.get("model", state)
+    last = max(k for k in state if k.startswith("fc.") and k.endswith(".bias"))
+    state[last.replace("bias", "weight")].zero_()
+    state[last].copy_(torch.tensor(p))
+    torch.save(state, out / "regressor" / "model.pth")
+    write_predictions(out / "classifier" / "test" / "predictions.csv", [r.image_id for r in test],
+                      [r.label for r in test], [[r.label] for r in test])
+    run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
+              "--regressor-hidden", "8")
+    rows = _csv_rows(out / "regressor" / "test" / "boxes.csv")[1:]
+    assert len(rows) == len(test) and {tuple(float(v) for v in r[1:]) for r in rows} == {(16.0, 8.0, 48.0, 40.0)}
+    with pytest.raises(DataError, match="trained with box_scale"):
+        run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
+                  "--regressor-hidden", "8", "--box-scale", "input" if scale == "stride" else "stride")
 
 
 def test_missing_upstream_files_name_the_stage_to_run(run_stage):
