@@ -134,12 +134,12 @@ def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = 
     args.dataset_name = args.dataset_name or DATASET_NAME[args.layout]
     if args.data_root is None:
         args.data_root = str(DEFAULT_DATA_ROOT[args.layout])
+    if getattr(args, "pseudo_box_backbone", None) and args.localizer_dir is None:
+        # Table 6: the regressor learns the boxes of one backbone's localizer (same dataset)
+        args.localizer_dir = str(stage_dir(args, "localizer", backbone=args.pseudo_box_backbone))
     for name in ("localizer_dir", "classifier_dir", "regressor_dir"):
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, str(stage_dir(args, name.split("_")[0])))
-    if getattr(args, "pseudo_box_backbone", None) and args.localizer_dir == str(stage_dir(args, "localizer")):
-        # Table 6: the regressor learns the boxes of another backbone's localizer (same dataset)
-        args.localizer_dir = str(stage_dir(args, "localizer", backbone=args.pseudo_box_backbone))
     if args.output_dir is None:
         if test_of is not None:
             args.output_dir = str(Path(getattr(args, f"{test_of}_dir")) / args.split)

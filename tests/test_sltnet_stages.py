@@ -175,3 +175,28 @@ def test_bad_input_ends_a_script_with_one_error_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "first" in lines[0], lines
+
+
+def test_table6_configs_train_every_regressor_on_one_localizers_boxes():
+    """Sec. 4.2 / Table 6: "we choose the localizer with InceptionV3 to generate pseudo boxes for the
+    ILSVRC2012 dataset and the localizer with VGG16 to generate pseudo boxes for the CUB dataset".
+    The configs of Tables 1-4 and 7 train each backbone's regressor alone on those boxes and test it."""
+    import importlib
+
+    from sltnet.common import resolve_args
+    from utils.paths import CONFIG_DIR, OUTPUT_ROOT
+
+    train = importlib.import_module("sltnet.regressor.train").get_args_parser
+    test = importlib.import_module("sltnet.regressor.test").get_args_parser
+    for path in sorted(CONFIG_DIR.glob("sltnet_*.yaml")):
+        dataset, source = ("cub", "vgg16") if "_cub_" in path.name else ("imagenet", "inception_v3")
+        args = resolve_args(parse_args(train(), ["--config", str(path)], stage="regressor_train"), "regressor")
+        assert args.pseudo_box_backbone == source, path.name
+        assert args.localizer_dir == str(OUTPUT_ROOT / "sltnet" / dataset / source / "localizer"), path.name
+        assert args.output_dir == str(OUTPUT_ROOT / "sltnet" / dataset / args.backbone / "regressor"), path.name
+        final = parse_args(test(), ["--config", str(path)], stage="regressor_test")
+        assert final.regressor_source == "regressor", path.name
+    # an explicit --localizer-dir still wins over the config's pseudo_box_backbone
+    args = resolve_args(parse_args(train(), ["--config", "configs/sltnet_imagenet_vgg16.yaml", "--localizer-dir", "/x"],
+                                   stage="regressor_train"), "regressor")
+    assert args.localizer_dir == "/x"
