@@ -114,6 +114,7 @@ def visual_stimulus_tolerance_loss(cams_original: torch.Tensor, cams_inverted: t
 def box_regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L_REG (Eq. 3-4): ``sum_{i=1..4} smooth_L1(p_i - p^_i)`` (threshold 1), averaged over images.
 
-    ``pred`` and ``target`` are [B, 4] boxes normalised by the input size (see :mod:`sltnet.boxes`).
+    ``pred`` and ``target`` are [B, 4] boxes ``p`` (pixels divided by m, Sec. 3.1, or by the input size;
+    see :mod:`sltnet.boxes`).
     """
     return F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=1.0).sum(dim=1).mean()

@@ -103,8 +103,8 @@ def test_regressor_prediction_goes_back_to_pixels_as_trained(run_stage, birds, s
     out = run_stage.out
     train = load_records(birds, "cub", "train")
     test = load_records(birds, "cub", "test")
-    write_boxes_csv(out / "localizer" / "train" / "boxes.csv", [r.image_id for r in train], [[8, 8, 40, 40]] * len(train),
-                    meta={"protocol": "wsol", "input_size": 64, "resize_size": 72, "downsampling_factor": 16.0})
+    write_boxes_csv(out / "localizer" / "train" / "boxes.csv", [r.image_id for r in train],
+                    [[8, 8, 40, 40]] * len(train), meta={"protocol": "wsol", "input_size": 64, "resize_size": 72, "downsampling_factor": 16.0})
     run_stage("sltnet.regressor.train", "regressor_train", *SIZE, "--epochs", "1", "--max-steps-per-epoch", "1",
               "--box-scale", scale, "--regressor-hidden", "8")
     again = parse_args(__import__("sltnet.regressor.train", fromlist=["x"]).get_args_parser(),

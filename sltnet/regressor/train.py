@@ -56,7 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the localizer whose boxes are learnt (Table 6: inception_v3 for ILSVRC, vgg16 for CUB); "
                         "default: --backbone")
     g.add_argument("--localizer-dir", type=str, default=None,
-                   help="that localizer's stage folder (default: output/sltnet/<dataset>/<pseudo-box-backbone>/localizer)")
+                   help="that localizer's stage folder "
+                        "(default: output/sltnet/<dataset>/<pseudo-box-backbone>/localizer)")
     g.add_argument("--boxes", type=str, default=None, help="pseudo boxes (default: <localizer-dir>/train/boxes.csv)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     return parser
