@@ -21,12 +21,14 @@ CE = [LSE - 1.0, LSE - 0.0]                       # per-image cross entropy: 1.4
 
 
 def test_smt_is_cross_entropy_for_k1_alpha1():
+    """Eq. 8 with K = 1, alpha = 1 is Eq. 5's cross entropy ("This loss will become the cross entropy loss")."""
     got = semantic_tolerance_loss(LOGITS, LABELS, alpha=1.0, k=1)
     assert got.item() == pytest.approx(sum(CE) / 2, abs=1e-6)
     assert got.item() == pytest.approx(F.cross_entropy(LOGITS, LABELS).item(), abs=1e-6)
 
 
 def test_smt_scales_only_images_with_label_in_top_k():
+    """Eq. 8: alpha * CE when x_k is in top-K(x), CE otherwise."""
     # K=2: image 0 top-2 = {0, 1} holds label 1 -> alpha * CE; image 1 top-2 = {2, 1} lacks 0 -> CE
     assert label_in_top_k(LOGITS, LABELS, 2).tolist() == [True, False]
     per_image = semantic_tolerance_loss(LOGITS, LABELS, alpha=0.4, k=2, reduction="none")
@@ -40,6 +42,7 @@ def test_smt_scales_only_images_with_label_in_top_k():
 
 
 def test_top_k_cam_averages_the_maps_of_the_top_k_classes():
+    """Eq. 9: A = 1/K * sum over the top-K classes of M_j."""
     cams = torch.zeros(1, 3, 2, 2)
     cams[0, 0] = 1.0
     cams[0, 1] = torch.tensor([[3.0, 0.0], [0.0, 3.0]])
@@ -58,6 +61,7 @@ def _smooth_maps(size=16):
 
 
 def test_flip_inverts_exactly_and_scale_within_interpolation_error():
+    """Eq. 12: g' undoes the spatial part of g (Eq. 10): the flip exactly, the scale up to interpolation."""
     maps = _smooth_maps()
     flip_only = SpatialParams(flip=torch.tensor([True, False]), size=(16, 16))
     flipped = apply_spatial(maps, flip_only)
@@ -78,6 +82,7 @@ def _pool_localizer(images, stride=4):
 
 
 def test_vst_loss_zero_for_equivariant_map_and_positive_otherwise():
+    """Eq. 10-13: a localizer equivariant to flip and scale has L_VST = 0."""
     torch.manual_seed(0)
     images = _smooth_maps(32).repeat(1, 2, 1, 1)[:, :3]      # [2, 3, 32, 32], smooth content
     cfg = VSTConfig(flip_prob=0.5, scale_min=1.0, scale_max=1.0, brightness=0, contrast=0, saturation=0,
@@ -121,6 +126,7 @@ def test_box_normalisation_round_trip():
 
 
 def test_regression_loss_is_summed_smooth_l1():
+    """Eq. 3-4: L_REG = sum over the 4 coordinates of smooth_L1(p_i - p^_i), 0.5 x^2 below 1, |x| - 0.5 above."""
     pred = torch.tensor([[0.5, 0.5, 2.5, 0.0]])
     target = torch.zeros(1, 4)
     # 0.5*0.25 + 0.5*0.25 + (2.5 - 0.5) + 0

@@ -2,9 +2,10 @@
 
 Loss per batch: L_SMT (Eq. 8) + beta * L_VST (Eq. 10-13) + reg_weight * L_REG (Eq. 3-4), where the
 regressor's target is the box of the localizer's current top-K ACAM map (Eq. 9), by CAM's rule
-(--box-rule zhou), divided by the localizer's downsampling factor m (--box-scale stride, Sec. 3.1). Each component can
-be switched off (--no-smt, --no-acam, --no-vst): the rows of the paper's Table 5 are configs, see
-sltnet/README.md. Writes output/sltnet/<cub|imagenet>/<backbone>/localizer/{model.pth, checkpoint.pth,
+(--box-rule zhou), divided by the localizer's downsampling factor m (--box-scale stride, Sec. 3.1).
+Each component can be switched off (--no-smt, --no-acam, --no-vst): the rows of the paper's Table 5
+are configs, see sltnet/README.md. The configs of Tables 1-4 and 7 then train the regressors they
+report alone, on one localizer's boxes (sltnet/regressor/train.py, Table 6). Writes output/sltnet/<cub|imagenet>/<backbone>/localizer/{model.pth, checkpoint.pth,
 log.jsonl, args.yaml}; model.pth holds both networks ("localizer.*", "regressor.*").
 
 CUB, VGG16 (Table 1 / Table 5 last column), one GPU:
