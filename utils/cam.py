@@ -251,21 +251,29 @@ def boxes_from_maps_zhou(maps, threshold: float = 0.2) -> list[np.ndarray]:
         maps = maps[None]
     if maps.ndim != 3:
         raise ValueError(f"boxes_from_maps_zhou expects [B, H, W] maps, got shape {maps.shape}")
-    out = []
-    for scoremap in maps:
-        x = np.nan_to_num(np.asarray(scoremap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        height, width = x.shape
-        top = float(x.max()) if x.size else 0.0
-        if top <= 0:
-            out.append(EMPTY_BOX.copy())
-            continue
-        binary = (x > threshold * top).astype(np.uint8)
-        count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-        if count < 2:
-            out.append(EMPTY_BOX.copy())
-            continue
-        k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        x0, y0 = int(stats[k, cv2.CC_STAT_LEFT]), int(stats[k, cv2.CC_STAT_TOP])
-        w, h = int(stats[k, cv2.CC_STAT_WIDTH]), int(stats[k, cv2.CC_STAT_HEIGHT])
-        out.append(np.array([[x0, y0, min(x0 + w, width - 1), min(y0 + h, height - 1)]], dtype=np.int64))
-    return out
+    # Serial labelling: a parallel cv2 call starts OpenCV's worker pool, and a process forked after
+    # that (utils.evaluate's pool, DataLoader workers) hangs in its first cv2.setNumThreads call.
+    # Lowering the count for this loop and restoring it after never starts the pool.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return [_zhou_box(scoremap, threshold) for scoremap in maps]
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _zhou_box(scoremap, threshold: float) -> np.ndarray:
+    """One map's box by :func:`boxes_from_maps_zhou`'s rule, (1, 4) int64."""
+    x = np.nan_to_num(np.asarray(scoremap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    height, width = x.shape
+    top = float(x.max()) if x.size else 0.0
+    if top <= 0:
+        return EMPTY_BOX.copy()
+    binary = (x > threshold * top).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count < 2:
+        return EMPTY_BOX.copy()
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x0, y0 = int(stats[k, cv2.CC_STAT_LEFT]), int(stats[k, cv2.CC_STAT_TOP])
+    w, h = int(stats[k, cv2.CC_STAT_WIDTH]), int(stats[k, cv2.CC_STAT_HEIGHT])
+    return np.array([[x0, y0, min(x0 + w, width - 1), min(y0 + h, height - 1)]], dtype=np.int64)
