@@ -2,8 +2,9 @@
 one line per evaluated image, the predicted box in pixels of the protocol's input; ``[0, 0, 0, 0]``
 = no foreground, a miss).
 
-``grid.png``: images at the protocol geometry with the score map overlaid (jet colour map, 50%),
-ground-truth boxes in green, the predicted box in red.
+``grid.png`` (``utils.visualize.stage_picture``): a title row, a legend row, then one 224-pixel tile
+per image (id above it) at the protocol geometry, the score map blended in the jet colour map with
+opacity 0.6 x map, ground-truth boxes in green, the predicted box in red (none drawn for ``[0, 0, 0, 0]``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from utils.data import protocol_geometry, transform_boxes
 from utils.io import atomic_save_png
-from utils.visualize import GREEN, RED, draw_boxes, tile_images
+from utils.visualize import GREEN, PAD, RED, stage_picture
 
 
 def protocol_image(record, protocol: str, input_size: int, resize_size: int) -> np.ndarray:
@@ -29,19 +30,20 @@ def protocol_image(record, protocol: str, input_size: int, resize_size: int) -> 
     return np.ascontiguousarray(image)
 
 
-def overlay(image: np.ndarray, scoremap: np.ndarray, gt_boxes, pred_box) -> np.ndarray:
-    heat = cv2.applyColorMap(np.clip(scoremap * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    out = cv2.addWeighted(image, 0.5, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.5, 0)
-    return draw_boxes(draw_boxes(out, gt_boxes, GREEN), pred_box, RED)
-
-
 def write_grid(path, records, scoremaps: dict, boxes: dict, protocol: str, input_size: int, resize_size: int,
-               *, max_images: int = 16, cols: int = 4, pad: int = 4) -> None:
+               *, max_images: int = 16, cols: int = 4, pad: int = PAD, title: str | None = None) -> None:
     """``grid.png`` of the first ``max_images`` records (score map overlay, GT green, prediction red)."""
-    tiles = []
+    images, box_sets, maps, ids = [], [], [], []
     for record in list(records)[:max_images]:
-        image = protocol_image(record, protocol, input_size, resize_size)
+        images.append(protocol_image(record, protocol, input_size, resize_size))
         gt = transform_boxes(record.boxes, record.size, protocol, input_size, resize_size)
-        tiles.append(overlay(image, scoremaps[record.image_id], gt, boxes[record.image_id]))
-    if tiles:
-        atomic_save_png(path, tile_images(tiles, cols, pad))
+        box_sets.append([(gt, GREEN), (boxes[record.image_id], RED)])
+        maps.append(scoremaps[record.image_id])
+        ids.append(record.image_id)
+    if images:
+        geom = protocol_geometry(protocol, input_size, resize_size)
+        geometry = (f"resize {geom['resize'][0]}, centre crop {input_size}" if geom["crop"] is not None
+                    else f"whole image at {input_size}")
+        title = title or f"SPOL seg test: score map and boxes ({protocol} protocol: {geometry})"
+        atomic_save_png(path, stage_picture(images, box_sets, scoremaps=maps, ids=ids, title=title, cols=cols,
+                                            pad=pad, legend=[("ground-truth box", GREEN), ("predicted box", RED)]))

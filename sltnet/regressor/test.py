@@ -3,8 +3,9 @@
 Top-1 / Top-5 / GT-known Loc (Tables 1-4, 7) with every image counted: an image is Top-k correct
 when the classifier's top-k (``predictions.csv`` of sltnet/classifier/test.py) holds the label AND
 the regressor's box has IoU >= 0.5 with a GT box. Writes into <regressor dir>/<split>/: metrics.json,
-metrics.txt, boxes.csv (regressor boxes, protocol input pixels) and grid.png (GT green, localizer
-blue when its boxes.csv for this split exists, regressor red).
+metrics.txt, boxes.csv (regressor boxes, protocol input pixels) and grid.png (224-pixel tiles with
+image ids, title and legend: GT green, localizer-map box blue when its boxes.csv for this split
+exists, with the localizer's score map overlaid when saved, regressor red).
 
 Regressor weights: --regressor-source localizer (the jointly trained regressor of Fig. 2a in
 <localizer dir>/model.pth; the script's default) or regressor (<regressor dir>/model.pth from
@@ -31,6 +32,7 @@ from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, transform_boxes
 from utils.distributed import cleanup
 from utils.engine import evaluate_loop, gather_lists, setup_run
+from utils.evaluate import load_scoremap, scoremap_path
 from utils.errors import DataError
 from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 from utils.metrics import LocalizationMeter
@@ -143,7 +145,8 @@ def main(args):
 
 
 def write_grid(path, shown, records, boxes, gts, args) -> None:
-    """grid.png: GT (green), localizer (blue, when its boxes.csv for this split exists), regressor (red)."""
+    """grid.png: GT (green), localizer (blue, when its boxes.csv for this split exists, with its score
+    map overlaid when scoremaps/ beside it holds it), regressor (red); see utils.visualize.stage_picture."""
     loc_path = Path(args.localizer_boxes) if args.localizer_boxes else Path(args.localizer_dir) / args.split / "boxes.csv"
     loc_boxes = {}
     if loc_path.is_file():
@@ -153,7 +156,8 @@ def write_grid(path, shown, records, boxes, gts, args) -> None:
             loc_boxes = {}
     elif args.localizer_boxes:
         raise DataError.at(loc_path, None, "not found: run sltnet/localizer/test.py first")
-    images, sets = [], []
+    maps_dir = loc_path.parent / "scoremaps"   # the localizer test's maps of this split, when saved
+    images, sets, maps, ids = [], [], [], []
     for index, image in shown:
         record = records[index]
         entry = [(gts[index], GREEN)]
@@ -162,8 +166,15 @@ def write_grid(path, shown, records, boxes, gts, args) -> None:
         entry.append((boxes[index], RED))
         images.append(image)
         sets.append(entry)
+        ids.append(record.image_id)
+        map_path = scoremap_path(maps_dir, record.image_id)
+        maps.append(load_scoremap(maps_dir, record.image_id, args.input_size)
+                    if loc_boxes and map_path.is_file() else None)
     if images:
-        atomic_save_png(path, box_grid(images, sets))
+        legend = [("ground-truth box", GREEN)] + ([("localizer-map box", BLUE)] if loc_boxes else []) \
+            + [("regressor box (prediction)", RED)]
+        title = f"SLT-Net final test, {args.split} split ({args.protocol} protocol, {args.input_size} px)"
+        atomic_save_png(path, box_grid(images, sets, ids=ids, scoremaps=maps, legend=legend, title=title))
 
 
 if __name__ == "__main__":
