@@ -78,8 +78,9 @@ def _fit_text(font, text: str, width: int) -> str:
 
 
 def picture_layout(n: int, cols: int = 4, tile: int = TILE, pad: int = PAD, header: int = TITLE_H + LEGEND_H):
-    """Canvas (height, width) of ``n`` tiles in ``cols`` columns below a ``header``-pixel heading,
-    and each tile's top-left (y, x) corner (its caption sits in the ``CAPTION_H`` pixels above)."""
+    """Canvas (height, width) of ``n`` tiles in ``cols`` columns below a ``header``-pixel heading
+    (``stage_picture`` widens it when the title or legend is longer), and each tile's top-left
+    (y, x) corner (its caption sits in the ``CAPTION_H`` pixels above)."""
     cols = max(1, min(cols, n))
     rows = (n + cols - 1) // cols
     cell_h = CAPTION_H + tile + pad
@@ -124,9 +125,11 @@ def stage_picture(images: list[np.ndarray], box_sets=None, *, scoremaps=None, id
     has_maps = any(m is not None for m in scoremaps)
 
     title_font, legend_font, caption_font = _font(18), _font(14), _font(13)
+    entries = [(label, colour) for label, colour in legend] + ([("score map (low to high)", None)] if has_maps else [])
+    swatches = [44 if colour is None else 22 for _, colour in entries]
+    widths = [sw + 6 + _text_width(legend_font, label) + 18 for sw, (label, _) in zip(swatches, entries)]
     (height, width), origins = picture_layout(n, cols, tile, pad)
-    if title:
-        width = max(width, _text_width(title_font, title) + 2 * pad)
+    width = max(width, sum(widths) + 2 * pad, _text_width(title_font, title) + 2 * pad if title else 0)
     canvas = np.full((height, width, 3), _BACKGROUND, dtype=np.uint8)
 
     for image, sets, scoremap, (y, x) in zip(images, box_sets, scoremaps, origins):
@@ -138,7 +141,8 @@ def stage_picture(images: list[np.ndarray], box_sets=None, *, scoremaps=None, id
             scaled = overlay_scoremap(scaled, scoremap, alpha)
         for boxes, colour in sets:
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-            boxes = boxes[np.any(boxes != 0, axis=1)] * s
+            boxes = boxes[np.any(boxes != 0, axis=1)] * s   # clipped so an edge on the border stays visible
+            boxes = np.clip(boxes, 0, [scaled.shape[1] - 1, scaled.shape[0] - 1] * 2)
             scaled = draw_boxes(scaled, boxes, tuple(int(c) for c in colour), thickness)
         h, w = scaled.shape[:2]
         oy, ox = y + (tile - h) // 2, x + (tile - w) // 2
@@ -148,13 +152,8 @@ def stage_picture(images: list[np.ndarray], box_sets=None, *, scoremaps=None, id
     texts = []   # (x, y, text, font)
     if title:
         texts.append((pad, 4, title, title_font))
-    lx, ly = pad, TITLE_H + 4
-    entries = [(label, colour) for label, colour in legend] + ([("score map (low to high)", None)] if has_maps else [])
-    for label, colour in entries:
-        swatch = 44 if colour is None else 22
-        need = swatch + 6 + _text_width(legend_font, label) + 18
-        if lx + need > width - pad and lx > pad:
-            break   # one legend row; a picture this narrow gets the entries that fit
+    lx, ly = pad, TITLE_H + 4   # one legend row (the canvas is widened to hold it)
+    for (label, colour), swatch, need in zip(entries, swatches, widths):
         sy = ly + 3
         if colour is None:
             bar = cv2.applyColorMap(np.linspace(0, 255, swatch).astype(np.uint8)[None].repeat(12, 0), cv2.COLORMAP_JET)
