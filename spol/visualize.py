@@ -13,17 +13,18 @@ import numpy as np
 
 from utils.data import protocol_geometry, transform_boxes
 from utils.io import atomic_save_png
-from utils.visualize import GREEN, PAD, RED, stage_picture
+from utils.visualize import GREEN, PAD, RED, single_thread_cv2, stage_picture
 
 
 def protocol_image(record, protocol: str, input_size: int, resize_size: int) -> np.ndarray:
     """The record's RGB uint8 image as the network saw it (resize, then centre crop for 'spol')."""
-    image = cv2.imread(record.path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"{record.path}: image not found or unreadable")
-    geom = protocol_geometry(protocol, input_size, resize_size)
-    h, w = geom["resize"]
-    image = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (w, h), interpolation=cv2.INTER_LINEAR)
+    with single_thread_cv2():   # no OpenCV worker pool in a process that forks later
+        image = cv2.imread(record.path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"{record.path}: image not found or unreadable")
+        geom = protocol_geometry(protocol, input_size, resize_size)
+        h, w = geom["resize"]
+        image = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (w, h), interpolation=cv2.INTER_LINEAR)
     if geom["crop"] is not None:
         ox, oy = geom["offset"]
         image = image[oy:oy + input_size, ox:ox + input_size]
