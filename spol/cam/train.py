@@ -49,14 +49,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def cam_loss_fn(loss: str):
-    """``Trainer`` loss: class maps -> spatial-mean logits -> the chosen CAM loss."""
+    """``Trainer`` loss: ``relu(linear(dropout(x)))`` class maps -> spatial-mean logits -> the chosen
+    CAM loss (the authors' order: ReLU per position, then the mean)."""
     def loss_fn(model, batch):
-        deep, fused = model(batch["image"])
-        pred1, pred2 = map_logits(deep).float(), map_logits(fused).float()
         labels = batch["label"]
         if loss == "two_head":
+            deep, fused = model(batch["image"])
+            pred1, pred2 = map_logits(deep).float(), map_logits(fused).float()
             value = cub_cam_loss(pred1, pred2, labels)
-        else:
+        else:  # the authors' ImageNet model: one dropout draw, on the fused map only
+            _, fused = model(batch["image"], single_head=True)
+            pred2 = map_logits(fused).float()
             value = imagenet_cam_loss(pred2, labels)
         acc = (pred2.argmax(1) == labels).float().mean()
         return value, {"top1_fused": float(acc)}
