@@ -219,3 +219,19 @@ def boxes_from_maps(maps: np.ndarray, threshold: float, *, relative_to_max: bool
         out.append(boxes_from_binary(binary, multi_contour=multi_contour, external=external))
     return out
 
+
+
+def spol_box(scoremap, threshold: float):
+    """The SPOL authors' box of one score map (their seg test): ``np.uint8(map > t) * 255`` compared
+    in float32 as their float32 map is, contours with ``cv2.RETR_TREE``, the first contour of largest
+    ``cv2.contourArea``, box ``[x, y, x + w, y + h]`` of its ``cv2.boundingRect`` (exclusive corner,
+    not clipped). Returns a list of 4 ints, or None when the map has no contour (their script skips
+    such an image)."""
+    pred = np.asarray(scoremap, dtype=np.float32)
+    mask = np.uint8(pred > np.float32(threshold)) * 255
+    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if len(contours) == 0:
+        return None
+    contour = max(contours, key=cv2.contourArea)
+    x, y, w, h = cv2.boundingRect(contour)
+    return [x, y, x + w, y + h]

@@ -24,7 +24,7 @@ from spol.common import (add_sgd_args, add_spol_args, drop_last_needed, load_spl
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
 from spol.model import CAMModel
 from utils.config import add_common_args, run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform, num_classes
+from utils.data import WSOLDataset, build_spol_transform, num_classes
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 
@@ -72,7 +72,7 @@ def main(args):
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
-    transform = build_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    transform = build_spol_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
     dataset = WSOLDataset(records, transform)
     model = CAMModel(num_classes(records), pretrained=args.pretrained, freeze_stem=args.freeze_stem)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
