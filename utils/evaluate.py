@@ -319,6 +319,9 @@ def format_table(results: dict) -> str:
     """A readable summary of :func:`evaluate_scoremaps`'s results."""
     rows = [("protocol", results["protocol"]), ("split", results["split"]),
             ("images", results["num_images"])]
+    if results.get("num_skipped"):
+        why = ", ".join(f"{n} {k}" for k, n in results.get("num_skipped_by_reason", {}).items() if n)
+        rows.append(("  skipped", f"{results['num_skipped']} ({why}): counted {results['num_counted']}"))
     for key, name in (("top1_loc", "Top-1 Loc"), ("top5_loc", "Top-5 Loc"), ("gt_known_loc", "GT-known Loc")):
         if results.get(key) is not None:
             rows.append((name, f"{results[key]:.2f}"))

@@ -204,5 +204,6 @@ def read_cls_results(path, image_ids: Sequence[str], *, producer: str = DEFAULT_
             out[image_id] = value
     if missing:
         raise DataError.at(path, None, f"no entry for {len(missing)} of the {len(image_ids)} images of the split "
-                                       f"(first: {key(missing[0])}): it does not cover this split")
+                                       f"(first: {key(missing[0])}): it does not cover this split; "
+                                       f"run {producer} on that split")
     return out
