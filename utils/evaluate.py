@@ -20,8 +20,8 @@ Protocols (named):
   (exclusive, ``utils.metrics.spol_iou``). Fixes: every image is counted (no contour, or no GT
   box left in the crop = a miss) and IoU ``>=`` 0.5 by default.
 * ``spol-official``: the authors' accuracy exactly: images with no contour or no GT box left are
-  SKIPPED (left out of the denominator; ``num_skipped`` says how many) and ``--iou-compare '>'``
-  is theirs. Both SPOL protocols list every image's IoU / hit / skip reason (``per_image``).
+  SKIPPED (left out of the denominator; ``num_skipped`` says how many) and IoU ``> 0.5`` (always,
+  whatever ``--iou-compare`` says). Both SPOL protocols list every image's IoU / hit / skip reason (``per_image``).
 
 Both protocols also report MaxBoxAcc / MaxBoxAccV2 (Choe's sweep over the same maps, the
 protocol's GT boxes) and PxAP when the records have GT masks (CUB segmentations: any pixel > 0
@@ -133,12 +133,14 @@ class _ImageJob:
 
 class _Runner:
     """Maps a function over records in this process, or in a pool of ``workers`` processes
-    (fork where available, as torch's DataLoader does; results come back in order)."""
+    (results come back in order). The workers start from a fork server, not by forking this
+    process: a process that has run both torch and OpenCV's thread pool (e.g. a large cv2.resize)
+    leaves that pool unusable in a forked child, whose first cv2 call then hangs."""
 
     def __init__(self, workers: int):
         self.pool = None
         if workers and workers > 1:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             self.pool = mp.get_context(method).Pool(workers, initializer=_worker_init)
 
     def map(self, fn, items):
@@ -174,6 +176,8 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "spol-official":
+        iou_compare = ">"  # the authors' strict comparison, whatever was asked
     if protocol in SPOL_PROTOCOLS and threshold is None:
         raise ValueError("protocol 'spol' needs a fixed threshold (SPOL: 0.2 on CUB, 0.8 on ImageNet)")
     records = list(records)

@@ -84,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold-data-root", type=str, default=None, help="its data root (default --data-root)")
     g.add_argument("--iou-threshold", type=float, default=0.5)
     g.add_argument("--iou-compare", type=str, default=None, choices=[">=", ">"],
-                   help="default '>=' ('>' with --protocol spol-official, the authors')")
+                   help="spol and wsol protocols (default '>='); spol-official always uses the authors' '>'")
     g.add_argument("--iou-convention", type=str, default="inclusive", choices=["inclusive", "exclusive"],
                    help="wsol protocol only (the SPOL protocols use the authors' exclusive IoU)")
     g.add_argument("--cam-curve-interval", type=float, default=0.001)
@@ -139,9 +139,10 @@ def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold:
 
 
 def iou_compare_of(args, protocol: str) -> str:
-    if args.iou_compare:
-        return args.iou_compare
-    return ">" if protocol == "spol-official" else ">="
+    """spol-official: always the authors' '>'; otherwise --iou-compare (default '>=')."""
+    if protocol == "spol-official":
+        return ">"
+    return args.iou_compare or ">="
 
 
 def score(records, protocol: str, maps_dir: Path, threshold, args, predictions, split: str) -> dict:
