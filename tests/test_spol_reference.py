@@ -207,3 +207,40 @@ def test_boxes_iou_and_hit_list_equal_the_authors(dataset, tmp_path):
     hits = [o["hit"] for o in official["per_image"]]
     assert ours["gt_known_loc"] == pytest.approx(100 * sum(hits) / len(records))
     assert 0 < sum(hits) < count
+
+
+# ----------------------------------------------------------------------------- by hand
+def test_an_iou_of_exactly_one_half_is_a_hit_only_without_the_authors_epsilon():
+    from utils.evaluate import spol_hits
+    from utils.metrics import spol_iou
+
+    pred, gt = [0, 0, 10, 10], np.array([[0.0, 0.0, 10.0, 5.0]])  # inter 50, union 100
+    assert spol_iou(pred, gt[0]) < 0.5 == spol_iou(pred, gt[0], eps=0.0)
+    assert spol_iou([0, 0, 10, 10], [10, 0, 20, 10]) == 0  # touching, exclusive coordinates
+    assert spol_iou([0, 0, 10, 10], [5, 0, 15, 10], eps=0.0) == pytest.approx(1 / 3)
+    official = spol_hits([pred, None, pred], [gt, gt, np.zeros((0, 4))], official=True, iou_compare=">")
+    ours = spol_hits([pred, None, pred], [gt, gt, np.zeros((0, 4))], official=False)
+    assert [o["skipped"] for o in official] == [None, "no contour", "no GT box in the crop"]
+    assert [o["hit"] for o in official] == [False, False, False]
+    assert [o["skipped"] for o in ours] == [None, None, None] and [o["hit"] for o in ours] == [True, False, False]
+
+
+def test_masks_under_the_authors_names_are_found(tmp_path):
+    from utils.data import find_pseudo_mask
+
+    (tmp_path / "n001").mkdir()
+    (tmp_path / "n001" / "x.JPEG").write_bytes(b"")  # their ImageNet naming: the image's own name
+    assert find_pseudo_mask(tmp_path, "train/n001/x.JPEG") == tmp_path / "n001" / "x.JPEG"
+    (tmp_path / "train" / "n001").mkdir(parents=True)
+    (tmp_path / "train" / "n001" / "x.png").write_bytes(b"")  # ours wins when both exist
+    assert find_pseudo_mask(tmp_path, "train/n001/x.JPEG") == tmp_path / "train" / "n001" / "x.png"
+
+
+def test_authors_classification_file_must_cover_the_split(tmp_path):
+    from utils.errors import DataError
+
+    np.save(tmp_path / "t.npy", {"ILSVRC2012_val_00000001.JPEG": [True, True], "other.JPEG": [False, True]})
+    got = read_cls_results(tmp_path / "t.npy", ["val/ILSVRC2012_val_00000001.JPEG"])
+    assert got == {"val/ILSVRC2012_val_00000001.JPEG": (True, True)}
+    with pytest.raises(DataError, match=r"t\.npy: no entry for 1 of the 2 images.*ILSVRC2012_val_00000002"):
+        read_cls_results(tmp_path / "t.npy", ["val/ILSVRC2012_val_00000001.JPEG", "val/ILSVRC2012_val_00000002.JPEG"])

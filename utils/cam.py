@@ -21,6 +21,8 @@ Two named box rules:
 * SPOL (``relative_to_max=False, quantize_uint8=False``): binary map = ``float map > t``; the
   largest *external* contour (``RETR_EXTERNAL``) gives the box. The box convention (x0 + w,
   clamped to W - 1) is kept identical to the rule above so that one IoU convention serves both.
+* The SPOL authors' own rule, exactly (their seg test; the ``spol`` protocols of utils.evaluate):
+  :func:`spol_box` (float32 ``map > t``, RETR_TREE, box ``[x, y, x + w, y + h]``, None without contour).
 """
 from __future__ import annotations
 

@@ -289,6 +289,8 @@ def spol_hits(pred_boxes, gt_boxes, *, official: bool, iou_threshold: float = 0.
     max over the image's GT boxes. Returns a list of dicts ``{"iou", "hit", "skipped"}``: with
     ``official`` an image with no GT box left or no contour is SKIPPED (``skipped`` names why; their
     script leaves it out of every count), otherwise it is a miss. ``iou_compare`` ">" is theirs.
+    ``official`` keeps their ``union + 1e-12``; otherwise the IoU is ``inter / union`` so that an IoU
+    of exactly 0.5 passes ``>=``.
     """
     if iou_compare not in (">=", ">"):
         raise ValueError(f"iou_compare must be '>=' or '>', got {iou_compare!r}")
@@ -299,7 +301,7 @@ def spol_hits(pred_boxes, gt_boxes, *, official: bool, iou_threshold: float = 0.
         if skipped is not None:
             out.append({"iou": None, "hit": False, "skipped": skipped if official else None})
             continue
-        iou = max(spol_iou(pred, gt) for gt in gts)
+        iou = max(spol_iou(pred, gt, eps=1e-12 if official else 0.0) for gt in gts)
         hit = iou > iou_threshold if iou_compare == ">" else iou >= iou_threshold
         out.append({"iou": float(iou), "hit": bool(hit), "skipped": None})
     return out

@@ -439,10 +439,12 @@ class PxAPAccumulator:
 
 
 # ----------------------------------------------------------------------------- SPOL's IoU
-def spol_iou(a, b) -> float:
+def spol_iou(a, b, eps: float = 1e-12) -> float:
     """IoU as the SPOL authors compute it (``utils/tools.py: IoU``): exclusive coordinates
-    (``width = x1 - x0``), 0 when the boxes do not overlap, ``inter / (union + 1e-12)``; python floats,
-    the same operations in the same order."""
+    (``width = x1 - x0``), 0 when the boxes do not overlap, ``inter / (union + eps)``; python floats,
+    the same operations in the same order. With their ``eps = 1e-12`` an IoU of exactly one half
+    computes as 0.4999999999999995, so ``>= 0.5`` would still reject it: our ``spol`` protocol uses
+    ``eps=0``."""
     xmin_a, ymin_a, xmax_a, ymax_a = (float(v) for v in a)
     xmin_b, ymin_b, xmax_b, ymax_b = (float(v) for v in b)
     width = min(xmax_a, xmax_b) - max(xmin_a, xmin_b)
@@ -453,4 +455,4 @@ def spol_iou(a, b) -> float:
     sb = (xmax_b - xmin_b) * (ymax_b - ymin_b)
     inter = width * height
     union = sa + sb - inter
-    return inter / (union + 1e-12)
+    return inter / (union + eps)
