@@ -125,6 +125,7 @@ def main(args) -> list[dict]:
             from sltnet.model import CAMLocalizer
             model = CAMLocalizer("resnet50", k, pretrained="none", feature="layer2").to(device).eval()
             loc_args = SimpleNamespace(input_size=args.size, acam=True, top_k=min(2, k), box_threshold=0.2,
+                                       box_rule="zhou",
                                        batch_size=args.batch_size, workers=args.workers, amp=args.amp)
             dataset = WSOLDataset(records, build_transform("resize", resize=args.size))
             with torch.inference_mode():

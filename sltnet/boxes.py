@@ -3,12 +3,21 @@
 * Pixel boxes are ``x0, y0, x1, y1`` in input-pixel coordinates of the image the network saw
   (``utils.cam.boxes_from_maps`` convention: ``x1 = min(x0 + w, W - 1)``, scored with the inclusive
   IoU of Choe et al.).
-* The regressor predicts ``p = (x1/W, y1/H, x2/W, y2/H)`` (Sec. 3.1: coordinates divided by the
-  input size): :func:`normalize_boxes` / :func:`denormalize_boxes` convert both ways, exactly
-  inverse to each other in floating point up to rounding.
+* The regressor predicts ``p = (x1/m, y1/m, x2/m, y2/m)``; Sec. 3.1: "(x1, y1) are the top-left
+  coordinate of the bounding box, (x2, y2) are the bottom-right coordinate of the bounding box,
+  and m is the downsampling factor". By default (``box_scale="stride"``) ``m`` is the localizer's
+  downsampling factor (its CAM stride: 16 for VGG16 conv5, so a 224 input's 14 x 14 map gives
+  coordinates on that grid, 0 .. 14); ``box_scale="input"`` divides by the input size instead
+  (every coordinate in [0, 1]). :func:`box_divisor` gives the divisor, :func:`normalize_boxes` /
+  :func:`denormalize_boxes` divide and multiply by it (exact inverses up to rounding).
+* Pseudo boxes (:func:`pseudo_boxes`): ``rule="zhou"`` (default) is CAM's rule, which the paper
+  cites (Sec. 3.2: "segments the regions with the top 20% values and chose the bounding box that
+  covers the largest connected component"): the raw map, values above 20 % of its max
+  (``utils.cam.boxes_from_maps_zhou``); ``rule="choe"`` min-max normalises first and applies Choe
+  et al.'s uint8 rule (``utils.cam.boxes_from_maps``), the rule of the evaluator's ``wsol`` protocol.
 * ``boxes.csv`` (hand-off file, read and written by ``utils.predictions``): header
   ``image_id,x0,y0,x1,y1`` in input pixels of the protocol geometry; a sidecar ``boxes.json`` says
-  which protocol / input size / threshold produced them.
+  which protocol / input size / threshold / box rule / downsampling factor produced them.
 """
 from __future__ import annotations
 
@@ -16,7 +25,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from utils.cam import boxes_from_maps, normalize_minmax, resize_maps
+from utils.cam import boxes_from_maps, boxes_from_maps_zhou, normalize_minmax, resize_maps
+
+BOX_RULES = ("zhou", "choe")
+BOX_SCALES = ("stride", "input")
+
 
 def _size_vector(size, like):
     """(W, H, W, H) for ``size`` = int or (width, height)."""
@@ -27,8 +40,21 @@ def _size_vector(size, like):
     return np.array([w, h, w, h], dtype=np.float64)
 
 
+def box_divisor(box_scale: str, input_size, stride: float):
+    """What the regressor's box is divided by: ``stride`` (= m, the localizer's downsampling factor,
+    Sec. 3.1) for ``box_scale="stride"``, the input size (int or (width, height)) for ``"input"``."""
+    if box_scale == "stride":
+        if stride is None or float(stride) <= 0:
+            raise ValueError(f"box scale 'stride' needs a positive downsampling factor, got {stride!r}")
+        return float(stride)
+    if box_scale == "input":
+        return input_size
+    raise ValueError(f"unknown box scale {box_scale!r} ({' | '.join(BOX_SCALES)})")
+
+
 def normalize_boxes(boxes, size):
-    """Pixel boxes [..., 4] -> boxes divided by the input size; ``size`` = int or (width, height)."""
+    """Pixel boxes [..., 4] -> boxes divided by ``size`` = a number (m, or a square input side) or
+    (width, height); see :func:`box_divisor`."""
     if isinstance(boxes, torch.Tensor):
         return boxes.float() / _size_vector(size, boxes.float())
     return np.asarray(boxes, dtype=np.float64) / _size_vector(size, None)
@@ -41,14 +67,23 @@ def denormalize_boxes(boxes, size):
     return np.asarray(boxes, dtype=np.float64) * _size_vector(size, None)
 
 
-@torch.no_grad()
-def pseudo_boxes(maps: torch.Tensor, input_size, threshold: float) -> np.ndarray:
-    """Boxes [B, 4] (input pixels, int) from localization maps [B, h, w] (Sec. 3.2's CAM rule).
+def maps_to_boxes(maps, threshold: float, rule: str = "zhou") -> list[np.ndarray]:
+    """Boxes of maps already at the input size, [B, H, W] -> B arrays (1, 4), by the named rule."""
+    if rule == "zhou":
+        return boxes_from_maps_zhou(maps, threshold)
+    if rule == "choe":
+        return boxes_from_maps(normalize_minmax(maps), threshold)
+    raise ValueError(f"unknown box rule {rule!r} ({' | '.join(BOX_RULES)})")
 
-    Maps are upsampled to the input size (bilinear), min-max normalised per image, thresholded at
-    ``threshold`` times the map's maximum, and the box of the largest connected component is kept
-    (``utils.cam.boxes_from_maps`` with Choe et al.'s rule). An empty map gives [0, 0, 0, 0].
+
+@torch.no_grad()
+def pseudo_boxes(maps: torch.Tensor, input_size, threshold: float, rule: str = "zhou") -> np.ndarray:
+    """Boxes [B, 4] (input pixels, int) from localization maps [B, h, w].
+
+    Maps are upsampled to the input size (bilinear) and boxed by ``rule``: ``"zhou"`` (CAM's rule,
+    Sec. 3.2: values above ``threshold`` of the raw map's max, largest connected component) or
+    ``"choe"`` (min-max normalised, then Choe et al.'s uint8 rule). An empty map gives [0, 0, 0, 0].
     """
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)  # (H, W)
-    scoremaps = normalize_minmax(resize_maps(maps.detach().float(), size)).cpu().numpy()
-    return np.stack([b[0] for b in boxes_from_maps(scoremaps, threshold)]).astype(np.int64)
+    resized = resize_maps(maps.detach().float(), size).cpu()
+    return np.stack([b[0] for b in maps_to_boxes(resized, threshold, rule)]).astype(np.int64)

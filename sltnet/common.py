@@ -15,11 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sltnet.boxes import normalize_boxes, pseudo_boxes
-from sltnet.losses import (box_regression_loss, semantic_tolerance_loss, top_k_cam, select_cams,
-                           visual_stimulus_tolerance_loss)
+from sltnet.boxes import BOX_RULES, BOX_SCALES, box_divisor, normalize_boxes, pseudo_boxes
+from sltnet.losses import box_regression_loss, semantic_tolerance_loss, top_k_cam, select_cams
 from sltnet.model import BACKBONES, LocalizationBranch
-from sltnet.vst import VSTConfig, transform_batch, vst_map_pair
+from sltnet.vst import VSTConfig, transform_batch, vst_loss
 from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
 from utils.data import protocol_geometry
 from utils.errors import DataError
@@ -51,8 +50,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--regressor-feature", type=str, default=None,
                    help="regressor backbone block (default: the backbone's last block)")
     g.add_argument("--regressor-hidden", type=int, default=512, help="width of the regressor's first FC layer")
-    g.add_argument("--regressor-final-relu", action=argparse.BooleanOptionalAction, default=False,
-                   help="ReLU after the regressor's output layer too")
+    g.add_argument("--regressor-final-relu", action=argparse.BooleanOptionalAction, default=True,
+                   help="ReLU after the regressor's second FC layer as after the first (Sec. 3.1: FC-ReLU-FC-ReLU); "
+                        "--no-regressor-final-relu: linear output")
+    g.add_argument("--box-scale", type=str, default=None, choices=list(BOX_SCALES),
+                   help="what the regressor's box is divided by: stride (Sec. 3.1: m, the localizer's downsampling "
+                        "factor; the training default) or input (the input size). Test: default as trained (args.yaml)")
+    g.add_argument("--box-stride", type=float, default=None,
+                   help="m for --box-scale stride (default: the stride of the localizer whose maps give the boxes; "
+                        "test: as trained)")
     g.add_argument("--share-backbone", action=argparse.BooleanOptionalAction, default=False,
                    help="regressor head on the localizer's features instead of its own backbone")
     return parser
@@ -100,10 +106,19 @@ def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="CAM normalisation before the MSE of Eq. 13")
     g.add_argument("--vst-maps", type=str, default="all", choices=["all", "topk", "gt"],
                    help="maps in L_VST: all C, the top-K of the original image, or the GT class")
-    g.add_argument("--vst-detach-original", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--vst-detach-original", action=argparse.BooleanOptionalAction, default=False,
+                   help="stop the gradient of L_VST through the original image's maps M^o (paper silent)")
+    g.add_argument("--vst-reduction", type=str, default="eq13", choices=["eq13", "mean"],
+                   help="eq13: Eq. 13 as written (sum over the C maps, mean over W x H, mean over the batch); "
+                        "mean: also divided by C (per-map mean)")
+    g.add_argument("--vst-border", type=str, default="mask", choices=["mask", "keep"],
+                   help="cells that the inverse of a down-scaled copy extrapolates: left out of L_VST (mask) or kept")
     g.add_argument("--reg-weight", type=float, default=1.0, help="weight of L_REG (Eq. 1 uses 1)")
     g.add_argument("--box-threshold", type=float, default=0.2,
                    help="pseudo-box threshold, fraction of the map's max (CAM's 20%%)")
+    g.add_argument("--box-rule", type=str, default="zhou", choices=list(BOX_RULES),
+                   help="pseudo-box rule: zhou (CAM's: raw map > t * max, largest connected component) or "
+                        "choe (min-max normalised, uint8 > int(t * max), the wsol evaluator's)")
     return parser
 
 
@@ -119,6 +134,9 @@ def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = 
     args.dataset_name = args.dataset_name or DATASET_NAME[args.layout]
     if args.data_root is None:
         args.data_root = str(DEFAULT_DATA_ROOT[args.layout])
+    if getattr(args, "pseudo_box_backbone", None) and args.localizer_dir is None:
+        # Table 6: the regressor learns the boxes of one backbone's localizer (same dataset)
+        args.localizer_dir = str(stage_dir(args, "localizer", backbone=args.pseudo_box_backbone))
     for name in ("localizer_dir", "classifier_dir", "regressor_dir"):
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, str(stage_dir(args, name.split("_")[0])))
@@ -130,8 +148,8 @@ def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = 
     return args
 
 
-def stage_dir(args, stage: str) -> Path:
-    return OUTPUT_ROOT / METHOD / args.dataset_name / args.backbone / stage
+def stage_dir(args, stage: str, *, backbone: str | None = None) -> Path:
+    return OUTPUT_ROOT / METHOD / args.dataset_name / (backbone or args.backbone) / stage
 
 
 def require_file(path, stage: str, what: str) -> Path:
@@ -179,9 +197,12 @@ def localization_map(cams: torch.Tensor, logits: torch.Tensor, labels: torch.Ten
 def make_branch_loss(args, stride: int):
     """loss_fn(model, batch) -> (loss, logs) for utils.engine.Trainer: L_SMT + beta L_VST + w L_REG.
 
-    The regressor's target is the box of the localizer's CURRENT map (Fig. 2a; detached), at
-    ``args.box_threshold`` of the map's max, normalised by the input size.
+    The regressor's target is the box of the localizer's CURRENT map (Fig. 2a; detached), by
+    ``args.box_rule`` at ``args.box_threshold`` of the map's max, divided by m = ``args.box_stride``
+    (``--box-scale stride``, Sec. 3.1; default the localizer's ``stride``) or by the input size.
     """
+    box_scale = args.box_scale or "stride"
+    box_stride = args.box_stride or stride
     vst_cfg = VSTConfig.from_args(args, size_multiple=stride)
 
     def loss_fn(model, batch):
@@ -197,15 +218,14 @@ def make_branch_loss(args, stride: int):
             loss_cls = F.cross_entropy(logits, labels)
         loss, logs = loss_cls, {"loss_cls": loss_cls.item()}
         if args.vst:
-            m_o, m_it = vst_map_pair(cams, out["cams_t"].float(), params, vst_cfg, logits=logits,
-                                     labels=labels, k=args.top_k)
-            loss_vst = visual_stimulus_tolerance_loss(m_o, m_it)
+            loss_vst = vst_loss(cams, out["cams_t"].float(), params, vst_cfg, logits=logits,
+                                labels=labels, k=args.top_k)
             loss = loss + args.beta * loss_vst
             logs["loss_vst"] = loss_vst.item()
         maps = localization_map(cams.detach(), logits.detach(), labels, acam=args.acam, top_k=args.top_k)
         height, width = images.shape[-2:]
-        target = normalize_boxes(torch.from_numpy(pseudo_boxes(maps, (height, width), args.box_threshold)),
-                                 (width, height)).to(images.device)
+        boxes = torch.from_numpy(pseudo_boxes(maps, (height, width), args.box_threshold, args.box_rule))
+        target = normalize_boxes(boxes, box_divisor(box_scale, (width, height), box_stride)).to(images.device)
         loss_reg = box_regression_loss(out["boxes"].float(), target)
         loss = loss + args.reg_weight * loss_reg
         logs["loss_reg"] = loss_reg.item()
@@ -213,6 +233,39 @@ def make_branch_loss(args, stride: int):
         return loss, logs
 
     return loss_fn
+
+
+def trained_box_encoding(args, weights_path) -> tuple[str, float | None]:
+    """(box scale, m) the regressor in ``weights_path`` was trained with: its folder's args.yaml.
+
+    An explicit ``--box-scale`` / ``--box-stride`` must agree with it (else one error line). An
+    args.yaml without ``box_scale`` comes from a run before the scale was an option: such
+    regressors were trained on boxes divided by the input size. Without args.yaml the scale (and,
+    for ``stride``, m) must be given on the command line.
+    """
+    import yaml
+
+    path = Path(weights_path).parent / "args.yaml"
+    if path.is_file():
+        trained = yaml.safe_load(path.read_text()) or {}
+        scale = trained.get("box_scale") or "input"
+        stride = trained.get("box_stride") if scale == "stride" else None
+        if args.box_scale is not None and args.box_scale != scale:
+            raise DataError.at(path, None, f"the regressor was trained with box_scale {scale}, this test asks "
+                               f"for --box-scale {args.box_scale}: drop the option (or pass --box-scale {scale})")
+        if scale == "stride" and args.box_stride is not None and stride is not None \
+                and float(args.box_stride) != float(stride):
+            raise DataError.at(path, None, f"the regressor was trained with box_stride {stride}, this test asks "
+                               f"for --box-stride {args.box_stride}")
+        stride = stride if stride is not None else args.box_stride
+    else:
+        scale, stride = args.box_scale, args.box_stride
+        if scale is None:
+            raise DataError.at(path, None, "not found, so the regressor's box scale is unknown: pass --box-scale "
+                               "stride --box-stride M (as trained) or --box-scale input")
+    if scale == "stride" and stride is None:
+        raise DataError.at(path, None, "box_scale stride without box_stride: pass --box-stride M (as trained)")
+    return scale, (float(stride) if stride is not None else None)
 
 
 # ----------------------------------------------------------------------------- standalone regressor

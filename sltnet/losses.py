@@ -15,13 +15,16 @@ import torch.nn.functional as F
 
 
 def label_in_top_k(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool [B]: the true class is among the ``k`` highest logits (``x_k in top-K(x)`` of Eq. 8).
+    """Bool [B]: the true class is among the ``k`` highest scores (``x_k in top-K(x)`` of Eq. 8).
 
-    ``k`` is clipped to the number of classes. Ties are resolved as ``torch.topk`` does.
+    Eq. 8 tests the true class's SCORE against the top-K scores, so a tie with the K-th score
+    counts as inside: the true class is in the top-K when fewer than ``k`` classes score strictly
+    higher (``x_k >= the K-th highest score``). This does not depend on how ``torch.topk`` orders
+    equal values. ``k`` is clipped to the number of classes.
     """
     k = max(1, min(int(k), logits.shape[1]))
-    top = logits.topk(k, dim=1).indices
-    return (top == labels[:, None]).any(dim=1)
+    true_score = logits.gather(1, labels[:, None])
+    return (logits > true_score).sum(dim=1) < k
 
 
 def semantic_tolerance_loss(logits: torch.Tensor, labels: torch.Tensor, *, alpha: float, k: int,
@@ -67,27 +70,51 @@ def top_k_cam(cams: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:
     return select_cams(cams, top_k_classes(logits, k)).mean(dim=1)
 
 
-def visual_stimulus_tolerance_loss(cams_original: torch.Tensor, cams_inverted: torch.Tensor,
-                                   valid: torch.Tensor | None = None) -> torch.Tensor:
-    """L_VST (Eq. 13): squared error between M^o and M^it averaged over W x H.
+VST_REDUCTIONS = ("eq13", "mean")
 
-    Both stacks are [B, K, h, w] (all C maps, or a selection: see :mod:`sltnet.vst`). The paper
-    writes ``1/(WH) ||M^o - M^it||^2``; here the sum over W x H is divided by W x H and the result
-    is averaged over maps and images (so the value does not grow with C or the batch size).
-    ``valid`` ([B, 1, h, w] or broadcastable, 0/1) optionally excludes cells from the average.
+
+def visual_stimulus_tolerance_loss(cams_original: torch.Tensor, cams_inverted: torch.Tensor,
+                                   valid: torch.Tensor | None = None, *, reduction: str = "eq13") -> torch.Tensor:
+    """L_VST (Eq. 13): ``1/(W x H) * ||M^o - M^it||_2^2`` with ``M in R^{W x H x C}``.
+
+    Both stacks are [B, C, h, w] (all C maps, or a selection: see :mod:`sltnet.vst`).
+
+    * ``reduction="eq13"`` (default, the letter of Eq. 13): the squared differences are SUMMED
+      over the C maps and the positions, divided by W x H (the number of positions of ONE map),
+      then averaged over the batch.
+    * ``reduction="mean"``: the mean over maps as well, i.e. Eq. 13 divided by C (a named
+      option, never the default: with C = 200 / 1000 it weighs L_VST 200 / 1000 times less).
+
+    ``valid`` ([B or 1, 1, h, w], 0/1) excludes positions (the border cells that the inverse of
+    a down-scaled copy extrapolates, :func:`sltnet.vst.valid_after_inverse`): the sum then runs
+    over the valid positions and is divided by their number instead of W x H.
     """
     if cams_original.shape != cams_inverted.shape:
         raise ValueError(f"L_VST: shapes differ {tuple(cams_original.shape)} vs {tuple(cams_inverted.shape)}")
+    if reduction not in VST_REDUCTIONS:
+        raise ValueError(f"unknown L_VST reduction {reduction!r} ({' | '.join(VST_REDUCTIONS)})")
     sq = (cams_original.float() - cams_inverted.float()).pow(2)
+    b, c, h, w = sq.shape
     if valid is None:
-        return sq.mean()
-    valid = valid.to(sq.dtype).expand_as(sq)
-    return (sq * valid).sum() / valid.sum().clamp_min(1.0)
+        positions = torch.full((b,), float(h * w), device=sq.device)
+        per_image = sq.sum(dim=(1, 2, 3))
+    else:
+        valid = valid.to(device=sq.device, dtype=sq.dtype)
+        if valid.dim() != 4 or valid.shape[1] != 1:
+            raise ValueError(f"L_VST: valid must be [B or 1, 1, h, w], got {tuple(valid.shape)}")
+        valid = valid.expand(b, 1, h, w)
+        positions = valid.sum(dim=(1, 2, 3)).clamp_min(1.0)
+        per_image = (sq * valid).sum(dim=(1, 2, 3))
+    loss = per_image / positions            # Eq. 13 per image: sum over C and positions / (W x H)
+    if reduction == "mean":
+        loss = loss / c
+    return loss.mean()
 
 
 def box_regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L_REG (Eq. 3-4): ``sum_{i=1..4} smooth_L1(p_i - p^_i)`` (threshold 1), averaged over images.
 
-    ``pred`` and ``target`` are [B, 4] boxes normalised by the input size (see :mod:`sltnet.boxes`).
+    ``pred`` and ``target`` are [B, 4] boxes ``p`` (pixels divided by m, Sec. 3.1, or by the input size;
+    see :mod:`sltnet.boxes`).
     """
     return F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=1.0).sum(dim=1).mean()

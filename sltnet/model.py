@@ -4,8 +4,9 @@
   3x3 conv + ReLU, GAP and a linear classifier W (Sec. 3.2). The CAM stack ``M_c = sum_n w_nc F_n``
   (Eq. 7) is computed for all C classes and the logits are ``GAP(M) + b`` (the same numbers as
   ``W . GAP(F) + b``, since GAP and W commute), so one pass gives both.
-* :class:`BoxRegressor` -- backbone, GAP, two fully connected layers with ReLU, 4 outputs: the box
-  ``(x1/W, y1/H, x2/W, y2/H)`` (Sec. 3.1, Eq. 3-4).
+* :class:`BoxRegressor` -- backbone, GAP, FC-ReLU-FC-ReLU ("two fully connected layers and
+  corresponding ReLU layers", Sec. 3.1), 4 outputs: the box ``p = (x1/m, y1/m, x2/m, y2/m)``
+  (Sec. 3.1, Eq. 3-4; see :mod:`sltnet.boxes`).
 * :class:`LocalizationBranch` -- both networks in one module, so one optimizer (two param groups) and
   one DDP wrapper train them jointly; ``forward(images, transformed=None)`` runs the localizer on the
   images (and on the VST-transformed copy) and the regressor on the images.
@@ -122,16 +123,16 @@ class CAMLocalizer(nn.Module):
 
 
 class BoxRegressor(nn.Module):
-    """Backbone (or shared features) -> GAP -> FC -> ReLU -> FC -> 4 normalised box coordinates.
+    """Backbone (or shared features) -> GAP -> FC -> ReLU -> FC -> ReLU -> 4 box coordinates.
 
-    The paper: "two fully connected layers and corresponding ReLU layers". By default the output
-    layer is linear (a ReLU there would stop the gradient of any coordinate predicted below 0);
-    ``final_relu=True`` puts a ReLU after the second layer as well. Predictions are clamped to
-    [0, 1] only when converted to boxes at test time.
+    Sec. 3.1: "two fully connected layers and corresponding ReLU layers": a ReLU after each FC
+    (the box coordinates are never negative). ``final_relu=False`` makes the output layer linear
+    (no ReLU stops the gradient of a coordinate predicted below 0). Boxes are clipped to the
+    image when converted back to pixels at test time.
     """
 
     def __init__(self, backbone_name: str | None, *, pretrained: str = "imagenet", feature: str | None = None,
-                 hidden: int = 512, in_channels: int | None = None, final_relu: bool = False):
+                 hidden: int = 512, in_channels: int | None = None, final_relu: bool = True):
         super().__init__()
         if backbone_name is not None:
             self.features = FeatureExtractor(backbone_name, feature or REGRESSOR_FEATURE[backbone_name], pretrained)
@@ -153,13 +154,13 @@ class LocalizationBranch(nn.Module):
 
     forward(images, transformed=None) -> {"logits", "cams", "boxes"} for ``images`` and, when the
     VST copy is given, "logits_t" and "cams_t" for it. "boxes" [B, 4] are the regressor's
-    normalised boxes.
+    boxes ``p`` (pixels divided by m or by the input size, :mod:`sltnet.boxes`).
     """
 
     def __init__(self, backbone_name: str, num_classes: int, *, pretrained: str = "imagenet",
                  cam_feature: str | None = None, extra_conv: int | None = None,
                  regressor_feature: str | None = None, regressor_hidden: int = 512,
-                 regressor_final_relu: bool = False, share_backbone: bool = False):
+                 regressor_final_relu: bool = True, share_backbone: bool = False):
         super().__init__()
         self.localizer = CAMLocalizer(backbone_name, num_classes, pretrained=pretrained,
                                       feature=cam_feature, extra_conv=extra_conv)

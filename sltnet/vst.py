@@ -15,13 +15,20 @@ The transformed image (Eq. 10) is ``I^t = flip(scale(jitter(I)))``:
 * horizontal flip, drawn independently per image with probability ``flip_prob``.
 
 The inverse (Eq. 12) on a CAM stack [B, C, h', w'] undoes the flip (exact) and resizes back to the
-original CAM size (bilinear, extent to extent: exact up to interpolation error).
+original CAM size (bilinear, extent to extent: exact up to interpolation error). When the copy was
+scaled DOWN (h' < h), the outermost cells of the inverted map have their centres outside the span
+of the transformed map's cell centres: bilinear resizing clamps there, i.e. those cells are
+extrapolated (a copy of the edge value), not interpolated. :func:`valid_after_inverse` marks them,
+and by default (``border="mask"``) they are left out of L_VST; ``border="keep"`` keeps every cell.
+A scale >= 1 extrapolates nothing (the mask is all ones).
 
 Open choices, all configuration values with these defaults (documented in sltnet/README.md):
 scale range [0.75, 1.25], flip probability 0.5, jitter strengths brightness/contrast/saturation 0.4
 and hue 0.1 (the usual torchvision ColorJitter settings), raw CAMs in L_VST (no normalisation,
 ``normalize="none"``: Eq. 13 on M of Eq. 7), all C maps (``maps="all"``: Eq. 11 has M in
-R^{W x H x C}); the original CAMs are not detached.
+R^{W x H x C}); the original CAMs are not detached (M^o gets gradient from L_VST as M^it does;
+``detach_original=True`` stops it), the extrapolated border cells are masked (``border="mask"``),
+and L_VST is Eq. 13 as written (``reduction="eq13"``, sum over the C maps, mean over W x H).
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from sltnet.losses import select_cams, top_k_classes
+from sltnet.losses import select_cams, top_k_classes, visual_stimulus_tolerance_loss
 from utils.cam import normalize_max, normalize_minmax
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,13 +59,16 @@ class VSTConfig:
     normalize: str = "none"          # CAM normalisation before the MSE: none | max | minmax
     maps: str = "all"                # which maps enter L_VST: all | topk | gt
     detach_original: bool = False    # stop the gradient through M^o
+    border: str = "mask"             # cells extrapolated by the inverse of a down-scale: mask | keep
+    reduction: str = "eq13"          # L_VST reduction: eq13 (sum over C, mean over W x H) | mean
 
     @classmethod
     def from_args(cls, args, *, size_multiple: int) -> "VSTConfig":
         return cls(flip_prob=args.vst_flip_prob, scale_min=args.vst_scale_min, scale_max=args.vst_scale_max,
                    brightness=args.vst_brightness, contrast=args.vst_contrast, saturation=args.vst_saturation,
                    hue=args.vst_hue, size_multiple=size_multiple, normalize=args.vst_normalize,
-                   maps=args.vst_maps, detach_original=args.vst_detach_original)
+                   maps=args.vst_maps, detach_original=args.vst_detach_original,
+                   border=args.vst_border, reduction=args.vst_reduction)
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,27 @@ def apply_spatial(x: torch.Tensor, params: SpatialParams) -> torch.Tensor:
 def invert_spatial(maps: torch.Tensor, params: SpatialParams, size) -> torch.Tensor:
     """g' of Eq. 12 on [B, C, h', w'] maps: undo the flip, then resize back to ``size`` = (h, w)."""
     return _resize(_flip_where(maps, params.flip), size)
+
+
+def _valid_axis(n: int, n_t: int, eps: float = 1e-6) -> torch.Tensor:
+    """Bool [n]: cells of an axis resized from ``n_t`` to ``n`` cells whose centre is interpolated.
+
+    Bilinear with ``align_corners=False``: output cell ``i`` reads source coordinate
+    ``(i + 0.5) * n_t / n - 0.5``; outside ``[0, n_t - 1]`` the source is clamped (extrapolation).
+    """
+    src = (torch.arange(n, dtype=torch.float64) + 0.5) * (n_t / n) - 0.5
+    return (src >= -eps) & (src <= n_t - 1 + eps)
+
+
+def valid_after_inverse(params: SpatialParams, cam_size, cam_size_t) -> torch.Tensor:
+    """[1, 1, h, w] float mask: 1 where the inverted map (Eq. 12) is interpolated, 0 where extrapolated.
+
+    ``cam_size`` = (h, w) of M^o, ``cam_size_t`` = (h', w') of M^t. Flipping maps the mask onto
+    itself (it is symmetric), so one mask serves the whole batch.
+    """
+    (h, w), (h_t, w_t) = tuple(cam_size), tuple(cam_size_t)
+    mask = _valid_axis(h, h_t)[:, None] & _valid_axis(w, w_t)[None, :]
+    return mask.float()[None, None]
 
 
 def colour_jitter(images: torch.Tensor, cfg: VSTConfig, *, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -151,3 +182,16 @@ def vst_map_pair(cams: torch.Tensor, cams_t: torch.Tensor, params: SpatialParams
     if cfg.detach_original:
         cams = cams.detach()
     return _normalise(cams, cfg.normalize), _normalise(inverted, cfg.normalize)
+
+
+def vst_loss(cams: torch.Tensor, cams_t: torch.Tensor, params: SpatialParams, cfg: VSTConfig, *,
+             logits: torch.Tensor | None = None, labels: torch.Tensor | None = None, k: int = 1) -> torch.Tensor:
+    """L_VST (Eq. 13) of one batch under ``cfg``: :func:`vst_map_pair`, the border mask, the reduction."""
+    m_o, m_it = vst_map_pair(cams, cams_t, params, cfg, logits=logits, labels=labels, k=k)
+    if cfg.border == "mask":
+        valid = valid_after_inverse(params, cams.shape[-2:], cams_t.shape[-2:]).to(cams.device)
+    elif cfg.border == "keep":
+        valid = None
+    else:
+        raise ValueError(f"unknown VST border rule {cfg.border!r} (mask | keep)")
+    return visual_stimulus_tolerance_loss(m_o, m_it, valid, reduction=cfg.reduction)

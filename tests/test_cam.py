@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.cam import (boxes_from_contours, boxes_from_maps, cam_from_features, normalize_max,
-                       normalize_minmax, quantize_scoremap, resize_maps)
+from utils.cam import (boxes_from_contours, boxes_from_maps, boxes_from_maps_zhou, cam_from_features,
+                       normalize_max, normalize_minmax, quantize_scoremap, resize_maps)
 
 
 def test_cam_from_features_one_and_several_classes():
@@ -133,3 +133,61 @@ def test_vectorised_contour_boxes_match_per_contour_loop():
 def test_boxes_from_maps_rejects_bad_shape():
     with pytest.raises(ValueError):
         boxes_from_maps(np.zeros((1, 2, 3, 4)), 0.5)
+
+
+def test_zhou_rule_on_a_signed_map_differs_from_min_max_then_choe():
+    """CAM's rule (Zhou et al.; SLT-Net Sec. 3.2): keep values above 20 % of the map's max, box the
+    largest connected component. On a signed map min-max normalisation lowers the level.
+
+    8 x 10 map: background -1, a ring of 1.5 over rows 1..6, cols 2..7, a core of 10 over rows 3..4,
+    cols 4..5. Zhou: level 0.2 * 10 = 2 -> the core alone -> (4, 3, 6, 5).
+    Min-max then Choe: the ring becomes (1.5 + 1) / 11 = 0.227 -> uint8 57 > int(0.2 * 255) = 51,
+    the background 0 -> the ring's box (2, 1, 8, 7).
+    """
+    m = np.full((8, 10), -1.0)
+    m[1:7, 2:8] = 1.5
+    m[3:5, 4:6] = 10.0
+    assert boxes_from_maps_zhou(m, 0.2)[0].tolist() == [[4, 3, 6, 5]]
+    assert boxes_from_maps(normalize_minmax(m), 0.2)[0].tolist() == [[2, 1, 8, 7]]
+    # on a map whose min is 0 (no negative value) the two rules agree here
+    m0 = np.where(m < 0, 0.0, m)
+    assert boxes_from_maps_zhou(m0, 0.2)[0].tolist() == boxes_from_maps(normalize_minmax(m0), 0.2)[0].tolist()
+
+
+def test_zhou_rule_components_and_empty_maps():
+    m = np.zeros((6, 6))
+    m[0, 0] = m[1, 1] = 5.0            # diagonal neighbours: one 8-connected component of 2 pixels
+    m[4, 3:6] = 1.5                    # 3 pixels in a row: the largest component (1.5 > 0.2 * 5)
+    assert boxes_from_maps_zhou(torch.from_numpy(m)[None], 0.2)[0].tolist() == [[3, 4, 5, 5]]
+    m[4, 3:6] = 0.0
+    assert boxes_from_maps_zhou(m, 0.2)[0].tolist() == [[0, 0, 2, 2]]
+    # no positive value: nothing lies above 20 % of the max -> the empty box
+    assert boxes_from_maps_zhou(-np.ones((2, 4, 4)), 0.2)[1].tolist() == [[0, 0, 0, 0]]
+    with pytest.raises(ValueError):
+        boxes_from_maps_zhou(np.zeros(4), 0.2)
+
+
+def test_zhou_boxes_label_serially_and_restore_the_thread_count(monkeypatch):
+    """A parallel cv2 call starts OpenCV's worker pool, and a process forked afterwards (the evaluator's
+    worker pool) can hang in its first cv2.setNumThreads; boxes_from_maps_zhou labels with one thread
+    (so the pool is never started) and leaves the thread count as it found it."""
+    import cv2
+
+    import utils.cam as cam
+
+    seen = []
+    real = cv2.connectedComponentsWithStats
+
+    def spy(*args, **kwargs):
+        seen.append(cv2.getNumThreads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cam.cv2, "connectedComponentsWithStats", spy)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        boxes = cam.boxes_from_maps_zhou(np.random.default_rng(0).random((3, 32, 32)), 0.2)
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
+    assert len(boxes) == 3 and seen == [1, 1, 1]

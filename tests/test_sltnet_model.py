@@ -58,3 +58,23 @@ def test_blocks_after_the_cut_are_removed():
         assert vgg(torch.randn(1, 3, 32, 32))["cams"].shape == (1, 2, 4, 4)
     resnet = CAMLocalizer("resnet50", num_classes=2, pretrained="none", feature="layer3")
     assert not [n for n, _ in resnet.named_parameters() if "layer4" in n] and resnet.out_channels == 1024
+
+
+def test_regressor_head_is_fc_relu_fc_relu():
+    """Sec. 3.1: "two fully connected layers and corresponding ReLU layers": a ReLU after each FC."""
+    import torch.nn as nn
+
+    from sltnet.model import BoxRegressor
+
+    head = BoxRegressor(None, in_channels=6, hidden=5)
+    assert [type(m) for m in head.fc] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU]
+    assert (head.fc[0].in_features, head.fc[0].out_features, head.fc[2].out_features) == (6, 5, 4)
+    with torch.no_grad():
+        head.fc[2].bias.fill_(-1.0)
+        head.fc[2].weight.zero_()
+        assert head(torch.randn(2, 6, 3, 3)).eq(0).all()          # the final ReLU: never below 0
+    linear = BoxRegressor(None, in_channels=6, hidden=5, final_relu=False)
+    assert [type(m) for m in linear.fc] == [nn.Linear, nn.ReLU, nn.Linear]
+    branch = LocalizationBranch("vgg16", num_classes=3, pretrained="none", extra_conv=8, regressor_hidden=4,
+                                share_backbone=True)
+    assert isinstance(branch.regressor.fc[-1], nn.ReLU)

@@ -56,12 +56,14 @@ def test_three_stages_end_to_end(run_stage, birds):
     from sltnet.localizer.train import get_args_parser       # args.yaml repeats the run
     again = parse_args(get_args_parser(), ["--config", str(out / "localizer" / "args.yaml")], stage="localizer_train")
     assert (again.top_k, again.input_size, again.vst) == (2, 64, True)
+    assert (again.box_scale, again.box_stride, again.box_rule) == ("stride", 16.0, "zhou")   # VGG16 conv5: m = 16
     run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--top-k", "2", "--cam-curve-interval", "0.1")
     metrics = json.loads((out / "localizer" / "test" / "metrics.json").read_text())
     assert metrics["num_images"] == len(test_ids) and 0 <= metrics["gt_known_loc"] <= 100
     assert 0 <= metrics["maxboxacc_v2"] <= 100 and 0 <= metrics["pxap"] <= 100
     full = json.loads((out / "localizer" / "test" / "evaluate.json").read_text())
-    assert full["gt_known_loc"] == metrics["gt_known_loc"]     # evaluator on the saved maps = in-loop boxes
+    # the evaluator boxes the saved maps by Choe et al.'s rule: equal to ours under that rule
+    assert full["gt_known_loc"] == metrics["gt_known_loc_choe_rule"] and metrics["box_rule"] == "zhou"
     rows = _csv_rows(out / "localizer" / "test" / "boxes.csv")
     assert rows[0] == ["image_id", "x0", "y0", "x1", "y1"] and [r[0] for r in rows[1:]] == test_ids
     scoremap = np.load(out / "localizer" / "test" / "scoremaps" / (test_ids[0][:-4] + ".npy"))
@@ -84,12 +86,45 @@ def test_three_stages_end_to_end(run_stage, birds):
     # 3. final evaluation: jointly trained regressor, and the standalone one
     run_stage("sltnet.regressor.test", "regressor_test", *SIZE)
     final = json.loads((out / "regressor" / "test" / "metrics.json").read_text())
-    assert final["num_images"] == len(test_ids)
+    assert final["num_images"] == len(test_ids) and (final["box_scale"], final["box_stride"]) == ("stride", 16.0)
     assert final["top1_loc"] <= final["top5_loc"] <= final["gt_known_loc"] + 1e-9
     assert (out / "regressor" / "test" / "grid.png").stat().st_size > 0
     run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
               "--output-dir", str(out / "final_standalone"))
     assert json.loads((out / "final_standalone" / "metrics.json").read_text())["num_images"] == len(test_ids)
+
+
+@pytest.mark.parametrize("scale,p", [("stride", [1.0, 0.5, 3.0, 2.5]), ("input", [0.25, 0.125, 0.75, 0.625])])
+def test_regressor_prediction_goes_back_to_pixels_as_trained(run_stage, birds, scale, p):
+    """A regressor that always predicts p: the final test must write the box p * m (stride, m = 16 from
+    the localizer's boxes.json, Sec. 3.1) or p * 64 (input size) = (16, 8, 48, 40) in both cases."""
+    from utils.predictions import write_boxes_csv, write_predictions
+
+    out = run_stage.out
+    train = load_records(birds, "cub", "train")
+    test = load_records(birds, "cub", "test")
+    write_boxes_csv(out / "localizer" / "train" / "boxes.csv", [r.image_id for r in train],
+                    [[8, 8, 40, 40]] * len(train), meta={"protocol": "wsol", "input_size": 64, "resize_size": 72, "downsampling_factor": 16.0})
+    run_stage("sltnet.regressor.train", "regressor_train", *SIZE, "--epochs", "1", "--max-steps-per-epoch", "1",
+              "--box-scale", scale, "--regressor-hidden", "8")
+    again = parse_args(__import__("sltnet.regressor.train", fromlist=["x"]).get_args_parser(),
+                       ["--config", str(out / "regressor" / "args.yaml")], stage="regressor_train")
+    assert (again.box_scale, again.box_stride) == (scale, 16.0 if scale == "stride" else None)
+    state = torch.load(out / "regressor" / "model.pth", weights_only=True)
+    state = state.get("model", state)
+    last = max(k for k in state if k.startswith("fc.") and k.endswith(".bias"))
+    state[last.replace("bias", "weight")].zero_()
+    state[last].copy_(torch.tensor(p))
+    torch.save(state, out / "regressor" / "model.pth")
+    write_predictions(out / "classifier" / "test" / "predictions.csv", [r.image_id for r in test],
+                      [r.label for r in test], [[r.label] for r in test])
+    run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
+              "--regressor-hidden", "8")
+    rows = _csv_rows(out / "regressor" / "test" / "boxes.csv")[1:]
+    assert len(rows) == len(test) and {tuple(float(v) for v in r[1:]) for r in rows} == {(16.0, 8.0, 48.0, 40.0)}
+    with pytest.raises(DataError, match="trained with box_scale"):
+        run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
+                  "--regressor-hidden", "8", "--box-scale", "input" if scale == "stride" else "stride")
 
 
 def test_missing_upstream_files_name_the_stage_to_run(run_stage):
@@ -140,3 +175,28 @@ def test_bad_input_ends_a_script_with_one_error_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "first" in lines[0], lines
+
+
+def test_table6_configs_train_every_regressor_on_one_localizers_boxes():
+    """Sec. 4.2 / Table 6: "we choose the localizer with InceptionV3 to generate pseudo boxes for the
+    ILSVRC2012 dataset and the localizer with VGG16 to generate pseudo boxes for the CUB dataset".
+    The configs of Tables 1-4 and 7 train each backbone's regressor alone on those boxes and test it."""
+    import importlib
+
+    from sltnet.common import resolve_args
+    from utils.paths import CONFIG_DIR, OUTPUT_ROOT
+
+    train = importlib.import_module("sltnet.regressor.train").get_args_parser
+    test = importlib.import_module("sltnet.regressor.test").get_args_parser
+    for path in sorted(CONFIG_DIR.glob("sltnet_*.yaml")):
+        dataset, source = ("cub", "vgg16") if "_cub_" in path.name else ("imagenet", "inception_v3")
+        args = resolve_args(parse_args(train(), ["--config", str(path)], stage="regressor_train"), "regressor")
+        assert args.pseudo_box_backbone == source, path.name
+        assert args.localizer_dir == str(OUTPUT_ROOT / "sltnet" / dataset / source / "localizer"), path.name
+        assert args.output_dir == str(OUTPUT_ROOT / "sltnet" / dataset / args.backbone / "regressor"), path.name
+        final = parse_args(test(), ["--config", str(path)], stage="regressor_test")
+        assert final.regressor_source == "regressor", path.name
+    # an explicit --localizer-dir still wins over the config's pseudo_box_backbone
+    args = resolve_args(parse_args(train(), ["--config", "configs/sltnet_imagenet_vgg16.yaml", "--localizer-dir", "/x"],
+                                   stage="regressor_train"), "regressor")
+    assert args.localizer_dir == "/x"

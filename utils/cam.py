@@ -223,6 +223,64 @@ def boxes_from_maps(maps: np.ndarray, threshold: float, *, relative_to_max: bool
 
 
 
+def boxes_from_maps_zhou(maps, threshold: float = 0.2) -> list[np.ndarray]:
+    """Boxes of raw (signed, unnormalised) maps by the CAM paper's rule (Zhou et al., CVPR 2016).
+
+    Zhou et al.'s text: segment the regions whose value is above ``threshold`` (20 %) of the map's
+    max value, then take the box that covers the largest connected component. Here: binary map =
+    ``map > threshold * max(map)`` on the map's own values (no min-max normalisation, no uint8
+    quantisation); components are 8-connected (``cv2.connectedComponentsWithStats``); the largest
+    by pixel count wins (lowest label on ties). Box convention as :func:`boxes_from_maps`
+    (``x1 = min(x0 + w, W - 1)``). A map whose max is not positive has no region above 20 % of it
+    and gives ``[[0, 0, 0, 0]]``; non-finite values count as 0.
+
+    This differs from Choe et al.'s rule (:func:`boxes_from_maps` after :func:`normalize_minmax`)
+    whenever the map has negative values: min-max then ``> t`` keeps ``map > min + t (max - min)``,
+    a lower level than ``t * max``. Zhou et al.'s released box generator (a multi-threshold program
+    on heatmap images) is not what their paper's sentence describes; this follows the sentence,
+    which is the rule SLT-Net's paper cites (Sec. 3.2).
+
+    Args:
+        maps: [B, H, W] (or one [H, W]) maps, numpy or torch.
+        threshold: fraction of each map's max.
+    Returns:
+        a list of B int64 arrays of shape (1, 4).
+    """
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().float().cpu().numpy()
+    maps = np.asarray(maps)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise ValueError(f"boxes_from_maps_zhou expects [B, H, W] maps, got shape {maps.shape}")
+    # Serial labelling: a parallel cv2 call starts OpenCV's worker pool, and a process forked after
+    # that (utils.evaluate's pool, DataLoader workers) hangs in its first cv2.setNumThreads call.
+    # Lowering the count for this loop and restoring it after never starts the pool.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return [_zhou_box(scoremap, threshold) for scoremap in maps]
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _zhou_box(scoremap, threshold: float) -> np.ndarray:
+    """One map's box by :func:`boxes_from_maps_zhou`'s rule, (1, 4) int64."""
+    x = np.nan_to_num(np.asarray(scoremap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    height, width = x.shape
+    top = float(x.max()) if x.size else 0.0
+    if top <= 0:
+        return EMPTY_BOX.copy()
+    binary = (x > threshold * top).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count < 2:
+        return EMPTY_BOX.copy()
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x0, y0 = int(stats[k, cv2.CC_STAT_LEFT]), int(stats[k, cv2.CC_STAT_TOP])
+    w, h = int(stats[k, cv2.CC_STAT_WIDTH]), int(stats[k, cv2.CC_STAT_HEIGHT])
+    return np.array([[x0, y0, min(x0 + w, width - 1), min(y0 + h, height - 1)]], dtype=np.int64)
+
+
 def spol_box(scoremap, threshold: float):
     """The SPOL authors' box of one score map (their seg test): ``np.uint8(map > t) * 255`` compared
     in float32 as their float32 map is, contours with ``cv2.RETR_TREE``, the first contour of largest

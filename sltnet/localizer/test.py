@@ -1,12 +1,16 @@
 """Evaluate the SLT-Net localizer alone (Table 5 / Table 6: GT-known Loc) and write its boxes and maps.
 
 Per image: the localization map (top-K ACAM, Eq. 9; with --no-acam the ground-truth class's CAM) at
-the protocol input size, min-max normalised; its box at --box-threshold of the max (largest
-connected component, utils.cam). Writes into <localizer dir>/<split>/: boxes.csv (+ boxes.json:
-protocol, input size, threshold), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
+the protocol input size; its box by CAM's rule on the raw map (--box-rule zhou: values above
+--box-threshold of the max, largest connected component; --box-rule choe: Choe et al.'s rule on the
+min-max normalised map). The saved score maps are min-max normalised (the evaluator's input).
+Writes into <localizer dir>/<split>/: boxes.csv (+ boxes.json: protocol, input size, threshold, box
+rule, the localizer's downsampling factor), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
 metrics.txt (GT-known Loc at the fixed threshold; with the saved maps also MaxBoxAcc, MaxBoxAccV2 and,
 on CUB, PxAP from utils.evaluate.evaluate_scoremaps, whose full output incl. curves goes to
-evaluate.json), when the split has GT boxes. With --split train the boxes are the standalone regressor's training targets.
+evaluate.json), when the split has GT boxes. The evaluator boxes the saved maps by Choe et al.'s rule
+(its ``wsol`` protocol), so its GT-known Loc equals ours only with --box-rule choe. With --split train
+the boxes are the standalone regressor's training targets.
 
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc
@@ -20,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sltnet.boxes import BOX_RULES, maps_to_boxes
 from sltnet.common import add_model_args, build_branch, load_weights, localization_map, resolve_args
-from utils.cam import boxes_from_maps, normalize_minmax, resize_maps
+from utils.cam import normalize_minmax, resize_maps
 from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, protocol_geometry, transform_boxes
 from utils.distributed import all_gather_object, cleanup
@@ -47,6 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--top-k", type=int, default=30)
     g.add_argument("--box-threshold", type=float, default=0.2)
+    g.add_argument("--box-rule", type=str, default="zhou", choices=list(BOX_RULES),
+                   help="zhou: CAM's rule on the raw map (> t * max, largest connected component; the paper's); "
+                        "choe: min-max normalised map, uint8 > int(t * max) (the wsol evaluator's rule)")
     g.add_argument("--iou-threshold", type=float, default=0.5)
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
     g.add_argument("--cam-curve-interval", type=float, default=0.001, help="MaxBoxAccV2 threshold step")
@@ -58,12 +66,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def localizer_step(model, batch, *, acam: bool, top_k: int, size, threshold: float) -> dict:
-    """One batch: normalised localization maps [B, H, W] at the input size and their boxes."""
+def localizer_step(model, batch, *, acam: bool, top_k: int, size, threshold: float, rule: str = "zhou") -> dict:
+    """One batch: min-max normalised localization maps [B, H, W] at the input size (the saved score
+    maps, for the evaluator) and their boxes by ``rule`` (``zhou``: on the raw resized map)."""
     out = model(batch["image"])
     maps = localization_map(out["cams"].float(), out["logits"].float(), batch["label"], acam=acam, top_k=top_k)
-    maps = normalize_minmax(resize_maps(maps, size)).cpu().numpy().astype(np.float32)
-    boxes = np.stack([b[0] for b in boxes_from_maps(maps, threshold)])
+    raw = resize_maps(maps, size).cpu()
+    boxes = np.stack([b[0] for b in maps_to_boxes(raw, threshold, rule)])
+    maps = normalize_minmax(raw).numpy().astype(np.float32)
     return {"index": batch["index"].cpu().numpy(), "maps": maps, "boxes": boxes}
 
 
@@ -77,7 +87,7 @@ def localize(model, dataset, ctx, args, *, consume=None) -> list[tuple[int, np.n
 
     def step(m, batch):
         result = localizer_step(m, batch, acam=args.acam, top_k=args.top_k, size=size,
-                                threshold=args.box_threshold)
+                                threshold=args.box_threshold, rule=args.box_rule)
         if consume is not None:
             consume(result)
         return list(zip(result["index"].tolist(), result["boxes"]))
@@ -122,6 +132,7 @@ def main(args):
         assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
         meta = {"protocol": args.protocol, "input_size": args.input_size, "resize_size": args.resize_size,
                 "output_size": list(geom["output_size"]), "box_threshold": args.box_threshold,
+                "box_rule": args.box_rule, "downsampling_factor": float(model.stride), "backbone": args.backbone,
                 "map": f"top-{args.top_k} ACAM" if args.acam else "GT-class CAM", "split": args.split,
                 "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.cam)"}
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], [b for _, b in items], meta=meta)
@@ -130,7 +141,7 @@ def main(args):
             for state in meters[1:]:
                 meter.merge(state)
             metrics = {"split": args.split, "protocol": args.protocol, **meter.compute(),
-                       "box_threshold": args.box_threshold}
+                       "box_threshold": args.box_threshold, "box_rule": args.box_rule}
             if args.maxboxacc and args.scoremaps:
                 results = evaluate_scoremaps(records, out_dir / "scoremaps", args.protocol,
                                              cam_curve_interval=args.cam_curve_interval,
@@ -140,6 +151,7 @@ def main(args):
                 atomic_write_json(out_dir / "evaluate.json", results)
                 metrics.update({k: results[k] for k in ("maxboxacc", "maxboxacc_v2", "maxboxacc_v2_per_iou",
                                                         "pxap") if k in results})
+                metrics["gt_known_loc_choe_rule"] = results["gt_known_loc"]   # same threshold, evaluator's rule
             atomic_write_json(out_dir / "metrics.json", metrics)
             text = "\n".join(f"{k:>24s}  {v}" for k, v in metrics.items() if not isinstance(v, dict))
             atomic_write_text(out_dir / "metrics.txt", text + "\n")

@@ -1,9 +1,11 @@
 """Train the SLT-Net localizer and its box regressor together (Guo et al., CVPR 2021, Fig. 2a).
 
 Loss per batch: L_SMT (Eq. 8) + beta * L_VST (Eq. 10-13) + reg_weight * L_REG (Eq. 3-4), where the
-regressor's target is the box of the localizer's current top-K ACAM map (Eq. 9). Each component can
-be switched off (--no-smt, --no-acam, --no-vst): the rows of the paper's Table 5 are configs, see
-sltnet/README.md. Writes output/sltnet/<cub|imagenet>/<backbone>/localizer/{model.pth, checkpoint.pth,
+regressor's target is the box of the localizer's current top-K ACAM map (Eq. 9), by CAM's rule
+(--box-rule zhou), divided by the localizer's downsampling factor m (--box-scale stride, Sec. 3.1).
+Each component can be switched off (--no-smt, --no-acam, --no-vst): the rows of the paper's Table 5
+are configs, see sltnet/README.md. The configs of Tables 1-4 and 7 then train the regressors they
+report alone, on one localizer's boxes (sltnet/regressor/train.py, Table 6). Writes output/sltnet/<cub|imagenet>/<backbone>/localizer/{model.pth, checkpoint.pth,
 log.jsonl, args.yaml}; model.pth holds both networks ("localizer.*", "regressor.*").
 
 CUB, VGG16 (Table 1 / Table 5 last column), one GPU:
@@ -51,6 +53,11 @@ def main(args):
     dataset = WSOLDataset(records, build_transform("train", resize=args.resize_size, crop=args.input_size,
                                                    flip=args.flip))
     model = build_branch(args, num_classes(records))
+    # the regressor's box scale (Sec. 3.1: p = box / m, m the localizer's downsampling factor), recorded
+    # in args.yaml so that sltnet/regressor/test.py converts the predictions back the same way
+    args.box_scale = args.box_scale or "stride"
+    if args.box_scale == "stride" and args.box_stride is None:
+        args.box_stride = float(model.localizer.stride)
     optimizer = build_optimizer(model.param_groups(args.lr, regressor_lr=args.regressor_lr,
                                                    head_lr_mult=args.head_lr_mult), args)
     if ctx.is_main:

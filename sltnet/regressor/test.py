@@ -6,8 +6,11 @@ the regressor's box has IoU >= 0.5 with a GT box. Writes into <regressor dir>/<s
 metrics.txt, boxes.csv (regressor boxes, protocol input pixels) and grid.png (GT green, localizer
 blue when its boxes.csv for this split exists, regressor red).
 
-Regressor weights: --regressor-source localizer (default; the jointly trained regressor in
-<localizer dir>/model.pth) or regressor (<regressor dir>/model.pth from sltnet/regressor/train.py).
+Regressor weights: --regressor-source localizer (the jointly trained regressor of Fig. 2a in
+<localizer dir>/model.pth; the script's default) or regressor (<regressor dir>/model.pth from
+sltnet/regressor/train.py; what the configs of Tables 1-4 and 7 select, see sltnet/README.md).
+The prediction p is converted back to pixels as it was trained (args.yaml beside the weights):
+p * m (--box-scale stride, Sec. 3.1) or p * input size (--box-scale input), then clipped to the image.
 
     python3 sltnet/regressor/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
     torchrun --nproc_per_node 4 sltnet/regressor/test.py --config configs/sltnet_imagenet_inception_v3.yaml --split val
@@ -20,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sltnet.boxes import denormalize_boxes
-from sltnet.common import add_model_args, build_branch, load_weights, require_file, resolve_args, to_uint8_images
+from sltnet.boxes import box_divisor, denormalize_boxes
+from sltnet.common import (add_model_args, build_branch, load_weights, require_file, resolve_args, to_uint8_images,
+                           trained_box_encoding)
 from sltnet.model import BoxRegressor
 from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, transform_boxes
@@ -60,10 +64,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def weights_path(args) -> Path:
+    stage = args.regressor_source
+    return Path(args.weights) if args.weights else Path(getattr(args, f"{stage}_dir")) / "model.pth"
+
+
 def build_predictor(args, num_classes_: int):
     """The regressor (or, with --share-backbone, the whole branch) with its weights loaded."""
     stage = args.regressor_source
-    path = Path(args.weights) if args.weights else Path(getattr(args, f"{stage}_dir")) / "model.pth"
+    path = weights_path(args)
     require_file(path, stage, "regressor weights")
     if args.share_backbone:
         model = build_branch(args, num_classes_, pretrained="none")
@@ -91,9 +100,11 @@ def main(args):
                  build_transform("center", resize=args.resize_size, crop=args.input_size))
     model, predict = build_predictor(args, num_classes(records))
     model.to(ctx.device)
+    args.box_scale, args.box_stride = trained_box_encoding(args, weights_path(args))
+    divisor = box_divisor(args.box_scale, args.input_size, args.box_stride)
 
     def step(m, batch):
-        boxes = denormalize_boxes(predict(m, batch["image"]).float().clamp(0, 1), args.input_size)
+        boxes = denormalize_boxes(predict(m, batch["image"]).float(), divisor).clamp(0, args.input_size)
         index = batch["index"].cpu()
         keep = index < args.grid_images
         shown = to_uint8_images(batch["image"].cpu()[keep]) if keep.any() else []
@@ -114,6 +125,7 @@ def main(args):
         meter = LocalizationMeter(args.iou_threshold, args.iou_compare)
         meter.update(boxes, gts, [p.top1_correct for p in preds], [p.top5_correct for p in preds])
         metrics = {"split": args.split, "protocol": args.protocol, "regressor_source": args.regressor_source,
+                   "box_scale": args.box_scale, "box_stride": args.box_stride,
                    **meter.compute(),
                    "top1_cls": 100.0 * float(np.mean([p.top1_correct for p in preds])),
                    "top5_cls": 100.0 * float(np.mean([p.top5_correct for p in preds]))}

@@ -1,18 +1,25 @@
-"""Train the SLT-Net box regressor alone from the localizer's saved pseudo boxes (optional path).
+"""Train the SLT-Net box regressor alone from one localizer's saved pseudo boxes (Table 6's path).
 
-The paper trains the regressor together with the localizer (sltnet/localizer/train.py, Fig. 2a);
-this script trains it from a fixed ``boxes.csv`` instead (e.g. the boxes of a better localizer, as
-the paper's Table 6 picks VGG16's boxes for CUB and InceptionV3's for ILSVRC). The targets come
-from ``sltnet/localizer/test.py --split train`` and are normalised to the whole original image.
+Sec. 4.2 (Table 6): "we choose the localizer with InceptionV3 to generate pseudo boxes for the
+ILSVRC2012 dataset and the localizer with VGG16 to generate pseudo boxes for the CUB dataset". The
+configs that reproduce Tables 1-4 and 7 take this path: every backbone's regressor learns the
+boxes of that one localizer (``pseudo_box_backbone`` in their ``regressor_train`` section), read
+from ``sltnet/localizer/test.py --split train`` of it. The joint training of Fig. 2a
+(sltnet/localizer/train.py) trains a regressor too; see sltnet/README.md for both.
+
+Targets: the box of boxes.csv as a fraction of the original image, moved with the crop, in pixels
+of the crop, divided by m (--box-scale stride, Sec. 3.1; m = the downsampling factor of the
+localizer that made the boxes, from boxes.json, unless --box-stride) or by the crop size
+(--box-scale input). The resolved scale goes to args.yaml for sltnet/regressor/test.py.
 
 Geometry: each image is resized to --resize-size; a random --input-size crop and a random
 horizontal flip are then cut from the batch on the device, and the box moves with the image
 (continuous coordinates: shift by the crop offset, clip to the crop, x -> W - x on a flip;
-``sltnet.common.crop_flip_boxes``). Loss: Smooth-L1 summed over the 4 normalised coordinates (Eq. 3-4).
+``sltnet.common.crop_flip_boxes``). Loss: Smooth-L1 summed over the 4 coordinates of p (Eq. 3-4).
 Writes output/sltnet/<dataset>/<backbone>/regressor/{model.pth, checkpoint.pth, log.jsonl, args.yaml}.
 
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc
-    python3 sltnet/regressor/train.py --config configs/sltnet_cub_vgg16.yaml
+    python3 sltnet/regressor/train.py --config configs/sltnet_cub_resnet50.yaml     # boxes of the VGG16 localizer
     torchrun --nproc_per_node 4 sltnet/regressor/train.py --config configs/sltnet_cub_vgg16.yaml --batch-size 4
     python3 sltnet/regressor/train.py --config configs/sltnet_imagenet_vgg16.yaml \
         --boxes output/sltnet/imagenet/inception_v3/localizer/train/boxes.csv
@@ -24,9 +31,10 @@ from pathlib import Path
 
 import torch
 
+from sltnet.boxes import box_divisor, normalize_boxes
 from sltnet.common import add_model_args, add_optim_args, boxes_to_image_fraction, crop_flip_boxes, resolve_args
 from sltnet.losses import box_regression_loss
-from sltnet.model import BoxRegressor
+from sltnet.model import BACKBONES, BoxRegressor
 from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records
 from utils.distributed import cleanup
@@ -44,14 +52,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_optim_args(parser)
     g = parser.add_argument_group("regressor")
     g.add_argument("--split", type=str, default="train")
-    g.add_argument("--localizer-dir", type=str, default=None, help="localizer stage folder")
+    g.add_argument("--pseudo-box-backbone", type=str, default=None, choices=list(BACKBONES),
+                   help="the localizer whose boxes are learnt (Table 6: inception_v3 for ILSVRC, vgg16 for CUB); "
+                        "default: --backbone")
+    g.add_argument("--localizer-dir", type=str, default=None,
+                   help="that localizer's stage folder "
+                        "(default: output/sltnet/<dataset>/<pseudo-box-backbone>/localizer)")
     g.add_argument("--boxes", type=str, default=None, help="pseudo boxes (default: <localizer-dir>/train/boxes.csv)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     return parser
 
 
-def pseudo_box_targets(records, boxes_path) -> torch.Tensor:
-    """[N, 4] boxes as fractions of each original image, in record order; every image must have one."""
+def pseudo_box_targets(records, boxes_path) -> tuple[torch.Tensor, dict]:
+    """[N, 4] boxes as fractions of each original image, in record order (every image must have
+    one), and the boxes.json metadata."""
     boxes, meta = read_boxes_csv(boxes_path, written_by="sltnet/localizer/test.py --split train")
     rows = []
     for record in records:
@@ -59,14 +73,19 @@ def pseudo_box_targets(records, boxes_path) -> torch.Tensor:
             raise DataError.at(boxes_path, None, f"no box for {record.image_id}: rerun sltnet/localizer/test.py "
                                "with --split train on this dataset")
         rows.append(boxes_to_image_fraction(boxes[record.image_id], meta, boxes_path))
-    return torch.tensor(rows, dtype=torch.float32)
+    return torch.tensor(rows, dtype=torch.float32), meta
 
 
-def make_regression_loss(targets: torch.Tensor, crop: int, flip: bool):
+def make_regression_loss(targets: torch.Tensor, crop: int, flip: bool, divisor=None):
+    """Smooth-L1 (Eq. 3-4) between the prediction and the crop's box in pixels divided by ``divisor``
+    (m, or the crop size when None: :func:`sltnet.boxes.box_divisor`)."""
+    divisor = crop if divisor is None else divisor
+
     def loss_fn(model, batch):
         images = batch["image"]
         target = targets.to(images.device)[batch["index"]]
-        images, target = crop_flip_boxes(images, target, crop, flip=flip)
+        images, target = crop_flip_boxes(images, target, crop, flip=flip)     # target: fractions of the crop
+        target = normalize_boxes(target * crop, divisor)
         loss = box_regression_loss(model(images).float(), target)
         return loss, {"loss_reg": loss.item()}
     return loss_fn
@@ -78,17 +97,25 @@ def main(args):
     boxes_path = Path(args.boxes) if args.boxes else Path(args.localizer_dir) / "train" / "boxes.csv"
 
     records = load_records(args.data_root, args.layout, args.split)
-    targets = pseudo_box_targets(records, boxes_path)
+    targets, meta = pseudo_box_targets(records, boxes_path)
+    args.box_scale = args.box_scale or "stride"
+    if args.box_scale == "stride" and args.box_stride is None:
+        if not meta.get("downsampling_factor"):
+            raise DataError.at(Path(boxes_path).with_suffix(".json"), None, "has no downsampling_factor (m of "
+                               "Sec. 3.1): rerun sltnet/localizer/test.py --split train, or pass --box-stride M")
+        args.box_stride = float(meta["downsampling_factor"])
+    divisor = box_divisor(args.box_scale, args.input_size, args.box_stride)
     dataset = WSOLDataset(records, build_transform("resize", resize=args.resize_size))
     model = BoxRegressor(args.backbone, pretrained=args.pretrained, feature=args.regressor_feature,
                          hidden=args.regressor_hidden, final_relu=args.regressor_final_relu)
     optimizer = build_optimizer(model.parameters(), args)
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
-        print(f"{STAGE}: {len(records)} images, boxes from {boxes_path} -> {args.output_dir}", flush=True)
+        print(f"{STAGE}: {len(records)} images, boxes from {boxes_path} ({meta.get('backbone', '?')} localizer), "
+              f"box scale {args.box_scale} (divisor {divisor}) -> {args.output_dir}", flush=True)
 
     trainer = Trainer(model, optimizer, args, ctx, stage_name=STAGE)
-    trainer.fit(dataset, make_regression_loss(targets, args.input_size, args.flip))
+    trainer.fit(dataset, make_regression_loss(targets, args.input_size, args.flip, divisor))
     cleanup(ctx)
     return args.output_dir
 
