@@ -244,3 +244,18 @@ def test_authors_classification_file_must_cover_the_split(tmp_path):
     assert got == {"val/ILSVRC2012_val_00000001.JPEG": (True, True)}
     with pytest.raises(DataError, match=r"t\.npy: no entry for 1 of the 2 images.*ILSVRC2012_val_00000002"):
         read_cls_results(tmp_path / "t.npy", ["val/ILSVRC2012_val_00000001.JPEG", "val/ILSVRC2012_val_00000002.JPEG"])
+
+
+def test_authors_mask_format_writes_their_imagenet_jpeg_names(tmp_path):
+    from spol.cam.test import pseudo_mask_path, save_mask
+
+    mask = pseudo_mask_from_cam(np.load(FIX / "pseudo_mask_cams.npz")["cams"][0], (40, 30))
+    theirs = pseudo_mask_path(tmp_path, "train/n001/x.JPEG", "authors")
+    assert theirs == tmp_path / "n001" / "x.JPEG"
+    assert pseudo_mask_path(tmp_path, "train/n001/x.JPEG") == tmp_path / "train" / "n001" / "x.png"
+    save_mask(theirs, mask)
+    assert open(theirs, "rb").read(2) == b"\xff\xd8"  # a JPEG, as cv2.imwrite writes for that name
+    back = cv2.imread(str(theirs))
+    assert back.shape == mask.shape and np.abs(back.astype(int) - mask).mean() < 3  # lossy
+    save_mask(tmp_path / "m.png", mask)
+    assert np.array_equal(cv2.imread(str(tmp_path / "m.png")), mask)  # lossless, same B, G, R layout
