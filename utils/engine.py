@@ -43,7 +43,9 @@ from tqdm import tqdm
 from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from utils.config import args_to_dict
 from utils.distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
+from utils.errors import DivergedError, RunError
 from utils.io import atomic_write_text
+from utils import rundir
 
 _AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -385,17 +387,32 @@ class Trainer:
             "epoch": self.epoch, "step": self.step_in_epoch, "global_step": self.global_step,
             "world_size": self.ctx.world_size, "batch_size": int(self.args.batch_size),
             "per_rank": per_rank, "stage": self.stage_name, "args": args_to_dict(self.args),
+            "identity": self.identity(),
         })
 
+    def identity(self) -> dict:
+        """This run's identity (utils.rundir.run_identity), with the dataset once ``fit`` has it."""
+        return rundir.run_identity(self.args, self.stage_name, getattr(self, "_dataset", None))
+
     def resume(self) -> bool:
-        """Restore everything from ``checkpoint.pth`` when ``args.resume`` and the file exists."""
+        """Restore everything from ``checkpoint.pth`` when ``args.resume`` and the file exists.
+
+        A checkpoint of another stage or of another run (utils.rundir.check_identity) is refused
+        with one line, also with ``--no-resume`` (which would overwrite it)."""
         path = self.checkpoint_path
-        if not getattr(self.args, "resume", True) or not path.is_file():
+        if not path.is_file():
             return False
         ck = load_checkpoint(path, map_location="cpu")
+        if not isinstance(ck, dict) or "model" not in ck or "epoch" not in ck:
+            raise RunError.at(path, None, "not a training checkpoint of this project (no model/epoch entries): "
+                              "use another --output-dir, or --overwrite to move the folder's run aside")
         if ck.get("stage", "") != self.stage_name:
-            raise ValueError(f"{path}: checkpoint of stage {ck.get('stage')!r}, this is stage "
-                             f"{self.stage_name!r}: use another --output-dir or --no-resume")
+            raise RunError.at(path, None, f"checkpoint of stage {ck.get('stage')!r}, this is stage "
+                              f"{self.stage_name!r}: use another --output-dir, or --overwrite to move the old "
+                              "run aside (it is kept)")
+        rundir.check_identity(path, ck.get("identity"), self.identity())
+        if not getattr(self.args, "resume", True):
+            return False
         load_state_dict_checked(self.model, ck["model"], source=str(path))
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
@@ -410,10 +427,11 @@ class Trainer:
             done = step * ck["batch_size"] * ck["world_size"]
             global_batch = int(self.args.batch_size) * self.ctx.world_size
             if done % global_batch:
-                raise ValueError(f"{path}: saved mid-epoch after {done} samples with batch size "
-                                 f"{ck['batch_size']} x {ck['world_size']} processes; resuming with "
-                                 f"{self.args.batch_size} x {self.ctx.world_size} needs a multiple of "
-                                 f"{global_batch} (use the original settings or --no-resume)")
+                raise RunError.at(path, None, f"saved mid-epoch after {done} samples with batch size "
+                                  f"{ck['batch_size']} x {ck['world_size']} processes; resuming with "
+                                  f"{self.args.batch_size} x {self.ctx.world_size} needs a multiple of "
+                                  f"{global_batch}: resume with a batch size (x processes) that divides {done}, "
+                                  f"e.g. the original {ck['batch_size']} x {ck['world_size']}")
             step = done // global_batch
         self.step_in_epoch = step
         per_rank = ck["per_rank"]
@@ -449,8 +467,12 @@ class Trainer:
             loss, logs = loss_fn(self.train_model, batch)
         loss_value = float(loss.detach().float().item())
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"{self.stage_name}: loss is {loss_value} at epoch {self.epoch} "
-                                     f"step {self.step_in_epoch} (global step {self.global_step})")
+            lr = float(getattr(self.args, "lr", float("nan")))
+            raise DivergedError.at(self.output_dir, None, f"{self.stage_name}: the loss is {loss_value} at epoch "
+                                   f"{self.epoch} step {self.step_in_epoch} (global step {self.global_step}): "
+                                   f"training diverged; try a lower --lr (now {lr:g})"
+                                   + (f" or --amp off (now {self.amp})" if self.amp != "off" else "")
+                                   + "; the last checkpoint is kept")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.clip_grad_norm:
@@ -467,8 +489,11 @@ class Trainer:
         """Train; return the unwrapped model. ``on_epoch_end(epoch, model)`` runs on every rank
         after each epoch (e.g. evaluation); a dict it returns is added to the epoch's log line."""
         args, ctx = self.args, self.ctx
+        self._dataset = dataset
         if ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            rundir.claim_output_dir(self.output_dir, overwrite=bool(getattr(args, "overwrite", False)))
+        barrier(ctx)  # rank 0 has locked the folder (and moved an old run aside with --overwrite)
         self.resume()
         steps = self.steps_per_epoch(len(dataset))
         if steps <= 0:
