@@ -42,6 +42,9 @@ from utils.paths import CONFIG_DIR, REPO_ROOT
 STAGES = tuple(f"{stage}_{step}" for stage in ("cls", "cam", "seg", "localizer", "regressor", "classifier")
                for step in ("train", "test"))
 
+# Sections of other scripts that read the same files (demo.py's own settings).
+SCRIPT_SECTIONS = ("demo",)
+
 _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 
@@ -228,7 +231,7 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> d
             elif str(key).replace("-", "_") in actions:
                 raise DataError.at(path, lines.get((key,)), f"option '{key}' must be a single value, "
                                    "not a mapping")
-            elif key not in STAGES and key not in anchors:
+            elif key not in STAGES and key not in SCRIPT_SECTIONS and key not in anchors:
                 near = difflib.get_close_matches(str(key), STAGES, n=1, cutoff=0.6)
                 hint = f"did you mean '{near[0]}'?" if near else "known stages: " + ", ".join(STAGES)
                 raise DataError.at(path, lines.get((key,)), f"unknown stage section '{key}' ({hint}; a "
@@ -274,7 +277,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *
         for action, default, required in saved:
             action.default, action.required = default, required
     args.config = str(config_path) if config_path is not None else None
+    given = set(values) if known.config else set()
+    words = [a.split("=", 1)[0] for a in (argv if argv is not None else __import__("sys").argv[1:])]
+    for action in parser._actions:
+        if any(opt in words for opt in action.option_strings):
+            given.add(action.dest)
+    EXPLICIT[id(args)] = given
     return args
+
+
+# id(args) -> the destinations set by the command line or the config file (not left at defaults)
+EXPLICIT: dict[int, set[str]] = {}
+
+
+def explicit_options(args) -> set[str] | None:
+    """The options of ``args`` given on the command line or in ``--config`` (None: unknown)."""
+    return EXPLICIT.get(id(args))
 
 
 def args_to_dict(args: argparse.Namespace | dict) -> dict[str, Any]:
@@ -310,10 +328,7 @@ def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike
         rundir.claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)))
         checkpoint = Path(output_dir) / "checkpoint.pth"
         if checkpoint.is_file():
-            saved = rundir.saved_identity(checkpoint)
-            if saved:
-                current = rundir.run_identity(args, saved.get("stage", ""))
-                rundir.check_identity(checkpoint, saved, current)
+            rundir.check_folder_run(checkpoint, args)
     values = args_to_dict(args)
     values.pop("config", None)
     path = Path(output_dir) / "args.yaml"
@@ -349,6 +364,7 @@ def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):
     outputs moved aside by ``utils.rundir.protect_outputs`` are put back on any failure."""
     from utils import rundir
 
+    rundir.current_stage["name"] = stage
     try:
         result = main(parse_args(get_args_parser(), argv, stage=stage))
     except DataError as exc:

@@ -211,6 +211,20 @@ def check_identity(checkpoint: str | os.PathLike, saved: dict | None, current: d
                       "old run aside (it is kept, never deleted)")
 
 
+def check_folder_run(checkpoint: str | os.PathLike, args) -> None:
+    """Before a training stage writes args.yaml: the folder's checkpoint must be this run's
+    (options only; the Trainer then checks the stage name and the dataset's annotations)."""
+    saved = saved_identity(checkpoint)
+    if not saved:
+        return
+    current = run_identity(args, saved["stage"])
+    skip = {"stage", "dataset annotations (hash)"}
+    if set(saved) - skip != set(current) - skip:
+        raise RunError.at(checkpoint, None, f"checkpoint of stage {saved['stage']!r}, written by another stage "
+                          "script: use another --output-dir, or --overwrite to move the old run aside (it is kept)")
+    check_identity(checkpoint, saved, current)
+
+
 # ----------------------------------------------------------------------------- test outputs
 _protected: list[tuple[Path, Path]] = []
 _failed = {"value": False}
@@ -334,3 +348,108 @@ def _at_exit() -> None:
         restore_protected()
     else:
         commit_protected()
+
+
+# ----------------------------------------------------------------------------- stage hook
+# What each test step writes in its --output-dir (utils.config.run_cli names the stage,
+# utils.engine.setup_run protects the outputs): a function of the resolved options.
+def _seg_outputs(args) -> list[str]:
+    protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
+    return protocols + ["metrics.json", "metrics.txt", "test_args"]
+
+
+TEST_OUTPUTS = {
+    "cls_test": lambda args: ["predictions.csv", "cls_metrics.json", "test_args"],
+    "cam_test": lambda args: ["pseudo_masks", "pseudo_masks.json", "test_args"],
+    "seg_test": _seg_outputs,
+    "localizer_test": lambda args: ["scoremaps", "boxes.csv", "boxes.json", "metrics.json", "metrics.txt",
+                                    "evaluate.json", "args.yaml"],
+    "regressor_test": lambda args: ["boxes.csv", "boxes.json", "metrics.json", "metrics.txt", "grid.png",
+                                    "args.yaml"],
+    "classifier_test": lambda args: ["predictions.csv", "metrics.json", "args.yaml"],
+}
+# The model options a test step reads from its training run (args.yaml, else checkpoint.pth) when
+# they are not given: test step -> (training folder, weights option that bypasses it, option names).
+_SLT_MODEL = ["backbone", "cam_feature", "extra_conv", "regressor_feature", "regressor_hidden",
+              "regressor_final_relu", "share_backbone"]
+_GEOMETRY = ("resize_size", "input_size")
+TEST_INHERITS = {
+    "cls_test": (lambda a: a.output_dir, "checkpoint", ["arch"], ()),
+    "localizer_test": (lambda a: a.localizer_dir, "weights", _SLT_MODEL, _GEOMETRY),
+    "classifier_test": (lambda a: a.classifier_dir, "checkpoint", ["backbone"], _GEOMETRY),
+}
+current_stage = {"name": None}
+
+
+def training_options(folder: str | os.PathLike) -> tuple[Path, dict] | None:
+    """(file, options) of the training run in ``folder``: its args.yaml, else its checkpoint's args."""
+    import yaml
+
+    folder = Path(folder)
+    path = folder / "args.yaml"
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            data = None
+        if isinstance(data, dict):
+            return path, data
+    path = folder / "checkpoint.pth"
+    if path.is_file():
+        import torch
+
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return None
+        if isinstance(ck, dict) and isinstance(ck.get("args"), dict):
+            return path, ck["args"]
+    return None
+
+
+def inherit_training_options(args, folder, names: Iterable[str], explicit: set[str] | None,
+                             soft: Iterable[str] = ()) -> list[str]:
+    """Options in ``names`` left at their defaults take the training run's values (one notice
+    line); one given with another value than the training run's is a one-line ``RunError``.
+    Options in ``soft`` (e.g. the input geometry) are taken when not given, never refused."""
+    soft = set(soft)
+    names = list(names) + sorted(soft)
+    found = training_options(folder)
+    if found is None:
+        return []
+    path, trained = found
+    changed = []
+    for name in names:
+        if name not in trained or not hasattr(args, name):
+            continue
+        mine, theirs = getattr(args, name), trained[name]
+        if mine == theirs:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if explicit is not None and name in explicit:
+            if name in soft:
+                continue
+            raise RunError.at(path, None, f"the training run used {flag} {theirs}, this test step was given "
+                              f"{flag} {mine}: drop {flag} to use the training run's, or point to the "
+                              "training folder of that model")
+        setattr(args, name, theirs)
+        changed.append(f"{flag} {theirs}")
+    if changed and _is_main():
+        print(f"notice: {', '.join(changed)} read from {path} (the training run)", file=sys.stderr, flush=True)
+    return changed
+
+
+def protect_stage_outputs(args, ctx) -> None:
+    """Called by ``utils.engine.setup_run`` for the test step ``run_cli`` runs: the model options
+    not given come from the training run (``TEST_INHERITS``, unless other weights are given), and
+    the step's previous outputs are protected (``TEST_OUTPUTS``)."""
+    inherits = TEST_INHERITS.get(current_stage["name"] or "")
+    if inherits is not None:
+        from utils.config import explicit_options
+
+        folder_of, weights_option, option_names, soft = inherits
+        if not getattr(args, weights_option, None) and folder_of(args):
+            inherit_training_options(args, folder_of(args), option_names, explicit_options(args), soft)
+    names = TEST_OUTPUTS.get(current_stage["name"] or "")
+    if names is not None and getattr(args, "output_dir", None):
+        protect_outputs(args.output_dir, names(args), ctx)
