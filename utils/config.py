@@ -347,6 +347,13 @@ def report_error(exc: BaseException) -> None:
 
     from utils.errors import one_line
 
+    try:  # end a progress bar's line first, so that the error starts a line of its own
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:
+        pass
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         time.sleep(float(os.environ.get("WSOL_ERROR_DELAY", "5")))

@@ -415,6 +415,7 @@ class Trainer:
         rundir.check_identity(path, ck.get("identity"), self.identity())
         if not getattr(self.args, "resume", True):
             return False
+        step = rundir.resume_position(path, ck, int(self.args.batch_size), self.ctx.world_size)
         load_state_dict_checked(self.model, ck["model"], source=str(path))
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
@@ -422,19 +423,6 @@ class Trainer:
         if self.scheduler is not None and ck.get("scheduler") is not None:
             self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch, self.global_step = int(ck["epoch"]), int(ck["global_step"])
-        step = int(ck["step"])
-        same_layout = ck["world_size"] == self.ctx.world_size and ck["batch_size"] == int(self.args.batch_size)
-        if step and not same_layout:
-            # the first step * B_old * W_old positions of the epoch's permutation are done
-            done = step * ck["batch_size"] * ck["world_size"]
-            global_batch = int(self.args.batch_size) * self.ctx.world_size
-            if done % global_batch:
-                raise RunError.at(path, None, f"saved mid-epoch after {done} samples with batch size "
-                                  f"{ck['batch_size']} x {ck['world_size']} processes; resuming with "
-                                  f"{self.args.batch_size} x {self.ctx.world_size} needs a multiple of "
-                                  f"{global_batch}: resume with a batch size (x processes) that divides {done}, "
-                                  f"e.g. the original {ck['batch_size']} x {ck['world_size']}")
-            step = done // global_batch
         self.step_in_epoch = step
         per_rank = ck["per_rank"]
         if ck["world_size"] == self.ctx.world_size:

@@ -165,20 +165,38 @@ def run_identity(args, stage: str = "", dataset=None) -> dict[str, Any]:
     return ident
 
 
-def saved_identity(checkpoint: str | os.PathLike) -> dict | None:
-    """The identity stored in a checkpoint (read lazily: the tensors are not loaded), or None."""
+def _lazy_checkpoint(checkpoint: str | os.PathLike) -> dict | None:
+    """A checkpoint read lazily (memory-mapped: the tensors are not loaded), or None."""
     import torch
 
     try:
         ck = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # unreadable: the Trainer's load reports it with the file's name
         return None
-    ident = ck.get("identity") if isinstance(ck, dict) else None
-    if isinstance(ident, dict) and "stage" not in ident:
-        ident = None
-    if ident is None and isinstance(ck, dict) and ck.get("stage") is not None:
-        return None
-    return ident
+    return ck if isinstance(ck, dict) else None
+
+
+def saved_identity(checkpoint: str | os.PathLike) -> dict | None:
+    """The identity stored in a checkpoint, or None (none stored, or not a checkpoint)."""
+    ck = _lazy_checkpoint(checkpoint)
+    ident = ck.get("identity") if ck else None
+    return ident if isinstance(ident, dict) and "stage" in ident else None
+
+
+def resume_position(checkpoint, ck: dict, batch_size: int, world_size: int) -> int:
+    """The step of the checkpoint's epoch to resume at with ``batch_size`` x ``world_size``:
+    the samples done must fill whole global batches, else a one-line ``RunError``."""
+    step = int(ck.get("step", 0))
+    old_b, old_w = int(ck.get("batch_size", batch_size)), int(ck.get("world_size", world_size))
+    if not step or (old_b, old_w) == (batch_size, world_size):
+        return step
+    done, global_batch = step * old_b * old_w, batch_size * world_size
+    if done % global_batch:
+        raise RunError.at(checkpoint, None, f"saved mid-epoch after {done} samples with batch size {old_b} x "
+                          f"{old_w} processes; resuming with {batch_size} x {world_size} needs a multiple of "
+                          f"{global_batch}: resume with a batch size (x processes) that divides {done}, e.g. "
+                          f"the original {old_b} x {old_w}")
+    return done // global_batch
 
 
 def first_difference(old: dict, new: dict) -> tuple[str, Any, Any] | None:
@@ -214,8 +232,9 @@ def check_identity(checkpoint: str | os.PathLike, saved: dict | None, current: d
 def check_folder_run(checkpoint: str | os.PathLike, args) -> None:
     """Before a training stage writes args.yaml: the folder's checkpoint must be this run's
     (options only; the Trainer then checks the stage name and the dataset's annotations)."""
+    ck = _lazy_checkpoint(checkpoint)
     saved = saved_identity(checkpoint)
-    if not saved:
+    if not saved or not ck:
         return
     current = run_identity(args, saved["stage"])
     skip = {"stage", "dataset annotations (hash)"}
@@ -223,6 +242,8 @@ def check_folder_run(checkpoint: str | os.PathLike, args) -> None:
         raise RunError.at(checkpoint, None, f"checkpoint of stage {saved['stage']!r}, written by another stage "
                           "script: use another --output-dir, or --overwrite to move the old run aside (it is kept)")
     check_identity(checkpoint, saved, current)
+    if getattr(args, "resume", True) and getattr(args, "batch_size", None):
+        resume_position(checkpoint, ck, int(args.batch_size), int(os.environ.get("WORLD_SIZE", "1")))
 
 
 # ----------------------------------------------------------------------------- test outputs

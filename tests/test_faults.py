@@ -1,0 +1,305 @@
+"""Faults provoked for real: each ends with one `error:` line (or one notice) and changes nothing
+already written (the output folder's files are hashed before and after; `.lock` holds the PID of
+the last run that took the folder and is left out)."""
+import argparse
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils import rundir
+from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from utils.distributed import DistContext
+from utils.engine import Trainer
+from utils.errors import NoSpaceError, RunError
+
+REPO = Path(__file__).resolve().parent.parent
+TOY = REPO / "tests" / "toy_train.py"
+sys.path.insert(0, str(REPO / "tests"))
+import toy_train as toy  # noqa: E402
+
+
+def tree_hash(folder) -> dict:
+    """relative path -> sha256 of every file under ``folder`` (hidden ones too, but .lock)."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name == rundir.LOCK_NAME:
+                continue
+            path = Path(root) / name
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        e.pop(var, None)
+    return e
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, cwd=REPO, **kw)
+
+
+def run_toy(out, *extra):
+    return run([sys.executable, str(TOY), "--output-dir", str(out), "--device", "cpu", "--epochs", "1",
+                "--samples", "6", *extra])
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("error")]
+
+
+def one_error(proc) -> str:
+    lines = error_lines(proc)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- run identity
+def test_another_run_in_the_folder_is_refused_and_overwrite_moves_it_aside(tmp_path):
+    out = tmp_path / "run"
+    assert run_toy(out).returncode == 0
+    before = tree_hash(out)
+    line = one_error(run_toy(out, "--lr", "0.05"))
+    assert "checkpoint.pth" in line and "--lr 0.5 there, 0.05 now" in line
+    assert "--output-dir" in line and "--overwrite" in line
+    assert tree_hash(out) == before  # args.yaml still claims the old settings, nothing retrained
+    again = run_toy(out, "--lr", "0.05", "--overwrite")
+    assert again.returncode == 0, again.stderr[-2000:]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and tree_hash(aside[0]) == before  # moved, never deleted
+    assert load_checkpoint(out / "checkpoint.pth")["args"]["lr"] == 0.05
+    # the same settings again resume (0 steps) instead of being refused
+    assert run_toy(out, "--lr", "0.05").returncode == 0
+
+
+def _cub_trainer(out, root, **kw):
+    from utils.data import WSOLDataset, build_transform, load_records
+
+    args = argparse.Namespace(output_dir=str(out), batch_size=2, epochs=1, workers=0, seed=0, amp="off",
+                              deterministic=False, resume=True, log_every=0, save_every_steps=0,
+                              max_steps_per_epoch=0, lr=0.1, data_root=str(root), layout="cub", **kw)
+    dataset = WSOLDataset(load_records(root, "cub", "train"), build_transform("resize", resize=12))
+    model = toy.ToyNet(0.0, classes=2)
+    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), args, DistContext(), stage_name="t"), dataset
+
+
+def _loss(net, batch):
+    return torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"]), {}
+
+
+def test_another_dataset_is_refused_root_and_annotations(tiny_cub, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    trainer, data = _cub_trainer(out, tiny_cub)
+    trainer.fit(data, _loss)
+    rundir.unlock_dir(out)
+    before = tree_hash(out)
+    copy = tmp_path / "other" / "CUB_200_2011"
+    shutil.copytree(tiny_cub, copy)
+    trainer, data = _cub_trainer(out, copy)
+    with pytest.raises(RunError, match=r"--data-root '.*tiny|--data-root"):
+        trainer.fit(data, _loss)
+    # same root, one box edited: the annotations' hash differs
+    boxes = tiny_cub / "bounding_boxes.txt"
+    lines = boxes.read_text().splitlines()
+    lines[0] = lines[0].rsplit(" ", 1)[0] + " 7.0"
+    boxes.write_text("\n".join(lines) + "\n")
+    trainer, data = _cub_trainer(out, tiny_cub)
+    with pytest.raises(RunError, match=r"dataset annotations \(hash\)") as info:
+        trainer.fit(data, _loss)
+    assert "\n" not in str(info.value) and "--overwrite" in str(info.value)
+    assert tree_hash(out) == before
+    rundir.unlock_dir(out)
+
+
+# ----------------------------------------------------------------------------- lock
+def test_a_second_run_into_a_busy_folder_stops_naming_the_first_pid(tmp_path):
+    out, flag = tmp_path / "run", tmp_path / "paused"
+    first = subprocess.Popen([sys.executable, str(TOY), "--output-dir", str(out), "--device", "cpu",
+                              "--epochs", "1", "--samples", "6", "--pause-after-step", "1",
+                              "--pause-file", str(flag)], env=env(), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not flag.exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert flag.exists()
+        before = tree_hash(out)
+        line = one_error(run_toy(out))
+        assert f"in use by another run (PID {first.pid})" in line and str(out) in line
+        assert tree_hash(out) == before
+    finally:
+        first.kill()
+        first.wait()
+
+
+# ----------------------------------------------------------------------------- resume faults
+def test_resume_faults_other_stage_unmappable_batch_nan(tmp_path):
+    # another stage's checkpoint in the folder
+    other = tmp_path / "other"
+    model = toy.ToyNet(0.0)
+    args = argparse.Namespace(output_dir=str(other), batch_size=2, epochs=1, workers=0, seed=0, amp="off",
+                              deterministic=False, resume=True, log_every=0, save_every_steps=0,
+                              max_steps_per_epoch=0, lr=0.1)
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), args, DistContext(), stage_name="seg").save()
+    before = tree_hash(other)
+    assert "checkpoint of stage 'seg'" in one_error(run_toy(other))
+    assert tree_hash(other) == before
+    # killed mid-epoch after 1 step of 4 images: batch size 3 cannot continue from image 4
+    cut = tmp_path / "cut"
+    killed = run_toy(cut, "--samples", "12", "--batch-size", "4", "--save-every-steps", "1",
+                     "--kill-after-step", "1")
+    assert killed.returncode == -signal.SIGKILL
+    before = tree_hash(cut)
+    line = one_error(run_toy(cut, "--samples", "12", "--batch-size", "3", "--save-every-steps", "1"))
+    assert "checkpoint.pth: saved mid-epoch after 4 samples" in line and "needs a multiple of 3" in line
+    assert tree_hash(cut) == before
+    # a NaN loss: epoch, step, --lr; the last checkpoint stays
+    nan = tmp_path / "nan"
+    line = one_error(run_toy(nan, "--samples", "12", "--batch-size", "2", "--save-every-steps", "1",
+                             "--nan-after-step", "2"))
+    assert "the loss is nan at epoch 0 step 2" in line and "lower --lr (now 0.5)" in line
+    assert load_checkpoint(nan / "checkpoint.pth")["global_step"] == 2
+    bf16 = one_error(run_toy(tmp_path / "nan16", "--amp", "bf16", "--nan-after-step", "0"))
+    assert "step 0" in bf16 and "--amp off" in bf16
+
+
+# ----------------------------------------------------------------------------- saving
+def _dev_full(monkeypatch):
+    """Every temporary file utils.io creates writes to /dev/full: a real ENOSPC from the kernel."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, **kw):
+        fd, path = real(*a, **kw)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fd)
+        os.close(full)
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_disk_full_while_saving_names_the_file_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    model = toy.ToyNet(0.0)
+    args = argparse.Namespace(output_dir=str(tmp_path), batch_size=2, epochs=1, workers=0, seed=0, amp="off",
+                              deterministic=False, resume=True, log_every=0, save_every_steps=0,
+                              max_steps_per_epoch=0, lr=0.1)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), args, DistContext(), stage_name="t")
+    trainer.fit(toy.ToyDataset(4), lambda net, b: (torch.nn.functional.cross_entropy(net(b["image"]),
+                                                                                    b["label"]), {}))
+    rundir.unlock_dir(tmp_path)
+    before = tree_hash(tmp_path)
+    _dev_full(monkeypatch)
+    trainer.global_step += 1
+    with pytest.raises(NoSpaceError) as info:
+        trainer.save()
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'checkpoint.pth'}: no space left") and "\n" not in message
+    assert tree_hash(tmp_path) == before  # previous checkpoint intact, no temporary file left
+
+
+def test_sigkill_during_a_save_leaves_a_temp_file_removed_at_the_next_start(tmp_path):
+    out = tmp_path / "run"
+    assert run_toy(out).returncode == 0
+    checkpoint = tree_hash(out)["checkpoint.pth"]
+    code = ("import os, signal, torch\n"
+            "from utils.checkpoint import save_checkpoint\n"
+            "def dying(obj, f, *a, **k):\n"
+            "    f.write(b'partial'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "torch.save = dying\n"
+            f"save_checkpoint({str(out / 'checkpoint.pth')!r}, {{'x': torch.zeros(3)}})\n")
+    killed = run([sys.executable, "-c", code])
+    assert killed.returncode == -signal.SIGKILL
+    stale = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint.pth.") and p.name.endswith(".tmp")]
+    assert len(stale) == 1
+    again = run_toy(out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "removed 1 temporary file(s)" in again.stderr
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert tree_hash(out)["checkpoint.pth"] == checkpoint
+
+
+# ----------------------------------------------------------------------------- torchrun
+def test_torchrun_bad_input_prints_the_line_once_and_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                str(TOY), "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--config", str(bad)])
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stderr + proc.stdout).splitlines() if "unknown key 'learning_rate'" in line]
+    assert lines == [f"error: {bad}:2: unknown key 'learning_rate': the 'toy' stage has no option "
+                     "--learning-rate"], proc.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- loading
+def test_fp16_checkpoint_loads_with_one_notice(tmp_path, capsys):
+    model = toy.ToyNet(0.0)
+    half = {k: v.half() for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "half.pth", half)
+    fresh = toy.ToyNet(0.0)
+    load_state_dict_checked(fresh, load_checkpoint(tmp_path / "half.pth"), source=str(tmp_path / "half.pth"))
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"notice: {tmp_path / 'half.pth'}: 4 float16 tensors loaded as float32"]
+    assert all(v.dtype == torch.float32 for v in fresh.state_dict().values())
+    torch.testing.assert_close(fresh.fc.weight, half["fc.weight"].float())
+
+
+# ----------------------------------------------------------------------------- CLIs
+def test_evaluate_cli_missing_root_map_prediction(tiny_cub, tmp_path):
+    import numpy as np
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    result = tmp_path / "res.json"
+    common = ["--layout", "cub", "--split", "test", "--protocol", "wsol", "--input-size", "32",
+              "--output", str(result)]
+    cases = [(["--data-root", str(tmp_path / "nowhere"), "--scoremaps", str(maps)], "nowhere: --data-root"),
+             (["--data-root", str(tiny_cub), "--scoremaps", str(maps)], "Red_0002.npy: score map not found")]
+    for extra, expected in cases:
+        line = one_error(run([sys.executable, "-m", "utils.evaluate", *common, *extra]))
+        assert expected in line, line
+    for name in ("001.Red_bird/Red_0002", "002.Blue_bird/Blue_0002"):
+        (maps / name).parent.mkdir(exist_ok=True)
+        np.save(maps / f"{name}.npy", np.zeros((32, 32), dtype=np.float32))
+    line = one_error(run([sys.executable, "-m", "utils.evaluate", *common, "--data-root", str(tiny_cub),
+                          "--scoremaps", str(maps), "--predictions", str(tmp_path / "none.csv")]))
+    assert "none.csv: --predictions: file not found" in line
+    assert not result.exists()
+
+
+def test_generate_cli_existing_folder_and_zero_classes(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    before = tree_hash(mine)
+    line = one_error(run([sys.executable, "-m", "utils.generate", "--out", str(mine), "--classes", "1",
+                          "--train-per-class", "1", "--test-per-class", "1", "--size", "16"]))
+    assert f"{mine}: exists and is not empty" in line
+    line = one_error(run([sys.executable, "-m", "utils.generate", "--out", str(tmp_path / "new"),
+                          "--classes", "0"]))
+    assert "need at least 1 class" in line and not (tmp_path / "new").exists()
+    assert tree_hash(mine) == before
+
+
+def test_demo_data_out_refuses_a_folder_it_did_not_generate(tmp_path):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"not really a photo")
+    before = tree_hash(mine)
+    line = one_error(run([sys.executable, "demo.py", "--tiny", "--device", "cpu", "--data-out", str(mine),
+                          "--output-dir", str(tmp_path / "out")]))
+    assert f"{mine}: exists and was not generated by utils.generate" in line
+    assert tree_hash(mine) == before and not (tmp_path / "out").exists()
