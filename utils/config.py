@@ -381,5 +381,7 @@ def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):
     except BaseException:
         rundir.restore_protected()
         raise
+    finally:
+        rundir.current_stage["name"] = None
     rundir.commit_protected()
     return result

@@ -84,19 +84,18 @@ def unlock_dir(directory: str | os.PathLike) -> None:
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete ``utils.io`` temporary files left by an interrupted write under ``directory``
+    """Delete ``utils.io`` temporary files left by an interrupted write in ``directory``
     (call it only while holding the folder's lock: no live writer of this project is there)."""
     removed = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(PREVIOUS_PREFIX)]
-        for name in files:
-            if STALE_TEMP.match(name):
-                path = Path(root) / name
-                try:
-                    path.unlink()
-                    removed.append(path)
-                except FileNotFoundError:
-                    pass
+    # the folder's own files only (checkpoints, logs, json): a test step's sub-folders are replaced
+    # as a whole (protect_outputs), and walking a million pseudo masks at every start would be slow
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False) and STALE_TEMP.match(entry.name):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except FileNotFoundError:
+                pass
     if removed:
         print(f"notice: removed {len(removed)} temporary file(s) left in {directory} by an interrupted "
               f"run (e.g. {removed[0].name})", file=sys.stderr, flush=True)
