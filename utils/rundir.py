@@ -124,7 +124,7 @@ def claim_output_dir(directory: str | os.PathLike, *, overwrite: bool = False) -
     if overwrite and first and any(p.name != LOCK_NAME for p in directory.iterdir()):
         moved = _aside_name(directory)
         os.rename(directory, moved)
-        unlock_dir(moved)  # the lock went with the folder
+        unlock_dir(directory)  # its lock file went with the folder
         lock_dir(directory)
         print(f"--overwrite: the previous run in {directory} was moved to {moved}", file=sys.stderr, flush=True)
     if first:
