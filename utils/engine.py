@@ -20,6 +20,10 @@ it and starts at the first sample not yet trained on, without loading the skippe
 images. Data augmentation draws from RNGs seeded per sample from (seed, epoch, index),
 so a sample is augmented identically whatever the worker count or the resume point; the
 RNG used by the model (dropout) is restored from the checkpoint.
+
+The output folder is locked for the run, and each checkpoint also stores the run's identity
+(``utils.rundir.run_identity``: the options that change the result, the dataset's layout, root
+and annotations): a folder holding another run is refused with one line instead of resumed.
 """
 from __future__ import annotations
 
