@@ -339,10 +339,11 @@ def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike
 def report_error(exc: BaseException) -> None:
     """Print ``error: <one line>`` for a fault that ends the run.
 
-    Under torchrun every rank usually meets the same bad input: rank 0 prints the line at once;
-    another rank waits a few seconds first, so that when rank 0 failed too torchrun has already
-    stopped it and the line appears once; a fault of that rank alone is still reported."""
+    Under torchrun every rank usually meets the same bad input: rank 0 prints the line and leaves
+    a marker for the run; another rank prints its own line only when no marker came from rank 0
+    within ``WSOL_ERROR_WAIT`` seconds (30), i.e. for a fault of that rank alone (on one node)."""
     import sys
+    import tempfile
     import time
 
     from utils.errors import one_line
@@ -355,11 +356,27 @@ def report_error(exc: BaseException) -> None:
     except Exception:
         pass
     rank = int(os.environ.get("RANK", "0"))
-    if rank != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        time.sleep(float(os.environ.get("WSOL_ERROR_DELAY", "5")))
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    marker = Path(tempfile.gettempdir()) / f"wsol-error.{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}"
+    if rank != 0 and several:
+        since = time.time() - 60  # a marker left by an earlier run with the same run id is older
+        deadline = time.monotonic() + float(os.environ.get("WSOL_ERROR_WAIT", "30"))
+        while time.monotonic() < deadline:
+            try:
+                if marker.stat().st_mtime >= since:
+                    return  # rank 0 reported the run's fault
+            except OSError:
+                pass
+            time.sleep(0.2)
+            time.sleep(0.2)
         print(f"error (rank {rank}): {one_line(exc)}", file=sys.stderr, flush=True)
         return
     print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+    if several:
+        try:
+            marker.write_text(f"{os.getpid()}\n")
+        except OSError:
+            pass
 
 
 def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):

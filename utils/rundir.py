@@ -342,9 +342,7 @@ def restore_protected() -> None:
     while _protected:
         directory, backup = _protected.pop()
         if backup.exists():
-            _restore(directory, backup)
-            print(f"notice: the previous outputs in {directory} were left as they were", file=sys.stderr,
-                  flush=True)
+            _restore(directory, backup)  # silently: the error line is the run's one line
 
 
 def commit_protected() -> None:
