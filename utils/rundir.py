@@ -35,12 +35,13 @@ LOCK_NAME = ".lock"
 # utils.io.atomic_write's temporary files: tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
 STALE_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 PREVIOUS_PREFIX = ".previous."
+RUN_FILES = ("checkpoint.pth", "model.pth")  # what makes a folder hold a training run
 
 # Options that do not change what a training run computes: they may differ on resume.
 # (batch_size: a resume maps the position to another batch size or process count.)
 NOT_IDENTITY = {"output_dir", "config", "device", "workers", "resume", "overwrite", "log_every",
-                "save_every_steps", "batch_size", "deterministic", "kill_after_step", "trace_file",
-                "eval_workers", "mask_workers", "grid_images"}
+                "save_every_steps", "batch_size", "deterministic", "eval_workers", "mask_workers",
+                "grid_images"}
 
 _held: dict[str, int] = {}
 
@@ -113,15 +114,16 @@ def _aside_name(directory: Path) -> Path:
 
 
 def claim_output_dir(directory: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
-    """Lock ``directory`` for this run (rank 0 only), move an existing run aside when
-    ``overwrite``, remove stale temporary files. Returns where the old run went, if moved."""
+    """Lock ``directory`` for this run (rank 0 only), move an existing training run (a folder with
+    ``RUN_FILES``) aside when ``overwrite``, remove stale temporary files. Returns where the old
+    run went, if moved."""
     directory = Path(directory)
     if not _is_main():
         return None
     first = os.path.realpath(directory) not in _held
     lock_dir(directory)
     moved = None
-    if overwrite and first and any(p.name != LOCK_NAME for p in directory.iterdir()):
+    if overwrite and first and any((directory / name).exists() for name in RUN_FILES):
         moved = _aside_name(directory)
         os.rename(directory, moved)
         unlock_dir(directory)  # its lock file went with the folder
