@@ -491,8 +491,9 @@ class Trainer:
         self.resume()
         steps = self.steps_per_epoch(len(dataset))
         if steps <= 0:
-            raise ValueError(f"{self.stage_name}: no training step per epoch ({len(dataset)} samples, "
-                             f"batch size {args.batch_size}, {ctx.world_size} processes)")
+            raise RunError.at(getattr(args, "data_root", None) or self.output_dir, None,
+                              f"{self.stage_name}: no training step per epoch ({len(dataset)} samples, batch "
+                              f"size {args.batch_size}, {ctx.world_size} processes): use a smaller --batch-size")
         log_every = int(getattr(args, "log_every", 0) or 0)
         save_every = int(getattr(args, "save_every_steps", 0) or 0)
         for epoch in range(self.epoch, int(args.epochs)):

@@ -38,6 +38,10 @@ class DivergedError(RunError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class DeviceError(RunError, RuntimeError):
+    """The requested device is not there (e.g. ``--device cuda`` without CUDA)."""
+
+
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line.
 
