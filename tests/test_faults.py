@@ -65,22 +65,40 @@ def one_error(proc) -> str:
     return lines[0]
 
 
+def toy_cli(capsys, out, *extra) -> str:
+    """tests/toy_train.py through utils.config.run_cli in this process (no interpreter start):
+    the one error line it prints before exiting with status 2."""
+    from utils.config import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_cli(toy.main, toy.get_args_parser, "toy",
+                ["--output-dir", str(out), "--device", "cpu", "--epochs", "1", "--samples", "6", *extra])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert info.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
 # ----------------------------------------------------------------------------- run identity
-def test_another_run_in_the_folder_is_refused_and_overwrite_moves_it_aside(tmp_path):
+def test_another_run_in_the_folder_is_refused_and_overwrite_moves_it_aside(tmp_path, capsys):
+    from utils.config import run_cli
+
     out = tmp_path / "run"
     assert run_toy(out).returncode == 0
     before = tree_hash(out)
-    line = one_error(run_toy(out, "--lr", "0.05"))
+    line = toy_cli(capsys, out, "--lr", "0.05")
     assert "checkpoint.pth" in line and "--lr 0.5 there, 0.05 now" in line
     assert "--output-dir" in line and "--overwrite" in line
     assert tree_hash(out) == before  # args.yaml still claims the old settings, nothing retrained
-    again = run_toy(out, "--lr", "0.05", "--overwrite")
-    assert again.returncode == 0, again.stderr[-2000:]
+    run_cli(toy.main, toy.get_args_parser, "toy", ["--output-dir", str(out), "--device", "cpu", "--epochs", "1",
+                                                   "--samples", "6", "--lr", "0.05", "--overwrite"])
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(aside) == 1 and tree_hash(aside[0]) == before  # moved, never deleted
     assert load_checkpoint(out / "checkpoint.pth")["args"]["lr"] == 0.05
     # the same settings again resume (0 steps) instead of being refused
-    assert run_toy(out, "--lr", "0.05").returncode == 0
+    run_cli(toy.main, toy.get_args_parser, "toy", ["--output-dir", str(out), "--device", "cpu", "--epochs", "1",
+                                                   "--samples", "6", "--lr", "0.05"])
+    assert "resumed toy from" in capsys.readouterr().out
 
 
 def _cub_trainer(out, root, **kw):
@@ -147,7 +165,7 @@ def test_a_second_run_into_a_busy_folder_stops_naming_the_first_pid(tmp_path):
 
 
 # ----------------------------------------------------------------------------- resume faults
-def test_resume_faults_other_stage_unmappable_batch_nan(tmp_path):
+def test_resume_faults_other_stage_unmappable_batch_nan(tmp_path, capsys):
     # another stage's checkpoint in the folder
     other = tmp_path / "other"
     model = toy.ToyNet(0.0)
@@ -156,7 +174,7 @@ def test_resume_faults_other_stage_unmappable_batch_nan(tmp_path):
                               max_steps_per_epoch=0, lr=0.1)
     Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), args, DistContext(), stage_name="seg").save()
     before = tree_hash(other)
-    assert "checkpoint of stage 'seg'" in one_error(run_toy(other))
+    assert "checkpoint of stage 'seg'" in toy_cli(capsys, other)
     assert tree_hash(other) == before
     # killed mid-epoch after 1 step of 4 images: batch size 3 cannot continue from image 4
     cut = tmp_path / "cut"
@@ -169,11 +187,11 @@ def test_resume_faults_other_stage_unmappable_batch_nan(tmp_path):
     assert tree_hash(cut) == before
     # a NaN loss: epoch, step, --lr; the last checkpoint stays
     nan = tmp_path / "nan"
-    line = one_error(run_toy(nan, "--samples", "12", "--batch-size", "2", "--save-every-steps", "1",
-                             "--nan-after-step", "2"))
+    line = toy_cli(capsys, nan, "--samples", "12", "--batch-size", "2", "--save-every-steps", "1",
+                   "--nan-after-step", "2")
     assert "the loss is nan at epoch 0 step 2" in line and "lower --lr (now 0.5)" in line
     assert load_checkpoint(nan / "checkpoint.pth")["global_step"] == 2
-    bf16 = one_error(run_toy(tmp_path / "nan16", "--amp", "bf16", "--nan-after-step", "0"))
+    bf16 = toy_cli(capsys, tmp_path / "nan16", "--amp", "bf16", "--nan-after-step", "0")
     assert "step 0" in bf16 and "--amp off" in bf16
 
 
@@ -212,7 +230,7 @@ def test_disk_full_while_saving_names_the_file_and_keeps_the_checkpoint(tmp_path
     assert tree_hash(tmp_path) == before  # previous checkpoint intact, no temporary file left
 
 
-def test_sigkill_during_a_save_leaves_a_temp_file_removed_at_the_next_start(tmp_path):
+def test_sigkill_during_a_save_leaves_a_temp_file_removed_at_the_next_start(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_toy(out).returncode == 0
     checkpoint = tree_hash(out)["checkpoint.pth"]
@@ -226,9 +244,12 @@ def test_sigkill_during_a_save_leaves_a_temp_file_removed_at_the_next_start(tmp_
     assert killed.returncode == -signal.SIGKILL
     stale = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint.pth.") and p.name.endswith(".tmp")]
     assert len(stale) == 1
-    again = run_toy(out)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "removed 1 temporary file(s)" in again.stderr
+    from utils.config import run_cli
+
+    capsys.readouterr()
+    run_cli(toy.main, toy.get_args_parser, "toy", ["--output-dir", str(out), "--device", "cpu", "--epochs", "1",
+                                                   "--samples", "6"])
+    assert "removed 1 temporary file(s)" in capsys.readouterr().err
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert tree_hash(out)["checkpoint.pth"] == checkpoint
 
@@ -317,16 +338,19 @@ def test_demo_data_out_refuses_a_folder_it_did_not_generate(tmp_path):
 
 
 # ----------------------------------------------------------------------------- test steps
-def test_a_failed_test_step_keeps_the_previous_results_and_a_worker_error_is_the_same_line(tiny_cub, tmp_path):
+def test_a_failed_test_step_keeps_the_previous_results_and_a_worker_error_is_the_same_line(tiny_cub, tmp_path,
+                                                                                            capsys):
     from spol.model import CAMModel
 
     out = tmp_path / "cam"
     torch.manual_seed(0)
     save_checkpoint(out / "model.pth", CAMModel(2, pretrained="none").state_dict())
-    cmd = [sys.executable, "spol/cam/test.py", "--data-root", str(tiny_cub), "--output-dir", str(out),
-           "--device", "cpu", "--resize", "32", "--batch-size", "1", "--mask-workers", "1"]
-    first = run(cmd + ["--workers", "0"])
-    assert first.returncode == 0, first.stderr[-2000:]
+    from spol.cam import test as cam_test
+    from utils.config import run_cli
+
+    argv = ["--data-root", str(tiny_cub), "--output-dir", str(out), "--device", "cpu", "--resize", "32",
+            "--batch-size", "1", "--mask-workers", "1"]
+    run_cli(cam_test.main, cam_test.get_args_parser, "cam_test", argv + ["--workers", "0"])
     before = tree_hash(out)
     assert "pseudo_masks.json" in before and "test_args/args.yaml" in before
     # a real corrupt JPEG: the second training image cut in its scan data (the header still reads)
@@ -334,9 +358,15 @@ def test_a_failed_test_step_keeps_the_previous_results_and_a_worker_error_is_the
     data = image.read_bytes()
     image.write_bytes(data[:data.find(b"\xff\xda") + 40])
     lines = []
-    for workers in ("0", "1"):
-        proc = run(cmd + ["--workers", workers, "--seed", "7"])  # the new test_args would differ
-        lines.append(one_error(proc))
+    for workers in ("0", "1"):  # in-process, then as a user runs it
+        if workers == "0":
+            capsys.readouterr()
+            with pytest.raises(SystemExit):
+                run_cli(cam_test.main, cam_test.get_args_parser, "cam_test", argv + ["--workers", "0", "--seed", "7"])
+            lines.append([x for x in capsys.readouterr().err.splitlines() if x.startswith("error")][-1])
+        else:
+            lines.append(one_error(run([sys.executable, "spol/cam/test.py", *argv, "--workers", workers,
+                                        "--seed", "7"])))  # the new test_args would differ
         assert tree_hash(out) == before
         assert not [p for p in out.iterdir() if p.name.startswith(rundir.PREVIOUS_PREFIX)]
     assert lines[0] == lines[1] and f"{image}: unreadable or corrupt image" in lines[0], lines

@@ -393,6 +393,7 @@ def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):
         result = main(parse_args(get_args_parser(), argv, stage=stage))
     except DataError as exc:
         rundir.restore_protected()
+        rundir.release_all()
         report_error(exc)
         raise SystemExit(2) from None
     except BaseException:
@@ -401,4 +402,5 @@ def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):
     finally:
         rundir.current_stage["name"] = None
     rundir.commit_protected()
+    rundir.release_all()  # the folders are free again (matters when run_cli is called in-process)
     return result

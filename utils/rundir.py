@@ -84,6 +84,12 @@ def unlock_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def release_all() -> None:
+    """Release every folder lock of this process (a run finished in-process)."""
+    for key in list(_held):
+        os.close(_held.pop(key))
+
+
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     """Delete ``utils.io`` temporary files left by an interrupted write in ``directory``
     (call it only while holding the folder's lock: no live writer of this project is there)."""
