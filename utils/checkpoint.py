@@ -137,7 +137,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, *, source: str,
         if not isinstance(value, torch.Tensor):
             raise DataError.at(source, None, f"entry '{key}' is a {type(value).__name__}, not a tensor")
         if to_float32 and value.dtype in (torch.float16, torch.bfloat16):
-            halves[str(value.dtype).replace("torch.", "")] = halves.get(str(value.dtype).replace("torch.", ""), 0) + 1
+            kind = str(value.dtype).replace("torch.", "")
+            halves[kind] = halves.get(kind, 0) + 1
             value = value.float()  # checkpoints saved under fp16 mixed precision load as float32
         cleaned[key] = value
 

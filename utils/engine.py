@@ -464,9 +464,10 @@ class Trainer:
             lr = float(getattr(self.args, "lr", float("nan")))
             raise DivergedError.at(self.output_dir, None, f"{self.stage_name}: the loss is {loss_value} at epoch "
                                    f"{self.epoch} step {self.step_in_epoch} (global step {self.global_step}): "
-                                   f"training diverged; try a lower --lr (now {lr:g})"
+                                   f"training diverged; the last checkpoint is kept: run again with a lower "
+                                   f"--lr (now {lr:g})"
                                    + (f" or --amp off (now {self.amp})" if self.amp != "off" else "")
-                                   + "; the last checkpoint is kept")
+                                   + ", with --overwrite (this run is moved aside) or another --output-dir")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.clip_grad_norm:
