@@ -416,6 +416,16 @@ def test_a_test_step_reads_the_backbone_of_its_training_run(tmp_path, capsys, mo
                                        r"was given --backbone vgg16"):
         rundir.protect_stage_outputs(args, None)
     assert not (tmp_path / "test").exists()
+    # the regressor's test step reads its source stage's folder (here the localizer's)
+    from sltnet.regressor import test as reg_test
+
+    monkeypatch.setitem(rundir.current_stage, "name", "regressor_test")
+    args = parse_args(reg_test.get_args_parser(), ["--localizer-dir", str(train_dir), "--regressor-source",
+                                                   "localizer", "--output-dir", str(tmp_path / "reg")],
+                      stage="regressor_test")
+    rundir.protect_stage_outputs(args, None)
+    rundir.commit_protected()
+    assert (args.backbone, args.cam_feature, args.share_backbone) == ("resnet50", "layer2", True)
 
 
 def test_under_torchrun_another_rank_reports_only_a_fault_of_its_own(monkeypatch, capsys, tmp_path):

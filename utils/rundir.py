@@ -403,6 +403,7 @@ TEST_INHERITS = {
     "cls_test": (lambda a: a.output_dir, "checkpoint", ["arch"], ()),
     "localizer_test": (lambda a: a.localizer_dir, "weights", _SLT_MODEL, _GEOMETRY),
     "classifier_test": (lambda a: a.classifier_dir, "checkpoint", ["backbone"], _GEOMETRY),
+    "regressor_test": (lambda a: getattr(a, f"{a.regressor_source}_dir", None), "weights", _SLT_MODEL, _GEOMETRY),
 }
 current_stage = {"name": None}
 
