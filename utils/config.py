@@ -391,7 +391,7 @@ def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):
     rundir.current_stage["name"] = stage
     try:
         result = main(parse_args(get_args_parser(), argv, stage=stage))
-    except DataError as exc:
+    except (DataError, FloatingPointError) as exc:  # FloatingPointError: a diverged model's output
         rundir.restore_protected()
         rundir.release_all()
         report_error(exc)

@@ -34,7 +34,6 @@ from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, num_classes
 from utils.distributed import DistContext, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
-from utils.errors import DivergedError
 from utils.io import atomic_save_png, atomic_write_json
 
 
@@ -85,8 +84,8 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
         index, cam = item
         record = records[int(index)]
         if not np.isfinite(cam).all():  # a NaN map would be cast into a meaningless PNG
-            raise DivergedError(f"{record.path}: the CAM model gives a non-finite map (its weights have "
-                                "diverged): retrain with spol/cam/train.py, e.g. with a lower --lr")
+            raise FloatingPointError(f"{record.path}: the CAM model gives a non-finite map (its weights have "
+                                     "diverged): retrain with spol/cam/train.py, e.g. with a lower --lr")
         atomic_save_png(pseudo_mask_path(mask_dir, record.image_id), pm.pseudo_mask_image(cam, record.size))
 
     written = 0
