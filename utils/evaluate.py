@@ -388,5 +388,26 @@ def main(args) -> dict:
     return results
 
 
+def cli(argv=None) -> dict:
+    """``python -m utils.evaluate``: bad input (missing data root, score map or prediction, a
+    malformed file) ends with one ``error:`` line naming the file and exit status 2."""
+    import sys
+
+    from utils.errors import one_line
+
+    args = get_args_parser().parse_args(argv)
+    try:
+        for name in ("data_root", "scoremaps"):
+            if not Path(getattr(args, name)).is_dir():
+                raise DataError.at(getattr(args, name), None, f"--{name.replace('_', '-')}: folder not found")
+        if args.predictions and not Path(args.predictions).is_file():
+            raise DataError.at(args.predictions, None, "--predictions: file not found (written by the "
+                               "classification stage's test step, e.g. spol/cls/test.py)")
+        return main(args)
+    except (DataError, ValueError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli()
