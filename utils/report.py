@@ -214,6 +214,19 @@ def draw_grid(samples, methods, path) -> Path:
 
 
 # ----------------------------------------------------------------------------- report
+def spread_table(spread: dict) -> str:
+    """``{"seeds": [..], "rows": {method: [value per seed]}}`` -> markdown with mean and min-max."""
+    seeds = spread["seeds"]
+    head = "| Method | " + " | ".join(f"seed {k}" for k in seeds) + " | mean | min..max |"
+    lines = [head, "|---|" + "---:|" * (len(seeds) + 2)]
+    for method, values in spread["rows"].items():
+        vals = [v for v in values if v is not None]
+        cells = " | ".join(format_value(v) for v in values)
+        summary = (f"{np.mean(vals):.1f} | {min(vals):.1f}..{max(vals):.1f}" if vals else "- | -")
+        lines.append(f"| {method} | {cells} | {summary} |")
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(results: dict) -> str:
     """``report.md``: the table, how each number was obtained, the pictures."""
     figures = results.get("figures", {})
@@ -223,7 +236,22 @@ def report_markdown(results: dict) -> str:
         lines += ["Dataset: " + ", ".join(f"{k} {v}" for k, v in dataset.items()), ""]
     if results.get("protocol"):
         lines += [f"Protocol: {results['protocol']}", ""]
+    pre = results.get("pretraining")
+    if pre:
+        st = pre.get("settings", {})
+        lines += [f"Backbone initialisation of every training stage: the stand-in pretraining "
+                  f"(`utils.pretrain`: {st.get('arch')} on {pre.get('classes')} classes of generated generic "
+                  f"objects, {pre.get('images_seen')} images at {st.get('size')} px, seed {st.get('seed')}): "
+                  f"**{pre['heldout_top1']:.1f}% held-out top-1** on {pre.get('heldout_images')} images "
+                  f"(chance {100.0 / max(pre.get('classes') or 1, 1):.1f}%), {pre.get('seconds')} s; "
+                  f"SHA-256 {str(pre.get('sha256'))[:16]}...", ""]
+    elif results.get("pretrained"):
+        lines += [f"Backbone initialisation of every training stage: `--pretrained {results['pretrained']}`", ""]
     lines += [markdown_table(results["rows"])]
+    spread = results.get("seed_spread")
+    if spread:
+        lines += ["", "Seed spread (GT-known Loc, %, each seed a new dataset and training):", "",
+                  spread_table(spread)]
     notes = [f"- **{r['method']}**: {r['notes']}" for r in results["rows"] if r.get("notes")]
     if notes:
         lines += ["How each row was obtained:", ""] + notes + [""]
