@@ -57,7 +57,7 @@ DEFAULTS = dict(classes=8, train_per_class=60, test_per_class=25, image_size=64,
                 pretrained="standin", pretrain_steps=300, pretrain_batch_size=64, pretrain_lr=0.05,
                 pretrain_seed=0, pretrain_val_images=540,
                 # the "CAM, aggressive fine-tuning" row: lr and epochs (0 epochs: row left out)
-                aggressive_lr=0.02, aggressive_epochs=12)
+                aggressive_lr=0.02, aggressive_epochs=10)
 # a smoke run: a few images, one optimiser step per training stage (and a 2-step pretraining)
 TINY = dict(classes=5, train_per_class=2, test_per_class=2, image_size=64, input_size=64, resize_size=72,
             grid_images=2, cam_curve_interval=0.01, pretrain_steps=2, pretrain_batch_size=4,
