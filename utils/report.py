@@ -317,14 +317,40 @@ def load_results(path) -> dict:
     return results
 
 
+def seed_spread(runs: list[dict], metric: str = "gt_known_loc") -> dict:
+    """``{"seeds": [...], "metric": metric, "rows": {method: [value per run]}}`` from several demo
+    ``results.json`` (one per dataset/training seed; a method missing from a run gives None).
+    Baseline names that carry a per-run value (``Centre box (65% of the side)``) are merged."""
+    def key(name):
+        return name.split(" (", 1)[0] if name.startswith("Centre box") else name
+
+    order, table = [], {}
+    for i, res in enumerate(runs):
+        for row in res["rows"]:
+            k = key(row["method"])
+            if k not in table:
+                order.append(k)
+                table[k] = [None] * len(runs)
+            table[k][i] = row.get(metric)
+    seeds = [res.get("settings", {}).get("seed", i) for i, res in enumerate(runs)]
+    return {"seeds": seeds, "metric": metric, "rows": {k: table[k] for k in order}}
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Re-draw report.md and its pictures from results.json")
     parser.add_argument("results", help="results.json written by demo.py")
+    parser.add_argument("--spread", nargs="+", default=None, metavar="RESULTS",
+                        help="results.json of the same demo at other seeds: adds the seed spread "
+                             "(GT-known Loc per seed, mean, min..max) to report.md")
     return parser
 
 
 def main(args) -> dict:
     path = Path(os.path.abspath(args.results))
+    if getattr(args, "spread", None):
+        results = load_results(path)
+        results["seed_spread"] = seed_spread([results] + [load_results(p) for p in args.spread])
+        atomic_write_json(path, results)
     paths = write_report(load_results(path), path.parent)
     print(markdown_table(load_results(path)["rows"]), end="")
     return paths
