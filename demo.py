@@ -1,19 +1,28 @@
-"""End-to-end demo on generated "birds": plain CAM, SPOL and SLT-Net, each through its own stage scripts.
+"""End-to-end demo on generated "birds": plain CAM, SPOL and SLT-Net, each through its own stage scripts,
+each fine-tuning a pretrained backbone with its paper's recipe (scaled), as the papers do.
 
-    python3 demo.py                                   # CPU: about 10 minutes on 2 cores (9 min 22 s measured)
-    python3 demo.py --device cuda                     # one GPU
+    python3 demo.py                                   # CPU, 2 cores: the one-time stand-in pretraining, then the demo
+    python3 demo.py --pretrained none                 # every stage from random weights (the old demo)
+    python3 demo.py --pretrained PATH                 # your own torchvision-layout ResNet-50 state dict
+    python3 demo.py --device cuda --config configs/demo_gpu.yaml   # one GPU, 224 px preset
     torchrun --nproc_per_node 2 demo.py --device cuda # several GPUs (the stages run under DDP)
     python3 demo.py --data-root dataset/CUB_200_2011  # an existing CUB-200-2011-layout dataset, as is
     python3 demo.py --tiny                            # smoke run (a few images, one step per stage)
 
 What it does, in order (settings in configs/demo.yaml; command-line options of this script win):
 
+0. The backbone: ``--pretrained standin`` (default) is ``utils.pretrain``'s ResNet-50 trained on
+   generated generic objects (a stand-in for ImageNet; none of them is a bird), made once into
+   ``resource/`` (``--pretrain-dir``) when its file is missing and reused afterwards; its held-out
+   accuracy goes into the report. ``imagenet`` / ``none`` / a path are passed to the stages as they are.
 1. Generates a fine-grained "birds" dataset in the CUB-200-2011 layout (``utils.generate``; the class
    is decided by the head) into ``dataset/demo_birds`` unless ``--data-root`` is given; a folder
    already generated with the same settings is reused.
 2. Runs the stage scripts in-process (``main(parse_args(get_args_parser(), argv, stage=...))``, the
    same code as ``python3 <stage>/train.py``; their own tqdm bars and log.jsonl):
-   plain CAM = the SLT-Net localizer with SMT, top-K ACAM and VST switched off (train, test);
+   plain CAM = the SLT-Net localizer with SMT, top-K ACAM and VST switched off (train, test), once
+   with SLT-Net's low-lr recipe ("CAM, paper's recipe": its Table 5 "new optimization" row) and once
+   fine-tuned aggressively (``aggressive_lr`` / ``aggressive_epochs``: part domination);
    SPOL cls -> cam -> seg (train and test of each); SLT-Net localizer(+regressor) -> classifier ->
    final regressor test. Outputs: ``output/demo/runs/<method>/<stage>``.
 3. Scores every row with the same evaluator (``utils.evaluate.evaluate_scoremaps``, WSOL protocol: the
