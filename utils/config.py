@@ -72,8 +72,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes per GPU")
     g.add_argument("--batch-size", type=int, default=32, help="images per GPU (per process)")
     g.add_argument("--epochs", type=int, default=1)
-    g.add_argument("--pretrained", type=str, default="imagenet", choices=["imagenet", "none"],
-                   help="backbone initialisation: ImageNet weights from resource/, or random (none)")
+    g.add_argument("--pretrained", type=str, default="imagenet", metavar="imagenet|none|PATH",
+                   help="backbone initialisation: ImageNet weights from resource/, random (none), or "
+                        "PATH = a state dict in torchvision's layout for the backbone (checked strictly)")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from output_dir/checkpoint.pth when it exists")
     g.add_argument("--overwrite", action="store_true",
