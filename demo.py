@@ -1,19 +1,28 @@
-"""End-to-end demo on generated "birds": plain CAM, SPOL and SLT-Net, each through its own stage scripts.
+"""End-to-end demo on generated "birds": plain CAM, SPOL and SLT-Net, each through its own stage scripts,
+each fine-tuning a pretrained backbone with its paper's recipe (scaled), as the papers do.
 
-    python3 demo.py                                   # CPU: about 10 minutes on 2 cores (9 min 22 s measured)
-    python3 demo.py --device cuda                     # one GPU
+    python3 demo.py                                   # CPU, 2 cores: the one-time stand-in pretraining, then the demo
+    python3 demo.py --pretrained none                 # every stage from random weights (the old demo)
+    python3 demo.py --pretrained PATH                 # your own torchvision-layout ResNet-50 state dict
+    python3 demo.py --device cuda --config configs/demo_gpu.yaml   # one GPU, 224 px preset
     torchrun --nproc_per_node 2 demo.py --device cuda # several GPUs (the stages run under DDP)
     python3 demo.py --data-root dataset/CUB_200_2011  # an existing CUB-200-2011-layout dataset, as is
     python3 demo.py --tiny                            # smoke run (a few images, one step per stage)
 
 What it does, in order (settings in configs/demo.yaml; command-line options of this script win):
 
+0. The backbone: ``--pretrained standin`` (default) is ``utils.pretrain``'s ResNet-50 trained on
+   generated generic objects (a stand-in for ImageNet; none of them is a bird), made once into
+   ``resource/`` (``--pretrain-dir``) when its file is missing and reused afterwards; its held-out
+   accuracy goes into the report. ``imagenet`` / ``none`` / a path are passed to the stages as they are.
 1. Generates a fine-grained "birds" dataset in the CUB-200-2011 layout (``utils.generate``; the class
    is decided by the head) into ``dataset/demo_birds`` unless ``--data-root`` is given; a folder
    already generated with the same settings is reused.
 2. Runs the stage scripts in-process (``main(parse_args(get_args_parser(), argv, stage=...))``, the
    same code as ``python3 <stage>/train.py``; their own tqdm bars and log.jsonl):
-   plain CAM = the SLT-Net localizer with SMT, top-K ACAM and VST switched off (train, test);
+   plain CAM = the SLT-Net localizer with SMT, top-K ACAM and VST switched off (train, test), once
+   with SLT-Net's low-lr recipe ("CAM, paper's recipe": its Table 5 "new optimization" row) and once
+   fine-tuned aggressively (``aggressive_lr`` / ``aggressive_epochs``: part domination);
    SPOL cls -> cam -> seg (train and test of each); SLT-Net localizer(+regressor) -> classifier ->
    final regressor test. Outputs: ``output/demo/runs/<method>/<stage>``.
 3. Scores every row with the same evaluator (``utils.evaluate.evaluate_scoremaps``, WSOL protocol: the
@@ -51,10 +60,19 @@ from utils.paths import CONFIG_DIR, DATASET_DIR, OUTPUT_ROOT
 
 DEFAULTS = dict(classes=8, train_per_class=60, test_per_class=25, image_size=64, seed=0, clutter=0.6,
                 distractors=0.8, body_evidence=0.8, object_scale=[0.4, 0.9], input_size=64, resize_size=72,
-                box_threshold=0.2, grid_images=6, cam_curve_interval=0.001)
-# a smoke run: a few images, one optimiser step per training stage
+                box_threshold=0.2, grid_images=6, cam_curve_interval=0.001,
+                # backbone initialisation of every training stage: "standin" = utils.pretrain's file
+                # (trained once when missing), or "imagenet" | "none" | PATH (passed to --pretrained)
+                pretrained="standin", pretrain_steps=300, pretrain_batch_size=64, pretrain_lr=0.05,
+                pretrain_seed=0, pretrain_val_images=540,
+                # the "CAM, aggressive fine-tuning" row: lr and epochs (0 epochs: row left out)
+                aggressive_lr=0.02, aggressive_epochs=10)
+# a smoke run: a few images, one optimiser step per training stage (and a 2-step pretraining)
 TINY = dict(classes=5, train_per_class=2, test_per_class=2, image_size=64, input_size=64, resize_size=72,
-            grid_images=2, cam_curve_interval=0.01)
+            grid_images=2, cam_curve_interval=0.01, pretrain_steps=2, pretrain_batch_size=4,
+            pretrain_val_images=4)
+CAM_ROW = "CAM, paper's recipe"
+AGGRESSIVE_ROW = "CAM, aggressive fine-tuning"
 TINY_TRAIN_ARGS = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "4"]
 TINY_TEST_ARGS = ["--batch-size", "4"]
 
@@ -71,6 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", type=str, default="off", choices=["off", "bf16", "fp16"])
     p.add_argument("--tiny", action="store_true", help="a few images and one step per stage (tests)")
+    p.add_argument("--pretrain-dir", type=str, default=None,
+                   help="where the stand-in pretraining's weights are read / written (default resource/)")
     p.add_argument("--keep", action="store_true",
                    help="keep earlier stage outputs (the stages then resume from their checkpoints)")
     for key, value in DEFAULTS.items():
@@ -111,16 +131,31 @@ def run_stage(module_name: str, stage: str, argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: str, tiny: bool) -> list:
+def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: str, tiny: bool,
+               pretrained: str = "none") -> list:
     """[(row label, module, stage name, argv)] in order. Geometry is passed here, so that every
-    stage evaluates at the same input size."""
+    stage evaluates at the same input size; ``pretrained`` goes to every training stage."""
     common = ["--config", cfg, "--data-root", data_root, "--layout", "cub", "--device", device, "--amp", amp]
-    train = common + (TINY_TRAIN_ARGS if tiny else [])
+    train = common + (TINY_TRAIN_ARGS if tiny else []) + ["--pretrained", pretrained]
     test = common + (TINY_TEST_ARGS if tiny else [])
     S, R = s["input_size"], s["resize_size"]
     slt_geom = ["--input-size", S, "--resize-size", R]
     cam, spol, slt = runs / "cam", runs / "spol", runs / "sltnet"
     cam_switches = ["--no-smt", "--no-acam", "--no-vst"]
+    aggressive = []
+    if s["aggressive_epochs"] > 0:  # plain CAM, every layer at a high lr for many epochs
+        agg = runs / "cam_aggressive" / "localizer"
+        agg_args = ["--lr", s["aggressive_lr"], "--head-lr-mult", 1.0] + ([] if tiny else ["--epochs", s["aggressive_epochs"]])
+        aggressive = [
+            ("CAM aggressive: localizer train", "sltnet.localizer.train", "localizer_train",
+             train + slt_geom + cam_switches + agg_args + ["--output-dir", agg]),
+            ("CAM aggressive: localizer test", "sltnet.localizer.test", "localizer_test",
+             test + slt_geom + ["--no-acam", "--localizer-dir", agg, "--output-dir", agg / "test",
+                                "--box-threshold", s["box_threshold"]]),
+            ("CAM aggressive: localizer test (train split)", "sltnet.localizer.test", "localizer_test",
+             test + slt_geom + ["--no-acam", "--split", "train", "--localizer-dir", agg, "--output-dir", agg / "train",
+                                "--box-threshold", s["box_threshold"]]),
+        ]
     return [
         ("CAM: localizer train", "sltnet.localizer.train", "localizer_train",
          train + slt_geom + cam_switches + ["--output-dir", cam / "localizer"]),
@@ -130,6 +165,7 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
         ("CAM: localizer test (train split)", "sltnet.localizer.test", "localizer_test",
          test + slt_geom + ["--no-acam", "--split", "train", "--localizer-dir", cam / "localizer",
                             "--output-dir", cam / "localizer" / "train", "--box-threshold", s["box_threshold"]]),
+        *aggressive,
         ("SPOL: cls train", "spol.cls.train", "cls_train", train + ["--resize", R, "--crop", S, "--output-dir", spol / "cls"]),
         ("SPOL: cls test", "spol.cls.test", "cls_test", test + ["--resize", S, "--output-dir", spol / "cls"]),
         ("SPOL: cam train", "spol.cam.train", "cam_train", train + ["--resize", R, "--crop", S, "--output-dir", spol / "cam"]),
@@ -274,6 +310,11 @@ def prepare_data(args, s: dict, is_main: bool) -> Path:
                   body_evidence=s["body_evidence"], object_scale=tuple(s["object_scale"]))
     if is_main:
         old = read_generator_params(out)
+        if old is None and out.exists() and any(out.iterdir()):
+            # not a folder utils.generate wrote (no generator.json): never replace a user's files
+            from utils.errors import DataError
+            raise DataError.at(out, None, "exists and was not generated by utils.generate (no generator.json): "
+                               "choose another --data-out (or pass it as --data-root to use it as it is)")
         wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
         if old is None or any(old.get(k) != v for k, v in wanted.items()):
             generate_dataset(out, overwrite=True, progress=True, **kwargs)
@@ -283,6 +324,41 @@ def prepare_data(args, s: dict, is_main: bool) -> Path:
         while read_generator_params(out) is None:
             time.sleep(1)
     return out
+
+
+def pretrain_settings(s: dict) -> dict:
+    """utils.pretrain's settings for the demo: its defaults, the demo's image size and pretrain_* keys."""
+    from utils.pretrain import DEFAULTS as PRETRAIN_DEFAULTS
+
+    return {**PRETRAIN_DEFAULTS, "size": s["input_size"], "steps": s["pretrain_steps"],
+            "batch_size": s["pretrain_batch_size"], "lr": s["pretrain_lr"], "seed": s["pretrain_seed"],
+            "val_images": s["pretrain_val_images"]}
+
+
+def prepare_pretrained(args, s: dict, is_main: bool) -> tuple[str, dict | None]:
+    """The ``--pretrained`` value of the training stages and what is known of it.
+
+    ``standin``: the stand-in pretraining's weight file (``utils.pretrain``), trained now when it
+    is missing (once; later runs reuse it), its JSON (held-out accuracy, seconds, SHA-256) returned.
+    ``imagenet`` / ``none`` / a path: passed on as they are."""
+    from utils.paths import RESOURCE_DIR
+    from utils.pretrain import pretrain, read_info, weight_path
+
+    if s["pretrained"] != "standin":
+        return str(s["pretrained"]), None
+    settings = pretrain_settings(s)
+    resource_dir = Path(args.pretrain_dir) if args.pretrain_dir else RESOURCE_DIR
+    path = weight_path(settings, resource_dir)
+    if is_main:
+        if path.is_file() and read_info(path) is not None:
+            print(f"demo: reusing the stand-in pretraining {path}", flush=True)
+        else:
+            device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+            pretrain(settings, resource_dir=resource_dir, device=device, progress=True)
+    else:  # other torchrun ranks wait for rank 0's file
+        while read_info(path) is None:
+            time.sleep(1)
+    return str(path), read_info(path)
 
 
 def main(args) -> dict | None:
@@ -295,6 +371,9 @@ def main(args) -> dict | None:
     s = resolve_settings(args)
     rank = int(os.environ.get("RANK", "0"))
     data_root = prepare_data(args, s, rank == 0)
+    t0 = time.perf_counter()
+    pretrained, pretrain_info = prepare_pretrained(args, s, rank == 0)
+    pretrain_seconds = time.perf_counter() - t0
     out = Path(args.output_dir)
     runs = out / "runs"
     # torchrun ranks start together: the others wait until rank 0 has cleared the old outputs
@@ -307,8 +386,8 @@ def main(args) -> dict | None:
     else:
         while not (marker.is_file() and json.loads(marker.read_text()).get("run_id") == run_id):
             time.sleep(1)
-    plan = stage_plan(args.config, str(data_root), runs, s, args.device, args.amp, args.tiny)
-    stages = []
+    plan = stage_plan(args.config, str(data_root), runs, s, args.device, args.amp, args.tiny, pretrained)
+    stages = [{"name": "pretraining (stand-in, once; reused later)", "seconds": pretrain_seconds}]
     for label, module, stage, argv in plan:
         if rank == 0:
             print(f"\n=== demo: {label} ({module}) ===", flush=True)
@@ -322,6 +401,10 @@ def main(args) -> dict | None:
     cam_dir = runs / "cam" / "localizer" / "test"
     t0 = time.perf_counter()
     cam_pred = cam_predictions(args.config, plan[1][3], test, runs / "cam" / "predictions.csv")
+    agg_dir = runs / "cam_aggressive" / "localizer"
+    agg_plan = [argv for label, _, _, argv in plan if label == "CAM aggressive: localizer test"]
+    agg_pred = (cam_predictions(args.config, agg_plan[0], test, runs / "cam_aggressive" / "predictions.csv")
+                if agg_plan else None)
     stages.append({"name": "CAM: class read-out", "seconds": time.perf_counter() - t0})
 
     t0 = time.perf_counter()
@@ -329,8 +412,12 @@ def main(args) -> dict | None:
     slt_pred = runs / "sltnet" / "classifier" / "test" / "predictions.csv"
     spol_seg = runs / "spol" / "seg" / "wsol"
     map_methods = [  # name, test maps, training-split maps (threshold choice), predictions, notes
-        ("CAM (plain)", cam_dir / "scoremaps", runs / "cam" / "localizer" / "train" / "scoremaps", cam_pred,
-         "SLT-Net localizer with SMT, top-K ACAM and VST off; ground-truth class CAM; classes from its own logits"),
+        (CAM_ROW, cam_dir / "scoremaps", runs / "cam" / "localizer" / "train" / "scoremaps", cam_pred,
+         "plain CAM: the SLT-Net localizer with SMT, top-K ACAM and VST off, fine-tuned with SLT-Net's own "
+         "low-lr recipe (its Table 5 'new optimization' row); ground-truth class CAM; classes from its own logits"),
+        *([(AGGRESSIVE_ROW, agg_dir / "test" / "scoremaps", agg_dir / "train" / "scoremaps", agg_pred,
+            f"the same plain CAM fine-tuned aggressively: every layer at lr {s['aggressive_lr']} for "
+            f"{s['aggressive_epochs']} epochs")] if agg_pred is not None else []),
         ("SPOL", spol_seg / "scoremaps", spol_seg / "threshold_split_train" / "scoremaps",
          runs / "spol" / "cls" / "predictions.csv", "seg-stage map (class-agnostic); classes from the cls stage"),
         ("SLT-Net localizer map", runs / "sltnet" / "localizer" / "test" / "scoremaps",
@@ -372,7 +459,9 @@ def main(args) -> dict | None:
 
     reg_boxes, _ = read_boxes_csv(runs / "sltnet" / "regressor" / "test" / "boxes.csv",
                                   written_by="sltnet/regressor/test.py")
-    grid_methods = {"CAM (plain)": {"maps": cam_dir / "scoremaps", "threshold": thresholds["CAM (plain)"]},
+    grid_methods = {CAM_ROW: {"maps": cam_dir / "scoremaps", "threshold": thresholds[CAM_ROW]},
+                    **({AGGRESSIVE_ROW: {"maps": agg_dir / "test" / "scoremaps", "threshold": thresholds[AGGRESSIVE_ROW]}}
+                       if AGGRESSIVE_ROW in thresholds else {}),
                     "SPOL": {"maps": spol_seg / "scoremaps", "threshold": thresholds["SPOL"]},
                     "SLT-Net (map; regressor box)": {"maps": runs / "sltnet" / "localizer" / "test" / "scoremaps",
                                 "threshold": thresholds["SLT-Net localizer map"],
@@ -390,7 +479,8 @@ def main(args) -> dict | None:
                      f"uint8 map > int(t * max); inclusive IoU >= 0.5; every test image counted; "
                      f"GT-known / Top-1 Loc of a map at the threshold that is best on the TRAINING split's "
                      f"boxes (Choe et al. choose it on held-out boxes; never on test)"),
-        "settings": s, "device": args.device, "amp": args.amp,
+        "settings": s, "device": args.device, "amp": args.amp, "pretrained": pretrained,
+        "pretraining": pretrain_info,
         "rows": rows, "stages": stages, "wall_time_s": wall, "loss_logs": logs,
         "notes": ["GT-known-vs-threshold curves: GT-known Loc (IoU >= 0.5, largest contour) at every threshold; "
                   "a method's dot marks the threshold it uses. MaxBoxAccV2 = mean over IoU 30/50/70 of the "
@@ -403,4 +493,13 @@ def main(args) -> dict | None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    from utils.config import report_error
+    from utils.errors import DataError
+
+    try:
+        main(get_args_parser().parse_args())
+    except DataError as exc:  # bad input, a stage's fault: one line, exit 2
+        from utils.rundir import restore_protected
+        restore_protected()  # a failed test step's previous outputs go back
+        report_error(exc)
+        raise SystemExit(2) from None

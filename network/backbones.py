@@ -5,10 +5,17 @@ dict of feature maps (explicit forward code per family, no hooks). Module names 
 torchvision's (``features.28``, ``layer4.2.conv3``, ``Mixed_7c``, ...), so torchvision
 state dicts and checkpoints of methods built on torchvision models line up.
 
-ImageNet weights are read from ``resource/<torchvision file name>`` (no download, no
-silent fallback): a missing file is an error naming the path and the URL; random
-initialisation only with ``pretrained="none"``. File names and URLs: ``WEIGHTS`` below
-and ``resource/README.md``.
+``pretrained`` is ``"imagenet"``, ``"none"`` or the path of a weight file:
+
+* ``"imagenet"``: ``resource/<torchvision file name>`` (no download, no silent fallback): a
+  missing file is an error naming the path and the URL. File names and URLs: ``WEIGHTS``
+  below and ``resource/README.md``.
+* a path: any state dict in torchvision's layout for the chosen network (the network's own
+  ``torchvision.models.<name>().state_dict()`` keys; the classification head, e.g. ``fc.*``,
+  may have any size or be absent), e.g. a self-supervised backbone or the demo's stand-in
+  pretraining (``utils.pretrain``). Loaded with ``weights_only=True`` and checked strictly:
+  a file made for another architecture is refused with one line naming it.
+* ``"none"``: random initialisation.
 
 Feature maps (stride = input pixels per map pixel; a 224x224 input gives 224/stride):
 
@@ -36,7 +43,8 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torchvision.models.vgg import cfgs as _vgg_cfgs, make_layers as _vgg_make_layers
 
-from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked
+from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
+from utils.errors import DataError
 from utils.paths import RESOURCE_DIR
 
 _URL = "https://download.pytorch.org/models/"
@@ -101,9 +109,62 @@ def load_imagenet_weights(module: nn.Module, name: str, resource_dir=RESOURCE_DI
     return path
 
 
-def _check_pretrained(pretrained: str) -> None:
-    if pretrained not in ("imagenet", "none"):
-        raise ValueError(f"pretrained must be 'imagenet' or 'none', got {pretrained!r}")
+# the classification head of each torchvision network: never taken from a --pretrained PATH file
+HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
+    "vgg16": ("classifier.6.",), "inception_v3": ("fc.", "AuxLogits."), "resnet50": ("fc.",),
+    "densenet161": ("classifier.",), "efficientnet_b7": ("classifier.1.",),
+}
+
+
+def _check_pretrained(pretrained) -> None:
+    if isinstance(pretrained, os.PathLike):
+        return
+    if not isinstance(pretrained, str) or not pretrained:
+        raise ValueError(f"pretrained must be 'imagenet', 'none' or a weight file path, got {pretrained!r}")
+
+
+def is_weight_path(pretrained) -> bool:
+    """True when ``pretrained`` names a file (anything other than 'imagenet' / 'none')."""
+    return isinstance(pretrained, os.PathLike) or pretrained not in ("imagenet", "none")
+
+
+def load_weight_file(module: nn.Module, name: str, path, drop_prefixes: tuple[str, ...] = ()) -> Path:
+    """Load a state dict in torchvision's layout for ``name`` from ``path`` into ``module``.
+
+    ``weights_only`` loading (``utils.checkpoint.load_checkpoint``; a full checkpoint's
+    ``model`` / ``state_dict`` entry is used); the head (``HEAD_PREFIXES``) and ``drop_prefixes``
+    are left out; every other key of ``module`` must be in the file with its shape and the file
+    may hold nothing else, else one ``DataError`` line naming the file."""
+    _check_name(name)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found: --pretrained takes 'imagenet', 'none' or the path of a "
+                               f"state dict in torchvision's {name} layout")
+    state_dict = load_checkpoint(path)
+    if not isinstance(state_dict, dict):
+        raise DataError.at(path, None, f"holds a {type(state_dict).__name__}, not a state dict")
+    state_dict = _rename_legacy_keys(name, unwrap_state_dict(state_dict))
+    skip = tuple(drop_prefixes) + HEAD_PREFIXES[name]
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(skip)}
+    try:
+        load_state_dict_checked(module, state_dict, source=str(path),
+                                allow_missing=[p + "*" for p in HEAD_PREFIXES[name]])
+    except DataError as err:  # one line: which network the file does not fit
+        text = str(err).split(": weights do not fit ", 1)[-1]
+        raise DataError.at(path, None, f"not a {name} state dict in torchvision's layout "
+                                       f"(weights do not fit {text})") from None
+    return path
+
+
+def load_pretrained(module: nn.Module, name: str, pretrained, resource_dir=RESOURCE_DIR,
+                    drop_prefixes: tuple[str, ...] = ()) -> Path | None:
+    """``pretrained`` = 'imagenet' (resource/ file), 'none' (nothing loaded) or a weight file path."""
+    _check_pretrained(pretrained)
+    if pretrained == "none":
+        return None
+    if pretrained == "imagenet":
+        return load_imagenet_weights(module, name, resource_dir, drop_prefixes)
+    return load_weight_file(module, name, pretrained, drop_prefixes)
 
 
 class Backbone(nn.Module):
@@ -260,17 +321,16 @@ class EfficientNetB7Backbone(Backbone):
 
 
 def build_backbone(name: str, pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> Backbone:
-    """A ``Backbone`` for ``name`` (see ``NAMES``), ImageNet weights or random (``"none"``)."""
+    """A ``Backbone`` for ``name`` (see ``NAMES``): ImageNet weights, a weight file's, or random (``"none"``)."""
     _check_name(name)
     _check_pretrained(pretrained)
     if name == "inception_v3":
-        # with Google's weights the input is remapped as torchvision does; random: plain input
+        # with Google's weights the input is remapped as torchvision does; random or a file: plain input
         model = InceptionV3Backbone(transform_input=pretrained == "imagenet", init_weights=pretrained == "none")
     else:
         model = {"vgg16": VGG16Backbone, "resnet50": ResNet50Backbone, "densenet161": DenseNet161Backbone,
                  "efficientnet_b7": EfficientNetB7Backbone}[name]()
-    if pretrained == "imagenet":
-        load_imagenet_weights(model, name, resource_dir, model.dropped_prefixes)
+    load_pretrained(model, name, pretrained, resource_dir, model.dropped_prefixes)
     return model
 
 
@@ -278,8 +338,7 @@ def resnet50_trunk(pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> R
     """ResNet-50 trunk (conv1, bn1, layer1..layer4; no fc) returning the four layer outputs."""
     _check_pretrained(pretrained)
     model = ResNet50Trunk()
-    if pretrained == "imagenet":
-        load_imagenet_weights(model, "resnet50", resource_dir, model.dropped_prefixes)
+    load_pretrained(model, "resnet50", pretrained, resource_dir, model.dropped_prefixes)
     return model
 
 
@@ -298,10 +357,15 @@ def classifier_head(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def build_classifier(name: str, num_classes: int, pretrained: str = "imagenet",
                      resource_dir=RESOURCE_DIR) -> nn.Module:
     """A torchvision classifier; ImageNet weights loaded into the 1000-class model, then a new
-    (randomly initialised) head when ``num_classes != 1000``. Inception: no auxiliary head."""
+    (randomly initialised) head when ``num_classes != 1000``. Inception: no auxiliary head.
+    A weight file (``pretrained`` = path) fills everything but the head, which is always new."""
     _check_name(name)
     _check_pretrained(pretrained)
     imagenet = pretrained == "imagenet"
+    if is_weight_path(pretrained):
+        model = build_classifier(name, num_classes, "none", resource_dir)
+        load_weight_file(model, name, pretrained, ("AuxLogits.",) if name == "inception_v3" else ())
+        return model
     builder = getattr(tvm, name)
     if name == "inception_v3":
         model = builder(weights=None, num_classes=1000, aux_logits=False, transform_input=imagenet,

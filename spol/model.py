@@ -19,10 +19,13 @@ shapes in the reference JSON), so a released state dict loads with strict key an
 
 Outputs (all at stride 8, e.g. 28x28 for a 224x224 input):
 
-* :class:`CAMModel` ``forward(x)`` -> ``(deep, fused)`` raw class maps ``[B, K, h, w]``: ``deep`` is
-  ``linear(dropout(out5))`` (the CUB loss's ``pred1``), ``fused`` is ``linear(dropout(out5*out4*out3))``
-  (``pred2``). Training averages them spatially to logits (:func:`spol.losses.map_logits`).
-  ``cam(x)`` -> ``relu(fused)``: the class activation maps the pseudo masks are made from.
+* :class:`CAMModel` ``forward(x)`` -> ``(deep, fused)`` class maps ``[B, K, h, w]`` as the authors'
+  code computes them: ``deep = relu(linear(dropout(out5)))`` (the CUB loss's ``pred1``),
+  ``fused = relu(linear(dropout(out5*out4*out3)))`` (``pred2``), the ReLU applied per position
+  BEFORE training averages them spatially to logits (:func:`spol.losses.map_logits`).
+  ``forward(x, single_head=True)`` -> ``(None, fused)``: the ImageNet training path, which draws
+  dropout for the fused map only (as the authors' ImageNet model does, so that a seeded run draws
+  the same dropout mask). ``cam(x)`` -> ``relu(linear(out5*out4*out3))`` at test time.
 * :class:`SegModel` ``forward(x)`` -> ``[B, 1, h, w]`` foreground logits (no ReLU).
 """
 from __future__ import annotations
@@ -52,7 +55,9 @@ class SPOLNet(nn.Module):
         # "imagenet": resource/ weights, a missing file is an error naming it and its URL
         self.bkbone = resnet50_trunk(pretrained, resource_dir)
         self.freeze_stem = freeze_stem
-        if freeze_stem:  # the reference's ImageNet CAM training: conv1/bn1 fixed
+        if freeze_stem:
+            # the authors' ImageNet CAM training leaves conv1/bn1 out of the optimiser, nothing more:
+            # bn1 stays in train mode (batch statistics, running statistics updated) like every BN
             for p in list(self.bkbone.conv1.parameters()) + list(self.bkbone.bn1.parameters()):
                 p.requires_grad_(False)
         for i, channels in ((5, 2048), (4, 1024), (3, 512)):
@@ -65,13 +70,6 @@ class SPOLNet(nn.Module):
         self.linear = _conv1x1(FEATURE_DIM, num_outputs)
         self.dropout = nn.Dropout(dropout)  # switched by self.training (no "mode" string)
         self._init_head()
-
-    def train(self, mode: bool = True):
-        """``freeze_stem``: bn1 keeps its running statistics (stays in eval mode) while training."""
-        super().train(mode)
-        if self.freeze_stem:
-            self.bkbone.bn1.eval()
-        return self
 
     def _init_head(self):
         # reference initialisation of the non-backbone layers
@@ -127,15 +125,16 @@ class CAMModel(SPOLNet):
         super().__init__(num_classes, **kwargs)
         self.num_classes = num_classes
 
-    def forward(self, x):
-        """``(deep, fused)`` raw class maps at stride 8 (``pred1``, ``pred2`` of the CUB loss)."""
+    def forward(self, x, single_head: bool = False):
+        """``(deep, fused)`` class maps at stride 8, each ``relu(linear(dropout(.)))`` (``pred1``,
+        ``pred2`` of the CUB loss); ``single_head``: ``(None, fused)``, dropout drawn once."""
         out5, out4, out3 = self.features(x)
-        deep = self.linear(self.dropout(out5))
-        fused = self.linear(self.dropout(out5 * out4 * out3))
+        deep = None if single_head else F.relu(self.linear(self.dropout(out5)))
+        fused = F.relu(self.linear(self.dropout(out5 * out4 * out3)))
         return deep, fused
 
     def cam(self, x):
-        """Class activation maps ``relu(fused)`` ``[B, K, h, w]`` (the head's ReLU)."""
+        """Class activation maps ``relu(linear(fused))`` ``[B, K, h, w]`` (the head's ReLU)."""
         return F.relu(self.fused_map(x))
 
 

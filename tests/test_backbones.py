@@ -112,3 +112,68 @@ def test_classifier_heads():
     model = build_classifier("inception_v3", 5, "none")
     assert model.fc.out_features == 5 and model.AuxLogits is None and not model.transform_input
     assert build_classifier("vgg16", 1000, "none").classifier[6].out_features == 1000
+
+
+# ----------------------------------------------------------------------------- --pretrained PATH
+def _save_resnet50_file(path, num_classes=36, seed=5):
+    torch.manual_seed(seed)
+    reference = torchvision.models.resnet50(num_classes=num_classes)
+    save_checkpoint(path, reference.state_dict())
+    return reference
+
+
+def test_pretrained_path_loads_every_builder_strictly(tmp_path):
+    # a file in torchvision's layout with another head size (e.g. a stand-in pretraining's 36 classes)
+    path = tmp_path / "mine.pth"
+    reference = _save_resnet50_file(path)
+    model = build_backbone("resnet50", str(path))
+    assert torch.equal(model.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
+    assert torch.equal(model.bn1.running_mean, reference.bn1.running_mean)
+    trunk = resnet50_trunk(path)  # a pathlib.Path works as well
+    assert torch.equal(trunk.layer2[0].downsample[0].weight, reference.layer2[0].downsample[0].weight)
+    clf = build_classifier("resnet50", 7, str(path))
+    assert clf.fc.out_features == 7 and torch.equal(clf.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    # a full checkpoint ({"model": state dict}) is unwrapped
+    save_checkpoint(tmp_path / "full.pth", {"model": reference.state_dict(), "epoch": 3})
+    assert torch.equal(build_backbone("resnet50", str(tmp_path / "full.pth")).conv1.weight, reference.conv1.weight)
+
+
+def test_pretrained_path_of_another_architecture_is_refused_in_one_line(tmp_path):
+    from utils.errors import DataError
+
+    path = tmp_path / "resnet18.pth"
+    save_checkpoint(path, torchvision.models.resnet18().state_dict())
+    for build in (lambda: build_backbone("resnet50", str(path)), lambda: resnet50_trunk(str(path)),
+                  lambda: build_classifier("resnet50", 3, str(path))):
+        with pytest.raises(DataError) as info:
+            build()
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"{path}: not a resnet50 state dict in torchvision's layout")
+        assert "shape mismatches" in msg and "missing keys" in msg
+    # an incomplete file is refused too (strict: only the head may be absent)
+    sd = torchvision.models.resnet50().state_dict()
+    del sd["layer3.1.bn2.weight"]
+    save_checkpoint(tmp_path / "partial.pth", sd)
+    with pytest.raises(DataError, match=r"missing keys \(1\): layer3.1.bn2.weight"):
+        build_backbone("resnet50", str(tmp_path / "partial.pth"))
+    with pytest.raises(MissingFileError, match="nowhere.pth not found: --pretrained takes"):
+        build_backbone("resnet50", str(tmp_path / "nowhere.pth"))
+
+
+def test_pretrained_path_refused_by_a_stage_with_one_error_line(tmp_path, capsys):
+    from spol.cam import train as cam_train
+    from utils.config import run_cli
+
+    path = tmp_path / "resnet18.pth"
+    save_checkpoint(path, torchvision.models.resnet18().state_dict())
+    from utils.generate import generate_dataset
+
+    root = generate_dataset(tmp_path / "birds", num_classes=2, train_per_class=1, test_per_class=1, image_size=32,
+                            seed=0)
+    with pytest.raises(SystemExit) as info:
+        run_cli(cam_train.main, cam_train.get_args_parser, "cam_train",
+                ["--data-root", str(root), "--pretrained", str(path), "--device", "cpu", "--workers", "0",
+                 "--output-dir", str(tmp_path / "out"), "--resize", "32", "--crop", "32"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: not a resnet50 state dict")

@@ -34,16 +34,16 @@ def test_defaults_without_config():
 
 def test_precedence_top_level_stage_section_command_line(tmp_path):
     cfg = write(tmp_path, "lr: 0.5\nbatch_size: 8\nepochs: 3\n"
-                          "cam:\n  lr: 0.25\n  epochs: 7\n"
-                          "seg:\n  lr: 9.0\n  no_such_option: 1\n")
-    args = parse_args(make_parser(), ["--config", str(cfg), "--epochs", "11"], stage="cam")
+                          "cam_train:\n  lr: 0.25\n  epochs: 7\n"
+                          "seg_train:\n  lr: 9.0\n  no_such_option: 1\n")
+    args = parse_args(make_parser(), ["--config", str(cfg), "--epochs", "11"], stage="cam_train")
     assert args.batch_size == 8          # top level
     assert args.lr == 0.25               # stage section wins over top level
     assert args.epochs == 11             # command line wins over both
     assert args.config == str(cfg.resolve())
     # the other stage sees its own section (its unknown key is its own business)
     with pytest.raises(DataError):
-        parse_args(make_parser(), ["--config", str(cfg)], stage="seg")
+        parse_args(make_parser(), ["--config", str(cfg)], stage="seg_train")
 
 
 def test_command_line_value_arrives_typed(tmp_path):
@@ -134,3 +134,16 @@ def test_misspelt_stage_section_is_an_error(tmp_path):
     cfg.write_text("epochs: 2\ncma_train:\n  epochs: 3\n")
     with pytest.raises(DataError, match=r"typo\.yaml:2: unknown stage section 'cma_train' .*cam_train"):
         parse_args(make_parser(), ["--config", str(cfg)], stage="cam_train")
+
+
+@pytest.mark.parametrize("section", ["spol_cam_train", "training"])
+def test_section_of_no_stage_is_an_error(tmp_path, section):
+    cfg = write(tmp_path, f"epochs: 2\n{section}:\n  epochs: 3\n")
+    with pytest.raises(DataError, match=rf"cfg\.yaml:2: unknown stage section '{section}'"):
+        parse_args(make_parser(), ["--config", str(cfg)], stage="cam_train")
+
+
+def test_declared_anchor_section_is_allowed_and_merged(tmp_path):
+    cfg = write(tmp_path, "shared: &shared\n  lr: 0.7\ncam_train:\n  <<: *shared\n  epochs: 3\n")
+    args = parse_args(make_parser(), ["--config", str(cfg)], stage="cam_train")
+    assert (args.lr, args.epochs) == (0.7, 3)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from utils.data import (
-    Record, WSOLDataset, build_transform, class_names, load_gt_mask, load_records, num_classes,
+    Record, WSOLDataset, build_spol_transform, build_transform, class_names, load_gt_mask, load_records, num_classes,
     protocol_geometry, transform_boxes,
 )
 from utils.errors import DataError
@@ -339,9 +339,13 @@ def test_pseudo_masks_soft_bilinear_and_missing(tiny_cub, tmp_path):
     dataset = WSOLDataset(records, build_transform("resize", resize=(12, 16)), pseudo_mask_dir=pseudo_dir)
     pseudo = dataset[0]["pseudo_mask"]
     assert pseudo.shape == (3, 12, 16) and pseudo.dtype == torch.float32
+    # channels in the file's B, G, R order (cv2.imread's, the SPOL authors' layout): the ramp is R
     # halving bilinearly averages pixel pairs: (0+8)/2 = 4, (16+24)/2 = 20 ... (nearest would give 0, 16)
-    np.testing.assert_allclose(pseudo[0, 5].numpy() * 255, np.arange(16) * 16 + 4, atol=1e-3)
-    assert torch.all(pseudo[1] == 1) and torch.all(pseudo[2] == 0)
+    np.testing.assert_allclose(pseudo[2, 5].numpy() * 255, np.arange(16) * 16 + 4, atol=1e-3)
+    assert torch.all(pseudo[1] == 1) and torch.all(pseudo[0] == 0)
+    # the SPOL transform resamples it with nearest, values untouched
+    spol = WSOLDataset(records, build_spol_transform("resize", resize=(12, 16)), pseudo_mask_dir=pseudo_dir)
+    np.testing.assert_array_equal(spol[0]["pseudo_mask"][2, 5].numpy() * 255, np.arange(16) * 16)
     with pytest.raises(DataError, match=r"Blue_0001\.png: pseudo mask not found.*spol/cam/test\.py"):
         dataset[1]
 

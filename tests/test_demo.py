@@ -10,14 +10,18 @@ from utils.data import load_records, transform_boxes
 from utils.metrics import box_iou
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ROWS = ["CAM (plain)", "SPOL", "SLT-Net localizer map", "SLT-Net (final)", "Whole-image box"]
+ROWS = ["CAM, paper's recipe", "CAM, aggressive fine-tuning", "SPOL", "SLT-Net localizer map", "SLT-Net (final)",
+        "Whole-image box"]
+TRAIN_STAGES = ["cam/localizer", "cam_aggressive/localizer", "spol/cls", "spol/cam", "spol/seg",
+                "sltnet/localizer", "sltnet/classifier"]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("demo")
     args = demo.get_args_parser().parse_args(
-        ["--tiny", "--device", "cpu", "--data-out", str(base / "data"), "--output-dir", str(base / "out")])
+        ["--tiny", "--device", "cpu", "--data-out", str(base / "data"), "--output-dir", str(base / "out"),
+         "--pretrain-dir", str(base / "resource")])
     results = demo.main(args)
     return base, results
 
@@ -27,12 +31,12 @@ def test_tiny_demo_writes_every_row_and_picture(tiny_run):
     out = base / "out"
     saved = json.loads((out / "results.json").read_text())
     names = [r["method"] for r in saved["rows"]]
-    assert names[:5] == ROWS
-    assert names[5].startswith("Centre box (") and names[6] == "True mask (upper bound)"
-    assert [r["kind"] for r in saved["rows"]] == ["method"] * 4 + ["baseline"] * 2 + ["upper_bound"]
+    assert names[:6] == ROWS
+    assert names[6].startswith("Centre box (") and names[7] == "True mask (upper bound)"
+    assert [r["kind"] for r in saved["rows"]] == ["method"] * 5 + ["baseline"] * 2 + ["upper_bound"]
     for row in saved["rows"]:
         assert row["gt_known_loc"] is not None
-    for row in saved["rows"][:4]:
+    for row in saved["rows"][:5]:
         assert row["top1_cls"] is not None and row["top1_loc"] is not None
     for key in ("grid", "curves", "losses"):
         assert (out / saved["figures"][key]).read_bytes()[:8] == PNG_MAGIC
@@ -42,7 +46,7 @@ def test_tiny_demo_writes_every_row_and_picture(tiny_run):
     for path in ("cam/localizer/model.pth", "spol/cls/predictions.csv", "spol/cam/pseudo_masks.json",
                  "spol/seg/model.pth", "sltnet/classifier/test/predictions.csv", "sltnet/regressor/test/metrics.json"):
         assert (runs / path).is_file(), path
-    assert len(saved["loss_logs"]) == 6
+    assert len(saved["loss_logs"]) == 7
     for log in saved["loss_logs"].values():
         assert Path(log).is_file() and Path(log).name == "log.jsonl"
 
@@ -78,3 +82,32 @@ def test_unknown_demo_setting_is_an_error(tmp_path):
     cfg.write_text("demo:\n  classes: 3\n")
     args = demo.get_args_parser().parse_args(["--config", str(cfg), "--classes", "7"])
     assert demo.resolve_settings(args)["classes"] == 7      # command line wins over the config
+
+
+def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(tiny_run):
+    import hashlib
+
+    import torch
+
+    from network.backbones import build_backbone
+    from utils.checkpoint import load_checkpoint
+
+    base, results = tiny_run
+    weights = Path(results["pretrained"])
+    # the stand-in pretraining ran (2 steps) into --pretrain-dir, under a name encoding its settings
+    assert weights.parent == base / "resource" and weights.name.startswith("standin_resnet50_s64_c54_st2_b4_")
+    info = json.loads(weights.with_suffix(".json").read_text())
+    assert info["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest() == results["pretraining"]["sha256"]
+    assert 0.0 <= info["heldout_top1"] <= 100.0 and info["images_seen"] == 8
+    assert "held-out top-1" in (base / "out" / "report.md").read_text()
+    model = build_backbone("resnet50", str(weights))  # strict load
+    assert torch.equal(model.conv1.weight, load_checkpoint(weights)["conv1.weight"])
+    # --pretrained <file> reached every training stage (their checkpoints record their arguments)
+    for stage in TRAIN_STAGES:
+        ck = load_checkpoint(base / "out" / "runs" / stage / "checkpoint.pth")
+        assert ck["args"]["pretrained"] == str(weights), stage
+    # a second run reuses the file instead of pretraining again
+    before = weights.stat().st_mtime_ns
+    args = demo.get_args_parser().parse_args(["--tiny", "--pretrain-dir", str(base / "resource")])
+    path, again = demo.prepare_pretrained(args, demo.resolve_settings(args), True)
+    assert path == str(weights) and again["sha256"] == info["sha256"] and weights.stat().st_mtime_ns == before

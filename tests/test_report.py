@@ -115,3 +115,22 @@ def test_bad_rows_are_refused(tmp_path, results):
 def test_grid_needs_samples(tmp_path):
     with pytest.raises(ValueError):
         draw_grid([], ["CAM"], tmp_path / "g.png")
+
+
+def test_seed_spread_by_hand():
+    from utils.report import report_markdown, seed_spread, spread_table
+
+    def res(seed, cam, centre_name, centre):
+        return {"settings": {"seed": seed}, "rows": [
+            {"method": "CAM", "gt_known_loc": cam}, {"method": centre_name, "gt_known_loc": centre}]}
+
+    spread = seed_spread([res(0, 40.0, "Centre box (65% of the side)", 20.0),
+                          res(1, 50.0, "Centre box (70% of the side)", 30.0),
+                          res(2, 60.0, "Centre box (65% of the side)", 25.0)])
+    assert spread["seeds"] == [0, 1, 2]
+    assert spread["rows"] == {"CAM": [40.0, 50.0, 60.0], "Centre box": [20.0, 30.0, 25.0]}
+    table = spread_table(spread)
+    assert "| CAM | 40.0 | 50.0 | 60.0 | 50.0 | 40.0..60.0 |" in table
+    assert "| Centre box | 20.0 | 30.0 | 25.0 | 25.0 | 20.0..30.0 |" in table
+    text = report_markdown({"rows": [], "seed_spread": spread})
+    assert "Seed spread" in text and "| CAM | 40.0" in text

@@ -51,8 +51,10 @@ def test_cam_model_outputs_stride8_maps():
         deep, fused = model(x)
         cam = model.cam(x)
     assert deep.shape == fused.shape == cam.shape == (2, 5, 8, 9)
-    assert (cam >= 0).all()
-    assert torch.allclose(cam, torch.relu(fused))
+    assert (cam >= 0).all() and (deep >= 0).all() and (fused >= 0).all()  # ReLU per position (authors')
+    assert torch.equal(cam, fused)  # eval mode: no dropout, the same map
+    none, single = model(x, single_head=True)
+    assert none is None and torch.equal(single, fused)
 
 
 def test_seg_model_outputs_one_logit_channel_without_relu():
@@ -81,10 +83,14 @@ def test_dropout_follows_model_training_flag():
     assert not torch.equal(c, d)
 
 
-def test_frozen_stem_has_no_trainable_parameters_and_bn1_stays_in_eval():
+def test_frozen_stem_is_left_out_of_the_optimiser_but_bn1_still_trains_its_statistics():
+    # the authors' ImageNet CAM training: conv1/bn1 only left out of the optimiser, bn1 in train mode
     model = CAMModel(3, pretrained="none", freeze_stem=True).train()
     assert not model.bkbone.conv1.weight.requires_grad and not model.bkbone.bn1.weight.requires_grad
-    assert not model.bkbone.bn1.training and model.bkbone.layer1.training
+    assert model.bkbone.bn1.training and model.bkbone.layer1.training
+    before = model.bkbone.bn1.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32), single_head=True)
+    assert not torch.equal(before, model.bkbone.bn1.running_mean)
     ids = {id(p) for p in model.backbone_parameters()}
     assert id(model.bkbone.conv1.weight) not in ids and id(model.bkbone.layer4[2].conv3.weight) in ids
 

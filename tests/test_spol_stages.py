@@ -21,10 +21,10 @@ from spol.model import CAMModel, SegModel, load_spol_weights
 from spol.pseudo_mask import pseudo_mask_image
 from spol.seg import test as seg_test, train as seg_train
 from utils.config import parse_args
-from utils.data import WSOLDataset, build_transform, load_records, transform_boxes
-from utils.evaluate import evaluate_scoremaps
+from utils.data import WSOLDataset, build_spol_transform, load_records, spol_gt_boxes, transform_boxes
+from utils.evaluate import evaluate_scoremaps, spol_hits
 from utils.generate import generate_dataset
-from utils.metrics import LocalizationMeter, box_iou
+from utils.metrics import LocalizationMeter, spol_iou
 from utils.predictions import read_predictions
 
 SPOL_DIR = Path(spol.__file__).resolve().parent
@@ -76,15 +76,15 @@ def test_cam_stage_writes_one_lossless_pseudo_mask_per_training_image(data, cam_
     train = load_records(data, "cub", "train")
     # recompute every mask from the saved model, one image at a time: the PNG holds exactly it
     model = load_spol_weights(CAMModel(3, pretrained="none"), cam_dir / "model.pth")
-    loader = torch.utils.data.DataLoader(WSOLDataset(train, build_transform("resize", resize=72)), batch_size=1)
+    loader = torch.utils.data.DataLoader(WSOLDataset(train, build_spol_transform("resize", resize=72)), batch_size=1)
     for (index,), (cam,) in cam_test.iter_normalized_cams(model, loader, torch.device("cpu"), work_size=72):
         r = train[index]
         path = cam_dir / "pseudo_masks" / (str(Path(r.image_id).with_suffix("")) + ".png")
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert mask is not None and mask.shape == (r.size[1], r.size[0], 3)
-        expected = pseudo_mask_image(cam, r.size)  # RGB
-        assert np.abs(mask[:, :, ::-1].astype(int) - expected).max() <= 1
-        assert not mask[:, :, 0].any()          # B (cv2 order: BGR) is zero
+        expected = pseudo_mask_image(cam, r.size)  # B, G, R as the authors' cv2.imwrite
+        assert np.abs(mask.astype(int) - expected).max() <= 1  # batch 1 vs batched: float noise
+        assert not mask[:, :, 2].any()          # R (cv2 order: BGR) is zero
     assert len(list((cam_dir / "pseudo_masks").rglob("*.png"))) == len(train)
     assert json.loads((cam_dir / "pseudo_masks.json").read_text())["channels"]["G"] == "Gaussian prior"
     assert len(list(data.rglob("*.png"))) == 15  # 15 GT segmentations, no pseudo mask written there
@@ -119,10 +119,15 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
         assert boxes[0] == ["image_id", "x0", "y0", "x1", "y1"] and len(boxes) == len(test) + 1
         # the boxes in boxes.csv are the ones scored: GT-known Loc recomputed from them agrees
         pred = {row[0]: np.array([float(v) for v in row[1:]]) for row in boxes[1:]}
-        meter = LocalizationMeter(0.5, ">=")
-        meter.update([pred[r.image_id] for r in test],
-                     [transform_boxes(r.boxes, r.size, protocol, 64, 72) for r in test])
-        assert meter.compute()["gt_known_loc"] == results["gt_known_loc"]
+        if protocol == "spol":  # [0, 0, 0, 0] = no contour, a miss (IoU 0)
+            outcomes = spol_hits([pred[r.image_id] for r in test],
+                                 [spol_gt_boxes(r.boxes, r.size, 64, 72) for r in test], official=False)
+            assert 100 * np.mean([o["hit"] for o in outcomes]) == pytest.approx(results["gt_known_loc"])
+        else:
+            meter = LocalizationMeter(0.5, ">=")
+            meter.update([pred[r.image_id] for r in test],
+                         [transform_boxes(r.boxes, r.size, protocol, 64, 72) for r in test])
+            assert meter.compute()["gt_known_loc"] == results["gt_known_loc"]
         assert cv2.imread(str(out / "grid.png")) is not None
         again = evaluate_scoremaps(test, out / "scoremaps", protocol, threshold=results["threshold_used"],
                                    predictions=cls_dir / "predictions.csv", input_size=64, resize_size=72)
@@ -200,11 +205,12 @@ def test_seg_test_numbers_for_a_model_with_a_known_answer(data, cls_dir, tmp_pat
                                "--protocol", "spol", "--batch-size", "6"] + TINY)
     results = json.loads((tmp_path / "spol" / "metrics.json").read_text())
     preds = read_predictions(cls_dir / "predictions.csv")
-    whole = np.array([[0, 0, 63, 63]])
-    hits, top1, top5 = [], [], []
+    whole = [0, 0, 64, 64]  # the authors' box [x, y, x + w, y + h] of the whole input
+    hits, top1, top5, no_gt = [], [], [], []
     for r in load_records(data, "cub", "test"):
-        gt = transform_boxes(r.boxes, r.size, "spol", 64, 72)
-        hits.append(len(gt) > 0 and box_iou(whole, gt, inclusive=True).max() >= 0.5)
+        gt = spol_gt_boxes(r.boxes, r.size, 64, 72)
+        no_gt.append(len(gt) == 0)
+        hits.append(len(gt) > 0 and max(spol_iou(whole, g) for g in gt) >= 0.5)
         top1.append(hits[-1] and preds[r.image_id].top1_correct)
         top5.append(hits[-1] and preds[r.image_id].top5_correct)
     assert 0 < sum(hits) < len(hits)  # a real answer: some hits, some misses
@@ -212,7 +218,15 @@ def test_seg_test_numbers_for_a_model_with_a_known_answer(data, cls_dir, tmp_pat
     assert results["top1_loc"] == pytest.approx(100 * np.mean(top1))
     assert results["top5_loc"] == pytest.approx(100 * np.mean(top5))
     rows = list(csv.reader(open(tmp_path / "spol" / "boxes.csv")))[1:]
-    assert all(row[1:] == ["0", "0", "63", "63"] for row in rows)
+    assert all(row[1:] == ["0", "0", "64", "64"] for row in rows)
+    # the authors' computation: images with no GT box left in the crop are skipped, not missed
+    run(seg_test, "seg_test", ["--data-root", data, "--output-dir", tmp_path, "--cls-dir", cls_dir,
+                               "--protocol", "spol-official", "--batch-size", "6"] + TINY)
+    official = json.loads((tmp_path / "spol-official" / "metrics.json").read_text())
+    counted = [h for h, skip in zip(hits, no_gt) if not skip]
+    assert official["num_skipped"] == sum(no_gt) and official["num_counted"] == len(counted)
+    assert official["gt_known_loc"] == pytest.approx(100 * np.mean(counted))
+    assert (tmp_path / "spol-official" / "hits.csv").read_text().count(",no GT box in the crop") == sum(no_gt)
 
 
 def test_resolved_args_yaml_parses_back(seg_dir, cam_dir):

@@ -9,12 +9,16 @@ random) and a BatchNorm-free model with dropout, trained by utils.engine.Trainer
 
 ``--kill-after-step K`` sends SIGKILL to the process itself when step K + 1 starts
 (K optimizer steps done), to test resuming. ``--trace-file F`` appends the index of
-every sample loaded (from any worker) to F.
+every sample loaded (from any worker) to F. ``--pause-after-step K --pause-file F`` creates F
+when step K + 1 starts and then waits (for the lock test). ``--nan-after-step K`` makes the
+loss NaN from step K + 1 on. Runs through ``utils.config.run_cli`` like a stage script.
 """
 import argparse
 import os
 import random
 import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from utils.config import add_common_args, parse_args
+from utils import rundir
+from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 
@@ -61,6 +66,10 @@ class ToyNet(nn.Module):
         return self.fc(self.drop(x))
 
 
+# the fault hooks below do not change what a run computes (a resumed run may drop them)
+rundir.NOT_IDENTITY |= {"kill_after_step", "trace_file", "pause_after_step", "pause_file"}
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser("toy training run for the engine tests")
     add_common_args(parser)
@@ -71,12 +80,17 @@ def get_args_parser():
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--kill-after-step", type=int, default=-1)
     parser.add_argument("--trace-file", type=str, default=None)
+    parser.add_argument("--pause-after-step", type=int, default=-1)
+    parser.add_argument("--pause-file", type=str, default=None)
+    parser.add_argument("--nan-after-step", type=int, default=-1)
     return parser
 
 
 def main(args):
     torch.set_num_threads(1)
     ctx = setup_run(args)
+    if ctx.is_main:
+        save_resolved_config(args, args.output_dir)
     model = ToyNet(args.dropout)
     optimizer = build_optimizer(model.parameters(), args)
     trainer = Trainer(model, optimizer, args, ctx, lr_lambda=lambda step: 1.0 / (1.0 + 0.1 * step),
@@ -87,8 +101,13 @@ def main(args):
         calls["n"] += 1
         if calls["n"] == args.kill_after_step + 1:
             os.kill(os.getpid(), signal.SIGKILL)
+        if calls["n"] == args.pause_after_step + 1:
+            Path(args.pause_file).write_text(str(os.getpid()))
+            time.sleep(120)
         logits = net(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
+        if 0 <= args.nan_after_step < calls["n"]:
+            loss = loss * float("nan")
         return loss, {"ce": loss.item(), "acc": (logits.argmax(1) == batch["label"]).float().mean().item()}
 
     trainer.fit(ToyDataset(args.samples, trace_file=args.trace_file), loss_fn)
@@ -96,4 +115,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser(), stage="toy"))
+    run_cli(main, get_args_parser, "toy")

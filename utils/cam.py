@@ -21,6 +21,8 @@ Two named box rules:
 * SPOL (``relative_to_max=False, quantize_uint8=False``): binary map = ``float map > t``; the
   largest *external* contour (``RETR_EXTERNAL``) gives the box. The box convention (x0 + w,
   clamped to W - 1) is kept identical to the rule above so that one IoU convention serves both.
+* The SPOL authors' own rule, exactly (their seg test; the ``spol`` protocols of utils.evaluate):
+  :func:`spol_box` (float32 ``map > t``, RETR_TREE, box ``[x, y, x + w, y + h]``, None without contour).
 """
 from __future__ import annotations
 
@@ -277,3 +279,19 @@ def _zhou_box(scoremap, threshold: float) -> np.ndarray:
     x0, y0 = int(stats[k, cv2.CC_STAT_LEFT]), int(stats[k, cv2.CC_STAT_TOP])
     w, h = int(stats[k, cv2.CC_STAT_WIDTH]), int(stats[k, cv2.CC_STAT_HEIGHT])
     return np.array([[x0, y0, min(x0 + w, width - 1), min(y0 + h, height - 1)]], dtype=np.int64)
+
+
+def spol_box(scoremap, threshold: float):
+    """The SPOL authors' box of one score map (their seg test): ``np.uint8(map > t) * 255`` compared
+    in float32 as their float32 map is, contours with ``cv2.RETR_TREE``, the first contour of largest
+    ``cv2.contourArea``, box ``[x, y, x + w, y + h]`` of its ``cv2.boundingRect`` (exclusive corner,
+    not clipped). Returns a list of 4 ints, or None when the map has no contour (their script skips
+    such an image)."""
+    pred = np.asarray(scoremap, dtype=np.float32)
+    mask = np.uint8(pred > np.float32(threshold)) * 255
+    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if len(contours) == 0:
+        return None
+    contour = max(contours, key=cv2.contourArea)
+    x, y, w, h = cv2.boundingRect(contour)
+    return [x, y, x + w, y + h]

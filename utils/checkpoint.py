@@ -16,6 +16,7 @@ import argparse
 import fnmatch
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -125,6 +126,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, *, source: str,
     state_dict = unwrap_state_dict(dict(state_dict))
     prefixes = tuple(prefix_strip)
     cleaned: dict[str, torch.Tensor] = {}
+    halves: dict[str, int] = {}
     for key, value in state_dict.items():
         stripped = True
         while stripped:
@@ -135,6 +137,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, *, source: str,
         if not isinstance(value, torch.Tensor):
             raise DataError.at(source, None, f"entry '{key}' is a {type(value).__name__}, not a tensor")
         if to_float32 and value.dtype in (torch.float16, torch.bfloat16):
+            kind = str(value.dtype).replace("torch.", "")
+            halves[kind] = halves.get(kind, 0) + 1
             value = value.float()  # checkpoints saved under fp16 mixed precision load as float32
         cleaned[key] = value
 
@@ -157,4 +161,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, *, source: str,
         raise DataError.at(source, None, f"weights do not fit {type(model).__name__}: "
                            + "; ".join(problems))
     model.load_state_dict(cleaned, strict=False)
+    if halves and int(os.environ.get("RANK", "0")) == 0:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(halves.items()))
+        print(f"notice: {source}: {kinds} tensors loaded as float32", file=sys.stderr, flush=True)
     return [k for k in missing if not k.endswith("num_batches_tracked")]

@@ -18,8 +18,9 @@ A YAML file looks like::
 
 Keys are option destinations (``batch_size``; ``batch-size`` is accepted too). A key the
 stage's parser does not have is an error naming the file, the line and the key: a typo is
-never silently ignored. A section whose name is close to a known stage name
-(``STAGES``) but not one of them (``cma_train:``) is an error too. Values are converted with the option's ``type`` and checked
+never silently ignored. A mapping at the top level must be the section of a known stage
+(``STAGES``, or the stage being parsed) or a YAML anchor declared as such (``name: &name``, merged
+into stage sections with ``<<: *name``): ``cma_train:`` or ``training:`` is an error, not ignored. Values are converted with the option's ``type`` and checked
 against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML
 booleans; options with ``nargs`` take YAML lists.
 """
@@ -40,6 +41,9 @@ from utils.paths import CONFIG_DIR, REPO_ROOT
 # The stage names the stage scripts pass to parse_args ("<stage>_<train|test>").
 STAGES = tuple(f"{stage}_{step}" for stage in ("cls", "cam", "seg", "localizer", "regressor", "classifier")
                for step in ("train", "test"))
+
+# Sections of other scripts that read the same files (demo.py's own settings).
+SCRIPT_SECTIONS = ("demo",)
 
 _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
@@ -68,10 +72,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes per GPU")
     g.add_argument("--batch-size", type=int, default=32, help="images per GPU (per process)")
     g.add_argument("--epochs", type=int, default=1)
-    g.add_argument("--pretrained", type=str, default="imagenet", choices=["imagenet", "none"],
-                   help="backbone initialisation: ImageNet weights from resource/, or random (none)")
+    g.add_argument("--pretrained", type=str, default="imagenet", metavar="imagenet|none|PATH",
+                   help="backbone initialisation: ImageNet weights from resource/, random (none), or "
+                        "PATH = a state dict in torchvision's layout for the backbone (checked strictly)")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from output_dir/checkpoint.pth when it exists")
+    g.add_argument("--overwrite", action="store_true",
+                   help="move a previous run in --output-dir aside (to <output-dir>.old-<time>, never deleted) "
+                        "and start afresh; without it a folder holding another run is refused")
     g.add_argument("--log-every", type=int, default=10, help="steps between log.jsonl lines")
     g.add_argument("--save-every-steps", type=int, default=0,
                    help="also checkpoint every N optimizer steps (0: only at epoch ends)")
@@ -113,6 +121,30 @@ def _load_yaml_with_lines(path: Path) -> tuple[dict, dict]:
             for sub_key, _ in value_node.value:
                 lines[(key_node.value, sub_key.value)] = sub_key.start_mark.line + 1
     return data, lines
+
+
+class _AnchorKeepingLoader(yaml.SafeLoader):
+    """A SafeLoader that keeps the document's anchors after composing it."""
+
+    def compose_document(self):
+        self.get_event()  # DocumentStartEvent
+        node = self.compose_node(None, None)
+        self.get_event()  # DocumentEndEvent
+        self.kept_anchors, self.anchors = dict(self.anchors), {}
+        return node
+
+
+def _anchored_sections(path: Path) -> set[str]:
+    """Top-level keys whose mapping value carries a YAML anchor (``name: &name``)."""
+    loader = _AnchorKeepingLoader(path.read_text(encoding="utf-8"))
+    try:
+        root = loader.get_single_node()
+    finally:
+        loader.dispose()
+    if not isinstance(root, yaml.MappingNode):
+        return set()
+    anchored = {id(node) for node in loader.kept_anchors.values()}
+    return {str(k.value) for k, v in root.value if id(v) in anchored}
 
 
 def _convert(action: argparse.Action, value: Any, path: Path, line: int | None, key: str) -> Any:
@@ -190,18 +222,22 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> d
         values[dest] = _convert(actions[dest], value, path, line, str(key))
 
     stage_section = None
+    anchors = _anchored_sections(path)
     for key, value in data.items():
         if isinstance(value, dict):
-            # a mapping is a stage section; other stages' sections are not ours to check
+            # a mapping is a stage section (other stages' sections are not ours to check) or a
+            # YAML anchor declared as such (``name: &name``); any other mapping is an error
             if key == stage:
                 stage_section = value
-            elif key not in STAGES and difflib.get_close_matches(str(key), STAGES, n=1, cutoff=0.8):
-                near = difflib.get_close_matches(str(key), STAGES, n=1, cutoff=0.8)[0]
-                raise DataError.at(path, lines.get((key,)), f"unknown stage section '{key}' "
-                                   f"(did you mean '{near}'?)")
             elif str(key).replace("-", "_") in actions:
                 raise DataError.at(path, lines.get((key,)), f"option '{key}' must be a single value, "
                                    "not a mapping")
+            elif key not in STAGES and key not in SCRIPT_SECTIONS and key not in anchors:
+                near = difflib.get_close_matches(str(key), STAGES, n=1, cutoff=0.6)
+                hint = f"did you mean '{near[0]}'?" if near else "known stages: " + ", ".join(STAGES)
+                raise DataError.at(path, lines.get((key,)), f"unknown stage section '{key}' ({hint}; a "
+                                   f"mapping meant to be merged elsewhere is declared with an anchor: "
+                                   f"'{key}: &{key}')")
             continue
         apply(key, value, (key,))
     for key, value in (stage_section or {}).items():
@@ -242,7 +278,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *
         for action, default, required in saved:
             action.default, action.required = default, required
     args.config = str(config_path) if config_path is not None else None
+    given = set(values) if known.config else set()
+    words = [a.split("=", 1)[0] for a in (argv if argv is not None else __import__("sys").argv[1:])]
+    for action in parser._actions:
+        if any(opt in words for opt in action.option_strings):
+            given.add(action.dest)
+    EXPLICIT[id(args)] = given
     return args
+
+
+# id(args) -> the destinations set by the command line or the config file (not left at defaults)
+EXPLICIT: dict[int, set[str]] = {}
+
+
+def explicit_options(args) -> set[str] | None:
+    """The options of ``args`` given on the command line or in ``--config`` (None: unknown)."""
+    return EXPLICIT.get(id(args))
 
 
 def args_to_dict(args: argparse.Namespace | dict) -> dict[str, Any]:
@@ -269,6 +320,16 @@ def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike
     """
     if int(os.environ.get("RANK", "0")) != 0:
         return None
+    own = getattr(args, "output_dir", None)
+    if own and os.path.realpath(output_dir) == os.path.realpath(own):
+        # the stage's own folder: lock it and refuse a folder that holds another run, before
+        # args.yaml would claim this run's settings (utils.rundir)
+        from utils import rundir
+
+        rundir.claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)))
+        checkpoint = Path(output_dir) / "checkpoint.pth"
+        if checkpoint.is_file():
+            rundir.check_folder_run(checkpoint, args)
     values = args_to_dict(args)
     values.pop("config", None)
     path = Path(output_dir) / "args.yaml"
@@ -276,14 +337,71 @@ def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike
     return path
 
 
+def report_error(exc: BaseException) -> None:
+    """Print ``error: <one line>`` for a fault that ends the run.
+
+    Under torchrun every rank usually meets the same bad input: rank 0 prints the line and leaves
+    a marker for the run; another rank prints its own line only when no marker came from rank 0
+    within ``WSOL_ERROR_WAIT`` seconds (30), i.e. for a fault of that rank alone (on one node)."""
+    import sys
+    import tempfile
+    import time
+
+    from utils.errors import one_line
+
+    try:  # end a progress bar's line first, so that the error starts a line of its own
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:
+        pass
+    rank = int(os.environ.get("RANK", "0"))
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    marker = Path(tempfile.gettempdir()) / f"wsol-error.{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}"
+    if rank != 0 and several:
+        since = time.time() - 60  # a marker left by an earlier run with the same run id is older
+        deadline = time.monotonic() + float(os.environ.get("WSOL_ERROR_WAIT", "30"))
+        while time.monotonic() < deadline:
+            try:
+                if marker.stat().st_mtime >= since:
+                    return  # rank 0 reported the run's fault
+            except OSError:
+                pass
+            time.sleep(0.2)
+            time.sleep(0.2)
+        print(f"error (rank {rank}): {one_line(exc)}", file=sys.stderr, flush=True)
+        return
+    print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+    if several:
+        try:
+            marker.write_text(f"{os.getpid()}\n")
+        except OSError:
+            pass
+
+
 def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):
     """``__main__`` of a stage script: parse (YAML + command line) and call ``main``. Bad input
-    (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights)
-    ends the run with its one-line message on stderr and exit status 2 instead of a traceback."""
-    import sys
+    (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights,
+    also when a data loader worker met it) and faults of the run (``RunError``: output folder in
+    use, another run's checkpoint, diverged loss, full disk) end the run with one ``error:`` line
+    on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback. A test step's
+    outputs moved aside by ``utils.rundir.protect_outputs`` are put back on any failure."""
+    from utils import rundir
 
+    rundir.current_stage["name"] = stage
     try:
-        return main(parse_args(get_args_parser(), argv, stage=stage))
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        result = main(parse_args(get_args_parser(), argv, stage=stage))
+    except (DataError, FloatingPointError) as exc:  # FloatingPointError: a diverged model's output
+        rundir.restore_protected()
+        rundir.release_all()
+        report_error(exc)
         raise SystemExit(2) from None
+    except BaseException:
+        rundir.restore_protected()
+        raise
+    finally:
+        rundir.current_stage["name"] = None
+    rundir.commit_protected()
+    rundir.release_all()  # the folders are free again (matters when run_cli is called in-process)
+    return result

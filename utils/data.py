@@ -636,8 +636,120 @@ def build_transform(kind: str, *, resize: int | tuple, crop: int | None = None, 
     return v2.Compose(steps)
 
 
+class SPOLTransform:
+    """The SPOL authors' image pipeline (albumentations ``Normalize -> Resize -> [RandomCrop ->
+    HorizontalFlip | CenterCrop] -> ToTensorV2``), computed with the same numpy/cv2 operations:
+
+    * the uint8 RGB image is normalised FIRST, in float32 (``(x - mean*255) * (1 / (std*255))``),
+      then resized as a float image with ``cv2.resize`` INTER_LINEAR (no antialiasing);
+    * masks (``"mask"``, ``"pseudo_mask"``) are resized with INTER_NEAREST and cropped/flipped with
+      the image; their values are left as they are;
+    * random crop offsets ``int((size - crop) * u)``, ``u`` uniform in [0, 1), flip with p = 0.5, both
+      drawn from torch's generator (seeded per DataLoader worker).
+
+    ``kind`` as :func:`build_transform`: "train" (resize, random crop, flip), "center" (resize,
+    centre crop ``(size - crop) // 2``), "resize" (resize only). Takes and returns the sample dict
+    of :class:`WSOLDataset` (tensors ``[C, H, W]``).
+    """
+
+    def __init__(self, kind: str, *, resize, crop: int | None = None, flip: bool = False):
+        if kind not in ("train", "center", "resize"):
+            raise ValueError(f"kind must be 'train', 'center' or 'resize', got {kind!r}")
+        if kind == "center" and crop is None:
+            raise ValueError("SPOLTransform('center') needs crop")
+        if kind == "resize" and crop is not None:
+            raise ValueError("SPOLTransform('resize') takes no crop")
+        if kind != "train" and flip:
+            raise ValueError(f"flip is only for kind 'train', not {kind!r}")
+        self.kind, self.size, self.crop, self.flip = kind, _pair(resize), crop, flip
+        mean = np.array(IMAGENET_MEAN, dtype=np.float32)
+        mean *= 255.0
+        std = np.array(IMAGENET_STD, dtype=np.float32)
+        std *= 255.0
+        self.mean, self.denominator = mean, np.reciprocal(std, dtype=np.float32)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """uint8 ``[H, W, 3]`` RGB -> float32, albumentations' ``Normalize()`` to the last bit."""
+        image = image.astype(np.float32)
+        image -= self.mean
+        image *= self.denominator
+        return image
+
+    def draw(self) -> dict:
+        """Random parameters of one "train" sample: crop origin fractions and the flip."""
+        u = torch.rand(3)
+        return {"h_start": float(u[0]), "w_start": float(u[1]), "flip": bool(u[2] < 0.5) and self.flip}
+
+    def apply(self, sample: dict, h_start: float = 0.0, w_start: float = 0.0, flip: bool = False) -> dict:
+        """Apply with given random parameters (``h_start``, ``w_start`` in [0, 1) for "train")."""
+        import cv2
+
+        height, width = self.size
+        y0 = x0 = 0
+        crop = None
+        if self.crop is not None:
+            crop = _pair(self.crop)
+            if self.kind == "center":
+                y0, x0 = (height - crop[0]) // 2, (width - crop[1]) // 2
+            else:
+                y0, x0 = int((height - crop[0]) * h_start), int((width - crop[1]) * w_start)
+
+        def geometry(array: np.ndarray, interpolation) -> np.ndarray:
+            if array.shape[:2] != (height, width):
+                array = cv2.resize(array, (width, height), interpolation=interpolation)
+            if crop is not None:
+                array = array[y0:y0 + crop[0], x0:x0 + crop[1]]
+            if flip:
+                array = array[:, ::-1]
+            return np.ascontiguousarray(array)
+
+        out = {}
+        for key, value in sample.items():
+            array = value.as_subclass(torch.Tensor).numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if key == "image":
+                image = geometry(self.normalize(array.transpose(1, 2, 0)), cv2.INTER_LINEAR)
+                out[key] = torch.from_numpy(image.transpose(2, 0, 1).copy())
+            else:  # masks [C, H, W]: nearest, values unchanged
+                mask = geometry(array.transpose(1, 2, 0), cv2.INTER_NEAREST)
+                if mask.ndim == 2:
+                    mask = mask[:, :, None]
+                out[key] = torch.from_numpy(mask.transpose(2, 0, 1).copy())
+        return out
+
+    def __call__(self, sample: dict) -> dict:
+        return self.apply(sample, **self.draw()) if self.kind == "train" else self.apply(sample)
+
+
+def build_spol_transform(kind: str, *, resize, crop: int | None = None, flip: bool = False) -> SPOLTransform:
+    """:class:`SPOLTransform`: the SPOL stages' resize (authors' order and interpolation)."""
+    return SPOLTransform(kind, resize=resize, crop=crop, flip=flip)
+
+
 def _id_stem(image_id: str) -> str:
     return os.path.splitext(image_id)[0]
+
+
+def pseudo_mask_candidates(mask_dir, image_id: str) -> list[Path]:
+    """Where the pseudo mask of ``image_id`` may be, in order: ours (``<id stem>.png``), then the SPOL
+    authors' names (CUB ``<id stem>.png``; ImageNet the training image's own name, a JPEG, relative
+    to ``train/``), so that the seg stage reads masks written by either."""
+    mask_dir = Path(mask_dir)
+    ids = [image_id]
+    if image_id.startswith("train/"):
+        ids.append(image_id[len("train/"):])
+    out = []
+    for i in ids:
+        out += [mask_dir / (_id_stem(i) + ".png"), mask_dir / i]
+    return list(dict.fromkeys(out))
+
+
+def find_pseudo_mask(mask_dir, image_id: str) -> Path:
+    """The first existing :func:`pseudo_mask_candidates` (ours when none exists, for the error)."""
+    candidates = pseudo_mask_candidates(mask_dir, image_id)
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[0]
 
 
 class WSOLDataset(torch.utils.data.Dataset):
@@ -645,8 +757,10 @@ class WSOLDataset(torch.utils.data.Dataset):
 
     ``__getitem__(i)`` -> dict: "image" float [3,H,W] normalised, "label" int, "index" int,
     "mask" float [1,H,W] in [0,1] (GT mask / 255, when ``with_gt_mask``; nearest resampling),
-    "pseudo_mask" float [C,H,W] in [0,1] (``<pseudo_mask_dir>/<image_id stem>.png``, RGB / 255,
-    bilinear resampling, when ``pseudo_mask_dir``). Masks must have the image's size.
+    "pseudo_mask" float [3,H,W] in [0,1] (when ``pseudo_mask_dir``; the file of
+    :func:`find_pseudo_mask`), / 255 in the file's B, G, R order as ``cv2.imread`` gives it (the
+    SPOL authors' layout: 0 = CAM, 1 = Gaussian prior, 2 = 0); resampled bilinearly by
+    :func:`build_transform`, nearest by :class:`SPOLTransform`. Masks must have the image's size.
     """
 
     def __init__(self, records, transform, *, with_gt_mask=False, pseudo_mask_dir=None):
@@ -664,7 +778,7 @@ class WSOLDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def pseudo_mask_path(self, record: Record) -> Path:
-        return self.pseudo_mask_dir / (_id_stem(record.image_id) + ".png")
+        return find_pseudo_mask(self.pseudo_mask_dir, record.image_id)
 
     @staticmethod
     def _open(path, mode: str, what: str, hint: str = "") -> Image.Image:
@@ -689,7 +803,8 @@ class WSOLDataset(torch.utils.data.Dataset):
             hint = " (pseudo masks are written by the cam stage's test step, spol/cam/test.py)"
             pseudo = self._open(path, "RGB", "pseudo mask", hint)
             self._same_size(pseudo, image, path)
-            sample["pseudo_mask"] = SoftMask(F.pil_to_tensor(pseudo).float() / 255.0)
+            # RGB -> the file's B, G, R order (cv2.imread's, in which the SPOL authors index it)
+            sample["pseudo_mask"] = SoftMask(F.pil_to_tensor(pseudo).flip(0).float() / 255.0)
         out = self.transform(sample)
         item = {"image": out["image"].as_subclass(torch.Tensor), "label": int(record.label), "index": int(index)}
         if "mask" in out:
@@ -769,3 +884,40 @@ def load_gt_mask(record: Record, protocol: str, input_size: int = 224, resize_si
         ox, oy = geom["offset"]
         mask = mask[oy:oy + input_size, ox:ox + input_size]
     return np.ascontiguousarray(mask)
+
+
+def spol_gt_boxes(boxes, size, input_size: int = 224, resize_size: int = 256) -> np.ndarray:
+    """Ground-truth boxes as the SPOL authors' seg test computes them (``spol``/``spol-official``
+    protocols), float64 ``(M, 4)``, ``x0, y0, x1, y1`` in the ``input_size`` crop.
+
+    Each box is first clipped to the image (``[0, W - 1] x [0, H - 1]``, their ImageNet form, the
+    same as their CUB form for any box that starts inside the image), then goes through
+    albumentations' pascal_voc bbox path of ``Resize(resize) -> CenterCrop(input)``: normalised by
+    (W, H), scaled to the resized image, shifted by the crop offset ``(resize - input) // 2``,
+    normalised by the crop, clipped to [0, 1] and scaled back, i.e. clipped to ``[0, input]``
+    (not ``input - 1``). A box with no area left is dropped (so an image can have none) - the same
+    operations in the same order, so the floats are theirs. A box with ``x1 <= x0`` after the first
+    clip, on which their script stops with an error, is dropped too.
+    """
+    w, h = int(size[0]), int(size[1])
+    off = (resize_size - input_size) // 2
+    out = []
+    for box in np.asarray(boxes, np.float64).reshape(-1, 4):
+        xmin, ymin, xmax, ymax = (float(v) for v in box)
+        xmin, ymin = min(max(xmin, 0), w - 1), min(max(ymin, 0), h - 1)
+        xmax, ymax = max(min(xmax, w - 1), 0), max(min(ymax, h - 1), 0)
+        if xmax <= xmin or ymax <= ymin:
+            continue
+        # pascal_voc -> albumentations (normalised by the original size)
+        nb = (xmin / w, ymin / h, xmax / w, ymax / h)
+        # CenterCrop on the resized image: denormalise, shift, normalise by the crop
+        x0, y0, x1, y1 = (nb[0] * resize_size, nb[1] * resize_size, nb[2] * resize_size, nb[3] * resize_size)
+        nb = ((x0 - off) / input_size, (y0 - off) / input_size, (x1 - off) / input_size, (y1 - off) / input_size)
+        # filter_bboxes: area before and after clipping to [0, 1]
+        area = (nb[2] * input_size - nb[0] * input_size) * (nb[3] * input_size - nb[1] * input_size)
+        nb = tuple(np.clip(nb, 0, 1.0))
+        clipped = (nb[2] * input_size - nb[0] * input_size) * (nb[3] * input_size - nb[1] * input_size)
+        if not area or clipped / area <= 0.0 or clipped <= 0.0:
+            continue
+        out.append([nb[0] * input_size, nb[1] * input_size, nb[2] * input_size, nb[3] * input_size])
+    return np.asarray(out, np.float64).reshape(-1, 4)

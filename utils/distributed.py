@@ -40,8 +40,10 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but CUDA is not available "
-                               "(use --device cpu or --device auto)")
+            from utils.errors import DeviceError  # one error line from a stage script, not a traceback
+
+            raise DeviceError("--device cuda was requested but CUDA is not available "
+                              "(use --device cpu or --device auto)")
         return torch.device(f"cuda:{local_rank}")
     return torch.device(name)
 

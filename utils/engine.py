@@ -20,6 +20,10 @@ it and starts at the first sample not yet trained on, without loading the skippe
 images. Data augmentation draws from RNGs seeded per sample from (seed, epoch, index),
 so a sample is augmented identically whatever the worker count or the resume point; the
 RNG used by the model (dropout) is restored from the checkpoint.
+
+The output folder is locked for the run, and each checkpoint also stores the run's identity
+(``utils.rundir.run_identity``: the options that change the result, the dataset's layout, root
+and annotations): a folder holding another run is refused with one line instead of resumed.
 """
 from __future__ import annotations
 
@@ -43,7 +47,9 @@ from tqdm import tqdm
 from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from utils.config import args_to_dict
 from utils.distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
+from utils.errors import DivergedError, RunError
 from utils.io import atomic_write_text
+from utils import rundir
 
 _AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -73,9 +79,11 @@ def seed_everything(seed: int, ctx: DistContext | None = None, *, deterministic:
 
 
 def setup_run(args) -> DistContext:
-    """``init_distributed(args.device)`` then ``seed_everything(args.seed, ...)``."""
+    """``init_distributed(args.device)`` then ``seed_everything(args.seed, ...)``; for a test step
+    started by ``utils.config.run_cli``, ``utils.rundir.protect_stage_outputs``."""
     ctx = init_distributed(getattr(args, "device", "auto"))
     seed_everything(getattr(args, "seed", 0), ctx, deterministic=getattr(args, "deterministic", False))
+    rundir.protect_stage_outputs(args, ctx)  # a test step run by run_cli: previous outputs kept until it ends
     return ctx
 
 
@@ -385,17 +393,33 @@ class Trainer:
             "epoch": self.epoch, "step": self.step_in_epoch, "global_step": self.global_step,
             "world_size": self.ctx.world_size, "batch_size": int(self.args.batch_size),
             "per_rank": per_rank, "stage": self.stage_name, "args": args_to_dict(self.args),
+            "identity": self.identity(),
         })
 
+    def identity(self) -> dict:
+        """This run's identity (utils.rundir.run_identity), with the dataset once ``fit`` has it."""
+        return rundir.run_identity(self.args, self.stage_name, getattr(self, "_dataset", None))
+
     def resume(self) -> bool:
-        """Restore everything from ``checkpoint.pth`` when ``args.resume`` and the file exists."""
+        """Restore everything from ``checkpoint.pth`` when ``args.resume`` and the file exists.
+
+        A checkpoint of another stage or of another run (utils.rundir.check_identity) is refused
+        with one line, also with ``--no-resume`` (which would overwrite it)."""
         path = self.checkpoint_path
-        if not getattr(self.args, "resume", True) or not path.is_file():
+        if not path.is_file():
             return False
         ck = load_checkpoint(path, map_location="cpu")
+        if not isinstance(ck, dict) or "model" not in ck or "epoch" not in ck:
+            raise RunError.at(path, None, "not a training checkpoint of this project (no model/epoch entries): "
+                              "use another --output-dir, or --overwrite to move the folder's run aside")
         if ck.get("stage", "") != self.stage_name:
-            raise ValueError(f"{path}: checkpoint of stage {ck.get('stage')!r}, this is stage "
-                             f"{self.stage_name!r}: use another --output-dir or --no-resume")
+            raise RunError.at(path, None, f"checkpoint of stage {ck.get('stage')!r}, this is stage "
+                              f"{self.stage_name!r}: use another --output-dir, or --overwrite to move the old "
+                              "run aside (it is kept)")
+        rundir.check_identity(path, ck.get("identity"), self.identity())
+        if not getattr(self.args, "resume", True):
+            return False
+        step = rundir.resume_position(path, ck, int(self.args.batch_size), self.ctx.world_size)
         load_state_dict_checked(self.model, ck["model"], source=str(path))
         self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
@@ -403,18 +427,6 @@ class Trainer:
         if self.scheduler is not None and ck.get("scheduler") is not None:
             self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch, self.global_step = int(ck["epoch"]), int(ck["global_step"])
-        step = int(ck["step"])
-        same_layout = ck["world_size"] == self.ctx.world_size and ck["batch_size"] == int(self.args.batch_size)
-        if step and not same_layout:
-            # the first step * B_old * W_old positions of the epoch's permutation are done
-            done = step * ck["batch_size"] * ck["world_size"]
-            global_batch = int(self.args.batch_size) * self.ctx.world_size
-            if done % global_batch:
-                raise ValueError(f"{path}: saved mid-epoch after {done} samples with batch size "
-                                 f"{ck['batch_size']} x {ck['world_size']} processes; resuming with "
-                                 f"{self.args.batch_size} x {self.ctx.world_size} needs a multiple of "
-                                 f"{global_batch} (use the original settings or --no-resume)")
-            step = done // global_batch
         self.step_in_epoch = step
         per_rank = ck["per_rank"]
         if ck["world_size"] == self.ctx.world_size:
@@ -449,8 +461,13 @@ class Trainer:
             loss, logs = loss_fn(self.train_model, batch)
         loss_value = float(loss.detach().float().item())
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"{self.stage_name}: loss is {loss_value} at epoch {self.epoch} "
-                                     f"step {self.step_in_epoch} (global step {self.global_step})")
+            lr = float(getattr(self.args, "lr", float("nan")))
+            raise DivergedError.at(self.output_dir, None, f"{self.stage_name}: the loss is {loss_value} at epoch "
+                                   f"{self.epoch} step {self.step_in_epoch} (global step {self.global_step}): "
+                                   f"training diverged; the last checkpoint is kept: run again with a lower "
+                                   f"--lr (now {lr:g})"
+                                   + (f" or --amp off (now {self.amp})" if self.amp != "off" else "")
+                                   + ", with --overwrite (this run is moved aside) or another --output-dir")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.clip_grad_norm:
@@ -467,13 +484,17 @@ class Trainer:
         """Train; return the unwrapped model. ``on_epoch_end(epoch, model)`` runs on every rank
         after each epoch (e.g. evaluation); a dict it returns is added to the epoch's log line."""
         args, ctx = self.args, self.ctx
+        self._dataset = dataset
         if ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            rundir.claim_output_dir(self.output_dir, overwrite=bool(getattr(args, "overwrite", False)))
+        barrier(ctx)  # rank 0 has locked the folder (and moved an old run aside with --overwrite)
         self.resume()
         steps = self.steps_per_epoch(len(dataset))
         if steps <= 0:
-            raise ValueError(f"{self.stage_name}: no training step per epoch ({len(dataset)} samples, "
-                             f"batch size {args.batch_size}, {ctx.world_size} processes)")
+            raise RunError.at(getattr(args, "data_root", None) or self.output_dir, None,
+                              f"{self.stage_name}: no training step per epoch ({len(dataset)} samples, batch "
+                              f"size {args.batch_size}, {ctx.world_size} processes): use a smaller --batch-size")
         log_every = int(getattr(args, "log_every", 0) or 0)
         save_every = int(getattr(args, "save_every_steps", 0) or 0)
         for epoch in range(self.epoch, int(args.epochs)):

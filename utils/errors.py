@@ -22,3 +22,39 @@ class DataError(ValueError):
         # keep the message on one line whatever the caller passed
         text = " ".join(str(msg).split())
         return cls(f"{where}: {text}")
+
+
+class RunError(DataError):
+    """A fault of the run rather than of its input files (output folder in use or holding another
+    run, a checkpoint that cannot be resumed, a diverged loss, a full disk). Stage scripts end with
+    its one-line message and exit status 2, like for a ``DataError``."""
+
+
+class NoSpaceError(RunError, OSError):
+    """The disk (or quota) filled up while an output file was written."""
+
+
+class DivergedError(RunError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class DeviceError(RunError, RuntimeError):
+    """The requested device is not there (e.g. ``--device cuda`` without CUDA)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line.
+
+    An exception re-raised by a ``DataLoader`` worker carries the worker's whole traceback
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); its own
+    message is the traceback's last line, after the exception's class name.
+    """
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        name, sep, message = last.partition(": ")
+        if sep and name.replace(".", "").replace("_", "").isalnum():
+            text = message
+        else:
+            text = last
+    return " ".join(text.split())

@@ -12,11 +12,16 @@ Protocols (named):
   (uint8 map > int(t * max), RETR_TREE); inclusive IoU. GT-known Loc is taken at the best
   threshold of the IoU-50 largest-contour sweep, or at ``--threshold`` (chosen on a held-out
   split, as Choe et al. recommend).
-* ``spol`` (SPOL's test step): resize 256 x 256, centre crop 224; GT boxes clipped to the crop
-  (boxes that leave it are dropped; an image with none left is a miss); fixed absolute threshold
-  (``--threshold``, default 0.2, SPOL used 0.8 on ImageNet) with SPOL's box rule (map > t,
-  largest external contour). Unlike SPOL's script every image is counted and IoU >= 0.5 is the
-  default (``--iou-compare '>'`` gives SPOL's strict comparison).
+* ``spol`` (SPOL's test step, the authors' computation with our fixes): resize 256 x 256, centre
+  crop 224; GT boxes clipped to the image (W - 1, H - 1) then to [0, 224] in the crop, as the
+  authors' albumentations pipeline does (``utils.data.spol_gt_boxes``); fixed absolute threshold
+  (``--threshold``, default 0.2, SPOL used 0.8 on ImageNet) with SPOL's box rule (float32 map > t,
+  RETR_TREE, largest contour, ``[x, y, x + w, y + h]``: ``utils.cam.spol_box``); the authors' IoU
+  (exclusive, ``utils.metrics.spol_iou``). Fixes: every image is counted (no contour, or no GT
+  box left in the crop = a miss) and IoU ``>=`` 0.5 by default.
+* ``spol-official``: the authors' accuracy exactly: images with no contour or no GT box left are
+  SKIPPED (left out of the denominator; ``num_skipped`` says how many) and IoU ``> 0.5`` (always,
+  whatever ``--iou-compare`` says). Both SPOL protocols list every image's IoU / hit / skip reason (``per_image``).
 
 Both protocols also report MaxBoxAcc / MaxBoxAccV2 (Choe's sweep over the same maps, the
 protocol's GT boxes) and PxAP when the records have GT masks (CUB segmentations: any pixel > 0
@@ -42,15 +47,16 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.cam import boxes_from_maps
-from utils.data import load_gt_mask, load_records, transform_boxes
+from utils.cam import boxes_from_maps, spol_box
+from utils.data import load_gt_mask, load_records, spol_gt_boxes, transform_boxes
 from utils.errors import DataError
 from utils.io import atomic_write_json, atomic_write_text
 from utils.metrics import (BoxAccumulator, LocalizationMeter, PxAPAccumulator, best_iou_per_threshold,
-                           cam_threshold_list, check_scoremap_validity)
-from utils.predictions import read_predictions
+                           cam_threshold_list, check_scoremap_validity, spol_iou)
+from utils.predictions import read_cls_results, read_predictions
 
-PROTOCOLS = ("wsol", "spol")
+PROTOCOLS = ("wsol", "spol", "spol-official")
+SPOL_PROTOCOLS = ("spol", "spol-official")
 SCOREMAP_PRODUCER = "the localization stage's test step (it saves one .npy score map per image)"
 
 
@@ -96,11 +102,13 @@ class _ImageJob:
         self.fixed_threshold, self.with_masks = fixed_threshold, with_masks
 
     def gt_boxes(self, record):
+        if self.protocol in SPOL_PROTOCOLS:
+            return spol_gt_boxes(record.boxes, record.size, self.input_size, self.resize_size)
         return transform_boxes(record.boxes, record.size, self.protocol, self.input_size, self.resize_size)
 
     def fixed_boxes(self, scoremap, threshold):
-        if self.protocol == "spol":
-            return boxes_from_maps(scoremap, threshold, relative_to_max=False, quantize_uint8=False)[0]
+        if self.protocol in SPOL_PROTOCOLS:
+            return spol_box(scoremap, threshold)  # [x, y, x + w, y + h] or None (no contour)
         return boxes_from_maps(scoremap, threshold)[0]
 
     def sweep(self, record):
@@ -112,7 +120,8 @@ class _ImageJob:
             out["boxes"] = self.fixed_boxes(scoremap, self.fixed_threshold)
         if self.with_masks:
             px = PxAPAccumulator(self.cam_curve_interval)
-            px.accumulate(scoremap, load_gt_mask(record, self.protocol, self.input_size, self.resize_size),
+            geometry = "spol" if self.protocol in SPOL_PROTOCOLS else self.protocol
+            px.accumulate(scoremap, load_gt_mask(record, geometry, self.input_size, self.resize_size),
                           path=record.mask_path)
             out["px"] = px.state()
         return out
@@ -124,12 +133,14 @@ class _ImageJob:
 
 class _Runner:
     """Maps a function over records in this process, or in a pool of ``workers`` processes
-    (fork where available, as torch's DataLoader does; results come back in order)."""
+    (results come back in order). The workers start from a fork server, not by forking this
+    process: a process that has run both torch and OpenCV's thread pool (e.g. a large cv2.resize)
+    leaves that pool unusable in a forked child, whose first cv2 call then hangs."""
 
     def __init__(self, workers: int):
         self.pool = None
         if workers and workers > 1:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             self.pool = mp.get_context(method).Pool(workers, initializer=_worker_init)
 
     def map(self, fn, items):
@@ -165,13 +176,17 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol == "spol" and threshold is None:
+    if protocol == "spol-official":
+        iou_compare = ">"  # the authors' strict comparison, whatever was asked
+    if protocol in SPOL_PROTOCOLS and threshold is None:
         raise ValueError("protocol 'spol' needs a fixed threshold (SPOL: 0.2 on CUB, 0.8 on ImageNet)")
     records = list(records)
     if not records:
         raise ValueError("no records to evaluate")
     flags = None
     if predictions is not None:
+        if isinstance(predictions, (str, os.PathLike)) and os.fspath(predictions).endswith(".npy"):
+            predictions = read_cls_results(predictions, [r.image_id for r in records])  # authors' file
         preds = read_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
         where = predictions if isinstance(predictions, (str, os.PathLike)) else "<predictions>"
         flags = []
@@ -179,6 +194,9 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
             p = preds.get(r.image_id)
             if p is None:
                 raise DataError.at(where, None, f"no prediction for image {r.image_id}")
+            if isinstance(p, tuple):  # (top1, top5) flags, e.g. from the authors' top1top5.npy
+                flags.append((bool(p[0]), bool(p[1])))
+                continue
             if p.label != r.label:
                 raise DataError.at(where, None, f"label {p.label} of image {r.image_id} differs from the dataset's {r.label}")
             flags.append((p.top1_correct, p.top5_correct))
@@ -212,15 +230,27 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
     finally:
         runner.close(failed)
 
-    meter = LocalizationMeter(iou_threshold, iou_compare, inclusive_iou)
-    meter.update(fixed, [job.gt_boxes(r) for r in records],
-                 *(zip(*flags) if flags is not None else (None, None)))
-    loc = meter.compute()
+    outcomes = None
+    if protocol in SPOL_PROTOCOLS:
+        outcomes = spol_hits(fixed, [job.gt_boxes(r) for r in records], official=protocol == "spol-official",
+                             iou_threshold=iou_threshold, iou_compare=iou_compare)
+        loc = spol_accuracy(outcomes, flags)
+    else:
+        meter = LocalizationMeter(iou_threshold, iou_compare, inclusive_iou)
+        meter.update(fixed, [job.gt_boxes(r) for r in records],
+                     *(zip(*flags) if flags is not None else (None, None)))
+        loc = meter.compute()
 
     results = {"protocol": protocol, "split": split, "num_images": len(records),
                "gt_known_loc": loc["gt_known_loc"]}
     if flags is not None:
         results["top1_loc"], results["top5_loc"] = loc["top1_loc"], loc["top5_loc"]
+    if outcomes is not None:
+        results["num_counted"], results["num_skipped"] = loc["num_counted"], loc["num_skipped"]
+        results["num_skipped_by_reason"] = {
+            why: sum(o["skipped"] == why for o in outcomes) for why in ("no contour", "no GT box in the crop")}
+        results["per_image"] = [{"image_id": r.image_id, "iou": o["iou"], "hit": o["hit"], "skipped": o["skipped"]}
+                                for r, o in zip(records, outcomes)]
     results.update({
         "maxboxacc": box["max_box_acc"][50],
         "maxboxacc_v2": box_v2["mean_max_box_acc"],
@@ -235,9 +265,10 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
         "threshold_used": threshold_used,
         "threshold_source": "fixed" if threshold is not None else "best of the IoU-50 sweep on this split",
         "iou_threshold": iou_threshold, "iou_compare": iou_compare,
-        "iou_convention": "inclusive" if inclusive_iou else "exclusive",
+        "iou_convention": ("exclusive (SPOL authors' IoU)" if protocol in SPOL_PROTOCOLS
+                           else "inclusive" if inclusive_iou else "exclusive"),
         "cam_curve_interval": cam_curve_interval, "input_size": input_size,
-        "resize_size": resize_size if protocol == "spol" else None,
+        "resize_size": resize_size if protocol in SPOL_PROTOCOLS else None,
         "num_images_without_gt_box": int(sum(len(job.gt_boxes(r)) == 0 for r in records)),
         "curves": {"thresholds": [float(t) for t in thresholds],
                    "maxboxacc_iou50": box["curve"][50].tolist(),
@@ -250,10 +281,53 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
     return results
 
 
+def spol_hits(pred_boxes, gt_boxes, *, official: bool, iou_threshold: float = 0.5, iou_compare: str = ">="):
+    """Per-image outcome of the SPOL authors' accuracy loop.
+
+    ``pred_boxes``: per image a box ``[x0, y0, x1, y1]`` or None (no contour); ``gt_boxes``: per image
+    an ``(M, 4)`` array (:func:`utils.data.spol_gt_boxes`). IoU is :func:`utils.metrics.spol_iou`, the
+    max over the image's GT boxes. Returns a list of dicts ``{"iou", "hit", "skipped"}``: with
+    ``official`` an image with no GT box left or no contour is SKIPPED (``skipped`` names why; their
+    script leaves it out of every count), otherwise it is a miss. ``iou_compare`` ">" is theirs.
+    ``official`` keeps their ``union + 1e-12``; otherwise the IoU is ``inter / union`` so that an IoU
+    of exactly 0.5 passes ``>=``.
+    """
+    if iou_compare not in (">=", ">"):
+        raise ValueError(f"iou_compare must be '>=' or '>', got {iou_compare!r}")
+    out = []
+    for pred, gts in zip(pred_boxes, gt_boxes):
+        gts = np.asarray(gts, np.float64).reshape(-1, 4)
+        skipped = "no GT box in the crop" if len(gts) == 0 else ("no contour" if pred is None else None)
+        if skipped is not None:
+            out.append({"iou": None, "hit": False, "skipped": skipped if official else None})
+            continue
+        iou = max(spol_iou(pred, gt, eps=1e-12 if official else 0.0) for gt in gts)
+        hit = iou > iou_threshold if iou_compare == ">" else iou >= iou_threshold
+        out.append({"iou": float(iou), "hit": bool(hit), "skipped": None})
+    return out
+
+
+def spol_accuracy(outcomes, flags=None) -> dict:
+    """GT-known / Top-1 / Top-5 Loc (percent) of :func:`spol_hits` outcomes over the images NOT
+    skipped, as the authors' ``cnt_loc / cnt`` (``flags``: per image ``(top1, top5)`` or None)."""
+    kept = [i for i, o in enumerate(outcomes) if o["skipped"] is None]
+    n = len(kept)
+    pct = (lambda h: 100.0 * h / n) if n else (lambda h: float("nan"))
+    res = {"gt_known_loc": pct(sum(outcomes[i]["hit"] for i in kept)), "num_counted": n,
+           "num_skipped": len(outcomes) - n}
+    if flags is not None:
+        res["top1_loc"] = pct(sum(outcomes[i]["hit"] and bool(flags[i][0]) for i in kept))
+        res["top5_loc"] = pct(sum(outcomes[i]["hit"] and bool(flags[i][1]) for i in kept))
+    return res
+
+
 def format_table(results: dict) -> str:
     """A readable summary of :func:`evaluate_scoremaps`'s results."""
     rows = [("protocol", results["protocol"]), ("split", results["split"]),
             ("images", results["num_images"])]
+    if results.get("num_skipped"):
+        why = ", ".join(f"{n} {k}" for k, n in results.get("num_skipped_by_reason", {}).items() if n)
+        rows.append(("  skipped", f"{results['num_skipped']} ({why}): counted {results['num_counted']}"))
     for key, name in (("top1_loc", "Top-1 Loc"), ("top5_loc", "Top-5 Loc"), ("gt_known_loc", "GT-known Loc")):
         if results.get(key) is not None:
             rows.append((name, f"{results[key]:.2f}"))
@@ -282,7 +356,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-curve-interval", type=float, default=0.001)
     p.add_argument("--threshold", type=float, default=None,
                    help="fixed box threshold (wsol: default = best of the sweep; spol: default 0.2, 0.8 for ilsvrc)")
-    p.add_argument("--predictions", default=None, help="predictions.csv of the classification stage")
+    p.add_argument("--predictions", default=None,
+                   help="predictions.csv of the classification stage, or the SPOL authors' top1top5.npy")
     p.add_argument("--iou-threshold", type=float, default=0.5)
     p.add_argument("--iou-compare", choices=(">=", ">"), default=">=")
     p.add_argument("--iou-convention", choices=("inclusive", "exclusive"), default="inclusive")
@@ -295,7 +370,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> dict:
     threshold = args.threshold
-    if args.protocol == "spol" and threshold is None:
+    if args.protocol in SPOL_PROTOCOLS and threshold is None:
         threshold = 0.8 if args.layout == "ilsvrc" else 0.2
     records = load_records(args.data_root, args.layout, args.split, metadata_root=args.metadata_root,
                            exclude_ids=args.exclude_ids)
@@ -313,5 +388,26 @@ def main(args) -> dict:
     return results
 
 
+def cli(argv=None) -> dict:
+    """``python -m utils.evaluate``: bad input (missing data root, score map or prediction, a
+    malformed file) ends with one ``error:`` line naming the file and exit status 2."""
+    import sys
+
+    from utils.errors import one_line
+
+    args = get_args_parser().parse_args(argv)
+    try:
+        for name in ("data_root", "scoremaps"):
+            if not Path(getattr(args, name)).is_dir():
+                raise DataError.at(getattr(args, name), None, f"--{name.replace('_', '-')}: folder not found")
+        if args.predictions and not Path(args.predictions).is_file():
+            raise DataError.at(args.predictions, None, "--predictions: file not found (written by the "
+                               "classification stage's test step, e.g. spol/cls/test.py)")
+        return main(args)
+    except (DataError, ValueError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli()

@@ -258,14 +258,16 @@ def generate_dataset(out, *, num_classes: int, train_per_class: int, test_per_cl
     """
     out = Path(out)
     if num_classes < 1 or train_per_class < 0 or test_per_class < 0 or train_per_class + test_per_class < 1:
-        raise ValueError("need num_classes >= 1 and at least one image per class")
+        raise ValueError(f"{out}: need at least 1 class and 1 image per class (got {num_classes} classes, "
+                         f"{train_per_class} train + {test_per_class} test per class)")
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     lo, hi = object_scale
     if not 0.1 <= lo <= hi <= 1.0:
         raise ValueError(f"object_scale must satisfy 0.1 <= lo <= hi <= 1, got {object_scale}")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+        raise FileExistsError(f"{out}: exists and is not empty: choose another folder, or pass "
+                              "overwrite=True / --overwrite to replace it")
     params = dict(version=GENERATOR_VERSION, num_classes=num_classes, train_per_class=train_per_class,
                   test_per_class=test_per_class, image_size=image_size, seed=seed, clutter=clutter,
                   distractors=distractors, body_evidence=body_evidence, object_scale=[lo, hi],
@@ -371,5 +373,19 @@ def main(args) -> Path:
     return out
 
 
+def cli(argv=None) -> Path:
+    """``python -m utils.generate``: an existing folder without ``--overwrite`` or impossible
+    settings end with one ``error:`` line and exit status 2."""
+    import sys
+
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except (ValueError, FileExistsError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli()

@@ -2,12 +2,14 @@
 
 Every helper writes a temporary file in the target's folder (so ``os.replace`` is an
 atomic rename on the same file system), flushes and fsyncs it, then replaces the target.
-On an exception the temporary file is removed and an existing target is left untouched.
+On an exception the temporary file is removed and an existing target is left untouched; a full
+disk (or quota) becomes one ``NoSpaceError`` line naming the file.
 Parent folders are created as needed.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -15,6 +17,10 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 import numpy as np
+
+from utils.errors import NoSpaceError
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 
 
 @contextlib.contextmanager
@@ -36,9 +42,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        no_space = (isinstance(exc, OSError) and exc.errno in _NO_SPACE) or (
+            isinstance(exc, RuntimeError) and "No space left" in str(exc))  # torch.save's C++ writer
+        if no_space and not isinstance(exc, NoSpaceError):
+            raise NoSpaceError.at(path, None, f"no space left on the device while writing it; "
+                                  "the previous version, if any, is unchanged and no partial file was left: "
+                                  "free some space and run again") from None
         raise
 
 

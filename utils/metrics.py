@@ -436,3 +436,23 @@ class PxAPAccumulator:
         self.gt_true_score_hist += np.asarray(st["gt_true_score_hist"])
         self.gt_false_score_hist += np.asarray(st["gt_false_score_hist"])
         return self
+
+
+# ----------------------------------------------------------------------------- SPOL's IoU
+def spol_iou(a, b, eps: float = 1e-12) -> float:
+    """IoU as the SPOL authors compute it (``utils/tools.py: IoU``): exclusive coordinates
+    (``width = x1 - x0``), 0 when the boxes do not overlap, ``inter / (union + eps)``; python floats,
+    the same operations in the same order. With their ``eps = 1e-12`` an IoU of exactly one half
+    computes as 0.4999999999999995, so ``>= 0.5`` would still reject it: our ``spol`` protocol uses
+    ``eps=0``."""
+    xmin_a, ymin_a, xmax_a, ymax_a = (float(v) for v in a)
+    xmin_b, ymin_b, xmax_b, ymax_b = (float(v) for v in b)
+    width = min(xmax_a, xmax_b) - max(xmin_a, xmin_b)
+    height = min(ymax_a, ymax_b) - max(ymin_a, ymin_b)
+    if width <= 0 or height <= 0:
+        return 0
+    sa = (xmax_a - xmin_a) * (ymax_a - ymin_a)
+    sb = (xmax_b - xmin_b) * (ymax_b - ymin_b)
+    inter = width * height
+    union = sa + sb - inter
+    return inter / (union + eps)

@@ -156,3 +156,54 @@ def read_boxes_csv(path, *, written_by: str = "sltnet/localizer/test.py") -> tup
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return boxes, meta
+
+
+def spol_authors_name(image_id: str) -> str:
+    """The SPOL authors' name of an image (keys of their ``top1top5.npy``): CUB ids are theirs as
+    they are (``<class folder>/<file>.jpg``); ImageNet ``val/<file>.JPEG`` is ``<file>.JPEG``."""
+    return image_id[len("val/"):] if image_id.startswith("val/") else image_id
+
+
+def read_cls_results(path, image_ids: Sequence[str], *, producer: str = DEFAULT_PRODUCER) -> dict[str, tuple[bool, bool]]:
+    """Per-image ``(top1_correct, top5_correct)`` for ``image_ids`` from either our
+    ``predictions.csv`` or the SPOL authors' published ``top1top5.npy`` (a pickled dict
+    ``name -> [top1, top5]``, e.g. ``cub200-cls/top1top5.npy``, ``imagenet-cls/top1top5.npy``; a
+    pickle, so load only the authors' file or one you made).
+
+    Every image of ``image_ids`` must have an entry (else one error naming the file, the number
+    missing and the first); entries for other images are allowed (their ImageNet file also holds
+    the val image SPOL leaves out). Names are matched with :func:`spol_authors_name`.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".npy"):
+        preds = read_predictions(path, producer=producer)
+        table = {k: (bool(p.top1_correct), bool(p.top5_correct)) for k, p in preds.items()}
+        key = lambda i: i  # noqa: E731
+    else:
+        if not os.path.isfile(path):
+            raise DataError.at(path, None, "classification results not found (the SPOL authors publish "
+                                           "cub200-cls/top1top5.npy and imagenet-cls/top1top5.npy)")
+        try:
+            loaded = np.load(path, allow_pickle=True)
+            table = loaded.item() if loaded.dtype == object and loaded.shape == () else None
+        except Exception as exc:
+            raise DataError.at(path, None, f"unreadable .npy ({type(exc).__name__}: {exc})") from None
+        if not isinstance(table, dict):
+            raise DataError.at(path, None, "expected a dict name -> [top1, top5] (the SPOL authors' top1top5.npy)")
+        for name, value in table.items():
+            if not (isinstance(value, (list, tuple, np.ndarray)) and len(value) == 2):
+                raise DataError.at(path, None, f"entry {name!r}: expected [top1, top5], got {value!r}")
+        table = {str(k): (bool(v[0]), bool(v[1])) for k, v in table.items()}
+        key = spol_authors_name
+    out, missing = {}, []
+    for image_id in image_ids:
+        value = table.get(key(image_id))
+        if value is None:
+            missing.append(image_id)
+        else:
+            out[image_id] = value
+    if missing:
+        raise DataError.at(path, None, f"no entry for {len(missing)} of the {len(image_ids)} images of the split "
+                                       f"(first: {key(missing[0])}): it does not cover this split; "
+                                       f"run {producer} on that split")
+    return out

@@ -214,6 +214,19 @@ def draw_grid(samples, methods, path) -> Path:
 
 
 # ----------------------------------------------------------------------------- report
+def spread_table(spread: dict) -> str:
+    """``{"seeds": [..], "rows": {method: [value per seed]}}`` -> markdown with mean and min-max."""
+    seeds = spread["seeds"]
+    head = "| Method | " + " | ".join(f"seed {k}" for k in seeds) + " | mean | min..max |"
+    lines = [head, "|---|" + "---:|" * (len(seeds) + 2)]
+    for method, values in spread["rows"].items():
+        vals = [v for v in values if v is not None]
+        cells = " | ".join(format_value(v) for v in values)
+        summary = (f"{np.mean(vals):.1f} | {min(vals):.1f}..{max(vals):.1f}" if vals else "- | -")
+        lines.append(f"| {method} | {cells} | {summary} |")
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(results: dict) -> str:
     """``report.md``: the table, how each number was obtained, the pictures."""
     figures = results.get("figures", {})
@@ -223,7 +236,22 @@ def report_markdown(results: dict) -> str:
         lines += ["Dataset: " + ", ".join(f"{k} {v}" for k, v in dataset.items()), ""]
     if results.get("protocol"):
         lines += [f"Protocol: {results['protocol']}", ""]
+    pre = results.get("pretraining")
+    if pre:
+        st = pre.get("settings", {})
+        lines += [f"Backbone initialisation of every training stage: the stand-in pretraining "
+                  f"(`utils.pretrain`: {st.get('arch')} on {pre.get('classes')} classes of generated generic "
+                  f"objects, {pre.get('images_seen')} images at {st.get('size')} px, seed {st.get('seed')}): "
+                  f"**{pre['heldout_top1']:.1f}% held-out top-1** on {pre.get('heldout_images')} images "
+                  f"(chance {100.0 / max(pre.get('classes') or 1, 1):.1f}%), {pre.get('seconds')} s; "
+                  f"SHA-256 {str(pre.get('sha256'))[:16]}...", ""]
+    elif results.get("pretrained"):
+        lines += [f"Backbone initialisation of every training stage: `--pretrained {results['pretrained']}`", ""]
     lines += [markdown_table(results["rows"])]
+    spread = results.get("seed_spread")
+    if spread:
+        lines += ["", "Seed spread (GT-known Loc, %, each seed a new dataset and training):", "",
+                  spread_table(spread)]
     notes = [f"- **{r['method']}**: {r['notes']}" for r in results["rows"] if r.get("notes")]
     if notes:
         lines += ["How each row was obtained:", ""] + notes + [""]
@@ -289,14 +317,40 @@ def load_results(path) -> dict:
     return results
 
 
+def seed_spread(runs: list[dict], metric: str = "gt_known_loc") -> dict:
+    """``{"seeds": [...], "metric": metric, "rows": {method: [value per run]}}`` from several demo
+    ``results.json`` (one per dataset/training seed; a method missing from a run gives None).
+    Baseline names that carry a per-run value (``Centre box (65% of the side)``) are merged."""
+    def key(name):
+        return name.split(" (", 1)[0] if name.startswith("Centre box") else name
+
+    order, table = [], {}
+    for i, res in enumerate(runs):
+        for row in res["rows"]:
+            k = key(row["method"])
+            if k not in table:
+                order.append(k)
+                table[k] = [None] * len(runs)
+            table[k][i] = row.get(metric)
+    seeds = [res.get("settings", {}).get("seed", i) for i, res in enumerate(runs)]
+    return {"seeds": seeds, "metric": metric, "rows": {k: table[k] for k in order}}
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Re-draw report.md and its pictures from results.json")
     parser.add_argument("results", help="results.json written by demo.py")
+    parser.add_argument("--spread", nargs="+", default=None, metavar="RESULTS",
+                        help="results.json of the same demo at other seeds: adds the seed spread "
+                             "(GT-known Loc per seed, mean, min..max) to report.md")
     return parser
 
 
 def main(args) -> dict:
     path = Path(os.path.abspath(args.results))
+    if getattr(args, "spread", None):
+        results = load_results(path)
+        results["seed_spread"] = seed_spread([results] + [load_results(p) for p in args.spread])
+        atomic_write_json(path, results)
     paths = write_report(load_results(path), path.parent)
     print(markdown_table(load_results(path)["rows"]), end="")
     return paths

@@ -4,15 +4,21 @@
     torchrun --nproc_per_node 4 spol/cam/test.py --config configs/spol_cub.yaml
     python3 spol/cam/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_cam.pth
 
-Each image is resized to 256 x 256 (no crop) and goes through the CAM model in batches on the
-device; the ground-truth class's map is max-normalised and resized to 256 x 256 there. The
-Gaussian prior is fitted per image on the CPU (vectorised numpy, ``--mask-workers`` threads);
-see ``spol/pseudo_mask.py`` for the recipe. Output, in this stage's output folder (never in the
-dataset)::
+Each image is resized to 256 x 256 (no crop; the authors' normalise-then-resize,
+``utils.data.SPOLTransform``) and goes through the CAM model in batches on the device; the
+ground-truth class's map is max-normalised, resized to 256 x 256 and turned into a pseudo mask on
+the CPU (``--mask-workers`` threads) exactly as the authors' script does (``spol/pseudo_mask.py``).
+Output, in this stage's output folder (never in the dataset)::
 
-    <output>/pseudo_masks/<image id without extension>.png   lossless RGB PNG, original image size:
-                                                             R = CAM, G = Gaussian prior, B = 0
+    <output>/pseudo_masks/<image id without extension>.png   lossless PNG, original image size, the
+                                                             authors' layout (cv2 order B, G, R):
+                                                             B = CAM, G = Gaussian prior, R = 0
     <output>/pseudo_masks.json                               recipe, channel order, image count
+
+Switches back to the authors' behaviour: ``--mask-format authors`` writes each mask under the
+authors' name (ImageNet: the training image's own ``.JPEG`` name relative to ``train/``, i.e. lossy
+JPEG, as their script does); ``--degenerate-contours nan`` lets a degenerate contour make the
+Gaussian channel NaN (then 0 after ``np.uint8``) as theirs does, instead of skipping the contour.
 
 Weights: ``--checkpoint`` (default ``<output>/model.pth`` of ``spol/cam/train.py``), a released
 SPOL cam state dict or one of ours, loaded strictly (fp16 -> fp32).
@@ -31,10 +37,10 @@ from spol import pseudo_mask as pm
 from spol.common import add_spol_args, load_split, require, resolve_defaults
 from spol.model import CAMModel, load_spol_weights
 from utils.config import add_common_args, run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform, num_classes
+from utils.data import WSOLDataset, build_spol_transform, num_classes
 from utils.distributed import DistContext, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
-from utils.io import atomic_save_png, atomic_write_json
+from utils.io import atomic_save_png, atomic_write, atomic_write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,6 +54,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resize", type=int, default=pm.WORK_SIZE,
                    help="CAM input and pseudo-mask working size (reference: 256)")
     g.add_argument("--mask-workers", type=int, default=4, help="CPU threads fitting the Gaussians")
+    g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
+                   help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
+                        "names (ImageNet: lossy JPEG under the image's own name)")
+    g.add_argument("--degenerate-contours", type=str, default="skip", choices=["skip", "nan"],
+                   help="skip: a contour whose Gaussian is not finite adds nothing; nan: the authors' "
+                        "NaN channel")
     parser.set_defaults(batch_size=64, pretrained="none")
     return parser
 
@@ -55,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 @torch.no_grad()
 def iter_normalized_cams(model, loader, device: torch.device, *, work_size: int = pm.WORK_SIZE, amp: str = "off"):
     """Batched inference loop: yields ``(indices [B], cams [B, S, S] float32 numpy)``, the
-    ground-truth class's CAM divided by its max and resized to ``work_size`` on the device."""
+    ground-truth class's CAM divided by its max (+1e-6) and resized to ``work_size`` with cv2 on the
+    CPU (``spol.pseudo_mask.normalize_cam``, the authors' operations)."""
     model.eval()
     ctx = DistContext(device=device)
     for batch in loader:
@@ -65,16 +78,34 @@ def iter_normalized_cams(model, loader, device: torch.device, *, work_size: int 
             cams = model.cam(images)
         cams = cams[torch.arange(len(labels), device=device), labels]
         maps = pm.normalize_and_resize(cams.float(), work_size)
-        yield torch.as_tensor(batch["index"]).numpy(), maps.cpu().numpy()
+        yield torch.as_tensor(batch["index"]).numpy(), maps.numpy()
 
 
-def pseudo_mask_path(mask_dir, image_id: str) -> Path:
+def pseudo_mask_path(mask_dir, image_id: str, mask_format: str = "png") -> Path:
+    """``png``: ``<id stem>.png``; ``authors``: the SPOL authors' name (CUB ``<id stem>.png``;
+    ImageNet training images keep their own name and extension, relative to ``train/``)."""
+    if mask_format == "authors" and image_id.startswith("train/"):
+        return Path(mask_dir) / image_id[len("train/"):]
     return Path(mask_dir) / (str(Path(image_id).with_suffix("")) + ".png")
+
+
+def save_mask(path: Path, mask_bgr: np.ndarray) -> None:
+    """Write a B, G, R uint8 mask as ``cv2.imwrite`` would (format from the extension), atomically."""
+    if path.suffix.lower() == ".png":
+        atomic_save_png(path, mask_bgr[:, :, ::-1])  # that writer takes RGB
+        return
+    import cv2
+
+    ok, data = cv2.imencode(path.suffix, mask_bgr)
+    if not ok:
+        raise OSError(f"{path}: cv2 cannot encode a mask in this format")
+    with atomic_write(path, "wb") as f:
+        f.write(data.tobytes())
 
 
 def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
     """This rank's share of the records -> PNG pseudo masks; returns how many it wrote."""
-    transform = build_transform("resize", resize=args.resize)
+    transform = build_spol_transform("resize", resize=args.resize)
     dataset = WSOLDataset(records, transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
@@ -86,7 +117,8 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
         if not np.isfinite(cam).all():  # a NaN map would be cast into a meaningless PNG
             raise FloatingPointError(f"{record.path}: the CAM model gives a non-finite map (its weights have "
                                      "diverged): retrain with spol/cam/train.py, e.g. with a lower --lr")
-        atomic_save_png(pseudo_mask_path(mask_dir, record.image_id), pm.pseudo_mask_image(cam, record.size))
+        mask = pm.pseudo_mask_image(cam, record.size, degenerate=getattr(args, "degenerate_contours", "skip"))
+        save_mask(pseudo_mask_path(mask_dir, record.image_id, getattr(args, "mask_format", "png")), mask)
 
     written = 0
     batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc="pseudo masks")
@@ -115,9 +147,10 @@ def main(args):
         atomic_write_json(Path(args.output_dir) / "pseudo_masks.json", {
             "split": args.split, "num_images": len(records), "checkpoint": str(Path(checkpoint).resolve()),
             "folder": str(mask_dir.resolve()), "format": "PNG (lossless), original image size",
-            "channels": {"R": "CAM of the GT class, max-normalised", "G": "Gaussian prior", "B": "zero"},
+            "channels": {"B": "CAM of the GT class, max-normalised", "G": "Gaussian prior", "R": "zero"},
+            "layout": "SPOL authors' (cv2.imwrite of (CAM, Gaussian, 0))", "mask_format": args.mask_format,
             "work_size": args.resize, "band": [pm.BAND_LOW, pm.BAND_HIGH], "min_contour_area": pm.MIN_CONTOUR_AREA,
-            "variance_divisor": pm.VARIANCE_DIVISOR, "degenerate_contours": "skipped"})
+            "variance_divisor": pm.VARIANCE_DIVISOR, "degenerate_contours": args.degenerate_contours})
         print(f"{len(records)} pseudo masks written to {mask_dir}", flush=True)
     cleanup(ctx)
     return mask_dir

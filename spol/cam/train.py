@@ -24,7 +24,7 @@ from spol.common import (add_sgd_args, add_spol_args, drop_last_needed, load_spl
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
 from spol.model import CAMModel
 from utils.config import add_common_args, run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform, num_classes
+from utils.data import WSOLDataset, build_spol_transform, num_classes
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 
@@ -49,14 +49,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def cam_loss_fn(loss: str):
-    """``Trainer`` loss: class maps -> spatial-mean logits -> the chosen CAM loss."""
+    """``Trainer`` loss: ``relu(linear(dropout(x)))`` class maps -> spatial-mean logits -> the chosen
+    CAM loss (the authors' order: ReLU per position, then the mean)."""
     def loss_fn(model, batch):
-        deep, fused = model(batch["image"])
-        pred1, pred2 = map_logits(deep).float(), map_logits(fused).float()
         labels = batch["label"]
         if loss == "two_head":
+            deep, fused = model(batch["image"])
+            pred1, pred2 = map_logits(deep).float(), map_logits(fused).float()
             value = cub_cam_loss(pred1, pred2, labels)
-        else:
+        else:  # the authors' ImageNet model: one dropout draw, on the fused map only
+            _, fused = model(batch["image"], single_head=True)
+            pred2 = map_logits(fused).float()
             value = imagenet_cam_loss(pred2, labels)
         acc = (pred2.argmax(1) == labels).float().mean()
         return value, {"top1_fused": float(acc)}
@@ -69,7 +72,7 @@ def main(args):
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
-    transform = build_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    transform = build_spol_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
     dataset = WSOLDataset(records, transform)
     model = CAMModel(num_classes(records), pretrained=args.pretrained, freeze_stem=args.freeze_stem)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)

@@ -5,17 +5,25 @@
     python3 spol/seg/test.py --config configs/spol_cub.yaml --checkpoint PATH/TO/released_cub_seg.pth
     python3 spol/seg/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_imagenet_seg.pth
 
-Protocols (``--protocol spol|wsol|both``), each in its own folder ``<output>/<protocol>/``:
+Protocols (``--protocol spol|spol-official|wsol|both``; both = spol + wsol), each in its own folder
+``<output>/<protocol>/``:
 
-* ``spol``: resize 256 x 256, centre crop 224, sigmoid map > 0.2 (CUB) / 0.8 (ImageNet), box of the
-  largest external contour; GT boxes clipped to the crop (an image left with none is a miss).
+* ``spol``: the authors' accuracy computation with our fixes. Input as theirs (normalise, resize
+  256 x 256 INTER_LINEAR, centre crop 224: ``utils.data.SPOLTransform``), sigmoid map > 0.2 (CUB) /
+  0.8 (ImageNet), RETR_TREE, largest contour, box ``[x, y, x + w, y + h]``; GT boxes clipped to
+  W - 1 / H - 1, then to [0, 224] in the crop; their exclusive IoU. Fixes: every image counts (no
+  contour or no GT box left = a miss), IoU ``>=`` 0.5 (``--iou-compare '>'`` is theirs).
+* ``spol-official``: exactly the authors' computation: images with no contour or no GT box left
+  are skipped (``num_skipped`` in metrics.json), IoU ``> 0.5``.
 * ``wsol`` (Choe et al., CVPR 2020): whole image at 224 x 224, Choe's box rule at a threshold chosen
   on ``--threshold-split`` (a held-out fully supervised split, e.g. CUBV2 ``val`` with
   ``--threshold-layout metadata``); without it the threshold is the best one on the test split
   itself, and metrics.json says so. Also MaxBoxAcc, MaxBoxAccV2 and PxAP (CUB masks).
 
-Every image counts (no box = a miss); IoU ``>=`` 0.5 by default (``--iou-compare '>'``: SPOL's
-scripts). Top-1/Top-5 Loc use ``--cls-dir``/predictions.csv (spol/cls/test.py). Writes per protocol
+Top-1/Top-5 Loc use ``--cls-results PATH``: our ``predictions.csv`` (default
+``<--cls-dir>/predictions.csv``, from spol/cls/test.py) or the authors' published ``top1top5.npy``
+(``cub200-cls/top1top5.npy``, ``imagenet-cls/top1top5.npy``); it must cover every image of the
+split (matched by name). Writes per protocol
 ``scoremaps/<id stem>.npy`` (sigmoid maps at 224 x 224: ``python -m utils.evaluate`` re-scores them,
 the exact command is in metrics.json), ``metrics.json``/``metrics.txt``, ``boxes.csv``/``boxes.json``,
 ``grid.png``; and ``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's numbers.
@@ -35,15 +43,15 @@ from tqdm import tqdm
 from spol.common import add_spol_args, dataset_name, default_path, load_split, require, resolve_defaults
 from spol.model import SegModel, load_spol_weights
 from spol.visualize import write_grid
-from utils.cam import boxes_from_maps
+from utils.cam import boxes_from_maps, spol_box
 from utils.config import add_common_args, run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform
+from utils.data import WSOLDataset, build_spol_transform, build_transform
 from utils.distributed import DistContext, all_gather_object, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
 from utils.errors import DataError
-from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
+from utils.evaluate import SPOL_PROTOCOLS, evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
-from utils.predictions import read_predictions, write_boxes_csv
+from utils.predictions import read_cls_results, write_boxes_csv
 
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
@@ -60,7 +68,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cls-dir", type=str, default=None,
                    help="folder with predictions.csv (default output/spol/<dataset>/cls, from spol/cls/test.py)")
     g.add_argument("--split", type=str, default="test")
-    g.add_argument("--protocol", type=str, default="both", choices=["spol", "wsol", "both"])
+    g.add_argument("--cls-results", type=str, default=None,
+                   help="per-image classification results: a predictions.csv or the SPOL authors' "
+                        "top1top5.npy (default <cls-dir>/predictions.csv)")
+    g.add_argument("--protocol", type=str, default="both", choices=["spol", "spol-official", "wsol", "both"],
+                   help="spol: the authors' computation + fixes; spol-official: theirs exactly (skips "
+                        "images, IoU > 0.5); wsol: Choe et al.; both: spol and wsol")
     g.add_argument("--spol-threshold", type=float, default=None, help="spol protocol: 0.2 CUB, 0.8 ImageNet")
     g.add_argument("--resize", type=int, default=256, help="spol protocol: resize before the centre crop")
     g.add_argument("--crop", type=int, default=224, help="input size of both protocols")
@@ -70,8 +83,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="layout of the threshold split (default --layout)")
     g.add_argument("--threshold-data-root", type=str, default=None, help="its data root (default --data-root)")
     g.add_argument("--iou-threshold", type=float, default=0.5)
-    g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
-    g.add_argument("--iou-convention", type=str, default="inclusive", choices=["inclusive", "exclusive"])
+    g.add_argument("--iou-compare", type=str, default=None, choices=[">=", ">"],
+                   help="spol and wsol protocols (default '>='); spol-official always uses the authors' '>'")
+    g.add_argument("--iou-convention", type=str, default="inclusive", choices=["inclusive", "exclusive"],
+                   help="wsol protocol only (the SPOL protocols use the authors' exclusive IoU)")
     g.add_argument("--cam-curve-interval", type=float, default=0.001)
     g.add_argument("--eval-workers", type=int, default=0, help="processes scoring the maps")
     g.add_argument("--grid-images", type=int, default=16)
@@ -95,7 +110,7 @@ def iter_scoremaps(model, loader, device: torch.device, *, size: int, amp: str =
 
 def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> None:
     """This rank's share of the records -> ``out_dir/<id stem>.npy`` at the protocol geometry."""
-    transform = (build_transform("center", resize=args.resize, crop=args.crop) if protocol == "spol"
+    transform = (build_spol_transform("center", resize=args.resize, crop=args.crop) if protocol in SPOL_PROTOCOLS
                  else build_transform("resize", resize=args.crop))
     dataset = WSOLDataset(records, transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
@@ -113,7 +128,7 @@ def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold:
            args.layout, "--split", split, "--scoremaps", os.path.abspath(scoremaps), "--protocol", protocol,
            "--threshold", repr(float(threshold)), "--input-size", str(args.crop),
            "--resize-size", str(args.resize), "--iou-threshold", str(args.iou_threshold),
-           "--iou-compare", args.iou_compare, "--iou-convention", args.iou_convention,
+           "--iou-compare", iou_compare_of(args, protocol), "--iou-convention", args.iou_convention,
            "--cam-curve-interval", str(args.cam_curve_interval), "--output", os.path.abspath(output)]
     if args.metadata_root:
         cmd += ["--metadata-root", os.path.abspath(args.metadata_root)]
@@ -123,10 +138,17 @@ def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold:
     return shlex.join(cmd)
 
 
+def iou_compare_of(args, protocol: str) -> str:
+    """spol-official: always the authors' '>'; otherwise --iou-compare (default '>=')."""
+    if protocol == "spol-official":
+        return ">"
+    return args.iou_compare or ">="
+
+
 def score(records, protocol: str, maps_dir: Path, threshold, args, predictions, split: str) -> dict:
     return evaluate_scoremaps(records, maps_dir, protocol, cam_curve_interval=args.cam_curve_interval,
                               threshold=threshold, predictions=predictions, iou_threshold=args.iou_threshold,
-                              iou_compare=args.iou_compare, inclusive_iou=args.iou_convention == "inclusive",
+                              iou_compare=iou_compare_of(args, protocol), inclusive_iou=args.iou_convention == "inclusive",
                               input_size=args.crop, resize_size=args.resize, split=split,
                               workers=args.eval_workers)
 
@@ -137,7 +159,7 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
     maps_dir = out / "scoremaps"
     write_scoremaps(model, records, protocol, maps_dir, args, ctx)
     threshold, source = None, None
-    if protocol == "spol":
+    if protocol in SPOL_PROTOCOLS:
         threshold = args.spol_threshold
         source = "SPOL's fixed threshold"
     elif args.threshold_split:
@@ -162,23 +184,35 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
     results["threshold_source"] = source
     results["rescore_command"] = rescore_command(args, protocol, args.split, maps_dir,
                                                  results["threshold_used"], out / "rescored.json", predictions_path)
-    rule = {"relative_to_max": False, "quantize_uint8": False} if protocol == "spol" else {}
     boxes = {}  # one map in memory at a time (ImageNet: 50k maps)
     for r in records:
         scoremap = load_scoremap(maps_dir, r.image_id, args.crop)
-        boxes[r.image_id] = boxes_from_maps(scoremap[None], results["threshold_used"], **rule)[0][0]
+        if protocol in SPOL_PROTOCOLS:
+            box = spol_box(scoremap, results["threshold_used"])
+            boxes[r.image_id] = np.asarray(box if box is not None else [0, 0, 0, 0], np.int64)
+        else:
+            boxes[r.image_id] = boxes_from_maps(scoremap[None], results["threshold_used"])[0][0]
+    if "per_image" in results:  # the per-image hit list of the SPOL protocols, beside metrics.json
+        per_image = results.pop("per_image")
+        lines = ["image_id,iou,hit,skipped"] + [
+            f"{o['image_id']},{'' if o['iou'] is None else repr(o['iou'])},{int(o['hit'])},{o['skipped'] or ''}"
+            for o in per_image]
+        atomic_write_text(out / "hits.csv", "\n".join(lines) + "\n")
     write_boxes_csv(out / "boxes.csv", [r.image_id for r in records], [boxes[r.image_id] for r in records],
                     meta={"protocol": protocol, "input_size": args.crop,
                           "resize_size": args.resize if protocol == "spol" else None,
                           "threshold": results["threshold_used"],
-                          "box_rule": "map > t, largest external contour" if protocol == "spol"
-                          else "Choe et al.: uint8 map > int(t * max), largest contour",
-                          "convention": "x0,y0,x1,y1 input pixels, x1 = min(x0 + w, W - 1), inclusive IoU"})
+                          "box_rule": "float32 map > t, RETR_TREE, largest contour (SPOL authors')"
+                          if protocol in SPOL_PROTOCOLS else "Choe et al.: uint8 map > int(t * max), largest contour",
+                          "convention": "x0,y0,x1,y1 input pixels, x1 = x0 + w (exclusive), the authors' IoU; "
+                                        "0,0,0,0 = no contour" if protocol in SPOL_PROTOCOLS else
+                                        "x0,y0,x1,y1 input pixels, x1 = min(x0 + w, W - 1), inclusive IoU"})
     atomic_write_json(out / "metrics.json", results)
     atomic_write_text(out / "metrics.txt", format_table(results) + f"threshold source: {source}\n")
     shown = records[:args.grid_images]
     write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.crop) for r in shown},
-               boxes, protocol, args.crop, args.resize, max_images=args.grid_images)
+               boxes, "spol" if protocol in SPOL_PROTOCOLS else protocol, args.crop, args.resize,
+               max_images=args.grid_images)
     return results
 
 
@@ -187,19 +221,22 @@ def main(args):
     name = dataset_name(args)
     if args.spol_threshold is None:
         args.spol_threshold = SPOL_THRESHOLD[name]
-    predictions_path = str(require(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
-                                   "predictions"))
+    if args.cls_results:
+        predictions_path = str(Path(args.cls_results))
+        if not Path(predictions_path).is_file():
+            raise DataError.at(predictions_path, None, "--cls-results: not found (a predictions.csv of "
+                               "spol/cls/test.py or the SPOL authors' top1top5.npy)")
+    else:
+        predictions_path = str(require(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
+                                       "predictions"))
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
     require(checkpoint, "seg_model")
     ctx = setup_run(args)
     if ctx.is_main:  # next to, not over, the train step's args.yaml
         save_resolved_config(args, Path(args.output_dir) / "test_args")
     records = load_split(args, args.split)
-    predictions = read_predictions(predictions_path, producer="spol/cls/test.py")  # checked before inference
-    missing = [r.image_id for r in records if r.image_id not in predictions]
-    if missing:
-        raise DataError.at(predictions_path, None, f"no prediction for {len(missing)} of the {len(records)} images "
-                           f"of split '{args.split}' (first: {missing[0]}): run spol/cls/test.py on that split")
+    # checked before inference: every image of the split has its result (our csv or the authors' npy)
+    read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")
     model = load_spol_weights(SegModel(pretrained="none"), checkpoint, source_stage="spol/seg/train.py")
     model.to(ctx.device)
     protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
@@ -208,7 +245,8 @@ def main(args):
         summary[protocol] = evaluate_protocol(model, records, protocol, args, ctx, predictions_path)
     if ctx.is_main:
         keys = ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap",
-                "threshold_used", "threshold_source", "num_images", "iou_compare", "rescore_command")
+                "threshold_used", "threshold_source", "num_images", "num_counted", "num_skipped",
+                "num_skipped_by_reason", "iou_compare", "rescore_command")
         report = {p: {k: r[k] for k in keys if k in r} for p, r in summary.items()}
         report["paper"] = PAPER[name]
         report["checkpoint"] = str(Path(checkpoint).resolve())

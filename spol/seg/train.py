@@ -9,8 +9,10 @@ ImageNet-1K (1 epoch)::
 
     torchrun --nproc_per_node 8 spol/seg/train.py --config configs/spol_imagenet.yaml --batch-size 16
 
-Image and pseudo mask are augmented jointly (resize 256 x 256, random crop 224, horizontal flip;
-the mask is resampled bilinearly). Target: ``(fore > 0.25) | (gauss > 0.25)``; ignored pixels:
+Image and pseudo mask are augmented jointly as the authors do (``utils.data.SPOLTransform``: the
+image normalised then resized 256 x 256 INTER_LINEAR, the mask resized INTER_NEAREST; random crop
+224, horizontal flip). Masks written by the authors' own script are read too (their names and
+channel layout are ours). Target: ``(fore > 0.25) | (gauss > 0.25)``; ignored pixels:
 neither target nor ``fore < 0.01``; loss: weighted BCE with the logits resized to the mask size
 (``spol/losses.py``). Reads ``--mask-dir`` (default ``output/spol/<dataset>/cam/pseudo_masks``,
 written by ``spol/cam/test.py``); writes ``output/spol/<dataset>/seg/model.pth``, ``checkpoint.pth``,
@@ -27,7 +29,7 @@ from spol.losses import seg_loss
 from spol.model import SegModel
 from utils.checkpoint import MissingFileError
 from utils.config import add_common_args, run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform
+from utils.data import WSOLDataset, build_spol_transform, pseudo_mask_candidates
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 
@@ -57,13 +59,17 @@ def seg_loss_fn(model, batch):
 def check_masks(records, mask_dir: Path, split: str) -> None:
     """Every record has its pseudo mask: fail before training, naming the first missing file."""
     listings: dict[Path, set] = {}
-    for r in records:
-        path = mask_dir / (str(Path(r.image_id).with_suffix("")) + ".png")
+
+    def exists(path: Path) -> bool:
         if path.parent not in listings:
             listings[path.parent] = set(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else set()
-        if path.name not in listings[path.parent]:
-            raise MissingFileError.at(path, None, "pseudo mask not found: run spol/cam/test.py first "
-                                           f"(it writes one per image of split '{split}')")
+        return path.name in listings[path.parent]
+
+    for r in records:
+        candidates = pseudo_mask_candidates(mask_dir, r.image_id)  # ours, then the authors' names
+        if not any(exists(path) for path in candidates):
+            raise MissingFileError.at(candidates[0], None, "pseudo mask not found: run spol/cam/test.py first "
+                                      f"(it writes one per image of split '{split}')")
 
 
 def main(args):
@@ -75,7 +81,7 @@ def main(args):
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
     check_masks(records, mask_dir, args.split)
-    transform = build_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    transform = build_spol_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
     dataset = WSOLDataset(records, transform, pseudo_mask_dir=mask_dir)
     model = SegModel(pretrained=args.pretrained)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
