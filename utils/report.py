@@ -250,7 +250,7 @@ def report_markdown(results: dict) -> str:
     lines += [markdown_table(results["rows"])]
     spread = results.get("seed_spread")
     if spread:
-        lines += ["", "Seed spread (GT-known Loc, %, each seed a new dataset and training):", "",
+        lines += ["", "Seed spread (GT-known Loc, %; one demo run per column, whose --seed generates another dataset):", "",
                   spread_table(spread)]
     notes = [f"- **{r['method']}**: {r['notes']}" for r in results["rows"] if r.get("notes")]
     if notes:
