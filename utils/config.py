@@ -27,6 +27,7 @@ booleans; options with ``nargs`` take YAML lists.
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -58,6 +59,12 @@ TRAIN_ONLY = ("epochs", "resume", "overwrite", "log_every", "save_every_steps", 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` with every option's default: ``(default: X)`` is added to the help text unless the
     text already says what the default is (it mentions "default")."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
+            action = copy.copy(action)  # argparse prints no help line (so no default) for an empty help
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -98,7 +105,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, train: bool = True) -> a
         g.add_argument("--epochs", type=int, default=1)
     g.add_argument("--pretrained", type=str, default="imagenet", metavar="imagenet|none|PATH",
                    help="backbone initialisation: ImageNet weights from resource/, random (none), or "
-                        "PATH = a state dict in torchvision's layout for the backbone (checked strictly)")
+                        "PATH = a state dict in torchvision's layout for the backbone (checked strictly)"
+                   if train else "not read by a test step (its weights come from --checkpoint / the training "
+                                 "run); accepted so that one command line serves every stage")
     if not train:
         return parser
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
