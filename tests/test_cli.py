@@ -134,6 +134,25 @@ def test_option_names_shared_with_the_heavy_modules_agree():
     assert PSEUDO_MASK_WORK_SIZE == pseudo_mask.WORK_SIZE
     assert parser_of("spol/cam/test.py").get_default("resize") == pseudo_mask.WORK_SIZE
     assert classify.add_classifier_args is __import__("utils.options").options.add_classifier_args
+    from utils import evaluate, options as utils_options
+
+    assert utils_options.EVALUATE_PROTOCOLS == evaluate.PROTOCOLS
+    assert evaluate.get_args_parser is utils_options.evaluate_parser
+
+
+def test_evaluate_module_help_answers_before_torch_loads():
+    """``python -m utils.evaluate --help``: the program in the usage line, defaults, no torch."""
+    code = ("import contextlib, io, runpy, sys\n"
+            "sys.argv = ['utils/evaluate.py', '--help']\n"
+            "out = io.StringIO()\n"
+            "try:\n    with contextlib.redirect_stdout(out):\n"
+            "        runpy.run_module('utils.evaluate', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as exc:\n    print(out.getvalue()); print('EXIT', exc.code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.startswith("usage: python -m utils.evaluate "), (proc.stdout[:300], proc.stderr[-2000:])
+    assert proc.stdout.strip().endswith("EXIT 0 False")
+    assert "(default: 0.001)" in proc.stdout and "--protocol {wsol,spol,spol-official}" in proc.stdout
 
 
 def test_help_formatter_keeps_a_stated_default_and_adds_a_missing_one():
@@ -143,7 +162,9 @@ def test_help_formatter_keeps_a_stated_default_and_adds_a_missing_one():
     p.add_argument("--a", type=int, default=3, help="plain")
     p.add_argument("--b", type=str, default=None, help="size (default: per backbone)")
     p.add_argument("--c", type=float, default=0.5)
+    p.add_argument("--d", required=True)
     flat = " ".join(p.format_help().split())
+    assert "--d D" in flat and "(default: None)" not in flat
     assert "--a A plain (default: 3)" in flat
     assert "--b B size (default: per backbone)" in flat and "per backbone) (default" not in flat
     assert "--c C (default: 0.5)" in flat

@@ -58,17 +58,19 @@ TRAIN_ONLY = ("epochs", "resume", "overwrite", "log_every", "save_every_steps", 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` with every option's default: ``(default: X)`` is added to the help text unless the
-    text already says what the default is (it mentions "default")."""
+    text already says what the default is (it mentions "default") or the option is required."""
 
     def _format_action(self, action: argparse.Action) -> str:
-        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
+        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS \
+                and not action.required:
             action = copy.copy(action)  # argparse prints no help line (so no default) for an empty help
             action.help = "(default: %(default)s)"
         return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
+        if ("default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings
+                or action.required):
             return text
         return (text + " " if text else "") + "(default: %(default)s)"
 
