@@ -1,7 +1,10 @@
 """Command-line options with YAML configuration files (timm-style).
 
-Every stage script builds an ``argparse`` parser (``get_args_parser()``) and calls
-``parse_args(parser, stage="cam")``. ``--config FILE.yaml`` is added automatically.
+Every stage script takes its ``argparse`` parser (``get_args_parser()``) from a module that imports
+no torch (``spol/options.py``, ``sltnet/options.py``: ``stage_parser`` + ``add_common_args`` + the
+method's groups), parses with ``parse_early(__name__, get_args_parser, "cam_train")`` before its
+heavy imports, and hands the namespace to ``run_cli``; ``parse_args(parser, stage="cam_train")``
+does the parsing. ``--config FILE.yaml`` is added automatically.
 
 Precedence, lowest to highest::
 
@@ -10,7 +13,7 @@ Precedence, lowest to highest::
 A YAML file looks like::
 
     batch_size: 32          # applies to every stage that has --batch-size
-    lr: 0.02
+    epochs: 4               # TRAIN_ONLY: the training stages (skipped by the test steps)
     cam_train:              # applies to the "cam_train" stage only, wins over the top level
       epochs: 10
     seg_train:              # ignored by every stage but "seg_train"
@@ -18,7 +21,8 @@ A YAML file looks like::
 
 Keys are option destinations (``batch_size``; ``batch-size`` is accepted too). A key the
 stage's parser does not have is an error naming the file, the line and the key: a typo is
-never silently ignored. A mapping at the top level must be the section of a known stage
+never silently ignored (one exception: a top-level key in ``TRAIN_ONLY`` is skipped by a test step,
+which has no such option). A mapping at the top level must be the section of a known stage
 (``STAGES``, or the stage being parsed) or a YAML anchor declared as such (``name: &name``, merged
 into stage sections with ``<<: *name``): ``cma_train:`` or ``training:`` is an error, not ignored. Values are converted with the option's ``type`` and checked
 against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML
