@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import yaml
 
-from utils.config import parse_args
+from utils.config import HelpFormatter, parse_args
 from utils.data import load_gt_mask, load_records, num_classes, transform_boxes
 from utils.evaluate import evaluate_scoremaps
 from utils.paths import CONFIG_DIR, DATASET_DIR, OUTPUT_ROOT
@@ -78,7 +78,8 @@ TINY_TEST_ARGS = ["--batch-size", "4"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("WSOL demo on generated data: CAM, SPOL, SLT-Net through their stage scripts")
+    p = argparse.ArgumentParser(prog="demo.py", formatter_class=HelpFormatter,
+                                description="WSOL demo on generated data: CAM, SPOL, SLT-Net through their stage scripts")
     p.add_argument("--config", type=str, default=str(CONFIG_DIR / "demo.yaml"),
                    help="stage settings (per-stage mappings) and this script's own ('demo:' mapping)")
     p.add_argument("--data-root", type=str, default=None,

@@ -25,10 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sltnet.options import BOX_RULES, BOX_SCALES  # the names the command line offers
 from utils.cam import boxes_from_maps, boxes_from_maps_zhou, normalize_minmax, resize_maps
-
-BOX_RULES = ("zhou", "choe")
-BOX_SCALES = ("stride", "input")
 
 
 def _size_vector(size, like):

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sltnet.boxes import BOX_RULES, BOX_SCALES, box_divisor, normalize_boxes, pseudo_boxes
+from sltnet.boxes import box_divisor, normalize_boxes, pseudo_boxes
 from sltnet.losses import box_regression_loss, semantic_tolerance_loss, top_k_cam, select_cams
-from sltnet.model import BACKBONES, LocalizationBranch
+from sltnet.model import LocalizationBranch
+from sltnet.options import add_classifier_stage_args, add_loss_args, add_model_args, add_optim_args  # noqa: F401 (moved)
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
 from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
 from utils.data import protocol_geometry
@@ -32,94 +33,6 @@ DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "ilsvrc": DATASET_DIR 
                      "metadata": DATASET_DIR / "CUB_200_2011"}
 STAGE_SCRIPT = {"localizer": "sltnet/localizer/train.py", "regressor": "sltnet/regressor/train.py",
                 "classifier_train": "sltnet/classifier/train.py", "classifier": "sltnet/classifier/test.py"}
-
-
-# ----------------------------------------------------------------------------- options
-def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    g = parser.add_argument_group("sltnet model")
-    g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES))
-    g.add_argument("--dataset-name", type=str, default=None,
-                   help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout)")
-    g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
-    g.add_argument("--input-size", type=int, default=None, help="crop / test size: 224 (299 InceptionV3)")
-    g.add_argument("--cam-feature", type=str, default=None,
-                   help="backbone block the localizer ends at (default: vgg16 conv5, inception_v3 mixed_6e, "
-                        "resnet50 layer4, densenet161 features)")
-    g.add_argument("--extra-conv", type=int, default=None,
-                   help="channels of the 3x3 conv + ReLU before GAP, 0 = none (default 1024 VGG16/InceptionV3, 0 others)")
-    g.add_argument("--regressor-feature", type=str, default=None,
-                   help="regressor backbone block (default: the backbone's last block)")
-    g.add_argument("--regressor-hidden", type=int, default=512, help="width of the regressor's first FC layer")
-    g.add_argument("--regressor-final-relu", action=argparse.BooleanOptionalAction, default=True,
-                   help="ReLU after the regressor's second FC layer as after the first (Sec. 3.1: FC-ReLU-FC-ReLU); "
-                        "--no-regressor-final-relu: linear output")
-    g.add_argument("--box-scale", type=str, default=None, choices=list(BOX_SCALES),
-                   help="what the regressor's box is divided by: stride (Sec. 3.1: m, the localizer's downsampling "
-                        "factor; the training default) or input (the input size). Test: default as trained (args.yaml)")
-    g.add_argument("--box-stride", type=float, default=None,
-                   help="m for --box-scale stride (default: the stride of the localizer whose maps give the boxes; "
-                        "test: as trained)")
-    g.add_argument("--share-backbone", action=argparse.BooleanOptionalAction, default=False,
-                   help="regressor head on the localizer's features instead of its own backbone")
-    return parser
-
-
-def add_classifier_stage_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The model / geometry options of the classifier stage (named as in the other SLT-Net stages)."""
-    g = parser.add_argument_group("sltnet classifier")
-    g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES),
-                   help="classifier network (the paper uses the regressor's backbone type)")
-    g.add_argument("--dataset-name", type=str, default=None)
-    g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
-    g.add_argument("--input-size", type=int, default=None, help="crop size: 224 (299 InceptionV3)")
-    return parser
-
-
-def add_optim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    g = parser.add_argument_group("optimizer (Sec. 4.1: SGD, momentum 0.9, wd 5e-4, lr 2e-4, batch 16)")
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--head-lr-mult", type=float, default=1.0, help="lr multiplier of the new localizer layers")
-    g.add_argument("--regressor-lr", type=float, default=None, help="regressor lr (default: --lr)")
-    parser.set_defaults(batch_size=16, epochs=4)
-    return parser
-
-
-def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    g = parser.add_argument_group("SLT-Net losses (each on/off for the Table 5 ablation)")
-    g.add_argument("--smt", action=argparse.BooleanOptionalAction, default=True, help="L_SMT (Eq. 8), else CE")
-    g.add_argument("--alpha", type=float, default=0.4, help="SMT factor (CUB 0.4, ILSVRC 0.2)")
-    g.add_argument("--top-k", type=int, default=30, help="K of SMT and ACAM (CUB 30, ILSVRC 100)")
-    g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True,
-                   help="top-K ACAM map (Eq. 9); off: the CAM of the ground-truth class")
-    g.add_argument("--vst", action=argparse.BooleanOptionalAction, default=True, help="L_VST (Eq. 10-13)")
-    g.add_argument("--beta", type=float, default=10.0, help="weight of L_VST (Eq. 2)")
-    g.add_argument("--vst-scale-min", type=float, default=0.75)
-    g.add_argument("--vst-scale-max", type=float, default=1.25)
-    g.add_argument("--vst-flip-prob", type=float, default=0.5)
-    g.add_argument("--vst-brightness", type=float, default=0.4)
-    g.add_argument("--vst-contrast", type=float, default=0.4)
-    g.add_argument("--vst-saturation", type=float, default=0.4)
-    g.add_argument("--vst-hue", type=float, default=0.1)
-    g.add_argument("--vst-normalize", type=str, default="none", choices=["none", "max", "minmax"],
-                   help="CAM normalisation before the MSE of Eq. 13")
-    g.add_argument("--vst-maps", type=str, default="all", choices=["all", "topk", "gt"],
-                   help="maps in L_VST: all C, the top-K of the original image, or the GT class")
-    g.add_argument("--vst-detach-original", action=argparse.BooleanOptionalAction, default=False,
-                   help="stop the gradient of L_VST through the original image's maps M^o (paper silent)")
-    g.add_argument("--vst-reduction", type=str, default="eq13", choices=["eq13", "mean"],
-                   help="eq13: Eq. 13 as written (sum over the C maps, mean over W x H, mean over the batch); "
-                        "mean: also divided by C (per-map mean)")
-    g.add_argument("--vst-border", type=str, default="mask", choices=["mask", "keep"],
-                   help="cells that the inverse of a down-scaled copy extrapolates: left out of L_VST (mask) or kept")
-    g.add_argument("--reg-weight", type=float, default=1.0, help="weight of L_REG (Eq. 1 uses 1)")
-    g.add_argument("--box-threshold", type=float, default=0.2,
-                   help="pseudo-box threshold, fraction of the map's max (CAM's 20%%)")
-    g.add_argument("--box-rule", type=str, default="zhou", choices=list(BOX_RULES),
-                   help="pseudo-box rule: zhou (CAM's: raw map > t * max, largest connected component) or "
-                        "choe (min-max normalised, uint8 > int(t * max), the wsol evaluator's)")
-    return parser
 
 
 def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = None) -> argparse.Namespace:

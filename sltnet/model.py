@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from network import build_backbone
+from sltnet.options import BACKBONES  # the names the command line offers
 
-BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
 CAM_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_6e", "resnet50": "layer4", "densenet161": "features"}
 REGRESSOR_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_7c", "resnet50": "layer4", "densenet161": "features"}
 EXTRA_CONV = {"vgg16": 1024, "inception_v3": 1024, "resnet50": 0, "densenet161": 0}

@@ -1,7 +1,10 @@
 """Command-line options with YAML configuration files (timm-style).
 
-Every stage script builds an ``argparse`` parser (``get_args_parser()``) and calls
-``parse_args(parser, stage="cam")``. ``--config FILE.yaml`` is added automatically.
+Every stage script takes its ``argparse`` parser (``get_args_parser()``) from a module that imports
+no torch (``spol/options.py``, ``sltnet/options.py``: ``stage_parser`` + ``add_common_args`` + the
+method's groups), parses with ``parse_early(__name__, get_args_parser, "cam_train")`` before its
+heavy imports, and hands the namespace to ``run_cli``; ``parse_args(parser, stage="cam_train")``
+does the parsing. ``--config FILE.yaml`` is added automatically.
 
 Precedence, lowest to highest::
 
@@ -10,7 +13,7 @@ Precedence, lowest to highest::
 A YAML file looks like::
 
     batch_size: 32          # applies to every stage that has --batch-size
-    lr: 0.02
+    epochs: 4               # TRAIN_ONLY: the training stages (skipped by the test steps)
     cam_train:              # applies to the "cam_train" stage only, wins over the top level
       epochs: 10
     seg_train:              # ignored by every stage but "seg_train"
@@ -18,7 +21,8 @@ A YAML file looks like::
 
 Keys are option destinations (``batch_size``; ``batch-size`` is accepted too). A key the
 stage's parser does not have is an error naming the file, the line and the key: a typo is
-never silently ignored. A mapping at the top level must be the section of a known stage
+never silently ignored (one exception: a top-level key in ``TRAIN_ONLY`` is skipped by a test step,
+which has no such option). A mapping at the top level must be the section of a known stage
 (``STAGES``, or the stage being parsed) or a YAML anchor declared as such (``name: &name``, merged
 into stage sections with ``<<: *name``): ``cma_train:`` or ``training:`` is an error, not ignored. Values are converted with the option's ``type`` and checked
 against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML
@@ -27,6 +31,7 @@ booleans; options with ``nargs`` take YAML lists.
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -49,8 +54,39 @@ _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options every training / testing stage shares.
+# Common options that only a training run reads (utils.engine.Trainer): test steps leave them out.
+# A config file's top-level key naming one of them is skipped by a test step (it is meant for the
+# training stages), not refused as unknown.
+TRAIN_ONLY = ("epochs", "resume", "overwrite", "log_every", "save_every_steps", "max_steps_per_epoch")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with every option's default: ``(default: X)`` is added to the help text unless the
+    text already says what the default is (it mentions "default") or the option is required."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS \
+                and not action.required:
+            action = copy.copy(action)  # argparse prints no help line (so no default) for an empty help
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings
+                or action.required):
+            return text
+        return (text + " " if text else "") + "(default: %(default)s)"
+
+
+def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a stage script: ``prog`` (the script, e.g. ``spol/cam/train.py``) starts the
+    usage line, the description follows it, defaults are shown (``HelpFormatter``)."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, train: bool = True) -> argparse.ArgumentParser:
+    """Add the options every training / testing stage shares (``train=False``: without ``TRAIN_ONLY``).
 
     Stage scripts change defaults with ``parser.set_defaults(batch_size=..., epochs=...)``
     and derive ``output_dir`` / ``data_root`` when left as ``None``.
@@ -71,10 +107,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="deterministic algorithms (slower); with the same seed a run is repeatable")
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes per GPU")
     g.add_argument("--batch-size", type=int, default=32, help="images per GPU (per process)")
-    g.add_argument("--epochs", type=int, default=1)
+    if train:
+        g.add_argument("--epochs", type=int, default=1)
     g.add_argument("--pretrained", type=str, default="imagenet", metavar="imagenet|none|PATH",
                    help="backbone initialisation: ImageNet weights from resource/, random (none), or "
-                        "PATH = a state dict in torchvision's layout for the backbone (checked strictly)")
+                        "PATH = a state dict in torchvision's layout for the backbone (checked strictly)"
+                   if train else "not read by a test step (its weights come from --checkpoint / the training "
+                                 "run); accepted so that one command line serves every stage")
+    if not train:
+        return parser
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from output_dir/checkpoint.pth when it exists")
     g.add_argument("--overwrite", action="store_true",
@@ -215,6 +256,8 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> d
     def apply(key: Any, value: Any, where: tuple) -> None:
         line = lines.get(where)
         dest = str(key).replace("-", "_")
+        if dest not in actions and dest in TRAIN_ONLY and len(where) == 1:
+            return  # a training option at the top level: for the training stages, not this test step
         if dest not in actions:
             section = f" in section '{stage}'" if len(where) == 2 else ""
             raise DataError.at(path, line, f"unknown key '{key}'{section}: the '{stage}' stage has "
@@ -380,18 +423,35 @@ def report_error(exc: BaseException) -> None:
             pass
 
 
-def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None):
+def parse_early(module_name: str, get_args_parser, stage: str, argv: list[str] | None = None):
+    """A stage script's first statement: when it runs as ``__main__``, parse the command line (and
+    the ``--config`` file) now, before the script imports torch, so that ``--help``, a mistyped
+    option or a bad config file is answered at once; the namespace goes to ``run_cli(..., args=)``.
+    A config error is the usual one ``error:`` line and exit status 2. Imported (tests, benchmarks,
+    ``demo.py``): nothing is parsed, returns None."""
+    if module_name != "__main__":
+        return None
+    try:
+        return parse_args(get_args_parser(), argv, stage=stage)
+    except DataError as exc:
+        report_error(exc)
+        raise SystemExit(2) from None
+
+
+def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None, *,
+            args: argparse.Namespace | None = None):
     """``__main__`` of a stage script: parse (YAML + command line) and call ``main``. Bad input
     (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights,
     also when a data loader worker met it) and faults of the run (``RunError``: output folder in
     use, another run's checkpoint, diverged loss, full disk) end the run with one ``error:`` line
     on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback. A test step's
-    outputs moved aside by ``utils.rundir.protect_outputs`` are put back on any failure."""
+    outputs moved aside by ``utils.rundir.protect_outputs`` are put back on any failure. ``args``:
+    the namespace ``parse_early`` made (then ``argv`` is not parsed again)."""
     from utils import rundir
 
     rundir.current_stage["name"] = stage
     try:
-        result = main(parse_args(get_args_parser(), argv, stage=stage))
+        result = main(args if args is not None else parse_args(get_args_parser(), argv, stage=stage))
     except (DataError, FloatingPointError) as exc:  # FloatingPointError: a diverged model's output
         rundir.restore_protected()
         rundir.release_all()

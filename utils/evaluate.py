@@ -39,7 +39,11 @@ Commands::
 """
 from __future__ import annotations
 
-import argparse
+from utils.options import evaluate_parser as get_args_parser
+
+# python -m utils.evaluate: --help and bad options are answered before the heavy imports
+ARGS = get_args_parser().parse_args() if __name__ == "__main__" else None
+
 import multiprocessing as mp
 import os
 from collections.abc import Mapping
@@ -343,31 +347,6 @@ def format_table(results: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata"))
-    p.add_argument("--metadata-root", default=None, help="for --layout metadata (default <data-root>/metadata)")
-    p.add_argument("--split", required=True)
-    p.add_argument("--exclude-ids", nargs="*", default=(),
-                   help="image ids / file names left out (SPOL leaves out ILSVRC2012_val_00033202.JPEG)")
-    p.add_argument("--scoremaps", required=True, help="folder of <image id stem>.npy score maps")
-    p.add_argument("--protocol", required=True, choices=PROTOCOLS)
-    p.add_argument("--cam-curve-interval", type=float, default=0.001)
-    p.add_argument("--threshold", type=float, default=None,
-                   help="fixed box threshold (wsol: default = best of the sweep; spol: default 0.2, 0.8 for ilsvrc)")
-    p.add_argument("--predictions", default=None,
-                   help="predictions.csv of the classification stage, or the SPOL authors' top1top5.npy")
-    p.add_argument("--iou-threshold", type=float, default=0.5)
-    p.add_argument("--iou-compare", choices=(">=", ">"), default=">=")
-    p.add_argument("--iou-convention", choices=("inclusive", "exclusive"), default="inclusive")
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--resize-size", type=int, default=256, help="spol protocol: resize before the centre crop")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--output", required=True, help="results JSON; the table goes next to it as .txt")
-    return p
-
-
 def main(args) -> dict:
     threshold = args.threshold
     if args.protocol in SPOL_PROTOCOLS and threshold is None:
@@ -388,14 +367,15 @@ def main(args) -> dict:
     return results
 
 
-def cli(argv=None) -> dict:
+def cli(argv=None, args=None) -> dict:
     """``python -m utils.evaluate``: bad input (missing data root, score map or prediction, a
     malformed file) ends with one ``error:`` line naming the file and exit status 2."""
     import sys
 
     from utils.errors import one_line
 
-    args = get_args_parser().parse_args(argv)
+    if args is None:
+        args = get_args_parser().parse_args(argv)
     try:
         for name in ("data_root", "scoremaps"):
             if not Path(getattr(args, name)).is_dir():
@@ -410,4 +390,4 @@ def cli(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    cli()
+    cli(args=ARGS)

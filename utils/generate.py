@@ -345,7 +345,10 @@ def read_generator_params(root) -> dict | None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Generate a fine-grained 'birds' dataset in the CUB-200-2011 layout.")
+    from utils.config import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m utils.generate", formatter_class=HelpFormatter,
+                                     description="Generate a fine-grained 'birds' dataset in the CUB-200-2011 layout.")
     parser.add_argument("--out", required=True, help="output folder (created; must not exist unless --overwrite)")
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--train-per-class", type=int, default=60)

@@ -254,7 +254,11 @@ def read_info(path) -> dict | None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("Pretrain a torchvision backbone on generated generic objects (stand-in for ImageNet)")
+    from utils.config import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m utils.pretrain", formatter_class=HelpFormatter,
+                                description="Pretrain a torchvision backbone on generated generic objects "
+                                            "(stand-in for ImageNet)")
     for key, value in DEFAULTS.items():
         kind = type(value[0]) if isinstance(value, list) else type(value)
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=value,

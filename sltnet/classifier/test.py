@@ -12,34 +12,25 @@ ILSVRC (torchvision's ImageNet weights as they are, from resource/):
 """
 from __future__ import annotations
 
+from sltnet.options import classifier_test_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "classifier_test")
+
 import argparse
 from pathlib import Path
 
-from sltnet.common import add_classifier_stage_args, load_weights, resolve_args
+from sltnet.common import load_weights, resolve_args
 from network import build_classifier
 from utils.classify import write_classification
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import run_cli, save_resolved_config
 from utils.data import build_transform, load_records, num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
 from utils.io import atomic_write_json
 
 STAGE = "classifier_test"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SLT-Net classifier predictions (predictions.csv)")
-    add_common_args(parser)
-    add_classifier_stage_args(parser)
-    g = parser.add_argument_group("test")
-    g.add_argument("--split", type=str, default="test")
-    g.add_argument("--classifier-dir", type=str, default=None, help="classifier stage folder (model.pth)")
-    g.add_argument("--checkpoint", type=str, default=None,
-                   help="weights file (default <classifier-dir>/model.pth); 'pretrained' = ImageNet weights as they are")
-    g.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=True,
-                   help="average the softmax of ten crops (else one centre crop)")
-    parser.set_defaults(batch_size=32)
-    return parser
 
 
 def main(args):
@@ -70,4 +61,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, STAGE)
+    run_cli(main, get_args_parser, STAGE, args=ARGS)

@@ -13,33 +13,23 @@ Writes output/sltnet/<dataset>/<backbone>/classifier/{model.pth, checkpoint.pth,
 """
 from __future__ import annotations
 
+from sltnet.options import classifier_train_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "classifier_train")
+
 import argparse
 
 from network import build_classifier
-from sltnet.common import add_classifier_stage_args, resolve_args
+from sltnet.common import resolve_args
 from utils.classify import train_classifier
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import run_cli, save_resolved_config
 from utils.data import load_records, num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
 
 STAGE = "classifier_train"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SLT-Net classifier fine-tuning (cross entropy)")
-    add_common_args(parser)
-    add_classifier_stage_args(parser)
-    g = parser.add_argument_group("optimizer")
-    g.add_argument("--split", type=str, default="train")
-    g.add_argument("--lr", type=float, default=0.01, help="lr of the new output layer")
-    g.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of the pretrained layers")
-    g.add_argument("--lr-schedule", type=str, default="linear", choices=["linear", "constant"])
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
-    parser.set_defaults(epochs=30, batch_size=32)
-    return parser
 
 
 def main(args):
@@ -60,4 +50,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, STAGE)
+    run_cli(main, get_args_parser, STAGE, args=ARGS)

@@ -18,16 +18,21 @@ the boxes are the standalone regressor's training targets.
 """
 from __future__ import annotations
 
-import argparse
+from sltnet.options import localizer_test_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "localizer_test")
+
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sltnet.boxes import BOX_RULES, maps_to_boxes
-from sltnet.common import add_model_args, build_branch, load_weights, localization_map, resolve_args
+from sltnet.boxes import maps_to_boxes
+from sltnet.common import build_branch, load_weights, localization_map, resolve_args
 from utils.cam import normalize_minmax, resize_maps
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, protocol_geometry, transform_boxes
 from utils.distributed import all_gather_object, cleanup
 from utils.engine import evaluate_loop, gather_lists, setup_run
@@ -37,33 +42,6 @@ from utils.metrics import LocalizationMeter
 from utils.predictions import write_boxes_csv
 
 STAGE = "localizer_test"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SLT-Net localizer evaluation, pseudo boxes and score maps")
-    add_common_args(parser)
-    add_model_args(parser)
-    g = parser.add_argument_group("localizer test")
-    g.add_argument("--split", type=str, default="test", help="test / val, or train for the regressor's targets")
-    g.add_argument("--localizer-dir", type=str, default=None, help="localizer stage folder (model.pth)")
-    g.add_argument("--weights", type=str, default=None, help="default: <localizer-dir>/model.pth")
-    g.add_argument("--protocol", type=str, default="wsol", choices=["wsol", "spol"],
-                   help="wsol: whole image resized to input size; spol: resize then centre crop")
-    g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--top-k", type=int, default=30)
-    g.add_argument("--box-threshold", type=float, default=0.2)
-    g.add_argument("--box-rule", type=str, default="zhou", choices=list(BOX_RULES),
-                   help="zhou: CAM's rule on the raw map (> t * max, largest connected component; the paper's); "
-                        "choe: min-max normalised map, uint8 > int(t * max) (the wsol evaluator's rule)")
-    g.add_argument("--iou-threshold", type=float, default=0.5)
-    g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
-    g.add_argument("--cam-curve-interval", type=float, default=0.001, help="MaxBoxAccV2 threshold step")
-    g.add_argument("--maxboxacc", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate the saved score maps with utils.evaluate (needs --scoremaps)")
-    g.add_argument("--scoremaps", action=argparse.BooleanOptionalAction, default=True,
-                   help="save scoremaps/<id stem>.npy")
-    parser.set_defaults(batch_size=32)
-    return parser
 
 
 def localizer_step(model, batch, *, acam: bool, top_k: int, size, threshold: float, rule: str = "zhou") -> dict:
@@ -162,4 +140,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, STAGE)
+    run_cli(main, get_args_parser, STAGE, args=ARGS)

@@ -20,29 +20,20 @@ Tiny CPU run on generated data:
 """
 from __future__ import annotations
 
-import argparse
+from sltnet.options import localizer_train_parser as get_args_parser
+from utils.config import parse_early
 
-from sltnet.common import (add_loss_args, add_model_args, add_optim_args, build_branch, make_branch_loss,
-                           resolve_args)
-from utils.config import add_common_args, run_cli, save_resolved_config
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "localizer_train")
+
+
+from sltnet.common import build_branch, make_branch_loss, resolve_args
+from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 
 STAGE = "localizer_train"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SLT-Net localizer + regressor training (Fig. 2a)")
-    add_common_args(parser)
-    add_model_args(parser)
-    add_optim_args(parser)
-    add_loss_args(parser)
-    g = parser.add_argument_group("data")
-    g.add_argument("--split", type=str, default="train")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
-                   help="random horizontal flip after the random crop (data augmentation)")
-    return parser
 
 
 def main(args):
@@ -73,4 +64,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, STAGE)
+    run_cli(main, get_args_parser, STAGE, args=ARGS)

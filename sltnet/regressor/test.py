@@ -18,17 +18,22 @@ p * m (--box-scale stride, Sec. 3.1) or p * input size (--box-scale input), then
 """
 from __future__ import annotations
 
-import argparse
+from sltnet.options import regressor_test_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "regressor_test")
+
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sltnet.boxes import box_divisor, denormalize_boxes
-from sltnet.common import (add_model_args, build_branch, load_weights, require_file, resolve_args, to_uint8_images,
+from sltnet.common import (build_branch, load_weights, require_file, resolve_args, to_uint8_images,
                            trained_box_encoding)
 from sltnet.model import BoxRegressor
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, transform_boxes
 from utils.distributed import cleanup
 from utils.engine import evaluate_loop, gather_lists, setup_run
@@ -40,30 +45,6 @@ from utils.predictions import read_boxes_csv, read_predictions, write_boxes_csv
 from utils.visualize import BLUE, GREEN, RED, box_grid
 
 STAGE = "regressor_test"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SLT-Net final evaluation: regressor boxes + classifier classes")
-    add_common_args(parser)
-    add_model_args(parser)
-    g = parser.add_argument_group("evaluation")
-    g.add_argument("--split", type=str, default="test")
-    g.add_argument("--localizer-dir", type=str, default=None)
-    g.add_argument("--regressor-dir", type=str, default=None)
-    g.add_argument("--classifier-dir", type=str, default=None)
-    g.add_argument("--regressor-source", type=str, default="localizer", choices=["localizer", "regressor"],
-                   help="which stage's model.pth holds the regressor")
-    g.add_argument("--weights", type=str, default=None, help="explicit regressor weights file")
-    g.add_argument("--predictions", type=str, default=None,
-                   help="default: <classifier-dir>/<split>/predictions.csv")
-    g.add_argument("--localizer-boxes", type=str, default=None,
-                   help="localizer boxes for grid.png (default: <localizer-dir>/<split>/boxes.csv if present)")
-    g.add_argument("--protocol", type=str, default="wsol", choices=["wsol", "spol"])
-    g.add_argument("--iou-threshold", type=float, default=0.5)
-    g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
-    g.add_argument("--grid-images", type=int, default=16)
-    parser.set_defaults(batch_size=32)
-    return parser
 
 
 def weights_path(args) -> Path:
@@ -178,4 +159,4 @@ def write_grid(path, shown, records, boxes, gts, args) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, STAGE)
+    run_cli(main, get_args_parser, STAGE, args=ARGS)

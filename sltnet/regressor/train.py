@@ -26,16 +26,21 @@ Writes output/sltnet/<dataset>/<backbone>/regressor/{model.pth, checkpoint.pth, 
 """
 from __future__ import annotations
 
-import argparse
+from sltnet.options import regressor_train_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "regressor_train")
+
 from pathlib import Path
 
 import torch
 
 from sltnet.boxes import box_divisor, normalize_boxes
-from sltnet.common import add_model_args, add_optim_args, boxes_to_image_fraction, crop_flip_boxes, resolve_args
+from sltnet.common import boxes_to_image_fraction, crop_flip_boxes, resolve_args
 from sltnet.losses import box_regression_loss
-from sltnet.model import BACKBONES, BoxRegressor
-from utils.config import add_common_args, run_cli, save_resolved_config
+from sltnet.model import BoxRegressor
+from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
@@ -43,24 +48,6 @@ from utils.errors import DataError
 from utils.predictions import read_boxes_csv
 
 STAGE = "regressor_train"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SLT-Net regressor training from saved pseudo boxes")
-    add_common_args(parser)
-    add_model_args(parser)
-    add_optim_args(parser)
-    g = parser.add_argument_group("regressor")
-    g.add_argument("--split", type=str, default="train")
-    g.add_argument("--pseudo-box-backbone", type=str, default=None, choices=list(BACKBONES),
-                   help="the localizer whose boxes are learnt (Table 6: inception_v3 for ILSVRC, vgg16 for CUB); "
-                        "default: --backbone")
-    g.add_argument("--localizer-dir", type=str, default=None,
-                   help="that localizer's stage folder "
-                        "(default: output/sltnet/<dataset>/<pseudo-box-backbone>/localizer)")
-    g.add_argument("--boxes", type=str, default=None, help="pseudo boxes (default: <localizer-dir>/train/boxes.csv)")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
-    return parser
 
 
 def pseudo_box_targets(records, boxes_path) -> tuple[torch.Tensor, dict]:
@@ -121,4 +108,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, STAGE)
+    run_cli(main, get_args_parser, STAGE, args=ARGS)

@@ -25,7 +25,12 @@ SPOL cam state dict or one of ours, loaded strictly (fp16 -> fp32).
 """
 from __future__ import annotations
 
-import argparse
+from spol.options import cam_test_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "cam_test")
+
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,34 +39,13 @@ import torch
 from tqdm import tqdm
 
 from spol import pseudo_mask as pm
-from spol.common import add_spol_args, load_split, require, resolve_defaults
+from spol.common import load_split, require, resolve_defaults
 from spol.model import CAMModel, load_spol_weights
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, num_classes
 from utils.distributed import DistContext, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
 from utils.io import atomic_save_png, atomic_write, atomic_write_json
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SPOL cam stage: write pseudo masks of the training images")
-    add_common_args(parser)
-    add_spol_args(parser)
-    g = parser.add_argument_group("cam test")
-    g.add_argument("--checkpoint", type=str, default=None,
-                   help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
-    g.add_argument("--split", type=str, default="train", help="images to write pseudo masks for")
-    g.add_argument("--resize", type=int, default=pm.WORK_SIZE,
-                   help="CAM input and pseudo-mask working size (reference: 256)")
-    g.add_argument("--mask-workers", type=int, default=4, help="CPU threads fitting the Gaussians")
-    g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
-                   help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
-                        "names (ImageNet: lossy JPEG under the image's own name)")
-    g.add_argument("--degenerate-contours", type=str, default="skip", choices=["skip", "nan"],
-                   help="skip: a contour whose Gaussian is not finite adds nothing; nan: the authors' "
-                        "NaN channel")
-    parser.set_defaults(batch_size=64, pretrained="none")
-    return parser
 
 
 @torch.no_grad()
@@ -157,4 +141,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "cam_test")
+    run_cli(main, get_args_parser, "cam_test", args=ARGS)

@@ -17,35 +17,20 @@ Needs ``resource/resnet50-19c8e357.pth`` unless ``--pretrained none``.
 """
 from __future__ import annotations
 
-import argparse
+from spol.options import cam_train_parser as get_args_parser
+from utils.config import parse_early
 
-from spol.common import (add_sgd_args, add_spol_args, drop_last_needed, load_split, resolve_defaults,
-                         spol_param_groups)
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "cam_train")
+
+
+from spol.common import drop_last_needed, load_split, resolve_defaults, spol_param_groups
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
 from spol.model import CAMModel
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, num_classes
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SPOL cam stage: train the CAM model", add_help=True)
-    add_common_args(parser)
-    add_spol_args(parser)
-    add_sgd_args(parser, lr=0.02, backbone_lr_mult=0.1)
-    g = parser.add_argument_group("cam")
-    g.add_argument("--loss", type=str, default="two_head", choices=["two_head", "single_head"],
-                   help="two_head: CUB's (CE(deep) + softCE(fused, softmax(deep))) / 2; "
-                        "single_head: ImageNet's CE(fused)")
-    g.add_argument("--freeze-stem", action=argparse.BooleanOptionalAction, default=False,
-                   help="freeze conv1/bn1 of the backbone (the reference's ImageNet setting)")
-    g.add_argument("--split", type=str, default="train")
-    g.add_argument("--resize", type=int, default=256, help="resize to resize x resize")
-    g.add_argument("--crop", type=int, default=224, help="random crop")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
-    parser.set_defaults(batch_size=64, epochs=32)
-    return parser
 
 
 def cam_loss_fn(loss: str):
@@ -86,4 +71,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "cam_train")
+    run_cli(main, get_args_parser, "cam_train", args=ARGS)

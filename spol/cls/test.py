@@ -16,27 +16,23 @@ ten crops of size C of the image resized to ``--resize``.
 """
 from __future__ import annotations
 
-import argparse
+from spol.options import cls_test_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "cls_test")
+
 from pathlib import Path
 
 from network.backbones import build_classifier
-from spol.common import add_spol_args, load_split, require, resolve_defaults
+from spol.common import load_split, require, resolve_defaults
 from utils.checkpoint import load_checkpoint, load_state_dict_checked
-from utils.classify import add_classifier_args, eval_transform, write_classification
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.classify import eval_transform, write_classification
+from utils.config import run_cli, save_resolved_config
 from utils.data import num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
 from utils.io import atomic_write_json
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SPOL cls stage: write predictions.csv")
-    add_common_args(parser)
-    add_spol_args(parser)
-    add_classifier_args(parser, train=False)
-    parser.set_defaults(batch_size=16, resize=685, pretrained="none")
-    return parser
 
 
 def load_classifier(args, classes: int):
@@ -69,4 +65,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "cls_test")
+    run_cli(main, get_args_parser, "cls_test", args=ARGS)

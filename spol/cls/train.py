@@ -13,24 +13,20 @@ Writes ``output/spol/cub/cls/``: ``model.pth`` (state dict), ``checkpoint.pth``,
 """
 from __future__ import annotations
 
-import argparse
+from spol.options import cls_train_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "cls_train")
+
 
 from network.backbones import build_classifier
-from spol.common import add_spol_args, load_split, resolve_defaults
-from utils.classify import add_classifier_args, train_classifier
-from utils.config import add_common_args, run_cli, save_resolved_config
+from spol.common import load_split, resolve_defaults
+from utils.classify import train_classifier
+from utils.config import run_cli, save_resolved_config
 from utils.data import num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SPOL cls stage: train the classifier")
-    add_common_args(parser)
-    add_spol_args(parser)
-    add_classifier_args(parser, train=True)
-    parser.set_defaults(batch_size=16, epochs=20, resize=685, crop=600)
-    return parser
 
 
 def main(args):
@@ -48,4 +44,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "cls_train")
+    run_cli(main, get_args_parser, "cls_train", args=ARGS)

@@ -30,7 +30,12 @@ the exact command is in metrics.json), ``metrics.json``/``metrics.txt``, ``boxes
 """
 from __future__ import annotations
 
-import argparse
+from spol.options import seg_test_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "seg_test")
+
 import os
 import shlex
 from pathlib import Path
@@ -40,11 +45,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spol.common import add_spol_args, dataset_name, default_path, load_split, require, resolve_defaults
+from spol.common import dataset_name, default_path, load_split, require, resolve_defaults
 from spol.model import SegModel, load_spol_weights
 from spol.visualize import write_grid
 from utils.cam import boxes_from_maps, spol_box
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, build_transform
 from utils.distributed import DistContext, all_gather_object, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
@@ -56,42 +61,6 @@ from utils.predictions import read_cls_results, write_boxes_csv
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
 SPOL_THRESHOLD = {"cub": 0.2, "imagenet": 0.8}
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SPOL seg stage: evaluate localization")
-    add_common_args(parser)
-    add_spol_args(parser)
-    g = parser.add_argument_group("seg test")
-    g.add_argument("--checkpoint", type=str, default=None,
-                   help="seg model weights (default <output-dir>/model.pth, from spol/seg/train.py)")
-    g.add_argument("--cls-dir", type=str, default=None,
-                   help="folder with predictions.csv (default output/spol/<dataset>/cls, from spol/cls/test.py)")
-    g.add_argument("--split", type=str, default="test")
-    g.add_argument("--cls-results", type=str, default=None,
-                   help="per-image classification results: a predictions.csv or the SPOL authors' "
-                        "top1top5.npy (default <cls-dir>/predictions.csv)")
-    g.add_argument("--protocol", type=str, default="both", choices=["spol", "spol-official", "wsol", "both"],
-                   help="spol: the authors' computation + fixes; spol-official: theirs exactly (skips "
-                        "images, IoU > 0.5); wsol: Choe et al.; both: spol and wsol")
-    g.add_argument("--spol-threshold", type=float, default=None, help="spol protocol: 0.2 CUB, 0.8 ImageNet")
-    g.add_argument("--resize", type=int, default=256, help="spol protocol: resize before the centre crop")
-    g.add_argument("--crop", type=int, default=224, help="input size of both protocols")
-    g.add_argument("--threshold-split", type=str, default=None,
-                   help="wsol protocol: held-out split the box threshold is chosen on (e.g. val)")
-    g.add_argument("--threshold-layout", type=str, default=None, choices=["cub", "ilsvrc", "metadata"],
-                   help="layout of the threshold split (default --layout)")
-    g.add_argument("--threshold-data-root", type=str, default=None, help="its data root (default --data-root)")
-    g.add_argument("--iou-threshold", type=float, default=0.5)
-    g.add_argument("--iou-compare", type=str, default=None, choices=[">=", ">"],
-                   help="spol and wsol protocols (default '>='); spol-official always uses the authors' '>'")
-    g.add_argument("--iou-convention", type=str, default="inclusive", choices=["inclusive", "exclusive"],
-                   help="wsol protocol only (the SPOL protocols use the authors' exclusive IoU)")
-    g.add_argument("--cam-curve-interval", type=float, default=0.001)
-    g.add_argument("--eval-workers", type=int, default=0, help="processes scoring the maps")
-    g.add_argument("--grid-images", type=int, default=16)
-    parser.set_defaults(batch_size=64, pretrained="none")
-    return parser
 
 
 @torch.no_grad()
@@ -260,4 +229,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "seg_test")
+    run_cli(main, get_args_parser, "seg_test", args=ARGS)

@@ -20,34 +20,23 @@ written by ``spol/cam/test.py``); writes ``output/spol/<dataset>/seg/model.pth``
 """
 from __future__ import annotations
 
-import argparse
+from spol.options import seg_train_parser as get_args_parser
+from utils.config import parse_early
+
+# run as a script: --help and bad options are answered before torch loads
+ARGS = parse_early(__name__, get_args_parser, "seg_train")
+
 from pathlib import Path
 
-from spol.common import (add_sgd_args, add_spol_args, default_path, drop_last_needed, load_split, require,
-                         resolve_defaults, spol_param_groups)
+from spol.common import (default_path, drop_last_needed, load_split, require, resolve_defaults,
+                         spol_param_groups)
 from spol.losses import seg_loss
 from spol.model import SegModel
 from utils.checkpoint import MissingFileError
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, pseudo_mask_candidates
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SPOL seg stage: train the segmentation model on pseudo masks")
-    add_common_args(parser)
-    add_spol_args(parser)
-    add_sgd_args(parser, lr=0.02, backbone_lr_mult=1.0)
-    g = parser.add_argument_group("seg")
-    g.add_argument("--mask-dir", type=str, default=None,
-                   help="pseudo masks (default output/spol/<dataset>/cam/pseudo_masks, from spol/cam/test.py)")
-    g.add_argument("--split", type=str, default="train")
-    g.add_argument("--resize", type=int, default=256)
-    g.add_argument("--crop", type=int, default=224)
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
-    parser.set_defaults(batch_size=128, epochs=8)
-    return parser
 
 
 def seg_loss_fn(model, batch):
@@ -95,4 +84,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser, "seg_train")
+    run_cli(main, get_args_parser, "seg_train", args=ARGS)

@@ -1,0 +1,138 @@
+"""The command lines of the SPOL stage scripts, buildable without importing torch.
+
+Each ``spol/<stage>/<train|test>.py`` takes its parser from here and parses ``sys.argv`` before
+its heavy imports (``utils.config.parse_early``), so ``--help`` and a mistyped option are answered
+at once. Shared groups: ``utils.config.add_common_args`` (``train=False`` leaves out the options
+only a training run reads), ``spol.common.add_spol_args`` / ``add_sgd_args``,
+``utils.options.add_classifier_args``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from spol.common import add_sgd_args, add_spol_args
+from utils.config import add_common_args, stage_parser
+from utils.options import add_classifier_args
+
+# spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/test_cli.py checks the two agree)
+PSEUDO_MASK_WORK_SIZE = 256
+
+
+def cls_train_parser() -> argparse.ArgumentParser:
+    """``spol/cls/train.py``."""
+    parser = stage_parser("spol/cls/train.py", "SPOL cls stage: train the classifier")
+    add_common_args(parser)
+    add_spol_args(parser)
+    add_classifier_args(parser, train=True)
+    parser.set_defaults(batch_size=16, epochs=20, resize=685, crop=600)
+    return parser
+
+
+def cls_test_parser() -> argparse.ArgumentParser:
+    """``spol/cls/test.py``."""
+    parser = stage_parser("spol/cls/test.py", "SPOL cls stage: write predictions.csv")
+    add_common_args(parser, train=False)
+    add_spol_args(parser)
+    add_classifier_args(parser, train=False)
+    parser.set_defaults(batch_size=16, resize=685, pretrained="none")
+    return parser
+
+
+def cam_train_parser() -> argparse.ArgumentParser:
+    """``spol/cam/train.py``."""
+    parser = stage_parser("spol/cam/train.py", "SPOL cam stage: train the CAM model")
+    add_common_args(parser)
+    add_spol_args(parser)
+    add_sgd_args(parser, lr=0.02, backbone_lr_mult=0.1)
+    g = parser.add_argument_group("cam")
+    g.add_argument("--loss", type=str, default="two_head", choices=["two_head", "single_head"],
+                   help="two_head: CUB's (CE(deep) + softCE(fused, softmax(deep))) / 2; "
+                        "single_head: ImageNet's CE(fused)")
+    g.add_argument("--freeze-stem", action=argparse.BooleanOptionalAction, default=False,
+                   help="freeze conv1/bn1 of the backbone (the reference's ImageNet setting)")
+    g.add_argument("--split", type=str, default="train")
+    g.add_argument("--resize", type=int, default=256, help="resize to resize x resize")
+    g.add_argument("--crop", type=int, default=224, help="random crop")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    parser.set_defaults(batch_size=64, epochs=32)
+    return parser
+
+
+def cam_test_parser() -> argparse.ArgumentParser:
+    """``spol/cam/test.py``."""
+    parser = stage_parser("spol/cam/test.py", "SPOL cam stage: write pseudo masks of the training images")
+    add_common_args(parser, train=False)
+    add_spol_args(parser)
+    g = parser.add_argument_group("cam test")
+    g.add_argument("--checkpoint", type=str, default=None,
+                   help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
+    g.add_argument("--split", type=str, default="train", help="images to write pseudo masks for")
+    g.add_argument("--resize", type=int, default=PSEUDO_MASK_WORK_SIZE,
+                   help="CAM input and pseudo-mask working size (reference: 256)")
+    g.add_argument("--mask-workers", type=int, default=4, help="CPU threads fitting the Gaussians")
+    g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
+                   help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
+                        "names (ImageNet: lossy JPEG under the image's own name)")
+    g.add_argument("--degenerate-contours", type=str, default="skip", choices=["skip", "nan"],
+                   help="skip: a contour whose Gaussian is not finite adds nothing; nan: the authors' "
+                        "NaN channel")
+    parser.set_defaults(batch_size=64, pretrained="none")
+    return parser
+
+
+def seg_train_parser() -> argparse.ArgumentParser:
+    """``spol/seg/train.py``."""
+    parser = stage_parser("spol/seg/train.py", "SPOL seg stage: train the segmentation model on pseudo masks")
+    add_common_args(parser)
+    add_spol_args(parser)
+    add_sgd_args(parser, lr=0.02, backbone_lr_mult=1.0)
+    g = parser.add_argument_group("seg")
+    g.add_argument("--mask-dir", type=str, default=None,
+                   help="pseudo masks (default output/spol/<dataset>/cam/pseudo_masks, from spol/cam/test.py)")
+    g.add_argument("--split", type=str, default="train")
+    g.add_argument("--resize", type=int, default=256)
+    g.add_argument("--crop", type=int, default=224)
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    parser.set_defaults(batch_size=128, epochs=8)
+    return parser
+
+
+def seg_test_parser() -> argparse.ArgumentParser:
+    """``spol/seg/test.py``."""
+    parser = stage_parser("spol/seg/test.py", "SPOL seg stage: evaluate localization")
+    add_common_args(parser, train=False)
+    add_spol_args(parser)
+    g = parser.add_argument_group("seg test")
+    g.add_argument("--checkpoint", type=str, default=None,
+                   help="seg model weights (default <output-dir>/model.pth, from spol/seg/train.py)")
+    g.add_argument("--cls-dir", type=str, default=None,
+                   help="folder with predictions.csv (default output/spol/<dataset>/cls, from spol/cls/test.py)")
+    g.add_argument("--split", type=str, default="test")
+    g.add_argument("--cls-results", type=str, default=None,
+                   help="per-image classification results: a predictions.csv or the SPOL authors' "
+                        "top1top5.npy (default <cls-dir>/predictions.csv)")
+    g.add_argument("--protocol", type=str, default="both", choices=["spol", "spol-official", "wsol", "both"],
+                   help="spol: the authors' computation + fixes; spol-official: theirs exactly (skips "
+                        "images, IoU > 0.5); wsol: Choe et al.; both: spol and wsol")
+    g.add_argument("--spol-threshold", type=float, default=None, help="spol protocol: 0.2 CUB, 0.8 ImageNet")
+    g.add_argument("--resize", type=int, default=256, help="spol protocol: resize before the centre crop")
+    g.add_argument("--crop", type=int, default=224, help="input size of both protocols")
+    g.add_argument("--threshold-split", type=str, default=None,
+                   help="wsol protocol: held-out split the box threshold is chosen on (e.g. val)")
+    g.add_argument("--threshold-layout", type=str, default=None, choices=["cub", "ilsvrc", "metadata"],
+                   help="layout of the threshold split (default --layout)")
+    g.add_argument("--threshold-data-root", type=str, default=None, help="its data root (default --data-root)")
+    g.add_argument("--iou-threshold", type=float, default=0.5)
+    g.add_argument("--iou-compare", type=str, default=None, choices=[">=", ">"],
+                   help="spol and wsol protocols (default '>='); spol-official always uses the authors' '>'")
+    g.add_argument("--iou-convention", type=str, default="inclusive", choices=["inclusive", "exclusive"],
+                   help="wsol protocol only (the SPOL protocols use the authors' exclusive IoU)")
+    g.add_argument("--cam-curve-interval", type=float, default=0.001)
+    g.add_argument("--eval-workers", type=int, default=0, help="processes scoring the maps")
+    g.add_argument("--grid-images", type=int, default=16)
+    parser.set_defaults(batch_size=64, pretrained="none")
+    return parser
+
+
+PARSERS = {"cls_train": cls_train_parser, "cls_test": cls_test_parser, "cam_train": cam_train_parser,
+           "cam_test": cam_test_parser, "seg_train": seg_train_parser, "seg_test": seg_test_parser}

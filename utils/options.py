@@ -1,0 +1,65 @@
+"""Option groups that scripts of both methods share, importable without torch (``--help`` answers
+before the heavy imports; see ``utils.config.parse_early``)."""
+from __future__ import annotations
+
+import argparse
+
+from utils.config import HelpFormatter
+
+# utils.evaluate.PROTOCOLS (that module loads torch; tests/test_cli.py checks the two agree)
+EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official")
+ARCHS = ("vgg16", "inception_v3", "resnet50", "densenet161", "efficientnet_b7")
+
+
+def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argparse.ArgumentParser:
+    """Options of a classification stage (train: optimiser and augmentation; test: views)."""
+    g = parser.add_argument_group("classifier")
+    g.add_argument("--arch", type=str, default="efficientnet_b7", choices=ARCHS, help="torchvision classifier")
+    g.add_argument("--split", type=str, default="train" if train else "test", help="dataset split")
+    g.add_argument("--resize", type=int, default=256, help="images are resized to resize x resize")
+    g.add_argument("--crop", type=int, default=None,
+                   help="crop size (train: random crop; test: centre crop, or the ten-crop size)")
+    if train:
+        g.add_argument("--lr", type=float, default=0.05, help="lr of the new classification layer")
+        g.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of every other layer")
+        g.add_argument("--lr-schedule", type=str, default="linear", choices=["linear", "constant"],
+                       help="linear: lr * (1 - epoch / epochs), stepped per epoch")
+        g.add_argument("--momentum", type=float, default=0.9)
+        g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+        g.add_argument("--weight-decay", type=float, default=1e-4)
+        g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                       help="random horizontal flip")
+    else:
+        g.add_argument("--checkpoint", type=str, default=None,
+                       help="weights (model.pth of the train step); 'pretrained' = the ImageNet "
+                            "weights from resource/ as they are (1000 classes)")
+        g.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=False,
+                       help="average the softmax of ten crops of size --crop")
+    return parser
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    """``python -m utils.evaluate`` (``utils.evaluate.get_args_parser``)."""
+    p = argparse.ArgumentParser(prog="python -m utils.evaluate", formatter_class=HelpFormatter,
+                                description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata"))
+    p.add_argument("--metadata-root", default=None, help="for --layout metadata (default <data-root>/metadata)")
+    p.add_argument("--split", required=True)
+    p.add_argument("--exclude-ids", nargs="*", default=(),
+                   help="image ids / file names left out (SPOL leaves out ILSVRC2012_val_00033202.JPEG)")
+    p.add_argument("--scoremaps", required=True, help="folder of <image id stem>.npy score maps")
+    p.add_argument("--protocol", required=True, choices=EVALUATE_PROTOCOLS)
+    p.add_argument("--cam-curve-interval", type=float, default=0.001)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="fixed box threshold (wsol: default = best of the sweep; spol: default 0.2, 0.8 for ilsvrc)")
+    p.add_argument("--predictions", default=None,
+                   help="predictions.csv of the classification stage, or the SPOL authors' top1top5.npy")
+    p.add_argument("--iou-threshold", type=float, default=0.5)
+    p.add_argument("--iou-compare", choices=(">=", ">"), default=">=")
+    p.add_argument("--iou-convention", choices=("inclusive", "exclusive"), default="inclusive")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--resize-size", type=int, default=256, help="spol protocol: resize before the centre crop")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--output", required=True, help="results JSON; the table goes next to it as .txt")
+    return p
