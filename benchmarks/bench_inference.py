@@ -155,13 +155,16 @@ def machine(args) -> dict:
 def print_table(rows, args) -> None:
     print(f"\n{args.device} ({torch.get_num_threads()} threads), amp {args.amp}, {args.size}x{args.size}, "
           f"batch {args.batch_size}, {args.warmup} warm-up + {args.repeats} interleaved rounds (medians)")
-    print(f"{'loop':46s} {'images':>6s} {'stage img/s':>12s} {'bare img/s':>11s} {'ratio':>6s} {'min-max':>11s}")
+    print(f"{'loop':46s} {'images':>6s} {'stage img/s':>12s} {'bare img/s':>11s} {'ratio':>6s} {'q1-q3':>10s} "
+          f"{'min-max':>10s}")
     for r in rows:
         bare = "—" if r["bare_images_per_s"] is None else f"{r['bare_images_per_s']:.1f}"
         ratio = "—" if r["throughput_ratio"] is None else f"{r['throughput_ratio']:.2f}"
-        rng = "—" if r["throughput_ratio"] is None else \
-            f"{r['ratio_spread']['min']:.2f}-{r['ratio_spread']['max']:.2f}"
-        print(f"{r['loop']:46s} {r['images']:6d} {r['stage_images_per_s']:12.1f} {bare:>11s} {ratio:>6s} {rng:>11s}")
+        sp = r.get("ratio_spread")
+        iqr = "—" if sp is None else f"{sp['q1']:.2f}-{sp['q3']:.2f}"
+        rng = "—" if sp is None else f"{sp['min']:.2f}-{sp['max']:.2f}"
+        print(f"{r['loop']:46s} {r['images']:6d} {r['stage_images_per_s']:12.1f} {bare:>11s} {ratio:>6s} {iqr:>10s} "
+              f"{rng:>10s}")
 
 
 if __name__ == "__main__":

@@ -129,11 +129,12 @@ def main(args) -> list[dict]:
     print(f"\n{args.device} ({torch.get_num_threads()} threads), amp {args.amp}, {args.size}x{args.size}, "
           f"batch {args.batch_size}, {args.repeats} interleaved rounds of {args.steps} steps (medians)")
     print(f"{'stage':18s} {'step s':>8s} {'img/s':>8s} {'bare step s':>12s} {'bare img/s':>11s} {'ratio':>6s} "
-          f"{'min-max':>11s}")
+          f"{'q1-q3':>10s} {'min-max':>10s}")
     for r in rows:
-        rng = f"{r['ratio_spread']['min']:.2f}-{r['ratio_spread']['max']:.2f}"
+        sp = r["ratio_spread"]
+        iqr, rng = f"{sp['q1']:.2f}-{sp['q3']:.2f}", f"{sp['min']:.2f}-{sp['max']:.2f}"
         print(f"{r['stage']:18s} {r['stage_step_s']:8.3f} {r['stage_images_per_s']:8.1f} {r['bare_step_s']:12.3f} "
-              f"{r['bare_images_per_s']:11.1f} {r['throughput_ratio']:6.2f} {rng:>11s}")
+              f"{r['bare_images_per_s']:11.1f} {r['throughput_ratio']:6.2f} {iqr:>10s} {rng:>10s}")
     if args.json:
         machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
