@@ -11,7 +11,7 @@ each fine-tuning a pretrained backbone with its paper's recipe (scaled), as the 
 
 What it does, in order (settings in configs/demo.yaml; command-line options of this script win):
 
-0. The backbone: ``--pretrained standin`` (default) is ``utils.pretrain``'s ResNet-50 trained on
+0. The backbone: ``--pretrained standin`` (default) is ``network.pretrain``'s ResNet-50 trained on
    generated generic objects (a stand-in for ImageNet; none of them is a bird), made once into
    ``resource/`` (``--pretrain-dir``) when its file is missing and reused afterwards; its held-out
    accuracy goes into the report. ``imagenet`` / ``none`` / a path are passed to the stages as they are.
@@ -61,7 +61,7 @@ from utils.paths import CONFIG_DIR, DATASET_DIR, OUTPUT_ROOT
 DEFAULTS = dict(classes=8, train_per_class=60, test_per_class=25, image_size=64, seed=0, clutter=0.6,
                 distractors=0.8, body_evidence=0.8, object_scale=[0.4, 0.9], input_size=64, resize_size=72,
                 box_threshold=0.2, grid_images=6, cam_curve_interval=0.001,
-                # backbone initialisation of every training stage: "standin" = utils.pretrain's file
+                # backbone initialisation of every training stage: "standin" = network.pretrain's file
                 # (trained once when missing), or "imagenet" | "none" | PATH (passed to --pretrained)
                 pretrained="standin", pretrain_steps=300, pretrain_batch_size=64, pretrain_lr=0.05,
                 pretrain_seed=0, pretrain_val_images=540,
@@ -328,8 +328,8 @@ def prepare_data(args, s: dict, is_main: bool) -> Path:
 
 
 def pretrain_settings(s: dict) -> dict:
-    """utils.pretrain's settings for the demo: its defaults, the demo's image size and pretrain_* keys."""
-    from utils.pretrain import DEFAULTS as PRETRAIN_DEFAULTS
+    """network.pretrain's settings for the demo: its defaults, the demo's image size and pretrain_* keys."""
+    from network.pretrain import DEFAULTS as PRETRAIN_DEFAULTS
 
     return {**PRETRAIN_DEFAULTS, "size": s["input_size"], "steps": s["pretrain_steps"],
             "batch_size": s["pretrain_batch_size"], "lr": s["pretrain_lr"], "seed": s["pretrain_seed"],
@@ -339,11 +339,11 @@ def pretrain_settings(s: dict) -> dict:
 def prepare_pretrained(args, s: dict, is_main: bool) -> tuple[str, dict | None]:
     """The ``--pretrained`` value of the training stages and what is known of it.
 
-    ``standin``: the stand-in pretraining's weight file (``utils.pretrain``), trained now when it
+    ``standin``: the stand-in pretraining's weight file (``network.pretrain``), trained now when it
     is missing (once; later runs reuse it), its JSON (held-out accuracy, seconds, SHA-256) returned.
     ``imagenet`` / ``none`` / a path: passed on as they are."""
     from utils.paths import RESOURCE_DIR
-    from utils.pretrain import pretrain, read_info, weight_path
+    from network.pretrain import pretrain, read_info, weight_path
 
     if s["pretrained"] != "standin":
         return str(s["pretrained"]), None

@@ -3,7 +3,10 @@
 For each loop, images/s of the stage's own code (data loading, forward, post-processing, writing
 its outputs, as the test step does) next to images/s of the bare ``model(images)`` on the same
 batches already in memory; the ratio of the two throughputs (stage img/s over bare img/s; target
->= 0.9 on a GPU) shows what everything but the network costs.
+>= 0.9 on a GPU) shows what everything but the network costs. Both run under ``torch.no_grad`` (as
+the stage loops do), after ``--warmup`` untimed runs each, then interleaved for ``--repeats`` rounds
+(``benchmarks/timing.py``); the table gives the medians and the median of the per-round ratios with
+its spread (min-max), so a load change between two runs cannot pass for a speed difference.
 
     spol cam/test   spol.cam.test.write_pseudo_masks  (CAMs -> max-norm -> Gaussian prior -> PNG) vs CAMModel.cam
     spol seg/test   spol.seg.test.write_scoremaps     (sigmoid maps -> .npy)                     vs SegModel
@@ -22,8 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +38,9 @@ from utils.engine import autocast
 from utils.generate import generate_dataset
 from utils.io import atomic_write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved, paired_ratios, spread  # noqa: E402  (benchmarks/timing.py)
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,25 +51,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", type=str, default="off", choices=["off", "bf16"])
     p.add_argument("--workers", type=int, default=0, help="data loader workers of the stage loops")
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats (the best is kept) after one warm-up")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="timed rounds, stage and bare interleaved (the median and spread are printed)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first")
     p.add_argument("--only", type=str, nargs="*", default=None,
                    help="subset of: spol_cam spol_seg sltnet_localizer evaluate")
     p.add_argument("--json", type=str, default=None, help="also write the figures to this JSON file")
     return p
-
-
-def best_time(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up (allocator, cuDNN autotune, lazy imports)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bare_forward(forward, batches, ctx: DistContext, amp: str):
@@ -98,28 +92,36 @@ def main(args) -> list[dict]:
         stage_args = SimpleNamespace(resize=args.size, crop=args.size, batch_size=args.batch_size,
                                      workers=args.workers, mask_workers=os.cpu_count() or 1, amp=args.amp)
 
-        def add(name, stage_s, bare_s, what):
-            rows.append({"loop": name, "images": n, "stage_images_per_s": n / stage_s,
-                         "bare_images_per_s": None if bare_s is None else n / bare_s,
-                         "throughput_ratio": None if bare_s is None else bare_s / stage_s, "what": what})
+        def measure(name, stage_fn, bare_fn, what):
+            variants = {"stage": stage_fn} if bare_fn is None else {"stage": stage_fn, "bare": bare_fn}
+            times = interleaved(variants, repeats=args.repeats, warmup=args.warmup, device=device)
+            row = {"loop": name, "images": n, "what": what, "stage_s": times["stage"],
+                   "stage_images_per_s": n / spread(times["stage"])["median"],
+                   "bare_s": times.get("bare"), "bare_images_per_s": None, "throughput_ratio": None}
+            if bare_fn is not None:
+                ratios = paired_ratios(times["stage"], times["bare"])
+                row.update(bare_images_per_s=n / spread(times["bare"])["median"],
+                           throughput_ratio=spread(ratios)["median"], ratio_spread=spread(ratios),
+                           per_round_ratios=ratios)
+            rows.append(row)
 
         if "spol_cam" in only:
             from spol.cam.test import write_pseudo_masks
             from spol.model import CAMModel
             model = CAMModel(k, pretrained="none").to(device).eval()
-            stage = best_time(lambda: write_pseudo_masks(model, records, stage_args, ctx, tmp / "masks"),
-                              args.repeats, device)
-            bare = best_time(bare_forward(model.cam, batches, ctx, args.amp), args.repeats, device)
-            add("spol cam/test (pseudo masks)", stage, bare, "CAM + max-norm + Gaussian + PNG vs CAMModel.cam")
+            measure("spol cam/test (pseudo masks)",
+                    lambda: write_pseudo_masks(model, records, stage_args, ctx, tmp / "masks"),
+                    bare_forward(model.cam, batches, ctx, args.amp), "CAM + max-norm + Gaussian + PNG vs CAMModel.cam")
         if "spol_seg" in only or "evaluate" in only:
             from spol.model import SegModel
             from spol.seg.test import write_scoremaps
             model = SegModel(pretrained="none").to(device).eval()
-            stage = best_time(lambda: write_scoremaps(model, records, "wsol", tmp / "seg_maps", stage_args, ctx),
-                              args.repeats, device)
-            bare = best_time(bare_forward(model, batches, ctx, args.amp), args.repeats, device)
+            stage_fn = lambda: write_scoremaps(model, records, "wsol", tmp / "seg_maps", stage_args, ctx)  # noqa: E731
             if "spol_seg" in only:
-                add("spol seg/test (score maps)", stage, bare, "sigmoid maps + .npy vs SegModel")
+                measure("spol seg/test (score maps)", stage_fn, bare_forward(model, batches, ctx, args.amp),
+                        "sigmoid maps + .npy vs SegModel")
+            else:
+                stage_fn()  # the maps the evaluator reads
         if "sltnet_localizer" in only:
             from sltnet.localizer.test import localize
             from sltnet.model import CAMLocalizer
@@ -128,15 +130,13 @@ def main(args) -> list[dict]:
                                        box_rule="zhou",
                                        batch_size=args.batch_size, workers=args.workers, amp=args.amp)
             dataset = WSOLDataset(records, build_transform("resize", resize=args.size))
-            with torch.inference_mode():
-                stage = best_time(lambda: localize(model, dataset, ctx, loc_args), args.repeats, device)
-            bare = best_time(bare_forward(model, batches, ctx, args.amp), args.repeats, device)
-            add("sltnet localizer/test (ResNet-50 to layer2)", stage, bare, "top-K ACAM + boxes vs CAMLocalizer")
+            measure("sltnet localizer/test (ResNet-50 to layer2)", lambda: localize(model, dataset, ctx, loc_args),
+                    bare_forward(model, batches, ctx, args.amp), "top-K ACAM + boxes vs CAMLocalizer")
         if "evaluate" in only:
             from utils.evaluate import evaluate_scoremaps
-            stage = best_time(lambda: evaluate_scoremaps(records, tmp / "seg_maps", "wsol", input_size=args.size),
-                              args.repeats, torch.device("cpu"))
-            add("utils.evaluate (interval 0.001)", stage, None, "GT-known, MaxBoxAcc(V2), PxAP per image")
+            measure("utils.evaluate (interval 0.001)",
+                    lambda: evaluate_scoremaps(records, tmp / "seg_maps", "wsol", input_size=args.size), None,
+                    "GT-known, MaxBoxAcc(V2), PxAP per image")
     print_table(rows, args)
     if args.json:
         atomic_write_json(args.json, {"machine": machine(args), "args": vars(args), "rows": rows})
@@ -154,12 +154,17 @@ def machine(args) -> dict:
 
 def print_table(rows, args) -> None:
     print(f"\n{args.device} ({torch.get_num_threads()} threads), amp {args.amp}, {args.size}x{args.size}, "
-          f"batch {args.batch_size}")
-    print(f"{'loop':46s} {'images':>6s} {'stage img/s':>12s} {'bare img/s':>11s} {'ratio':>10s}")
+          f"batch {args.batch_size}, {args.warmup} warm-up + {args.repeats} interleaved rounds (medians)")
+    print(f"{'loop':46s} {'images':>6s} {'stage img/s':>12s} {'bare img/s':>11s} {'ratio':>6s} {'q1-q3':>10s} "
+          f"{'min-max':>10s}")
     for r in rows:
         bare = "—" if r["bare_images_per_s"] is None else f"{r['bare_images_per_s']:.1f}"
         ratio = "—" if r["throughput_ratio"] is None else f"{r['throughput_ratio']:.2f}"
-        print(f"{r['loop']:46s} {r['images']:6d} {r['stage_images_per_s']:12.1f} {bare:>11s} {ratio:>10s}")
+        sp = r.get("ratio_spread")
+        iqr = "—" if sp is None else f"{sp['q1']:.2f}-{sp['q3']:.2f}"
+        rng = "—" if sp is None else f"{sp['min']:.2f}-{sp['max']:.2f}"
+        print(f"{r['loop']:46s} {r['images']:6d} {r['stage_images_per_s']:12.1f} {bare:>11s} {ratio:>6s} {iqr:>10s} "
+              f"{rng:>10s}")
 
 
 if __name__ == "__main__":

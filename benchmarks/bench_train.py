@@ -6,6 +6,9 @@ step is zero_grad -> forward -> cross entropy on the logits -> backward -> optim
 same batches already in memory. The throughput ratio (stage img/s over bare img/s; target >= 0.9)
 shows what the method adds (SLT-Net: a second
 forward pass for VST, SMT, the regressor; SPOL: the second head and soft cross entropy).
+After two untimed steps of each, the two variants run ``--steps`` steps in turn for ``--repeats``
+interleaved rounds (``benchmarks/timing.py``); the table gives median seconds per step and the
+median of the per-round ratios with its spread (min-max).
 
     sltnet_localizer  sltnet.localizer.train: L_SMT + beta L_VST + L_REG  (ResNet-50 to layer2, shared backbone)
     spol_cam          spol.cam.train: (CE(deep) + softCE(fused)) / 2      (SPOL CAM model, ResNet-50)
@@ -19,8 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +36,9 @@ from utils.engine import Trainer, autocast, build_optimizer, move_to_device
 from utils.generate import generate_dataset
 from utils.io import atomic_write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved, paired_ratios, spread  # noqa: E402  (benchmarks/timing.py)
+
 STAGES = ("sltnet_localizer", "spol_cam")
 
 
@@ -41,7 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=str, nargs="*", default=list(STAGES), choices=STAGES)
     p.add_argument("--size", type=int, default=64, help="image and crop size")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per variant (after 2 warm-up steps)")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per variant and round (after 2 warm-up steps)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median and spread printed)")
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--device", type=str, default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", type=str, default="off", choices=["off", "bf16"])
@@ -73,18 +80,12 @@ def build(stage: str, data_root: Path, out: Path, args, records):
     return model, optimizer, train.cam_loss_fn(sargs.loss), lambda m, x: map_logits(m(x)[1]), sargs
 
 
-def timed(step, batches, steps: int, device) -> float:
-    """Seconds per step over ``steps`` steps, after two warm-up steps."""
-    for batch in batches[:2]:
-        step(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % len(batches)])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+def steps_fn(step, batches, steps: int):
+    """``steps`` calls of ``step`` on the batches in turn (one timed unit)."""
+    def run():
+        for i in range(steps):
+            step(batches[i % len(batches)])
+    return run
 
 
 def main(args) -> list[dict]:
@@ -104,7 +105,6 @@ def main(args) -> list[dict]:
             model, optimizer, loss_fn, logits_fn, sargs = build(stage, root, tmp, args, records)
             trainer = Trainer(model, optimizer, sargs, ctx, stage_name=stage)
             model.train()
-            stage_s = timed(lambda b: trainer.train_step(b, loss_fn), batches, args.steps, device)
 
             def bare(batch):
                 optimizer.zero_grad(set_to_none=True)
@@ -113,16 +113,28 @@ def main(args) -> list[dict]:
                 F.cross_entropy(logits.float(), batch["label"]).backward()
                 optimizer.step()
 
-            bare_s = timed(bare, batches, args.steps, device)
+            for batch in batches[:2]:  # warm-up
+                trainer.train_step(batch, loss_fn)
+                bare(batch)
+            times = interleaved({"stage": steps_fn(lambda b: trainer.train_step(b, loss_fn), batches, args.steps),
+                                 "bare": steps_fn(bare, batches, args.steps)},
+                                repeats=args.repeats, warmup=0, device=device)
+            ratios = paired_ratios(times["stage"], times["bare"])
+            stage_s = spread(times["stage"])["median"] / args.steps
+            bare_s = spread(times["bare"])["median"] / args.steps
             rows.append({"stage": stage, "batch_size": args.batch_size, "stage_step_s": stage_s,
                          "bare_step_s": bare_s, "stage_images_per_s": args.batch_size / stage_s,
-                         "bare_images_per_s": args.batch_size / bare_s, "throughput_ratio": bare_s / stage_s})
+                         "bare_images_per_s": args.batch_size / bare_s, "throughput_ratio": spread(ratios)["median"],
+                         "ratio_spread": spread(ratios), "per_round_ratios": ratios})
     print(f"\n{args.device} ({torch.get_num_threads()} threads), amp {args.amp}, {args.size}x{args.size}, "
-          f"batch {args.batch_size}, {args.steps} timed steps")
-    print(f"{'stage':18s} {'step s':>8s} {'img/s':>8s} {'bare step s':>12s} {'bare img/s':>11s} {'ratio':>10s}")
+          f"batch {args.batch_size}, {args.repeats} interleaved rounds of {args.steps} steps (medians)")
+    print(f"{'stage':18s} {'step s':>8s} {'img/s':>8s} {'bare step s':>12s} {'bare img/s':>11s} {'ratio':>6s} "
+          f"{'q1-q3':>10s} {'min-max':>10s}")
     for r in rows:
+        sp = r["ratio_spread"]
+        iqr, rng = f"{sp['q1']:.2f}-{sp['q3']:.2f}", f"{sp['min']:.2f}-{sp['max']:.2f}"
         print(f"{r['stage']:18s} {r['stage_step_s']:8.3f} {r['stage_images_per_s']:8.1f} {r['bare_step_s']:12.3f} "
-              f"{r['bare_images_per_s']:11.1f} {r['throughput_ratio']:10.2f}")
+              f"{r['bare_images_per_s']:11.1f} {r['throughput_ratio']:6.2f} {iqr:>10s} {rng:>10s}")
     if args.json:
         machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}

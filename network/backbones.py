@@ -13,7 +13,7 @@ state dicts and checkpoints of methods built on torchvision models line up.
 * a path: any state dict in torchvision's layout for the chosen network (the network's own
   ``torchvision.models.<name>().state_dict()`` keys; the classification head, e.g. ``fc.*``,
   may have any size or be absent), e.g. a self-supervised backbone or the demo's stand-in
-  pretraining (``utils.pretrain``). Loaded with ``weights_only=True`` and checked strictly:
+  pretraining (``network.pretrain``). Loaded with ``weights_only=True`` and checked strictly:
   a file made for another architecture is refused with one line naming it.
 * ``"none"``: random initialisation.
 

@@ -220,11 +220,6 @@ def crop_flip_boxes(images: torch.Tensor, boxes: torch.Tensor, crop: int, *, fli
 
 
 # ----------------------------------------------------------------------------- test helpers
-def shard(records: list, ctx) -> list:
-    """This rank's share of the records for inference (every image exactly once over the ranks)."""
-    return records[ctx.rank::ctx.world_size] if ctx.distributed else list(records)
-
-
 def to_uint8_images(images: torch.Tensor) -> np.ndarray:
     """Normalised [B, 3, H, W] -> uint8 [B, H, W, 3] RGB (for overlays)."""
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

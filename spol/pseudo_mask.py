@@ -35,7 +35,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 WORK_SIZE = 256
 BAND_LOW, BAND_HIGH = 0.1, 0.5

@@ -1,24 +1,10 @@
-"""utils.cam: CAMs, normalisation, resizing and the two named box rules, on hand-built maps."""
+"""utils.cam: normalisation, resizing and the two named box rules, on hand-built maps."""
 import numpy as np
 import pytest
 import torch
 
-from utils.cam import (boxes_from_contours, boxes_from_maps, boxes_from_maps_zhou, cam_from_features,
+from utils.cam import (boxes_from_contours, boxes_from_maps, boxes_from_maps_zhou,
                        normalize_max, normalize_minmax, quantize_scoremap, resize_maps)
-
-
-def test_cam_from_features_one_and_several_classes():
-    # features of one image: channel 0 = [[1, 2], [3, 4]], channel 1 = [[0, 1], [0, 1]]
-    feats = torch.tensor([[[[1., 2.], [3., 4.]], [[0., 1.], [0., 1.]]]])
-    weight = torch.tensor([[1., 0.], [0., 1.], [2., -1.]])  # 3 classes x 2 channels
-    # class 2: 2 * ch0 - ch1 = [[2, 3], [6, 7]]
-    assert torch.equal(cam_from_features(feats, weight, torch.tensor([2])), torch.tensor([[[2., 3.], [6., 7.]]]))
-    # classes {0, 1}: mean of ch0 and ch1 = [[0.5, 1.5], [1.5, 2.5]]
-    out = cam_from_features(feats, weight, torch.tensor([[0, 1]]))
-    assert torch.allclose(out, torch.tensor([[[0.5, 1.5], [1.5, 2.5]]]))
-    # a 1x1 conv weight [K, C, 1, 1] gives the same map
-    assert torch.equal(cam_from_features(feats, weight[:, :, None, None], torch.tensor([2])),
-                       cam_from_features(feats, weight, torch.tensor([2])))
 
 
 def test_normalize_minmax_numpy_and_torch():

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.classify import (LinearEpochDecay, add_classifier_args, classifier_param_groups, predict_top5,
+from utils.classify import (ARCHS, LinearEpochDecay, add_classifier_args, classifier_param_groups, final_linear,
+                            predict_top5,
                             ten_crop_views, eval_transform, write_classification)
 from utils.data import load_records
 from utils.distributed import DistContext
@@ -44,6 +45,21 @@ def test_param_groups_give_backbone_the_lr_multiplier():
     assert head["lr"] == 0.05 and math.isclose(body["lr"], 0.005)
     assert {id(p) for p in head["params"]} == {id(model.fc.weight), id(model.fc.bias)}
     assert len(body["params"]) == 2  # conv weight and bias
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_final_linear_is_the_head_network_names(arch):
+    """utils.classify finds the head without importing network: the same layer as
+    network.classifier_head, for every classifier it trains (built on the meta device: no memory)."""
+    from network.backbones import build_classifier, classifier_head
+
+    with torch.device("meta"):
+        model = build_classifier(arch, 7, "none")
+    parent, attr = classifier_head(model, arch)
+    assert final_linear(model) is getattr(parent, attr)
+    assert final_linear(model).out_features == 7
+    with pytest.raises(ValueError, match="no linear layer"):
+        final_linear(nn.Conv2d(3, 4, 1))
 
 
 def test_linear_decay_is_stepped_per_epoch():

@@ -7,7 +7,7 @@ import torchvision
 from utils.errors import DataError
 from utils.metrics import (BoxAccumulator, LocalizationMeter, PxAPAccumulator, best_iou_per_threshold,
                            box_iou, cam_threshold_list, check_scoremap_validity,
-                           reference_best_iou_per_threshold, topk_correct)
+                           reference_best_iou_per_threshold)
 
 
 # ----------------------------------------------------------------------------- IoU
@@ -36,19 +36,7 @@ def test_box_iou_exclusive_equals_torchvision_and_shapes():
     assert box_iou(a.numpy(), b.numpy(), inclusive=True).shape == (7, 5)
 
 
-# ----------------------------------------------------------------------------- top-k / meter
-def test_topk_correct():
-    logits = torch.tensor([[0.1, 0.9, 0.0, 0.5, 0.2, 0.3, 0.4],   # order 1,3,6,5,4,0,2
-                           [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])  # order 0,6,5,4,3,2,1
-    out = topk_correct(logits, torch.tensor([1, 2]), ks=(1, 5))
-    assert out[1].tolist() == [True, False]
-    assert out[5].tolist() == [True, False]  # label 2 is 6th for image 1
-    out = topk_correct(logits, torch.tensor([4, 3]), ks=(1, 5))
-    assert out[1].tolist() == [False, False] and out[5].tolist() == [True, True]
-    # fewer classes than k: k is capped
-    assert topk_correct(torch.tensor([[0.2, 0.8]]), torch.tensor([0]), ks=(1, 5))[5].tolist() == [True]
-
-
+# ----------------------------------------------------------------------------- meter
 def test_iou_exactly_half_counts_with_ge_not_with_gt():
     pred = np.array([[0, 0, 9, 9]])        # 100 px inclusive
     gt = [np.array([[0, 0, 19, 9]])]       # 200 px, overlap 100 -> IoU = 100 / 200 = 0.5 exactly

@@ -1,4 +1,4 @@
-"""utils.pretrain: the stand-in generator is deterministic, its classes are distinct, the file name
+"""network.pretrain: the stand-in generator is deterministic, its classes are distinct, the file name
 encodes the settings, and a short pretraining writes a strictly loadable torchvision state dict."""
 import hashlib
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import pretrain as P
+from network import pretrain as P
 
 
 def test_classes_are_every_shape_colour_texture_combination():

@@ -1,4 +1,4 @@
-"""Class activation maps and boxes from score maps.
+"""Normalisation and resizing of class activation maps, and boxes from score maps.
 
 Conventions used throughout:
 
@@ -37,27 +37,6 @@ EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- CAMs
-def cam_from_features(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Class activation maps ``sum_c weight[k, c] * features[b, c]`` for the given classes.
-
-    Args:
-        features: [B, C, h, w] feature maps (before global pooling).
-        weight: [K, C] classifier weights (a 1x1 conv weight [K, C, 1, 1] is accepted too).
-        classes: [B] one class per image, or [B, k] several classes per image (e.g. the top-k
-            predicted classes); the CAMs of the k classes are averaged.
-    Returns:
-        [B, h, w] CAMs (raw, not normalised).
-    """
-    if weight.dim() == 4:
-        weight = weight.flatten(1)
-    classes = torch.as_tensor(classes, device=features.device).long()
-    if classes.dim() == 1:
-        classes = classes[:, None]
-    w = weight[classes]  # [B, k, C]
-    cams = torch.einsum("bkc,bchw->bkhw", w.to(features.dtype), features)
-    return cams.mean(dim=1)
-
-
 def normalize_minmax(maps):
     """Per-map ``(x - min) / (max - min)`` over the last two dimensions.
 

@@ -12,8 +12,9 @@ class ids per image, from one view or from ten crops (4 corners + centre of the 
 on the device from the resized batch. :func:`write_classification` shards the images over the
 ranks, gathers the results and writes ``predictions.csv`` (``utils.predictions`` format).
 
-"The head" is the final linear layer, ``network.backbones.classifier_head`` (torchvision's ``fc`` /
-``classifier[-1]``), replaced by a new one when the class count is not 1000.
+"The head" is the final linear layer (:func:`final_linear`: torchvision's ``fc`` / ``classifier[-1]``,
+the layer ``network.backbones.classifier_head`` names for each backbone), replaced by a new one when
+the class count is not 1000. This module imports nothing from ``network`` (imports go one way).
 """
 from __future__ import annotations
 
@@ -23,12 +24,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from network.backbones import classifier_head
 from utils.data import WSOLDataset, build_transform
 from utils.distributed import DistContext, all_gather_object
 from utils.engine import ShardSampler, Trainer, autocast, build_optimizer
 from utils.options import ARCHS, add_classifier_args  # noqa: F401  (re-exported: their home before)
 from utils.predictions import write_predictions
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The model's last ``nn.Linear`` in registration order: the head of every torchvision
+    classifier (``fc`` registered after ``AuxLogits`` in InceptionV3, ``classifier[-1]`` in VGG16)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer to train as the classification head")
+    return linears[-1]
 
 
 def classifier_param_groups(model: nn.Module, head: nn.Module, lr: float, backbone_lr_mult: float,
@@ -163,9 +172,7 @@ def train_classifier(model: nn.Module, records, args, ctx, *, stage_name: str) -
     """Fine-tune ``model`` on ``records`` with the options of :func:`add_classifier_args` (train)
     through ``utils.engine.Trainer``; ``output_dir/model.pth`` holds the final state dict."""
     dataset = WSOLDataset(records, train_transform(args))
-    parent, attr = classifier_head(model, args.arch)
-    groups = classifier_param_groups(model, getattr(parent, attr), args.lr, args.backbone_lr_mult,
-                                     args.weight_decay)
+    groups = classifier_param_groups(model, final_linear(model), args.lr, args.backbone_lr_mult, args.weight_decay)
     optimizer = build_optimizer(groups, args)
     schedule = LinearEpochDecay(args.epochs) if args.lr_schedule == "linear" else None
     trainer = Trainer(model, optimizer, args, ctx, lr_lambda=schedule, stage_name=stage_name)

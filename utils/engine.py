@@ -27,7 +27,6 @@ and annotations): a folder holding another run is refused with one line instead 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -574,13 +573,3 @@ def gather_lists(items: list, ctx: DistContext) -> list:
     for part in all_gather_object(items, ctx):
         out.extend(part)
     return out
-
-
-@contextlib.contextmanager
-def main_process_first(ctx: DistContext):
-    """Rank 0 runs the block first (e.g. to create a cache), then the others."""
-    if not ctx.is_main:
-        barrier(ctx)
-    yield
-    if ctx.is_main:
-        barrier(ctx)

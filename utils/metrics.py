@@ -1,4 +1,4 @@
-"""Localization metrics: IoU, Top-k, GT-known / Top-1 / Top-5 Loc, MaxBoxAcc(V2), PxAP.
+"""Localization metrics: IoU, GT-known / Top-1 / Top-5 Loc, MaxBoxAcc(V2), PxAP.
 
 Box convention: ``x0, y0, x1, y1`` in score-map pixels. Two IoU conventions, named:
 
@@ -51,7 +51,7 @@ def check_scoremap_validity(scoremap, path: str | os.PathLike | None = None) -> 
         raise DataError.at(where, None, f"score map values must lie in [0, 1], got min {lo} max {hi}")
 
 
-# ----------------------------------------------------------------------------- IoU / top-k
+# ----------------------------------------------------------------------------- IoU
 def box_iou(a, b, *, inclusive: bool):
     """IoU matrix (N, M) between boxes ``a`` (N, 4) and ``b`` (M, 4), ``x0, y0, x1, y1``.
 
@@ -79,15 +79,6 @@ def box_iou(a, b, *, inclusive: bool):
     if as_torch:
         return torch.from_numpy(iou).to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else torch.float64)
     return iou
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
-    """For each k: bool [B], True where the label is among the k highest logits (k capped at C)."""
-    labels = torch.as_tensor(labels, device=logits.device).long()
-    maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices  # [B, maxk], best first
-    hit = top == labels[:, None]
-    return {k: hit[:, :min(k, maxk)].any(dim=1) for k in ks}
 
 
 def _compare(values: np.ndarray, threshold: float, compare: str) -> np.ndarray:

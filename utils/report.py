@@ -240,7 +240,7 @@ def report_markdown(results: dict) -> str:
     if pre:
         st = pre.get("settings", {})
         lines += [f"Backbone initialisation of every training stage: the stand-in pretraining "
-                  f"(`utils.pretrain`: {st.get('arch')} on {pre.get('classes')} classes of generated generic "
+                  f"(`network.pretrain`: {st.get('arch')} on {pre.get('classes')} classes of generated generic "
                   f"objects, {pre.get('images_seen')} images at {st.get('size')} px, seed {st.get('seed')}): "
                   f"**{pre['heldout_top1']:.1f}% held-out top-1** on {pre.get('heldout_images')} images "
                   f"(chance {100.0 / max(pre.get('classes') or 1, 1):.1f}%), {pre.get('seconds')} s; "

@@ -104,7 +104,6 @@ def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold:
     if args.exclude_ids:
         cmd += ["--exclude-ids", *args.exclude_ids]
     return shlex.join(cmd + ["--predictions", os.path.abspath(predictions_path)])
-    return shlex.join(cmd)
 
 
 def iou_compare_of(args, protocol: str) -> str:

@@ -1,7 +1,7 @@
 """A stand-in for ImageNet pretraining: generic generated objects, and the command that trains a
 torchvision backbone on them.
 
-    python3 -m utils.pretrain --arch resnet50 --steps 300 --batch-size 64 --seed 0
+    python3 -m network.pretrain --arch resnet50 --steps 300 --batch-size 64 --seed 0
     # -> resource/standin_resnet50_s64_c54_st300_b64_lr0.1_seed0.pth (+ .json beside it)
 
 Both papers fine-tune ImageNet-pretrained backbones; ``demo.py`` runs on CPU with generated birds
@@ -237,7 +237,7 @@ def pretrain(settings: dict | None = None, *, resource_dir=RESOURCE_DIR, device:
     seconds = time.perf_counter() - start
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(out, state)
-    info = {"command": command or "python3 -m utils.pretrain " + " ".join(
+    info = {"command": command or "python3 -m network.pretrain " + " ".join(
                 f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in s.items()),
             "settings": s, "classes": num_standin_classes(), "images_seen": s["steps"] * s["batch_size"],
             "heldout_top1": accuracy, "heldout_images": s["val_images"], "seconds": round(seconds, 1),
@@ -256,7 +256,7 @@ def read_info(path) -> dict | None:
 def get_args_parser() -> argparse.ArgumentParser:
     from utils.config import HelpFormatter
 
-    p = argparse.ArgumentParser(prog="python -m utils.pretrain", formatter_class=HelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m network.pretrain", formatter_class=HelpFormatter,
                                 description="Pretrain a torchvision backbone on generated generic objects "
                                             "(stand-in for ImageNet)")
     for key, value in DEFAULTS.items():
@@ -272,7 +272,7 @@ def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
     settings = {k: getattr(args, k) for k in DEFAULTS}
     return pretrain(settings, resource_dir=args.resource_dir, device=args.device,
-                    command="python3 -m utils.pretrain " + " ".join(sys.argv[1:] if argv is None else argv))
+                    command="python3 -m network.pretrain " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
