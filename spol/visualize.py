@@ -13,7 +13,8 @@ import numpy as np
 
 from utils.data import protocol_geometry, transform_boxes
 from utils.io import atomic_save_png
-from utils.visualize import GREEN, PAD, RED, single_thread_cv2, stage_picture
+from utils.cam import single_thread_cv2
+from utils.visualize import GREEN, PAD, RED, stage_picture
 
 
 def protocol_image(record, protocol: str, input_size: int, resize_size: int) -> np.ndarray:

@@ -26,6 +26,7 @@ Two named box rules:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import cv2
@@ -202,6 +203,19 @@ def boxes_from_maps(maps: np.ndarray, threshold: float, *, relative_to_max: bool
 
 
 
+@contextmanager
+def single_thread_cv2():
+    """Run OpenCV calls with one thread, restoring the count after: a parallel cv2 call (a connected
+    components labelling, an upsampling resize) starts OpenCV's worker pool, and a process forked
+    after that (utils.evaluate's pool, DataLoader workers) hangs in its first cv2.setNumThreads."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def boxes_from_maps_zhou(maps, threshold: float = 0.2) -> list[np.ndarray]:
     """Boxes of raw (signed, unnormalised) maps by the CAM paper's rule (Zhou et al., CVPR 2016).
 
@@ -232,15 +246,8 @@ def boxes_from_maps_zhou(maps, threshold: float = 0.2) -> list[np.ndarray]:
         maps = maps[None]
     if maps.ndim != 3:
         raise ValueError(f"boxes_from_maps_zhou expects [B, H, W] maps, got shape {maps.shape}")
-    # Serial labelling: a parallel cv2 call starts OpenCV's worker pool, and a process forked after
-    # that (utils.evaluate's pool, DataLoader workers) hangs in its first cv2.setNumThreads call.
-    # Lowering the count for this loop and restoring it after never starts the pool.
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
+    with single_thread_cv2():   # serial labelling: see single_thread_cv2
         return [_zhou_box(scoremap, threshold) for scoremap in maps]
-    finally:
-        cv2.setNumThreads(threads)
 
 
 def _zhou_box(scoremap, threshold: float) -> np.ndarray:

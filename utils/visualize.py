@@ -10,28 +10,15 @@ over the blend: ground truth green, prediction red, an extra box (SLT-Net's loca
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import cv2
 import numpy as np
+
+from utils.cam import single_thread_cv2
 
 GREEN, BLUE, RED = (0, 200, 0), (40, 90, 255), (230, 20, 20)   # RGB
 COLOUR_NAMES = {GREEN: "ground-truth box", RED: "predicted box", BLUE: "localizer-map box"}
 TILE, PAD, CAPTION_H, TITLE_H, LEGEND_H = 224, 6, 20, 30, 24   # pixels of stage_picture's layout
 _BACKGROUND = (255, 255, 255)
-
-
-@contextmanager
-def single_thread_cv2():
-    """Run OpenCV calls with one thread, restoring the count after: a parallel cv2 call (an upsampling
-    resize to 224 px is one) starts OpenCV's worker pool, and a process forked after that (the
-    evaluator's pool, DataLoader workers) hangs in its first cv2.setNumThreads."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(threads)
 
 
 def draw_boxes(image: np.ndarray, boxes, colour, thickness: int | None = None) -> np.ndarray:
