@@ -61,6 +61,9 @@ from utils.paths import CONFIG_DIR, DATASET_DIR, OUTPUT_ROOT
 DEFAULTS = dict(classes=8, train_per_class=60, test_per_class=25, image_size=64, seed=0, clutter=0.6,
                 distractors=0.8, body_evidence=0.8, object_scale=[0.4, 0.9], input_size=64, resize_size=72,
                 box_threshold=0.2, grid_images=6, cam_curve_interval=0.001,
+                # the ResNet every stage fine-tunes (and the stand-in pretraining trains): passed to
+                # every stage as --backbone (SPOL's cls stage: --arch)
+                backbone="resnet50",
                 # backbone initialisation of every training stage: "standin" = network.pretrain's file
                 # (trained once when missing), or "imagenet" | "none" | PATH (passed to --pretrained)
                 pretrained="standin", pretrain_steps=300, pretrain_batch_size=64, pretrain_lr=0.05,
@@ -140,7 +143,9 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
     train = common + (TINY_TRAIN_ARGS if tiny else []) + ["--pretrained", pretrained]
     test = common + (TINY_TEST_ARGS if tiny else [])
     S, R = s["input_size"], s["resize_size"]
-    slt_geom = ["--input-size", S, "--resize-size", R]
+    net = ["--backbone", s["backbone"]]   # SLT-Net's stages and SPOL's cam / seg stages
+    arch = ["--arch", s["backbone"]]      # SPOL's cls stages
+    slt_geom = ["--input-size", S, "--resize-size", R] + net
     cam, spol, slt = runs / "cam", runs / "spol", runs / "sltnet"
     cam_switches = ["--no-smt", "--no-acam", "--no-vst"]
     aggressive = []
@@ -167,14 +172,14 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
          test + slt_geom + ["--no-acam", "--split", "train", "--localizer-dir", cam / "localizer",
                             "--output-dir", cam / "localizer" / "train", "--box-threshold", s["box_threshold"]]),
         *aggressive,
-        ("SPOL: cls train", "spol.cls.train", "cls_train", train + ["--resize", R, "--crop", S, "--output-dir", spol / "cls"]),
-        ("SPOL: cls test", "spol.cls.test", "cls_test", test + ["--resize", S, "--output-dir", spol / "cls"]),
-        ("SPOL: cam train", "spol.cam.train", "cam_train", train + ["--resize", R, "--crop", S, "--output-dir", spol / "cam"]),
-        ("SPOL: cam test", "spol.cam.test", "cam_test", test + ["--resize", R, "--output-dir", spol / "cam"]),
+        ("SPOL: cls train", "spol.cls.train", "cls_train", train + arch + ["--resize", R, "--crop", S, "--output-dir", spol / "cls"]),
+        ("SPOL: cls test", "spol.cls.test", "cls_test", test + arch + ["--resize", S, "--output-dir", spol / "cls"]),
+        ("SPOL: cam train", "spol.cam.train", "cam_train", train + net + ["--resize", R, "--crop", S, "--output-dir", spol / "cam"]),
+        ("SPOL: cam test", "spol.cam.test", "cam_test", test + net + ["--resize", R, "--output-dir", spol / "cam"]),
         ("SPOL: seg train", "spol.seg.train", "seg_train",
-         train + ["--resize", R, "--crop", S, "--mask-dir", spol / "cam" / "pseudo_masks", "--output-dir", spol / "seg"]),
+         train + net + ["--resize", R, "--crop", S, "--mask-dir", spol / "cam" / "pseudo_masks", "--output-dir", spol / "seg"]),
         ("SPOL: seg test", "spol.seg.test", "seg_test",
-         test + ["--protocol", "wsol", "--crop", S, "--cls-dir", spol / "cls", "--output-dir", spol / "seg",
+         test + net + ["--protocol", "wsol", "--crop", S, "--cls-dir", spol / "cls", "--output-dir", spol / "seg",
                  "--threshold-split", "train"]),
         ("SLT-Net: localizer train", "sltnet.localizer.train", "localizer_train",
          train + slt_geom + ["--output-dir", slt / "localizer"]),
@@ -331,7 +336,7 @@ def pretrain_settings(s: dict) -> dict:
     """network.pretrain's settings for the demo: its defaults, the demo's image size and pretrain_* keys."""
     from network.pretrain import DEFAULTS as PRETRAIN_DEFAULTS
 
-    return {**PRETRAIN_DEFAULTS, "size": s["input_size"], "steps": s["pretrain_steps"],
+    return {**PRETRAIN_DEFAULTS, "arch": s["backbone"], "size": s["input_size"], "steps": s["pretrain_steps"],
             "batch_size": s["pretrain_batch_size"], "lr": s["pretrain_lr"], "seed": s["pretrain_seed"],
             "val_images": s["pretrain_val_images"]}
 

@@ -27,7 +27,7 @@ from utils.paths import DATASET_DIR, OUTPUT_ROOT
 
 METHOD = "sltnet"
 # Sec. 4.1: VGG16 resize 256 crop 224, InceptionV3 resize 320 crop 299 (ResNet50 / DenseNet161: as VGG16)
-GEOMETRY = {"vgg16": (256, 224), "inception_v3": (320, 299), "resnet50": (256, 224), "densenet161": (256, 224)}
+GEOMETRY = {"vgg16": (256, 224), "inception_v3": (320, 299), "resnet18": (256, 224), "resnet50": (256, 224), "densenet161": (256, 224)}
 DATASET_NAME = {"cub": "cub", "ilsvrc": "imagenet", "metadata": "metadata"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "ilsvrc": DATASET_DIR / "ILSVRC2012",
                      "metadata": DATASET_DIR / "CUB_200_2011"}

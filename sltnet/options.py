@@ -12,7 +12,7 @@ import argparse
 
 from utils.config import add_common_args, stage_parser
 
-BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
+BACKBONES = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161")
 BOX_RULES = ("zhou", "choe")
 BOX_SCALES = ("stride", "input")
 

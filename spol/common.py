@@ -97,7 +97,7 @@ def add_sgd_args(parser: argparse.ArgumentParser, *, lr: float, backbone_lr_mult
     g = parser.add_argument_group("optimiser (SGD)")
     g.add_argument("--lr", type=float, default=lr, help="lr of the layers outside the backbone")
     g.add_argument("--backbone-lr-mult", type=float, default=backbone_lr_mult,
-                   help="lr multiplier of the ResNet-50 backbone")
+                   help="lr multiplier of the ResNet backbone")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--weight-decay", type=float, default=1e-4)

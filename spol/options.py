@@ -18,6 +18,13 @@ from utils.options import add_classifier_args
 PSEUDO_MASK_WORK_SIZE = 256
 
 
+def _add_backbone_arg(parser: argparse.ArgumentParser) -> None:
+    """``--backbone`` of the CAM and seg models: the paper's ResNet-50, or ResNet-18 (the demo's)."""
+    parser.add_argument("--backbone", type=str, default="resnet50", choices=["resnet50", "resnet18"],
+                        help="ResNet trunk of the shallow x deep model (every cam/seg stage of one run "
+                             "must use the same)")
+
+
 def cls_train_parser() -> argparse.ArgumentParser:
     """``spol/cls/train.py``."""
     parser = stage_parser("spol/cls/train.py", "SPOL cls stage: train the classifier")
@@ -43,6 +50,7 @@ def cam_train_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/cam/train.py", "SPOL cam stage: train the CAM model")
     add_common_args(parser)
     add_spol_args(parser)
+    _add_backbone_arg(parser)
     add_sgd_args(parser, lr=0.02, backbone_lr_mult=0.1)
     g = parser.add_argument_group("cam")
     g.add_argument("--loss", type=str, default="two_head", choices=["two_head", "single_head"],
@@ -63,6 +71,7 @@ def cam_test_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/cam/test.py", "SPOL cam stage: write pseudo masks of the training images")
     add_common_args(parser, train=False)
     add_spol_args(parser)
+    _add_backbone_arg(parser)
     g = parser.add_argument_group("cam test")
     g.add_argument("--checkpoint", type=str, default=None,
                    help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
@@ -85,6 +94,7 @@ def seg_train_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/seg/train.py", "SPOL seg stage: train the segmentation model on pseudo masks")
     add_common_args(parser)
     add_spol_args(parser)
+    _add_backbone_arg(parser)
     add_sgd_args(parser, lr=0.02, backbone_lr_mult=1.0)
     g = parser.add_argument_group("seg")
     g.add_argument("--mask-dir", type=str, default=None,
@@ -102,6 +112,7 @@ def seg_test_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/seg/test.py", "SPOL seg stage: evaluate localization")
     add_common_args(parser, train=False)
     add_spol_args(parser)
+    _add_backbone_arg(parser)
     g = parser.add_argument_group("seg test")
     g.add_argument("--checkpoint", type=str, default=None,
                    help="seg model weights (default <output-dir>/model.pth, from spol/seg/train.py)")

@@ -8,7 +8,7 @@ from utils.config import HelpFormatter
 
 # utils.evaluate.PROTOCOLS (that module loads torch; tests/test_cli.py checks the two agree)
 EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official")
-ARCHS = ("vgg16", "inception_v3", "resnet50", "densenet161", "efficientnet_b7")
+ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
 
 
 def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argparse.ArgumentParser:

@@ -121,7 +121,7 @@ def main(args):
     if ctx.is_main:  # next to, not over, the train step's args.yaml
         save_resolved_config(args, Path(args.output_dir) / "test_args")
     records = load_split(args, args.split)
-    model = CAMModel(num_classes(records), pretrained="none")
+    model = CAMModel(num_classes(records), pretrained="none", backbone=args.backbone)
     load_spol_weights(model, checkpoint, source_stage="spol/cam/train.py")
     model.to(ctx.device)
     mask_dir = Path(args.output_dir) / "pseudo_masks"

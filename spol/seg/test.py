@@ -205,7 +205,7 @@ def main(args):
     records = load_split(args, args.split)
     # checked before inference: every image of the split has its result (our csv or the authors' npy)
     read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")
-    model = load_spol_weights(SegModel(pretrained="none"), checkpoint, source_stage="spol/seg/train.py")
+    model = load_spol_weights(SegModel(pretrained="none", backbone=args.backbone), checkpoint, source_stage="spol/seg/train.py")
     model.to(ctx.device)
     protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
     summary = {}
