@@ -67,7 +67,7 @@ DEFAULTS = dict(classes=8, train_per_class=60, test_per_class=25, image_size=64,
                 # backbone initialisation of every training stage: "standin" = network.pretrain's file
                 # (trained once when missing), or "imagenet" | "none" | PATH (passed to --pretrained)
                 pretrained="standin", pretrain_steps=300, pretrain_batch_size=64, pretrain_lr=0.05,
-                pretrain_seed=0, pretrain_val_images=540,
+                pretrain_seed=0, pretrain_val_images=540, pretrain_half=False,
                 # the "CAM, aggressive fine-tuning" row: lr and epochs (0 epochs: row left out)
                 aggressive_lr=0.02, aggressive_epochs=10)
 # a smoke run: a few images, one optimiser step per training stage (and a 2-step pretraining)
@@ -98,6 +98,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true",
                    help="keep earlier stage outputs (the stages then resume from their checkpoints)")
     for key, value in DEFAULTS.items():
+        if isinstance(value, bool):
+            p.add_argument("--" + key.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default from the config's demo: mapping, else {value})")
+            continue
         kind = type(value[0]) if isinstance(value, list) else type(value)
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                        nargs=len(value) if isinstance(value, list) else None,
@@ -338,7 +342,7 @@ def pretrain_settings(s: dict) -> dict:
 
     return {**PRETRAIN_DEFAULTS, "arch": s["backbone"], "size": s["input_size"], "steps": s["pretrain_steps"],
             "batch_size": s["pretrain_batch_size"], "lr": s["pretrain_lr"], "seed": s["pretrain_seed"],
-            "val_images": s["pretrain_val_images"]}
+            "val_images": s["pretrain_val_images"], "half": bool(s["pretrain_half"])}
 
 
 def prepare_pretrained(args, s: dict, is_main: bool) -> tuple[str, dict | None]:
@@ -463,8 +467,9 @@ def main(args) -> dict | None:
                           notes="the ground-truth mask as the score map: the best any map can do here"))
     stages.append({"name": "evaluation", "seconds": time.perf_counter() - t0})
 
+    # the regressor's boxes as it predicted them (an inverted one too: it was scored as such)
     reg_boxes, _ = read_boxes_csv(runs / "sltnet" / "regressor" / "test" / "boxes.csv",
-                                  written_by="sltnet/regressor/test.py")
+                                  written_by="sltnet/regressor/test.py", allow_inverted=True)
     grid_methods = {CAM_ROW: {"maps": cam_dir / "scoremaps", "threshold": thresholds[CAM_ROW]},
                     **({AGGRESSIVE_ROW: {"maps": agg_dir / "test" / "scoremaps", "threshold": thresholds[AGGRESSIVE_ROW]}}
                        if AGGRESSIVE_ROW in thresholds else {}),
