@@ -32,7 +32,11 @@ from types import SimpleNamespace
 
 import torch
 
-from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.data import WSOLDataset
+
+from utils.layouts import load_records, num_classes
+
+from utils.transforms import build_transform
 from utils.distributed import DistContext
 from utils.engine import autocast
 from utils.generate import generate_dataset

@@ -21,7 +21,7 @@ from sltnet.model import LocalizationBranch
 from sltnet.options import add_classifier_stage_args, add_loss_args, add_model_args, add_optim_args  # noqa: F401 (moved)
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
 from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
-from utils.data import protocol_geometry
+from utils.protocol import get_protocol
 from utils.errors import DataError
 from utils.paths import DATASET_DIR, OUTPUT_ROOT
 
@@ -187,11 +187,8 @@ def boxes_to_image_fraction(box, meta: dict, path) -> list[float]:
     if not meta or "protocol" not in meta or "input_size" not in meta:
         raise DataError.at(Path(path).with_suffix(".json"), None, "missing or incomplete (needs protocol and "
                            "input_size): rerun sltnet/localizer/test.py, which writes it next to boxes.csv")
-    box = np.asarray(box, dtype=np.float64)
-    if meta["protocol"] == "wsol":
-        return (box / float(meta["input_size"])).tolist()
-    geom = protocol_geometry(meta["protocol"], int(meta["input_size"]), int(meta["resize_size"]))
-    return ((box + geom["offset"][0]) / float(geom["resize"][0])).tolist()
+    protocol = get_protocol(meta["protocol"], int(meta["input_size"]), int(meta.get("resize_size") or meta["input_size"]))
+    return protocol.to_image_fraction(box)
 
 
 def crop_flip_boxes(images: torch.Tensor, boxes: torch.Tensor, crop: int, *, flip: bool = True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from utils.config import add_common_args, stage_parser
+from utils.protocol import choices as protocol_choices
 
 BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
 BOX_RULES = ("zhou", "choe")
@@ -127,8 +128,8 @@ def localizer_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", type=str, default="test", help="test / val, or train for the regressor's targets")
     g.add_argument("--localizer-dir", type=str, default=None, help="localizer stage folder (model.pth)")
     g.add_argument("--weights", type=str, default=None, help="default: <localizer-dir>/model.pth")
-    g.add_argument("--protocol", type=str, default="wsol", choices=["wsol", "spol"],
-                   help="wsol: whole image resized to input size; spol: resize then centre crop")
+    g.add_argument("--protocol", type=str, default="wsol", choices=protocol_choices("resize", "center_crop"),
+                   help="wsol (= resize): whole image resized to input size; spol (= center_crop): resize then centre crop")
     g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--top-k", type=int, default=30)
     g.add_argument("--box-threshold", type=float, default=0.2)
@@ -182,7 +183,8 @@ def regressor_test_parser() -> argparse.ArgumentParser:
                    help="default: <classifier-dir>/<split>/predictions.csv")
     g.add_argument("--localizer-boxes", type=str, default=None,
                    help="localizer boxes for grid.png (default: <localizer-dir>/<split>/boxes.csv if present)")
-    g.add_argument("--protocol", type=str, default="wsol", choices=["wsol", "spol"])
+    g.add_argument("--protocol", type=str, default="wsol", choices=protocol_choices("resize", "center_crop"),
+                   help="wsol (= resize): whole image resized to input size; spol (= center_crop): resize then centre crop")
     g.add_argument("--iou-threshold", type=float, default=0.5)
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
     g.add_argument("--grid-images", type=int, default=16)

@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from utils.paths import DATASET_DIR, OUTPUT_ROOT
+from utils.paths import CONFIG_DIR, DATASET_DIR, OUTPUT_ROOT
 
 DATASET_OF_LAYOUT = {"cub": "cub", "ilsvrc": "imagenet"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "imagenet": DATASET_DIR / "ILSVRC2012"}
@@ -25,6 +25,20 @@ IMAGENET_EXCLUDE = ("ILSVRC2012_val_00033202.JPEG",)
 PRODUCERS = {"predictions": "spol/cls/test.py", "cam_model": "spol/cam/train.py",
              "pseudo_masks": "spol/cam/test.py", "seg_model": "spol/seg/train.py",
              "cls_model": "spol/cls/train.py"}
+
+
+def spol_config(name: str, section: str) -> dict:
+    """One stage section of ``configs/spol_<name>.yaml`` (the reference values: SPOL's fixed box
+    thresholds live there, not in the code), read when an option was left at None."""
+    import yaml
+
+    path = CONFIG_DIR / f"spol_{name}.yaml"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return dict((yaml.safe_load(f) or {}).get(section) or {})
+    except OSError as exc:
+        from utils.errors import DataError
+        raise DataError.at(path, None, f"unreadable SPOL reference config ({exc.strerror})") from None
 
 
 def add_spol_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -67,8 +81,8 @@ def resolve_defaults(args, stage: str):
 
 
 def load_split(args, split: str, *, layout=None, data_root=None):
-    """Records of one split (utils.data.load_records) with the stage's exclusions."""
-    from utils.data import load_records
+    """Records of one split (utils.layouts.load_records) with the stage's exclusions."""
+    from utils.layouts import load_records
 
     return load_records(data_root or args.data_root, layout or args.layout, split,
                         metadata_root=args.metadata_root, exclude_ids=tuple(args.exclude_ids or ()))

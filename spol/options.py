@@ -13,6 +13,7 @@ import argparse
 from spol.common import add_sgd_args, add_spol_args
 from utils.config import add_common_args, stage_parser
 from utils.options import add_classifier_args
+from utils.protocol import BOTH, choices as protocol_choices
 
 # spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/test_cli.py checks the two agree)
 PSEUDO_MASK_WORK_SIZE = 256
@@ -111,10 +112,10 @@ def seg_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--cls-results", type=str, default=None,
                    help="per-image classification results: a predictions.csv or the SPOL authors' "
                         "top1top5.npy (default <cls-dir>/predictions.csv)")
-    g.add_argument("--protocol", type=str, default="both", choices=["spol", "spol-official", "wsol", "both"],
-                   help="spol: the authors' computation + fixes; spol-official: theirs exactly (skips "
-                        "images, IoU > 0.5); wsol: Choe et al.; both: spol and wsol")
-    g.add_argument("--spol-threshold", type=float, default=None, help="spol protocol: 0.2 CUB, 0.8 ImageNet")
+    g.add_argument("--protocol", type=str, default=BOTH, choices=protocol_choices() + [BOTH],
+                   help="spol (= center_crop): the authors' computation + fixes; spol-official (= spol_official): "
+                        "theirs exactly (skips images, IoU > 0.5); wsol (= resize): Choe et al.; both: spol and wsol")
+    g.add_argument("--spol-threshold", type=float, default=None, help="box threshold of the SPOL protocols (default: configs/spol_<dataset>.yaml, 0.2 CUB, 0.8 ImageNet)")
     g.add_argument("--resize", type=int, default=256, help="spol protocol: resize before the centre crop")
     g.add_argument("--crop", type=int, default=224, help="input size of both protocols")
     g.add_argument("--threshold-split", type=str, default=None,

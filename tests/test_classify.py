@@ -11,7 +11,7 @@ import torch.nn as nn
 from utils.classify import (ARCHS, LinearEpochDecay, add_classifier_args, classifier_param_groups, final_linear,
                             predict_top5,
                             ten_crop_views, eval_transform, write_classification)
-from utils.data import load_records
+from utils.layouts import load_records
 from utils.distributed import DistContext
 from utils.predictions import read_predictions
 

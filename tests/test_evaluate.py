@@ -24,7 +24,9 @@ import sys
 import numpy as np
 import pytest
 
-from utils.data import load_gt_mask, load_records
+from utils.layouts import load_records
+
+from utils.protocol import get_protocol
 from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps, get_args_parser, main, scoremap_path
 from utils.predictions import write_predictions
@@ -98,7 +100,7 @@ def test_cli_wsol_end_to_end(cub_with_maps, tmp_path, capsys):
     # PxAP over both images against the GT masks (raw value > 0.5 is foreground)
     records = load_records(root, "cub", "test")
     scores = np.concatenate([map_a().ravel(), map_b().ravel()]).astype(np.float32).astype(np.float64)
-    labels = np.concatenate([(load_gt_mask(r, "wsol", 32) > 0.5).ravel() for r in records]).astype(int)
+    labels = np.concatenate([(get_protocol("resize", 32).gt_mask(r) > 0.5).ravel() for r in records]).astype(int)
     assert res["pxap"] == pytest.approx(tie_aware_ap(scores, labels))
     table = out.with_suffix(".txt").read_text()
     assert "MaxBoxAcc (IoU 50)  100.00" in table and "Top-1 Loc" in table
@@ -116,8 +118,12 @@ def test_cli_wsol_fixed_threshold_and_spol_protocol(cub_with_maps, tmp_path):
     #   t = 0.2: A whole map [0,0,31,31]: IoU 22.06*19 / 1024 = 0.41 (miss); B outer box:
     #            810 / (31.75 * 29.5) = 0.865 (hit) -> 50
     #   t = 0.6: A block [0,2,20,18]: 21*17 / 22.06*19 = 0.85 (hit); B outer (0.75 > 0.6): hit -> 100
-    res, _ = run_cli(tmp_path, root, maps, "--protocol", "spol", "--resize-size", "36")
+    res, _ = run_cli(tmp_path, root, maps, "--protocol", "spol", "--resize-size", "36", "--threshold", "0.2")
     assert res["threshold_used"] == 0.2 and res["gt_known_loc"] == 50.0
+    again, _ = run_cli(tmp_path, root, maps, "--protocol", "center_crop", "--resize-size", "36", "--threshold", "0.2")
+    assert again["protocol"] == "center_crop" and again["gt_known_loc"] == res["gt_known_loc"]
+    with pytest.raises(ValueError, match="needs --threshold"):  # SPOL's thresholds live in configs/spol_*.yaml
+        run_cli(tmp_path, root, maps, "--protocol", "spol", "--resize-size", "36")
     res, _ = run_cli(tmp_path, root, maps, "--protocol", "spol", "--resize-size", "36", "--threshold", "0.6",
                      "--iou-compare", ">")
     assert res["gt_known_loc"] == 100.0 and res["iou_compare"] == ">" and res["resize_size"] == 36

@@ -102,7 +102,9 @@ def test_another_run_in_the_folder_is_refused_and_overwrite_moves_it_aside(tmp_p
 
 
 def _cub_trainer(out, root, **kw):
-    from utils.data import WSOLDataset, build_transform, load_records
+    from utils.data import WSOLDataset
+    from utils.layouts import load_records
+    from utils.transforms import build_transform
 
     args = argparse.Namespace(output_dir=str(out), batch_size=2, epochs=1, workers=0, seed=0, amp="off",
                               deterministic=False, resume=True, log_every=0, save_every_steps=0,

@@ -8,7 +8,7 @@ import torch
 
 from utils.checkpoint import MissingFileError
 from utils.config import parse_args
-from utils.data import load_records
+from utils.layouts import load_records
 from utils.errors import DataError
 from utils.generate import generate_dataset
 

@@ -21,8 +21,11 @@ from spol.model import CAMModel, SegModel, load_spol_weights
 from spol.pseudo_mask import pseudo_mask_image
 from spol.seg import test as seg_test, train as seg_train
 from utils.config import parse_args
-from utils.data import WSOLDataset, build_spol_transform, load_records, spol_gt_boxes, transform_boxes
-from utils.evaluate import evaluate_scoremaps, spol_hits
+from utils.data import WSOLDataset
+from utils.layouts import load_records
+from utils.transforms import build_spol_transform
+from utils.protocol import get_protocol
+from utils.evaluate import evaluate_scoremaps
 from utils.generate import generate_dataset
 from utils.metrics import LocalizationMeter, spol_iou
 from utils.predictions import read_predictions
@@ -119,14 +122,14 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
         assert boxes[0] == ["image_id", "x0", "y0", "x1", "y1"] and len(boxes) == len(test) + 1
         # the boxes in boxes.csv are the ones scored: GT-known Loc recomputed from them agrees
         pred = {row[0]: np.array([float(v) for v in row[1:]]) for row in boxes[1:]}
-        if protocol == "spol":  # [0, 0, 0, 0] = no contour, a miss (IoU 0)
-            outcomes = spol_hits([pred[r.image_id] for r in test],
-                                 [spol_gt_boxes(r.boxes, r.size, 64, 72) for r in test], official=False)
+        if get_protocol(protocol).needs_threshold:  # spol: [0, 0, 0, 0] = no contour, a miss (IoU 0)
+            outcomes = get_protocol("center_crop", 64, 72).hits(
+                [pred[r.image_id] for r in test], [get_protocol("center_crop", 64, 72).gt_boxes(r.boxes, r.size) for r in test])
             assert 100 * np.mean([o["hit"] for o in outcomes]) == pytest.approx(results["gt_known_loc"])
         else:
             meter = LocalizationMeter(0.5, ">=")
             meter.update([pred[r.image_id] for r in test],
-                         [transform_boxes(r.boxes, r.size, protocol, 64, 72) for r in test])
+                         [get_protocol("resize", 64).gt_boxes(r.boxes, r.size) for r in test])
             assert meter.compute()["gt_known_loc"] == results["gt_known_loc"]
         assert cv2.imread(str(out / "grid.png")) is not None
         again = evaluate_scoremaps(test, out / "scoremaps", protocol, threshold=results["threshold_used"],
@@ -208,7 +211,7 @@ def test_seg_test_numbers_for_a_model_with_a_known_answer(data, cls_dir, tmp_pat
     whole = [0, 0, 64, 64]  # the authors' box [x, y, x + w, y + h] of the whole input
     hits, top1, top5, no_gt = [], [], [], []
     for r in load_records(data, "cub", "test"):
-        gt = spol_gt_boxes(r.boxes, r.size, 64, 72)
+        gt = get_protocol("center_crop", 64, 72).gt_boxes(r.boxes, r.size)
         no_gt.append(len(gt) == 0)
         hits.append(len(gt) > 0 and max(spol_iou(whole, g) for g in gt) >= 0.5)
         top1.append(hits[-1] and preds[r.image_id].top1_correct)

@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.data import WSOLDataset, build_transform
+from utils.data import WSOLDataset
+
+from utils.transforms import build_transform
 from utils.distributed import DistContext, all_gather_object
 from utils.engine import ShardSampler, Trainer, autocast, build_optimizer
 from utils.options import ARCHS, add_classifier_args  # noqa: F401  (re-exported: their home before)

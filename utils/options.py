@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from utils.config import HelpFormatter
+from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
 
-# utils.evaluate.PROTOCOLS (that module loads torch; tests/test_cli.py checks the two agree)
-EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official")
 ARCHS = ("vgg16", "inception_v3", "resnet50", "densenet161", "efficientnet_b7")
 
 
@@ -48,18 +47,19 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True)
     p.add_argument("--exclude-ids", nargs="*", default=(),
                    help="image ids / file names left out (SPOL leaves out ILSVRC2012_val_00033202.JPEG)")
-    p.add_argument("--scoremaps", required=True, help="folder of <image id stem>.npy score maps")
+    p.add_argument("--scoremaps", required=True, help="folder of score maps: <image id stem>.npy (ours) or <image id>.npy (Choe et al.'s)")
     p.add_argument("--protocol", required=True, choices=EVALUATE_PROTOCOLS)
     p.add_argument("--cam-curve-interval", type=float, default=0.001)
     p.add_argument("--threshold", type=float, default=None,
-                   help="fixed box threshold (wsol: default = best of the sweep; spol: default 0.2, 0.8 for ilsvrc)")
+                   help="fixed box threshold (resize/wsol: default = best of the sweep; the SPOL protocols need it: "
+                        "0.2 CUB, 0.8 ImageNet, configs/spol_*.yaml)")
     p.add_argument("--predictions", default=None,
                    help="predictions.csv of the classification stage, or the SPOL authors' top1top5.npy")
     p.add_argument("--iou-threshold", type=float, default=0.5)
     p.add_argument("--iou-compare", choices=(">=", ">"), default=">=")
     p.add_argument("--iou-convention", choices=("inclusive", "exclusive"), default="inclusive")
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--resize-size", type=int, default=256, help="spol protocol: resize before the centre crop")
+    p.add_argument("--resize-size", type=int, default=256, help="center_crop/spol protocols: resize before the centre crop")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--output", required=True, help="results JSON; the table goes next to it as .txt")
     return p

@@ -380,8 +380,9 @@ def _at_exit() -> None:
 # What each test step writes in its --output-dir (utils.config.run_cli names the stage,
 # utils.engine.setup_run protects the outputs): a function of the resolved options.
 def _seg_outputs(args) -> list[str]:
-    protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
-    return protocols + ["metrics.json", "metrics.txt", "test_args"]
+    from utils.protocol import expand
+
+    return expand(args.protocol) + ["metrics.json", "metrics.txt", "test_args"]
 
 
 TEST_OUTPUTS = {

@@ -25,7 +25,8 @@ from sltnet.common import load_weights, resolve_args
 from network import build_classifier
 from utils.classify import write_classification
 from utils.config import run_cli, save_resolved_config
-from utils.data import build_transform, load_records, num_classes
+from utils.layouts import load_records, num_classes
+from utils.transforms import build_transform
 from utils.distributed import cleanup
 from utils.engine import setup_run
 from utils.io import atomic_write_json

@@ -25,7 +25,7 @@ from network import build_classifier
 from sltnet.common import resolve_args
 from utils.classify import train_classifier
 from utils.config import run_cli, save_resolved_config
-from utils.data import load_records, num_classes
+from utils.layouts import load_records, num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
 

@@ -5,7 +5,7 @@
     python3 spol/cam/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_cam.pth
 
 Each image is resized to 256 x 256 (no crop; the authors' normalise-then-resize,
-``utils.data.SPOLTransform``) and goes through the CAM model in batches on the device; the
+``utils.transforms.SPOLTransform``) and goes through the CAM model in batches on the device; the
 ground-truth class's map is max-normalised, resized to 256 x 256 and turned into a pseudo mask on
 the CPU (``--mask-workers`` threads) exactly as the authors' script does (``spol/pseudo_mask.py``).
 Output, in this stage's output folder (never in the dataset)::
@@ -42,7 +42,9 @@ from spol import pseudo_mask as pm
 from spol.common import load_split, require, resolve_defaults
 from spol.model import CAMModel, load_spol_weights
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_spol_transform, num_classes
+from utils.data import WSOLDataset
+from utils.layouts import num_classes
+from utils.transforms import build_spol_transform
 from utils.distributed import DistContext, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
 from utils.io import atomic_save_png, atomic_write, atomic_write_json

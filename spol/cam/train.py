@@ -28,7 +28,9 @@ from spol.common import drop_last_needed, load_split, resolve_defaults, spol_par
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
 from spol.model import CAMModel
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_spol_transform, num_classes
+from utils.data import WSOLDataset
+from utils.layouts import num_classes
+from utils.transforms import build_spol_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 

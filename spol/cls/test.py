@@ -29,7 +29,7 @@ from spol.common import load_split, require, resolve_defaults
 from utils.checkpoint import load_checkpoint, load_state_dict_checked
 from utils.classify import eval_transform, write_classification
 from utils.config import run_cli, save_resolved_config
-from utils.data import num_classes
+from utils.layouts import num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
 from utils.io import atomic_write_json

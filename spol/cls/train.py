@@ -24,7 +24,7 @@ from network.backbones import build_classifier
 from spol.common import load_split, resolve_defaults
 from utils.classify import train_classifier
 from utils.config import run_cli, save_resolved_config
-from utils.data import num_classes
+from utils.layouts import num_classes
 from utils.distributed import cleanup
 from utils.engine import setup_run
 

@@ -9,7 +9,7 @@ ImageNet-1K (1 epoch)::
 
     torchrun --nproc_per_node 8 spol/seg/train.py --config configs/spol_imagenet.yaml --batch-size 16
 
-Image and pseudo mask are augmented jointly as the authors do (``utils.data.SPOLTransform``: the
+Image and pseudo mask are augmented jointly as the authors do (``utils.transforms.SPOLTransform``: the
 image normalised then resized 256 x 256 INTER_LINEAR, the mask resized INTER_NEAREST; random crop
 224, horizontal flip). Masks written by the authors' own script are read too (their names and
 channel layout are ours). Target: ``(fore > 0.25) | (gauss > 0.25)``; ignored pixels:
@@ -34,7 +34,8 @@ from spol.losses import seg_loss
 from spol.model import SegModel
 from utils.checkpoint import MissingFileError
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_spol_transform, pseudo_mask_candidates
+from utils.data import WSOLDataset, pseudo_mask_candidates
+from utils.transforms import build_spol_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 
