@@ -74,6 +74,10 @@ def cam_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
                    help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
                         "names (ImageNet: lossy JPEG under the image's own name)")
+    # spol.pseudo_mask.BAND_LOW/BAND_HIGH/MIN_CONTOUR_AREA (that module loads torch; tests/test_cli.py checks them)
+    g.add_argument("--band", type=float, nargs=2, default=[0.1, 0.5], metavar=("LOW", "HIGH"),
+                   help="Gaussian channel: CAM values outside [LOW, HIGH] are set to 0 before the contours")
+    g.add_argument("--min-contour-area", type=float, default=20, help="Gaussian channel: smaller contours are skipped")
     g.add_argument("--degenerate-contours", type=str, default="skip", choices=["skip", "nan"],
                    help="skip: a contour whose Gaussian is not finite adds nothing; nan: the authors' "
                         "NaN channel")
@@ -94,6 +98,8 @@ def seg_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--resize", type=int, default=256)
     g.add_argument("--crop", type=int, default=224)
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--target-threshold", type=float, default=0.25,  # spol.losses.TARGET_THRESHOLD
+                   help="seg target: pseudo-mask CAM or Gaussian channel above it is foreground")
     parser.set_defaults(batch_size=128, epochs=8)
     return parser
 
@@ -115,7 +121,9 @@ def seg_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocol", type=str, default=BOTH, choices=protocol_choices() + [BOTH],
                    help="spol (= center_crop): the authors' computation + fixes; spol-official (= spol_official): "
                         "theirs exactly (skips images, IoU > 0.5); wsol (= resize): Choe et al.; both: spol and wsol")
-    g.add_argument("--spol-threshold", type=float, default=None, help="box threshold of the SPOL protocols (default: configs/spol_<dataset>.yaml, 0.2 CUB, 0.8 ImageNet)")
+    g.add_argument("--spol-threshold", type=float, default=None,
+                   help="box threshold of the SPOL protocols (default: configs/spol_<dataset>.yaml "
+                        "seg_test.spol_threshold, 0.2 CUB, 0.8 ImageNet)")
     g.add_argument("--resize", type=int, default=256, help="spol protocol: resize before the centre crop")
     g.add_argument("--crop", type=int, default=224, help="input size of both protocols")
     g.add_argument("--threshold-split", type=str, default=None,

@@ -116,14 +116,14 @@ def gaussian_prior(cam: np.ndarray, *, low: float = BAND_LOW, high: float = BAND
     return prior
 
 
-def pseudo_mask_image(cam: np.ndarray, size: tuple[int, int], *, degenerate: str = "skip") -> np.ndarray:
+def pseudo_mask_image(cam: np.ndarray, size: tuple[int, int], *, degenerate: str = "skip", **prior) -> np.ndarray:
     """Max-normalised ``[S, S]`` float32 CAM (step 1) -> uint8 ``[H, W, 3]`` pseudo mask at ``size`` =
     (width, height) of the original image, in the authors' B, G, R order: channel 0 = CAM,
     1 = Gaussian prior, 2 = 0 (write it with ``cv2.imwrite`` as is, or give ``[..., ::-1]`` to an
-    RGB writer)."""
+    RGB writer). ``prior``: :func:`gaussian_prior`'s ``low``, ``high``, ``min_area``."""
     fore = np.asarray(cam, dtype=np.float32) * 255
     with np.errstate(invalid="ignore"):
-        gaus = gaussian_prior(cam, degenerate=degenerate) * 255
+        gaus = gaussian_prior(cam, degenerate=degenerate, **prior) * 255
         fuse = np.stack((fore, gaus, np.zeros_like(fore)), axis=-1)
         fuse = cv2.resize(fuse, (int(size[0]), int(size[1])), interpolation=cv2.INTER_LINEAR)
         return np.uint8(fuse)

@@ -133,6 +133,10 @@ def test_option_names_shared_with_the_heavy_modules_agree():
     assert model.BACKBONES is options.BACKBONES and boxes.BOX_RULES is options.BOX_RULES
     assert PSEUDO_MASK_WORK_SIZE == pseudo_mask.WORK_SIZE
     assert parser_of("spol/cam/test.py").get_default("resize") == pseudo_mask.WORK_SIZE
+    assert parser_of("spol/cam/test.py").get_default("band") == [pseudo_mask.BAND_LOW, pseudo_mask.BAND_HIGH]
+    assert parser_of("spol/cam/test.py").get_default("min_contour_area") == pseudo_mask.MIN_CONTOUR_AREA
+    from spol import losses
+    assert parser_of("spol/seg/train.py").get_default("target_threshold") == losses.TARGET_THRESHOLD
     assert classify.add_classifier_args is __import__("utils.options").options.add_classifier_args
     from utils import evaluate, options as utils_options
 
@@ -152,7 +156,7 @@ def test_evaluate_module_help_answers_before_torch_loads():
                           text=True, timeout=120)
     assert proc.stdout.startswith("usage: python -m utils.evaluate "), (proc.stdout[:300], proc.stderr[-2000:])
     assert proc.stdout.strip().endswith("EXIT 0 False")
-    assert "(default: 0.001)" in proc.stdout and "--protocol {wsol,spol,spol-official}" in proc.stdout
+    assert "(default: 0.001)" in proc.stdout and "--protocol {wsol,spol,spol-official,resize,center_crop,spol_official}" in proc.stdout
 
 
 def test_help_formatter_keeps_a_stated_default_and_adds_a_missing_one():

@@ -103,7 +103,8 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
         if not np.isfinite(cam).all():  # a NaN map would be cast into a meaningless PNG
             raise FloatingPointError(f"{record.path}: the CAM model gives a non-finite map (its weights have "
                                      "diverged): retrain with spol/cam/train.py, e.g. with a lower --lr")
-        mask = pm.pseudo_mask_image(cam, record.size, degenerate=getattr(args, "degenerate_contours", "skip"))
+        mask = pm.pseudo_mask_image(cam, record.size, degenerate=getattr(args, "degenerate_contours", "skip"),
+                                    low=args.band[0], high=args.band[1], min_area=args.min_contour_area)
         save_mask(pseudo_mask_path(mask_dir, record.image_id, getattr(args, "mask_format", "png")), mask)
 
     written = 0
@@ -135,7 +136,7 @@ def main(args):
             "folder": str(mask_dir.resolve()), "format": "PNG (lossless), original image size",
             "channels": {"B": "CAM of the GT class, max-normalised", "G": "Gaussian prior", "R": "zero"},
             "layout": "SPOL authors' (cv2.imwrite of (CAM, Gaussian, 0))", "mask_format": args.mask_format,
-            "work_size": args.resize, "band": [pm.BAND_LOW, pm.BAND_HIGH], "min_contour_area": pm.MIN_CONTOUR_AREA,
+            "work_size": args.resize, "band": list(args.band), "min_contour_area": args.min_contour_area,
             "variance_divisor": pm.VARIANCE_DIVISOR, "degenerate_contours": args.degenerate_contours})
         print(f"{len(records)} pseudo masks written to {mask_dir}", flush=True)
     cleanup(ctx)

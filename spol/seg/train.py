@@ -26,11 +26,12 @@ from utils.config import parse_early
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "seg_train")
 
+import functools
 from pathlib import Path
 
 from spol.common import (default_path, drop_last_needed, load_split, require, resolve_defaults,
                          spol_param_groups)
-from spol.losses import seg_loss
+from spol.losses import TARGET_THRESHOLD, seg_loss
 from spol.model import SegModel
 from utils.checkpoint import MissingFileError
 from utils.config import run_cli, save_resolved_config
@@ -40,10 +41,11 @@ from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
 
 
-def seg_loss_fn(model, batch):
-    """``Trainer`` loss: weighted BCE of the foreground logits against the pseudo-mask target."""
+def seg_loss_fn(model, batch, threshold: float = TARGET_THRESHOLD):
+    """``Trainer`` loss: weighted BCE of the foreground logits against the pseudo-mask target
+    (foreground: a channel above ``threshold``, ``--target-threshold``)."""
     logits = model(batch["image"])
-    return seg_loss(logits.float(), batch["pseudo_mask"]), {}
+    return seg_loss(logits.float(), batch["pseudo_mask"], threshold), {}
 
 
 def check_masks(records, mask_dir: Path, split: str) -> None:
@@ -77,7 +79,7 @@ def main(args):
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
     trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_seg",
                       drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
-    trainer.fit(dataset, seg_loss_fn)
+    trainer.fit(dataset, functools.partial(seg_loss_fn, threshold=args.target_threshold))
     if ctx.is_main:
         print(f"seg model written to {args.output_dir}/model.pth", flush=True)
     cleanup(ctx)
