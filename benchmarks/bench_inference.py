@@ -33,9 +33,7 @@ from types import SimpleNamespace
 import torch
 
 from utils.data import WSOLDataset
-
 from utils.layouts import load_records, num_classes
-
 from utils.transforms import build_transform
 from utils.distributed import DistContext
 from utils.engine import autocast

@@ -187,7 +187,8 @@ def boxes_to_image_fraction(box, meta: dict, path) -> list[float]:
     if not meta or "protocol" not in meta or "input_size" not in meta:
         raise DataError.at(Path(path).with_suffix(".json"), None, "missing or incomplete (needs protocol and "
                            "input_size): rerun sltnet/localizer/test.py, which writes it next to boxes.csv")
-    protocol = get_protocol(meta["protocol"], int(meta["input_size"]), int(meta.get("resize_size") or meta["input_size"]))
+    size = int(meta["input_size"])
+    protocol = get_protocol(meta["protocol"], size, int(meta.get("resize_size") or size))
     return protocol.to_image_fraction(box)
 
 

@@ -1,4 +1,5 @@
-"""utils.data: the three layout readers, every bad-input error, joint transforms and box geometry.
+"""utils.layouts, utils.transforms, utils.data: the three layout readers, every bad-input error and
+the joint transforms (the evaluation geometry is tested in tests/test_protocol.py).
 
 All trees are written by tests/builders.py; expected numbers are worked out by hand from it.
 """
@@ -10,11 +11,8 @@ import torch
 from PIL import Image
 
 from utils.data import WSOLDataset
-
 from utils.layouts import Record, class_names, load_records, num_classes
-
 from utils.transforms import build_spol_transform, build_transform
-
 from utils.errors import DataError
 
 try:

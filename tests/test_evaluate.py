@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 
 from utils.layouts import load_records
-
 from utils.protocol import get_protocol
 from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps, get_args_parser, main, scoremap_path

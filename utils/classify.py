@@ -25,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.data import WSOLDataset
-
 from utils.transforms import build_transform
 from utils.distributed import DistContext, all_gather_object
 from utils.engine import ShardSampler, Trainer, autocast, build_optimizer

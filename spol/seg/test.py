@@ -5,19 +5,21 @@
     python3 spol/seg/test.py --config configs/spol_cub.yaml --checkpoint PATH/TO/released_cub_seg.pth
     python3 spol/seg/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_imagenet_seg.pth
 
-Protocols (``--protocol spol|spol-official|wsol|both``; both = spol + wsol), each in its own folder
-``<output>/<protocol>/``:
+Protocols (``utils.protocol``; ``--protocol spol|spol-official|wsol|both`` or the neutral names
+``center_crop|spol_official|resize``; both = spol + wsol), each in its own folder ``<output>/<protocol
+as given>/``:
 
-* ``spol``: the authors' accuracy computation with our fixes. Input as theirs (normalise, resize
-  256 x 256 INTER_LINEAR, centre crop 224: ``utils.transforms.SPOLTransform``), sigmoid map > 0.2 (CUB) /
-  0.8 (ImageNet), RETR_TREE, largest contour, box ``[x, y, x + w, y + h]``; GT boxes clipped to
-  W - 1 / H - 1, then to [0, 224] in the crop; their exclusive IoU. Fixes: every image counts (no
-  contour or no GT box left = a miss), IoU ``>=`` 0.5 (``--iou-compare '>'`` is theirs).
-* ``spol-official``: exactly the authors' computation: images with no contour or no GT box left
-  are skipped (``num_skipped`` in metrics.json), IoU ``> 0.5``.
-* ``wsol`` (Choe et al., CVPR 2020): whole image at 224 x 224, Choe's box rule at a threshold chosen
-  on ``--threshold-split`` (a held-out fully supervised split, e.g. CUBV2 ``val`` with
-  ``--threshold-layout metadata``); without it the threshold is the best one on the test split
+* ``spol`` = ``center_crop``: the authors' accuracy computation with our fixes. Input as theirs
+  (normalise, resize 256 x 256 INTER_LINEAR, centre crop 224: ``utils.transforms.SPOLTransform``),
+  sigmoid map > 0.2 (CUB) / 0.8 (ImageNet; ``configs/spol_*.yaml`` seg_test.spol_threshold),
+  RETR_TREE, largest contour, box ``[x, y, x + w, y + h]``; GT boxes clipped to W - 1 / H - 1, then
+  to [0, 224] in the crop; their exclusive IoU. Fixes: every image counts (no contour or no GT box
+  left = a miss), IoU ``>=`` 0.5 (``--iou-compare '>'`` is theirs).
+* ``spol-official`` = ``spol_official``: exactly the authors' computation: images with no contour
+  or no GT box left are skipped (``num_skipped`` in metrics.json), IoU ``> 0.5``.
+* ``wsol`` = ``resize`` (Choe et al., CVPR 2020): whole image at 224 x 224, Choe's box rule at a
+  threshold chosen on ``--threshold-split`` (a held-out fully supervised split, e.g. CUBV2 ``val``
+  with ``--threshold-layout metadata``); without it the threshold is the best one on the test split
   itself, and metrics.json says so. Also MaxBoxAcc, MaxBoxAccV2 and PxAP (CUB masks).
 
 Top-1/Top-5 Loc use ``--cls-results PATH``: our ``predictions.csv`` (default
