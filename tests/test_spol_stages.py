@@ -111,7 +111,7 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
                                "--batch-size", "4", "--threshold-split", "train"] + TINY)
     summary = json.loads((seg_dir / "metrics.json").read_text())
     test = load_records(data, "cub", "test")
-    for protocol in ("spol", "wsol"):
+    for protocol in ["spol", "wsol"]:
         out = seg_dir / protocol
         results = json.loads((out / "metrics.json").read_text())
         assert results["num_images"] == len(test) == summary[protocol]["num_images"]
