@@ -141,3 +141,23 @@ def test_counting_rules_of_center_crop_and_spol_official():
     assert [o["skipped"] for o in per_image] == [None, "no contour", "no GT box in the crop"]
     assert (theirs["gt_known_loc"], theirs["num_counted"], theirs["num_skipped"]) == (0.0, 1, 2)
     assert theirs["top1_loc"] == 0.0
+
+
+def test_seg_grid_title_names_the_protocol_run(tiny_cub, tmp_path, monkeypatch):
+    import spol.visualize as vis
+
+    seen = {}
+
+    def fake_picture(images, box_sets, **kwargs):
+        seen.update(kwargs, shapes=[i.shape for i in images], gts=[b[0][0] for b in box_sets])
+        return np.zeros((4, 4, 3), np.uint8)
+
+    monkeypatch.setattr(vis, "stage_picture", fake_picture)
+    record = load_records(tiny_cub, "cub", "test")[0]
+    proto = get_protocol("spol-official", 16, 20)
+    vis.write_grid(tmp_path / "grid.png", [record], {record.image_id: np.zeros((16, 16))},
+                   {record.image_id: np.zeros(4)}, proto)
+    assert "spol-official protocol: resize 20, centre crop 16" in seen["title"]
+    assert seen["shapes"] == [(16, 16, 3)]
+    np.testing.assert_array_equal(seen["gts"][0], proto.gt_boxes(record.boxes, record.size))
+    assert (tmp_path / "grid.png").is_file()
