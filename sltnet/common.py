@@ -44,7 +44,7 @@ def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = 
     resize, crop = GEOMETRY[args.backbone]
     args.resize_size = args.resize_size or resize
     args.input_size = args.input_size or crop
-    args.dataset_name = args.dataset_name or DATASET_NAME[args.layout]
+    args.dataset = args.dataset or DATASET_NAME[args.layout]
     if args.data_root is None:
         args.data_root = str(DEFAULT_DATA_ROOT[args.layout])
     if getattr(args, "pseudo_box_backbone", None) and args.localizer_dir is None:
@@ -62,7 +62,7 @@ def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = 
 
 
 def stage_dir(args, stage: str, *, backbone: str | None = None) -> Path:
-    return OUTPUT_ROOT / METHOD / args.dataset_name / (backbone or args.backbone) / stage
+    return OUTPUT_ROOT / METHOD / args.dataset / (backbone or args.backbone) / stage
 
 
 def require_file(path, stage: str, what: str) -> Path:

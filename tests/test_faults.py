@@ -348,7 +348,7 @@ def test_a_failed_test_step_keeps_the_previous_results_and_a_worker_error_is_the
     from spol.cam import test as cam_test
     from utils.config import run_cli
 
-    argv = ["--data-root", str(tiny_cub), "--output-dir", str(out), "--device", "cpu", "--resize", "32",
+    argv = ["--data-root", str(tiny_cub), "--output-dir", str(out), "--device", "cpu", "--resize-size", "32",
             "--batch-size", "1", "--mask-workers", "1"]
     run_cli(cam_test.main, cam_test.get_args_parser, "cam_test", argv + ["--workers", "0"])
     before = tree_hash(out)

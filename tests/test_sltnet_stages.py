@@ -29,7 +29,7 @@ def run_stage(birds, tmp_path, monkeypatch):
     monkeypatch.setattr("sltnet.common.OUTPUT_ROOT", tmp_path / "output")
     torch.set_num_threads(1)
     common = ["--data-root", str(birds), "--pretrained", "none", "--device", "cpu", "--workers", "0",
-              "--batch-size", "3", "--dataset-name", "birds"]
+              "--batch-size", "3", "--dataset", "birds"]
 
     def run(module, stage, *argv):
         script = importlib.import_module(module)

@@ -28,7 +28,7 @@ from utils.metrics import LocalizationMeter, spol_iou
 from utils.predictions import read_predictions
 
 SPOL_DIR = Path(spol.__file__).resolve().parent
-TINY = ["--device", "cpu", "--workers", "0", "--resize", "72", "--crop", "64"]
+TINY = ["--device", "cpu", "--workers", "0", "--resize-size", "72", "--input-size", "64"]
 
 
 def run(module, stage, argv):
@@ -50,7 +50,7 @@ def cam_dir(data):
     # 9 images, batch 4: the last batch would hold 1 image and is dropped (gating BatchNorms)
     run(cam_train, "cam_train", base + TINY + ["--pretrained", "none", "--epochs", "1", "--batch-size", "4"])
     run(cam_test, "cam_test", ["--data-root", data, "--output-dir", out, "--device", "cpu", "--workers", "0",
-                               "--resize", "72", "--batch-size", "4"])
+                               "--resize-size", "72", "--batch-size", "4"])
     return out
 
 
@@ -65,7 +65,7 @@ def seg_dir(data, cam_dir):
 @pytest.fixture(scope="module")
 def cls_dir(data):
     out = data.parent / "out" / "cls"
-    common = ["--data-root", data, "--output-dir", out, "--arch", "resnet50"] + TINY
+    common = ["--data-root", data, "--output-dir", out, "--backbone", "resnet50"] + TINY
     run(cls_train, "cls_train", common + ["--pretrained", "none", "--epochs", "1", "--batch-size", "4"])
     run(cls_test, "cls_test", common + ["--batch-size", "4"])
     return out
@@ -164,7 +164,7 @@ def test_missing_upstream_files_name_the_stage_to_run_first(data, tmp_path, seg_
     (tmp_path / "cls" / "predictions.csv").write_text("image_id,label,pred_top5,top1_correct,top5_correct\n")
     msg = error(seg_test, "seg_test", ["--output-dir", tmp_path / "g", "--cls-dir", tmp_path / "cls"])
     assert "run spol/seg/train.py first" in msg
-    msg = error(cls_test, "cls_test", ["--output-dir", tmp_path / "k", "--arch", "resnet50"])
+    msg = error(cls_test, "cls_test", ["--output-dir", tmp_path / "k", "--backbone", "resnet50"])
     assert "run spol/cls/train.py first" in msg
 
 
@@ -253,6 +253,6 @@ def test_a_diverged_cam_model_stops_pseudo_masks_naming_the_image(data, cam_dir,
     torch.save(state, tmp_path / "nan.pth")
     with pytest.raises(FloatingPointError, match=r"\.jpg: the CAM model gives a non-finite map"):
         run(cam_test, "cam_test", ["--data-root", data, "--output-dir", tmp_path / "cam", "--device", "cpu",
-                                   "--workers", "0", "--resize", "72", "--batch-size", "4",
+                                   "--workers", "0", "--resize-size", "72", "--batch-size", "4",
                                    "--checkpoint", tmp_path / "nan.pth"])
     assert not list((tmp_path / "cam").rglob("*.png"))

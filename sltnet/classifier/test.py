@@ -18,7 +18,6 @@ from utils.config import parse_early
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "classifier_test")
 
-import argparse
 from pathlib import Path
 
 from sltnet.common import load_weights, resolve_args
@@ -47,8 +46,7 @@ def main(args):
     transform = (build_transform("resize", resize=args.resize_size) if args.ten_crop else
                  build_transform("center", resize=args.resize_size, crop=args.input_size))
     out = Path(args.output_dir)
-    cls_args = argparse.Namespace(**vars(args), crop=args.input_size)     # utils.classify's ten-crop size
-    result = write_classification(model, records, transform, cls_args, ctx, out / "predictions.csv")
+    result = write_classification(model, records, transform, args, ctx, out / "predictions.csv")
     if ctx.is_main:
         atomic_write_json(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
                                                  "top1_cls": result["top1"], "top5_cls": result["top5"],

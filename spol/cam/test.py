@@ -89,7 +89,7 @@ def save_mask(path: Path, mask_bgr: np.ndarray) -> None:
 
 def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
     """This rank's share of the records -> PNG pseudo masks; returns how many it wrote."""
-    transform = build_spol_transform("resize", resize=args.resize)
+    transform = build_spol_transform("resize", resize=args.resize_size)
     dataset = WSOLDataset(records, transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
@@ -107,7 +107,7 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
     written = 0
     batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc="pseudo masks")
     with ThreadPoolExecutor(max(1, args.mask_workers)) as pool:
-        for indices, cams in iter_normalized_cams(model, batches, ctx.device, work_size=args.resize, amp=args.amp):
+        for indices, cams in iter_normalized_cams(model, batches, ctx.device, work_size=args.resize_size, amp=args.amp):
             list(pool.map(save, zip(indices, cams)))
             written += len(indices)
     return written
@@ -133,7 +133,7 @@ def main(args):
             "folder": str(mask_dir.resolve()), "format": "PNG (lossless), original image size",
             "channels": {"B": "CAM of the GT class, max-normalised", "G": "Gaussian prior", "R": "zero"},
             "layout": "SPOL authors' (cv2.imwrite of (CAM, Gaussian, 0))", "mask_format": args.mask_format,
-            "work_size": args.resize, "band": [pm.BAND_LOW, pm.BAND_HIGH], "min_contour_area": pm.MIN_CONTOUR_AREA,
+            "work_size": args.resize_size, "band": [pm.BAND_LOW, pm.BAND_HIGH], "min_contour_area": pm.MIN_CONTOUR_AREA,
             "variance_divisor": pm.VARIANCE_DIVISOR, "degenerate_contours": args.degenerate_contours})
         print(f"{len(records)} pseudo masks written to {mask_dir}", flush=True)
     cleanup(ctx)

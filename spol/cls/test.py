@@ -11,8 +11,8 @@ ImageNet-1K (torchvision's pretrained EfficientNet-B7 as it is, no training)::
 
 Writes ``output/spol/<dataset>/cls/predictions.csv`` (``utils/predictions.py`` format: image_id,
 label, pred_top5, top1_correct, top5_correct), read by ``spol/seg/test.py`` for Top-1/Top-5 Loc,
-and ``cls_metrics.json`` (Top-1/Top-5 accuracy). ``--ten-crop --crop C`` averages the softmax of
-ten crops of size C of the image resized to ``--resize``.
+and ``cls_metrics.json`` (Top-1/Top-5 accuracy). ``--ten-crop --input-size C`` averages the softmax
+of ten crops of size C of the image resized to ``--resize-size``.
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def load_classifier(args, classes: int):
     """``--checkpoint pretrained``: the ImageNet classifier from resource/ as it is (1000 classes);
     otherwise a state dict (default ``<output>/model.pth`` of spol/cls/train.py), loaded strictly."""
     if args.checkpoint == "pretrained":
-        return build_classifier(args.arch, 1000, "imagenet")
+        return build_classifier(args.backbone, 1000, "imagenet")
     path = args.checkpoint or str(Path(args.output_dir) / "model.pth")
     require(path, "cls_model")
-    model = build_classifier(args.arch, classes, "none")
+    model = build_classifier(args.backbone, classes, "none")
     load_state_dict_checked(model, load_checkpoint(path, producer="spol/cls/train.py"), source=path)
     return model
 

@@ -79,14 +79,14 @@ def iter_scoremaps(model, loader, device: torch.device, *, size: int, amp: str =
 
 def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> None:
     """This rank's share of the records -> ``out_dir/<id stem>.npy`` at the protocol geometry."""
-    transform = (build_spol_transform("center", resize=args.resize, crop=args.crop) if protocol in SPOL_PROTOCOLS
-                 else build_transform("resize", resize=args.crop))
+    transform = (build_spol_transform("center", resize=args.resize_size, crop=args.input_size) if protocol in SPOL_PROTOCOLS
+                 else build_transform("resize", resize=args.input_size))
     dataset = WSOLDataset(records, transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
                                          num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
     batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc=f"score maps ({protocol})")
-    for indices, maps in iter_scoremaps(model, batches, ctx.device, size=args.crop, amp=args.amp):
+    for indices, maps in iter_scoremaps(model, batches, ctx.device, size=args.input_size, amp=args.amp):
         for i, m in zip(indices, maps):
             atomic_save_npy(scoremap_path(out_dir, records[int(i)].image_id), m.astype(np.float32))
 
@@ -95,8 +95,8 @@ def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold:
                     predictions_path: str) -> str:
     cmd = ["python", "-m", "utils.evaluate", "--data-root", os.path.abspath(args.data_root), "--layout",
            args.layout, "--split", split, "--scoremaps", os.path.abspath(scoremaps), "--protocol", protocol,
-           "--threshold", repr(float(threshold)), "--input-size", str(args.crop),
-           "--resize-size", str(args.resize), "--iou-threshold", str(args.iou_threshold),
+           "--threshold", repr(float(threshold)), "--input-size", str(args.input_size),
+           "--resize-size", str(args.resize_size), "--iou-threshold", str(args.iou_threshold),
            "--iou-compare", iou_compare_of(args, protocol), "--iou-convention", args.iou_convention,
            "--cam-curve-interval", str(args.cam_curve_interval), "--output", os.path.abspath(output)]
     if args.metadata_root:
@@ -117,7 +117,7 @@ def score(records, protocol: str, maps_dir: Path, threshold, args, predictions, 
     return evaluate_scoremaps(records, maps_dir, protocol, cam_curve_interval=args.cam_curve_interval,
                               threshold=threshold, predictions=predictions, iou_threshold=args.iou_threshold,
                               iou_compare=iou_compare_of(args, protocol), inclusive_iou=args.iou_convention == "inclusive",
-                              input_size=args.crop, resize_size=args.resize, split=split,
+                              input_size=args.input_size, resize_size=args.resize_size, split=split,
                               workers=args.eval_workers)
 
 
@@ -154,7 +154,7 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
                                                  results["threshold_used"], out / "rescored.json", predictions_path)
     boxes = {}  # one map in memory at a time (ImageNet: 50k maps)
     for r in records:
-        scoremap = load_scoremap(maps_dir, r.image_id, args.crop)
+        scoremap = load_scoremap(maps_dir, r.image_id, args.input_size)
         if protocol in SPOL_PROTOCOLS:
             box = spol_box(scoremap, results["threshold_used"])
             boxes[r.image_id] = np.asarray(box if box is not None else [0, 0, 0, 0], np.int64)
@@ -167,8 +167,8 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
             for o in per_image]
         atomic_write_text(out / "hits.csv", "\n".join(lines) + "\n")
     write_boxes_csv(out / "boxes.csv", [r.image_id for r in records], [boxes[r.image_id] for r in records],
-                    meta={"protocol": protocol, "input_size": args.crop,
-                          "resize_size": args.resize if protocol == "spol" else None,
+                    meta={"protocol": protocol, "input_size": args.input_size,
+                          "resize_size": args.resize_size if protocol == "spol" else None,
                           "threshold": results["threshold_used"],
                           "box_rule": "float32 map > t, RETR_TREE, largest contour (SPOL authors')"
                           if protocol in SPOL_PROTOCOLS else "Choe et al.: uint8 map > int(t * max), largest contour",
@@ -178,8 +178,8 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
     atomic_write_json(out / "metrics.json", results)
     atomic_write_text(out / "metrics.txt", format_table(results) + f"threshold source: {source}\n")
     shown = records[:args.grid_images]
-    write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.crop) for r in shown},
-               boxes, "spol" if protocol in SPOL_PROTOCOLS else protocol, args.crop, args.resize,
+    write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.input_size) for r in shown},
+               boxes, "spol" if protocol in SPOL_PROTOCOLS else protocol, args.input_size, args.resize_size,
                max_images=args.grid_images)
     return results
 

@@ -70,7 +70,7 @@ def main(args):
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
     check_masks(records, mask_dir, args.split)
-    transform = build_spol_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
     dataset = WSOLDataset(records, transform, pseudo_mask_dir=mask_dir)
     model = SegModel(pretrained=args.pretrained)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
