@@ -197,8 +197,9 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
 @torch.no_grad()
 def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     """predictions.csv of the plain CAM network (its own GAP logits), with the localizer test's
-    options (``argv``) and model code (``sltnet.common.build_branch`` + ``load_weights``)."""
-    from sltnet.common import build_branch, load_weights, resolve_args
+    options (``argv``) and model code (``sltnet.common.build_branch`` + ``load_stage_weights``)."""
+    from sltnet.common import PRODUCER, build_branch, resolve_args
+    from utils.checkpoint import load_stage_weights
     from sltnet.localizer import test as localizer_test
     from utils.data import WSOLDataset, build_transform
     from utils.predictions import write_predictions
@@ -206,7 +207,7 @@ def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     args = resolve_args(parse_args(localizer_test.get_args_parser(), [str(a) for a in argv],
                                    stage="localizer_test"), "localizer", test_of="localizer")
     branch = build_branch(args, num_classes(records), pretrained="none")
-    load_weights(branch, Path(args.localizer_dir) / "model.pth", stage="localizer")
+    load_stage_weights(branch, Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.eval()
     dataset = WSOLDataset(records, build_transform("resize", resize=args.input_size))
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)

@@ -17,7 +17,8 @@ import torch
 import spol
 from spol.cam import test as cam_test, train as cam_train
 from spol.cls import test as cls_test, train as cls_train
-from spol.model import CAMModel, SegModel, load_spol_weights
+from spol.model import CAMModel, SegModel
+from utils.checkpoint import load_stage_weights
 from spol.pseudo_mask import pseudo_mask_image
 from spol.seg import test as seg_test, train as seg_train
 from utils.config import parse_args
@@ -75,7 +76,7 @@ def test_cam_stage_writes_one_lossless_pseudo_mask_per_training_image(data, cam_
     assert (cam_dir / "model.pth").is_file() and (cam_dir / "log.jsonl").is_file()
     train = load_records(data, "cub", "train")
     # recompute every mask from the saved model, one image at a time: the PNG holds exactly it
-    model = load_spol_weights(CAMModel(3, pretrained="none"), cam_dir / "model.pth")
+    model = load_stage_weights(CAMModel(3, pretrained="none"), cam_dir / "model.pth", "spol/cam/train.py")
     loader = torch.utils.data.DataLoader(WSOLDataset(train, build_spol_transform("resize", resize=72)), batch_size=1)
     for (index,), (cam,) in cam_test.iter_normalized_cams(model, loader, torch.device("cpu"), work_size=72):
         r = train[index]

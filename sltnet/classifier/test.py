@@ -20,8 +20,9 @@ ARGS = parse_early(__name__, get_args_parser, "classifier_test")
 
 from pathlib import Path
 
-from sltnet.common import load_weights, resolve_args
+from sltnet.common import PRODUCER, resolve_args
 from network import build_classifier
+from utils.checkpoint import load_stage_weights
 from utils.classify import write_classification
 from utils.config import run_cli, save_resolved_config
 from utils.data import build_transform, load_records, num_classes
@@ -40,8 +41,8 @@ def main(args):
     if args.checkpoint == "pretrained":
         model = build_classifier(args.backbone, 1000, "imagenet")
     else:
-        model = build_classifier(args.backbone, num_classes(records), "none")
-        load_weights(model, args.checkpoint or Path(args.classifier_dir) / "model.pth", stage="classifier_train")
+        model = load_stage_weights(build_classifier(args.backbone, num_classes(records), "none"),
+                                   args.checkpoint or Path(args.classifier_dir) / "model.pth", PRODUCER["classifier"])
     model.to(ctx.device)
     transform = (build_transform("resize", resize=args.resize_size) if args.ten_crop else
                  build_transform("center", resize=args.resize_size, crop=args.input_size))

@@ -39,13 +39,15 @@ import torch
 from tqdm import tqdm
 
 from spol import pseudo_mask as pm
-from spol.common import load_split, require, resolve_defaults
-from spol.model import CAMModel, load_spol_weights
+from spol.common import load_split, resolve_defaults
+from spol.model import CAMModel
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, num_classes
 from utils.distributed import DistContext, barrier, cleanup
 from utils.engine import ShardSampler, autocast, setup_run
 from utils.io import atomic_save_png, atomic_write, atomic_write_json
+from utils.paths import require_output
 
 
 @torch.no_grad()
@@ -116,13 +118,12 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
 def main(args):
     resolve_defaults(args, "cam")
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
-    require(checkpoint, "cam_model")
+    require_output(checkpoint, "spol/cam/train.py")
     ctx = setup_run(args)
     if ctx.is_main:  # next to, not over, the train step's args.yaml
         save_resolved_config(args, Path(args.output_dir) / "test_args")
     records = load_split(args, args.split)
-    model = CAMModel(num_classes(records), pretrained="none")
-    load_spol_weights(model, checkpoint, source_stage="spol/cam/train.py")
+    model = load_stage_weights(CAMModel(num_classes(records), pretrained="none"), checkpoint, "spol/cam/train.py")
     model.to(ctx.device)
     mask_dir = Path(args.output_dir) / "pseudo_masks"
     write_pseudo_masks(model, records, args, ctx, mask_dir)

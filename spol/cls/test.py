@@ -25,8 +25,8 @@ ARGS = parse_early(__name__, get_args_parser, "cls_test")
 from pathlib import Path
 
 from network.backbones import build_classifier
-from spol.common import load_split, require, resolve_defaults
-from utils.checkpoint import load_checkpoint, load_state_dict_checked
+from spol.common import load_split, resolve_defaults
+from utils.checkpoint import load_stage_weights
 from utils.classify import eval_transform, write_classification
 from utils.config import run_cli, save_resolved_config
 from utils.data import num_classes
@@ -41,10 +41,7 @@ def load_classifier(args, classes: int):
     if args.checkpoint == "pretrained":
         return build_classifier(args.backbone, 1000, "imagenet")
     path = args.checkpoint or str(Path(args.output_dir) / "model.pth")
-    require(path, "cls_model")
-    model = build_classifier(args.backbone, classes, "none")
-    load_state_dict_checked(model, load_checkpoint(path, producer="spol/cls/train.py"), source=path)
-    return model
+    return load_stage_weights(build_classifier(args.backbone, classes, "none"), path, "spol/cls/train.py")
 
 
 def main(args):

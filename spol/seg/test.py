@@ -45,10 +45,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spol.common import dataset_name, default_path, load_split, require, resolve_defaults
-from spol.model import SegModel, load_spol_weights
+from spol.common import dataset_name, default_path, load_split, resolve_defaults
+from spol.model import SegModel
 from spol.visualize import write_grid
 from utils.cam import boxes_from_maps, spol_box
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, build_transform
 from utils.distributed import DistContext, all_gather_object, barrier, cleanup
@@ -56,6 +57,7 @@ from utils.engine import ShardSampler, autocast, setup_run
 from utils.errors import DataError
 from utils.evaluate import SPOL_PROTOCOLS, evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from utils.paths import require_output
 from utils.predictions import read_cls_results, write_boxes_csv
 
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
@@ -195,17 +197,17 @@ def main(args):
             raise DataError.at(predictions_path, None, "--cls-results: not found (a predictions.csv of "
                                "spol/cls/test.py or the SPOL authors' top1top5.npy)")
     else:
-        predictions_path = str(require(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
-                                       "predictions"))
+        predictions_path = str(require_output(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
+                                              "spol/cls/test.py"))
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
-    require(checkpoint, "seg_model")
+    require_output(checkpoint, "spol/seg/train.py")
     ctx = setup_run(args)
     if ctx.is_main:  # next to, not over, the train step's args.yaml
         save_resolved_config(args, Path(args.output_dir) / "test_args")
     records = load_split(args, args.split)
     # checked before inference: every image of the split has its result (our csv or the authors' npy)
     read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")
-    model = load_spol_weights(SegModel(pretrained="none"), checkpoint, source_stage="spol/seg/train.py")
+    model = load_stage_weights(SegModel(pretrained="none"), checkpoint, "spol/seg/train.py")
     model.to(ctx.device)
     protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
     summary = {}
