@@ -262,6 +262,8 @@ def _checked(parser: argparse.ArgumentParser, action: argparse.Action, value: An
         fail(f"expected a value as on the command line, got {value!r} (quote text in YAML)")
     if isinstance(action.nargs, int) and len(items) != action.nargs:
         fail(f"expected {action.nargs} values, got {len(items)}")
+    if action.nargs == "+" and not items:
+        fail("expected at least one value")
     try:
         return parser._get_values(action, [str(item) for item in items])
     except argparse.ArgumentError as exc:
