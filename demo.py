@@ -168,14 +168,14 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
          test + slt_geom + ["--no-acam", "--split", "train", "--localizer-dir", cam / "localizer",
                             "--output-dir", cam / "localizer" / "train", "--box-threshold", s["box_threshold"]]),
         *aggressive,
-        ("SPOL: cls train", "spol.cls.train", "cls_train", train + ["--resize", R, "--crop", S, "--output-dir", spol / "cls"]),
-        ("SPOL: cls test", "spol.cls.test", "cls_test", test + ["--resize", S, "--output-dir", spol / "cls"]),
-        ("SPOL: cam train", "spol.cam.train", "cam_train", train + ["--resize", R, "--crop", S, "--output-dir", spol / "cam"]),
-        ("SPOL: cam test", "spol.cam.test", "cam_test", test + ["--resize", R, "--output-dir", spol / "cam"]),
+        ("SPOL: cls train", "spol.cls.train", "cls_train", train + ["--resize-size", R, "--input-size", S, "--output-dir", spol / "cls"]),
+        ("SPOL: cls test", "spol.cls.test", "cls_test", test + ["--resize-size", S, "--output-dir", spol / "cls"]),
+        ("SPOL: cam train", "spol.cam.train", "cam_train", train + ["--resize-size", R, "--input-size", S, "--output-dir", spol / "cam"]),
+        ("SPOL: cam test", "spol.cam.test", "cam_test", test + ["--resize-size", R, "--output-dir", spol / "cam"]),
         ("SPOL: seg train", "spol.seg.train", "seg_train",
-         train + ["--resize", R, "--crop", S, "--mask-dir", spol / "cam" / "pseudo_masks", "--output-dir", spol / "seg"]),
+         train + ["--resize-size", R, "--input-size", S, "--mask-dir", spol / "cam" / "pseudo_masks", "--output-dir", spol / "seg"]),
         ("SPOL: seg test", "spol.seg.test", "seg_test",
-         test + ["--protocol", "wsol", "--crop", S, "--cls-dir", spol / "cls", "--output-dir", spol / "seg",
+         test + ["--protocol", "wsol", "--input-size", S, "--cls-dir", spol / "cls", "--output-dir", spol / "seg",
                  "--threshold-split", "train"]),
         ("SLT-Net: localizer train", "sltnet.localizer.train", "localizer_train",
          train + slt_geom + ["--output-dir", slt / "localizer"]),
@@ -198,8 +198,9 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
 @torch.no_grad()
 def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     """predictions.csv of the plain CAM network (its own GAP logits), with the localizer test's
-    options (``argv``) and model code (``sltnet.common.build_branch`` + ``load_weights``)."""
-    from sltnet.common import build_branch, load_weights, resolve_args
+    options (``argv``) and model code (``sltnet.common.build_branch`` + ``load_stage_weights``)."""
+    from sltnet.common import PRODUCER, build_branch, resolve_args
+    from utils.checkpoint import load_stage_weights
     from sltnet.localizer import test as localizer_test
     from utils.data import WSOLDataset
     from utils.transforms import build_transform
@@ -208,7 +209,7 @@ def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     args = resolve_args(parse_args(localizer_test.get_args_parser(), [str(a) for a in argv],
                                    stage="localizer_test"), "localizer", test_of="localizer")
     branch = build_branch(args, num_classes(records), pretrained="none")
-    load_weights(branch, Path(args.localizer_dir) / "model.pth", stage="localizer")
+    load_stage_weights(branch, Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.eval()
     dataset = WSOLDataset(records, build_transform("resize", resize=args.input_size))
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)

@@ -91,7 +91,7 @@ def main(args) -> list[dict]:
         records = load_records(root, "cub", "test")[: args.num_images]
         n, k = len(records), num_classes(load_records(root, "cub", "test"))
         batches = device_batches(records, args.size, args.batch_size, device)
-        stage_args = SimpleNamespace(resize=args.size, crop=args.size, batch_size=args.batch_size,
+        stage_args = SimpleNamespace(resize_size=args.size, input_size=args.size, batch_size=args.batch_size,
                                      workers=args.workers, mask_workers=os.cpu_count() or 1, amp=args.amp)
 
         def measure(name, stage_fn, bare_fn, what):

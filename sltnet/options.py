@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from utils.config import add_common_args, stage_parser
+from utils.config import add_alias, add_common_args, stage_parser
 from utils.protocol import choices as protocol_choices
 
 BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
@@ -18,11 +18,18 @@ BOX_RULES = ("zhou", "choe")
 BOX_SCALES = ("stride", "input")
 
 
+def add_dataset_arg(group) -> None:
+    """``--dataset`` (``--dataset-name`` before, still accepted): names the default folders."""
+    add_alias(group, "--dataset-name", group.add_argument(
+        "--dataset", type=str, default=None,
+        help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout; "
+             "formerly --dataset-name)"))
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("sltnet model")
     g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES))
-    g.add_argument("--dataset-name", type=str, default=None,
-                   help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout)")
+    add_dataset_arg(g)
     g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
     g.add_argument("--input-size", type=int, default=None, help="crop / test size: 224 (299 InceptionV3)")
     g.add_argument("--cam-feature", type=str, default=None,
@@ -52,7 +59,7 @@ def add_classifier_stage_args(parser: argparse.ArgumentParser) -> argparse.Argum
     g = parser.add_argument_group("sltnet classifier")
     g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES),
                    help="classifier network (the paper uses the regressor's backbone type)")
-    g.add_argument("--dataset-name", type=str, default=None)
+    add_dataset_arg(g)
     g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
     g.add_argument("--input-size", type=int, default=None, help="crop size: 224 (299 InceptionV3)")
     return parser

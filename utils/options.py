@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, add_alias
 from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
 
 ARCHS = ("vgg16", "inception_v3", "resnet50", "densenet161", "efficientnet_b7")
@@ -13,11 +13,14 @@ ARCHS = ("vgg16", "inception_v3", "resnet50", "densenet161", "efficientnet_b7")
 def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argparse.ArgumentParser:
     """Options of a classification stage (train: optimiser and augmentation; test: views)."""
     g = parser.add_argument_group("classifier")
-    g.add_argument("--arch", type=str, default="efficientnet_b7", choices=ARCHS, help="torchvision classifier")
+    add_alias(g, "--arch", g.add_argument("--backbone", type=str, default="efficientnet_b7", choices=ARCHS,
+                                          help="torchvision classifier (formerly --arch)"))
     g.add_argument("--split", type=str, default="train" if train else "test", help="dataset split")
-    g.add_argument("--resize", type=int, default=256, help="images are resized to resize x resize")
-    g.add_argument("--crop", type=int, default=None,
-                   help="crop size (train: random crop; test: centre crop, or the ten-crop size)")
+    add_alias(g, "--resize", g.add_argument("--resize-size", type=int, default=256,
+                                            help="images are resized to N x N (formerly --resize)"))
+    add_alias(g, "--crop", g.add_argument("--input-size", type=int, default=None,
+                                          help="crop size (train: random crop; test: centre crop, or the ten-crop "
+                                               "size; none: the resized image is the input; formerly --crop)"))
     if train:
         g.add_argument("--lr", type=float, default=0.05, help="lr of the new classification layer")
         g.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of every other layer")
@@ -33,7 +36,7 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
                        help="weights (model.pth of the train step); 'pretrained' = the ImageNet "
                             "weights from resource/ as they are (1000 classes)")
         g.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=False,
-                       help="average the softmax of ten crops of size --crop")
+                       help="average the softmax of ten crops of size --input-size")
     return parser
 
 

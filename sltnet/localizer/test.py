@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from sltnet.boxes import maps_to_boxes
-from sltnet.common import build_branch, load_weights, localization_map, resolve_args
+from sltnet.common import PRODUCER, build_branch, localization_map, resolve_args
 from utils.cam import normalize_minmax, resize_maps
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
@@ -86,7 +87,7 @@ def main(args):
     protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
     dataset = WSOLDataset(records, protocol.transform(pipeline="torchvision"))  # SLT-Net trains with torchvision's
     branch = build_branch(args, num_classes(records), pretrained="none")
-    load_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", stage="localizer")
+    load_stage_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.to(ctx.device)
 
     has_gt = all(len(r.boxes) for r in records)

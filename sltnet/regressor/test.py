@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from sltnet.boxes import box_divisor, denormalize_boxes
-from sltnet.common import (build_branch, load_weights, require_file, resolve_args, to_uint8_images,
-                           trained_box_encoding)
+from sltnet.common import PRODUCER, build_branch, resolve_args, to_uint8_images, trained_box_encoding
 from sltnet.model import BoxRegressor
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
@@ -43,6 +43,7 @@ from utils.evaluate import load_scoremap, scoremap_path
 from utils.errors import DataError
 from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 from utils.metrics import LocalizationMeter
+from utils.paths import require_output
 from utils.predictions import read_boxes_csv, read_predictions, write_boxes_csv
 from utils.visualize import BLUE, GREEN, RED, box_grid
 
@@ -56,16 +57,14 @@ def weights_path(args) -> Path:
 
 def build_predictor(args, num_classes_: int):
     """The regressor (or, with --share-backbone, the whole branch) with its weights loaded."""
-    stage = args.regressor_source
-    path = weights_path(args)
-    require_file(path, stage, "regressor weights")
+    producer = PRODUCER[args.regressor_source]
+    path = require_output(weights_path(args), producer, "regressor weights")
     if args.share_backbone:
-        model = build_branch(args, num_classes_, pretrained="none")
-        load_weights(model, path, stage=stage)
+        model = load_stage_weights(build_branch(args, num_classes_, pretrained="none"), path, producer)
         return model, lambda m, x: m(x)["boxes"]
     model = BoxRegressor(args.backbone, pretrained="none", feature=args.regressor_feature,
                          hidden=args.regressor_hidden, final_relu=args.regressor_final_relu)
-    load_weights(model, path, stage=stage, prefix="regressor.")
+    load_stage_weights(model, path, producer, prefix="regressor.")
     return model, lambda m, x: m(x)
 
 

@@ -59,7 +59,7 @@ def main(args):
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
-    transform = build_spol_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
     dataset = WSOLDataset(records, transform)
     model = CAMModel(num_classes(records), pretrained=args.pretrained, freeze_stem=args.freeze_stem)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)

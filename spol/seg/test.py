@@ -47,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spol.common import dataset_name, default_path, load_split, require, resolve_defaults, spol_config
-from spol.model import SegModel, load_spol_weights
+from spol.common import dataset_name, default_path, load_split, resolve_defaults, spol_config
+from spol.model import SegModel
 from spol.visualize import write_grid
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.distributed import DistContext, all_gather_object, barrier, cleanup
@@ -57,6 +58,7 @@ from utils.engine import ShardSampler, autocast, setup_run
 from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from utils.paths import require_output
 from utils.predictions import read_cls_results, write_boxes_csv
 from utils.protocol import expand as expand_protocols
 from utils.protocol import get_protocol
@@ -81,7 +83,7 @@ def iter_scoremaps(model, loader, device: torch.device, *, size: int, amp: str =
 
 def protocol_of(args, protocol: str):
     """The :mod:`utils.protocol` object of ``protocol`` at this run's sizes."""
-    return get_protocol(protocol, args.crop, args.resize)
+    return get_protocol(protocol, args.input_size, args.resize_size)
 
 
 def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> None:
@@ -92,7 +94,7 @@ def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> 
                                          sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
                                          num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
     batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc=f"score maps ({protocol})")
-    for indices, maps in iter_scoremaps(model, batches, ctx.device, size=args.crop, amp=args.amp):
+    for indices, maps in iter_scoremaps(model, batches, ctx.device, size=args.input_size, amp=args.amp):
         for i, m in zip(indices, maps):
             atomic_save_npy(scoremap_path(out_dir, records[int(i)].image_id), m.astype(np.float32))
 
@@ -101,8 +103,8 @@ def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold:
                     predictions_path: str) -> str:
     cmd = ["python", "-m", "utils.evaluate", "--data-root", os.path.abspath(args.data_root), "--layout",
            args.layout, "--split", split, "--scoremaps", os.path.abspath(scoremaps), "--protocol", protocol,
-           "--threshold", repr(float(threshold)), "--input-size", str(args.crop),
-           "--resize-size", str(args.resize), "--iou-threshold", str(args.iou_threshold),
+           "--threshold", repr(float(threshold)), "--input-size", str(args.input_size),
+           "--resize-size", str(args.resize_size), "--iou-threshold", str(args.iou_threshold),
            "--iou-compare", iou_compare_of(args, protocol), "--iou-convention", args.iou_convention,
            "--cam-curve-interval", str(args.cam_curve_interval), "--output", os.path.abspath(output)]
     if args.metadata_root:
@@ -121,7 +123,7 @@ def score(records, protocol: str, maps_dir: Path, threshold, args, predictions, 
     return evaluate_scoremaps(records, maps_dir, protocol, cam_curve_interval=args.cam_curve_interval,
                               threshold=threshold, predictions=predictions, iou_threshold=args.iou_threshold,
                               iou_compare=iou_compare_of(args, protocol), inclusive_iou=args.iou_convention == "inclusive",
-                              input_size=args.crop, resize_size=args.resize, split=split,
+                              input_size=args.input_size, resize_size=args.resize_size, split=split,
                               workers=args.eval_workers)
 
 
@@ -159,7 +161,7 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
                                                  results["threshold_used"], out / "rescored.json", predictions_path)
     boxes = {}  # one map in memory at a time (ImageNet: 50k maps)
     for r in records:
-        boxes[r.image_id] = proto.box(load_scoremap(maps_dir, r.image_id, args.crop), results["threshold_used"])
+        boxes[r.image_id] = proto.box(load_scoremap(maps_dir, r.image_id, args.input_size), results["threshold_used"])
     if "per_image" in results:  # the per-image hit list of the SPOL protocols, beside metrics.json
         per_image = results.pop("per_image")
         lines = ["image_id,iou,hit,skipped"] + [
@@ -172,7 +174,7 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
     atomic_write_json(out / "metrics.json", results)
     atomic_write_text(out / "metrics.txt", format_table(results) + f"threshold source: {source}\n")
     shown = records[:args.grid_images]
-    write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.crop) for r in shown},
+    write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.input_size) for r in shown},
                boxes, proto, max_images=args.grid_images)
     return results
 
@@ -188,17 +190,17 @@ def main(args):
             raise DataError.at(predictions_path, None, "--cls-results: not found (a predictions.csv of "
                                "spol/cls/test.py or the SPOL authors' top1top5.npy)")
     else:
-        predictions_path = str(require(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
-                                       "predictions"))
+        predictions_path = str(require_output(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
+                                              "spol/cls/test.py"))
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
-    require(checkpoint, "seg_model")
+    require_output(checkpoint, "spol/seg/train.py")
     ctx = setup_run(args)
     if ctx.is_main:  # next to, not over, the train step's args.yaml
         save_resolved_config(args, Path(args.output_dir) / "test_args")
     records = load_split(args, args.split)
     # checked before inference: every image of the split has its result (our csv or the authors' npy)
     read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")
-    model = load_spol_weights(SegModel(pretrained="none"), checkpoint, source_stage="spol/seg/train.py")
+    model = load_stage_weights(SegModel(pretrained="none"), checkpoint, "spol/seg/train.py")
     model.to(ctx.device)
     protocols = expand_protocols(args.protocol)
     summary = {}

@@ -29,16 +29,16 @@ ARGS = parse_early(__name__, get_args_parser, "seg_train")
 import functools
 from pathlib import Path
 
-from spol.common import (default_path, drop_last_needed, load_split, require, resolve_defaults,
-                         spol_param_groups)
+from spol.common import default_path, drop_last_needed, load_split, resolve_defaults, spol_param_groups
 from spol.losses import TARGET_THRESHOLD, seg_loss
 from spol.model import SegModel
-from utils.checkpoint import MissingFileError
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, pseudo_mask_candidates
 from utils.transforms import build_spol_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer, setup_run
+from utils.errors import MissingFileError
+from utils.paths import require_output
 
 
 def seg_loss_fn(model, batch, threshold: float = TARGET_THRESHOLD):
@@ -67,13 +67,13 @@ def check_masks(records, mask_dir: Path, split: str) -> None:
 def main(args):
     resolve_defaults(args, "seg")
     mask_dir = Path(default_path(args.mask_dir, args, "cam", "pseudo_masks"))
-    require(mask_dir, "pseudo_masks")
+    require_output(mask_dir, "spol/cam/test.py")
     ctx = setup_run(args)
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
     check_masks(records, mask_dir, args.split)
-    transform = build_spol_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
     dataset = WSOLDataset(records, transform, pseudo_mask_dir=mask_dir)
     model = SegModel(pretrained=args.pretrained)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
