@@ -32,7 +32,9 @@ from types import SimpleNamespace
 
 import torch
 
-from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.data import WSOLDataset
+from utils.layouts import load_records, num_classes
+from utils.transforms import build_transform
 from utils.distributed import DistContext
 from utils.engine import autocast
 from utils.generate import generate_dataset
@@ -89,7 +91,7 @@ def main(args) -> list[dict]:
         records = load_records(root, "cub", "test")[: args.num_images]
         n, k = len(records), num_classes(load_records(root, "cub", "test"))
         batches = device_batches(records, args.size, args.batch_size, device)
-        stage_args = SimpleNamespace(resize=args.size, crop=args.size, batch_size=args.batch_size,
+        stage_args = SimpleNamespace(resize_size=args.size, input_size=args.size, batch_size=args.batch_size,
                                      workers=args.workers, mask_workers=os.cpu_count() or 1, amp=args.amp)
 
         def measure(name, stage_fn, bare_fn, what):

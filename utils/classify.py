@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.data import WSOLDataset, build_transform
+from utils.data import WSOLDataset
+from utils.transforms import build_transform
 from utils.distributed import DistContext, all_gather_object
 from utils.engine import ShardSampler, Trainer, autocast, build_optimizer
 from utils.options import ARCHS, add_classifier_args  # noqa: F401  (re-exported: their home before)
@@ -136,7 +137,7 @@ def write_classification(model, records, transform, args, ctx, output_path) -> d
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
                                          num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
-    ten_crop = args.crop if getattr(args, "ten_crop", False) else None
+    ten_crop = args.input_size if getattr(args, "ten_crop", False) else None
     indices, top5 = predict_top5(model, loader, ctx.device, ten_crop=ten_crop, amp=args.amp)
     parts = all_gather_object((indices, top5), ctx)
     indices = np.concatenate([p[0] for p in parts])
@@ -154,18 +155,18 @@ def write_classification(model, records, transform, args, ctx, output_path) -> d
 
 
 def train_transform(args):
-    return build_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    return build_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
 
 
 def eval_transform(args):
-    """One view: resize (+ centre crop when --crop); ten-crop: resize only (crops cut on the device)."""
+    """One view: resize (+ centre crop when --input-size); ten-crop: resize only (crops cut on the device)."""
     if getattr(args, "ten_crop", False):
-        if not args.crop:
-            raise ValueError("--ten-crop needs --crop (the size of the ten crops)")
-        return build_transform("resize", resize=args.resize)
-    if args.crop:
-        return build_transform("center", resize=args.resize, crop=args.crop)
-    return build_transform("resize", resize=args.resize)
+        if not args.input_size:
+            raise ValueError("--ten-crop needs --input-size (the size of the ten crops)")
+        return build_transform("resize", resize=args.resize_size)
+    if args.input_size:
+        return build_transform("center", resize=args.resize_size, crop=args.input_size)
+    return build_transform("resize", resize=args.resize_size)
 
 
 def train_classifier(model: nn.Module, records, args, ctx, *, stage_name: str) -> nn.Module:
