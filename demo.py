@@ -3,7 +3,7 @@ each fine-tuning a pretrained backbone with its paper's recipe (scaled), as the 
 
     python3 demo.py                                   # CPU, 2 cores: the one-time stand-in pretraining, then the demo
     python3 demo.py --pretrained none                 # every stage from random weights (the old demo)
-    python3 demo.py --pretrained PATH                 # your own torchvision-layout ResNet-50 state dict
+    python3 demo.py --pretrained PATH                 # your own torchvision-layout state dict of --backbone
     python3 demo.py --device cuda --config configs/demo_gpu.yaml   # one GPU, 224 px preset
     torchrun --nproc_per_node 2 demo.py --device cuda # several GPUs (the stages run under DDP)
     python3 demo.py --data-root dataset/CUB_200_2011  # an existing CUB-200-2011-layout dataset, as is
@@ -11,9 +11,10 @@ each fine-tuning a pretrained backbone with its paper's recipe (scaled), as the 
 
 What it does, in order (settings in configs/demo.yaml; command-line options of this script win):
 
-0. The backbone: ``--pretrained standin`` (default) is ``network.pretrain``'s ResNet-50 trained on
-   generated generic objects (a stand-in for ImageNet; none of them is a bird), made once into
-   ``resource/`` (``--pretrain-dir``) when its file is missing and reused afterwards; its held-out
+0. The backbone (``--backbone``; configs/demo.yaml: ResNet-18): ``--pretrained standin`` (default) is
+   ``network.pretrain``'s network trained on generated generic objects (a stand-in for ImageNet;
+   none of them is a bird); the ResNet-18 file of configs/demo.yaml ships in ``resource/``, any other
+   is made once into ``resource/`` (``--pretrain-dir``) when missing and reused afterwards; its held-out
    accuracy goes into the report. ``imagenet`` / ``none`` / a path are passed to the stages as they are.
 1. Generates a fine-grained "birds" dataset in the CUB-200-2011 layout (``utils.generate``; the class
    is decided by the head) into ``dataset/demo_birds`` unless ``--data-root`` is given; a folder
