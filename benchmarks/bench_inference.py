@@ -34,7 +34,7 @@ import torch
 
 from utils.data import WSOLDataset, build_transform, load_records, num_classes
 from utils.distributed import DistContext
-from utils.engine import autocast
+from utils.device import autocast
 from utils.generate import generate_dataset
 from utils.io import atomic_write_json
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from utils.config import parse_args
 from utils.data import WSOLDataset, build_transform, load_records, num_classes
 from utils.distributed import DistContext
-from utils.engine import Trainer, autocast, build_optimizer, move_to_device
+from utils.device import autocast, move_to_device
+from utils.engine import Trainer, build_optimizer
 from utils.generate import generate_dataset
 from utils.io import atomic_write_json
 

@@ -31,7 +31,8 @@ from sltnet.common import build_branch, make_branch_loss, resolve_args
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import Trainer, build_optimizer
+from utils.seeding import setup_run
 
 STAGE = "localizer_train"
 

@@ -43,7 +43,8 @@ from sltnet.model import BoxRegressor
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import Trainer, build_optimizer
+from utils.seeding import setup_run
 from utils.errors import DataError
 from utils.predictions import read_boxes_csv
 

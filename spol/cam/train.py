@@ -30,7 +30,8 @@ from spol.model import CAMModel
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, num_classes
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import Trainer, build_optimizer
+from utils.seeding import setup_run
 
 
 def cam_loss_fn(loss: str):

@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from spol.common import dataset_name, default_path, load_split, require, resolve_defaults
 from spol.model import SegModel, load_spol_weights
@@ -51,8 +50,9 @@ from spol.visualize import write_grid
 from utils.cam import boxes_from_maps, spol_box
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, build_transform
-from utils.distributed import DistContext, all_gather_object, barrier, cleanup
-from utils.engine import ShardSampler, autocast, setup_run
+from utils.distributed import all_gather_object, barrier, cleanup
+from utils.inference import run_inference
+from utils.seeding import setup_run
 from utils.errors import DataError
 from utils.evaluate import SPOL_PROTOCOLS, evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
@@ -63,32 +63,26 @@ PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
 SPOL_THRESHOLD = {"cub": 0.2, "imagenet": 0.8}
 
 
-@torch.no_grad()
-def iter_scoremaps(model, loader, device: torch.device, *, size: int, amp: str = "off"):
-    """Batched inference loop: yields ``(indices [B], maps [B, size, size] float32 numpy)``, the
-    sigmoid of the seg logits resized bilinearly to ``size`` on the device."""
-    model.eval()
-    ctx = DistContext(device=device)
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        with autocast(ctx, amp):
-            logits = model(images)
-        logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=True)
-        yield torch.as_tensor(batch["index"]).numpy(), torch.sigmoid(logits[:, 0]).cpu().numpy()
+def scoremap_step(model, batch, *, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch on the device -> ``(dataset indices [B], maps [B, size, size] float32)``: the sigmoid
+    of the seg logits resized bilinearly (align_corners=True) to ``size``, still on the device."""
+    logits = F.interpolate(model(batch["image"]).float(), size=(size, size), mode="bilinear", align_corners=True)
+    return torch.as_tensor(batch["index"]), torch.sigmoid(logits[:, 0])
 
 
 def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> None:
     """This rank's share of the records -> ``out_dir/<id stem>.npy`` at the protocol geometry."""
     transform = (build_spol_transform("center", resize=args.resize, crop=args.crop) if protocol in SPOL_PROTOCOLS
                  else build_transform("resize", resize=args.crop))
-    dataset = WSOLDataset(records, transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
-                                         sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
-    batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc=f"score maps ({protocol})")
-    for indices, maps in iter_scoremaps(model, batches, ctx.device, size=args.crop, amp=args.amp):
-        for i, m in zip(indices, maps):
-            atomic_save_npy(scoremap_path(out_dir, records[int(i)].image_id), m.astype(np.float32))
+
+    def consume(result) -> None:  # on the loop's host thread, while the device runs the next batches
+        indices, maps = result
+        for i, m in zip(indices.tolist(), maps.cpu().numpy()):
+            atomic_save_npy(scoremap_path(out_dir, records[i].image_id), m)
+
+    run_inference(model, WSOLDataset(records, transform), lambda m, batch: scoremap_step(m, batch, size=args.crop),
+                  ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+                  desc=f"score maps ({protocol})", consume=consume)
 
 
 def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold: float, output: Path,

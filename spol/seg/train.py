@@ -36,7 +36,8 @@ from utils.checkpoint import MissingFileError
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, pseudo_mask_candidates
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import Trainer, build_optimizer
+from utils.seeding import setup_run
 
 
 def seg_loss_fn(model, batch):
