@@ -95,3 +95,15 @@ def test_autocast_bf16_on_cpu_and_bad_amp_name():
 def test_move_to_device_keeps_structure():
     moved = move_to_device({"a": [torch.ones(1)], "b": (torch.zeros(1), 3), "c": "x"}, torch.device("cpu"))
     assert moved["c"] == "x" and isinstance(moved["b"], tuple) and moved["b"][1] == 3
+
+
+def test_last_stats_account_for_the_consumer():
+    import time
+
+    from utils.inference import last_stats
+
+    run_inference(torch.nn.Identity(), data(4), lambda m, b: b["index"], DistContext(), batch_size=2,
+                  consume=lambda index: time.sleep(0.05))
+    stats = last_stats()
+    assert stats["batches"] == 2 and stats["consume_s"] >= 0.1
+    assert set(stats) >= {"load_wait_s", "step_s", "consume_wait_s"}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -41,6 +42,7 @@ from utils.distributed import DistContext, all_gather_object
 from utils.samplers import ShardSampler
 
 _END = object()
+_LAST_STATS: dict = {}
 
 
 class _Raised:
@@ -109,7 +111,9 @@ def run_inference(model: nn.Module, dataset: Dataset, step: Callable[[nn.Module,
     """Run ``step`` over this rank's shard of ``dataset``; return the results (or ``consume``'s) in order.
 
     See the module's docstring. ``model`` is put in eval mode for the loop and restored after.
+    Where the time went is kept for :func:`last_stats`.
     """
+    timer = {"load_wait_s": 0.0, "step_s": 0.0, "consume_s": 0.0, "consume_wait_s": 0.0}
     autocast(ctx, amp)  # validates the name before any work
     loader = shard_loader(dataset, ctx, batch_size=batch_size, workers=workers, collate_fn=collate_fn)
     batches = _threaded(loader) if workers == 0 else iter(loader)
@@ -120,24 +124,41 @@ def run_inference(model: nn.Module, dataset: Dataset, step: Callable[[nn.Module,
     pool = ThreadPoolExecutor(1, thread_name_prefix="inference-consumer") if consume is not None else None
 
     def consume_in_inference_mode(result):
-        with torch.inference_mode():  # grad mode is per thread
-            return consume(result)
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():  # grad mode is per thread
+                return consume(result)
+        finally:
+            timer["consume_s"] += time.perf_counter() - start
+
+    def wait_oldest():
+        start = time.perf_counter()
+        results.append(pending.pop(0).result())
+        timer["consume_wait_s"] += time.perf_counter() - start
 
     bar = tqdm(total=len(loader), disable=not ctx.is_main, dynamic_ncols=True, desc=desc)
     try:
         with torch.inference_mode():
-            for batch in _ahead(batches, ctx.device):
+            source = _ahead(batches, ctx.device)
+            while True:
+                start = time.perf_counter()
+                batch = next(source, _END)
+                timer["load_wait_s"] += time.perf_counter() - start
+                if batch is _END:
+                    break
+                start = time.perf_counter()
                 with autocast(ctx, amp):
                     result = step(model, batch)
+                timer["step_s"] += time.perf_counter() - start
                 if pool is None:
                     results.append(result)
                 else:
                     while len(pending) >= max_pending:
-                        results.append(pending.pop(0).result())
+                        wait_oldest()
                     pending.append(pool.submit(consume_in_inference_mode, result))
                 bar.update(1)
             while pending:
-                results.append(pending.pop(0).result())
+                wait_oldest()
     finally:
         bar.close()
         if pool is not None:
@@ -145,7 +166,17 @@ def run_inference(model: nn.Module, dataset: Dataset, step: Callable[[nn.Module,
         if hasattr(batches, "close"):
             batches.close()
         model.train(was_training)
+        _LAST_STATS.clear()
+        _LAST_STATS.update(timer, batches=bar.n)
     return results
+
+
+def last_stats() -> dict:
+    """Seconds of the latest :func:`run_inference` of this process (what the benchmarks print):
+    ``load_wait_s`` (the loop waiting for a batch), ``step_s`` (the steps as seen from the host),
+    ``consume_s`` (the consumer's own work, on its thread), ``consume_wait_s`` (the loop waiting for
+    the consumer), and ``batches``."""
+    return dict(_LAST_STATS)
 
 
 def gather_lists(items: list, ctx: DistContext) -> list:
