@@ -1,8 +1,12 @@
 """One training loop for every stage: devices, precision, torchrun, resume, logging.
 
+(The other parts of a run live beside it: ``utils.seeding`` (``setup_run``, seeds, per-sample
+augmentation seeds), ``utils.samplers`` (epoch orders, test shards), ``utils.device`` (batches to
+the device, autocast) and ``utils.inference`` (the test steps' loop).)
+
 A stage script does (MAE ``main_pretrain.py`` order)::
 
-    ctx = setup_run(args)                                  # torchrun detection + seeds
+    ctx = setup_run(args)                                  # utils.seeding: torchrun detection + seeds
     model = build_model(...)                               # after seeding: same init everywhere
     optimizer = build_optimizer(param_groups, args)
     trainer = Trainer(model, optimizer, args, ctx, lr_lambda=..., stage_name="cam")

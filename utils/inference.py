@@ -179,6 +179,12 @@ def last_stats() -> dict:
     return dict(_LAST_STATS)
 
 
+def file_writers(threads: int = 4) -> ThreadPoolExecutor:
+    """Threads for a consumer's per-image files (``with file_writers() as w: list(w.map(save, items))``):
+    an atomic write waits on its fsync, not on the CPU, so a few run at once."""
+    return ThreadPoolExecutor(max(1, threads), thread_name_prefix="inference-writer")
+
+
 def gather_lists(items: list, ctx: DistContext) -> list:
     """Concatenate every rank's list (rank order); the list itself in a single process."""
     out: list = []

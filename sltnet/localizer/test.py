@@ -35,7 +35,7 @@ from utils.cam import normalize_minmax, resize_maps
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_transform, load_records, num_classes, protocol_geometry, transform_boxes
 from utils.distributed import all_gather_object, cleanup
-from utils.inference import gather_lists, run_inference
+from utils.inference import file_writers, gather_lists, run_inference
 from utils.seeding import setup_run
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from utils.evaluate import evaluate_scoremaps
@@ -103,17 +103,23 @@ def main(args):
     has_gt = all(len(r.boxes) for r in records)
     meter = LocalizationMeter(args.iou_threshold, args.iou_compare)
 
-    def consume(result):
-        for i, scoremap, box in zip(result["index"], result["maps"], result["boxes"]):
-            record = records[int(i)]
-            if args.scoremaps:
-                atomic_save_npy(out_dir / "scoremaps" / (Path(record.image_id).with_suffix("").as_posix() + ".npy"),
-                                scoremap)
-            if has_gt:
-                gt = transform_boxes(record.boxes, record.size, args.protocol, args.input_size, args.resize_size)
-                meter.update(box[None], [gt])
+    def save(item):
+        image_id, scoremap = item
+        atomic_save_npy(out_dir / "scoremaps" / (Path(image_id).with_suffix("").as_posix() + ".npy"), scoremap)
 
-    items = gather_lists(localize(model, dataset, ctx, args, consume=consume), ctx)
+    with file_writers() as writers:
+        def consume(result):  # on the loop's host thread, batch after batch
+            ids = [records[int(i)].image_id for i in result["index"]]
+            saved = writers.map(save, zip(ids, result["maps"])) if args.scoremaps else []
+            if has_gt:
+                for i, box in zip(result["index"], result["boxes"]):
+                    record = records[int(i)]
+                    gt = transform_boxes(record.boxes, record.size, args.protocol, args.input_size, args.resize_size)
+                    meter.update(box[None], [gt])
+            list(saved)
+
+        located = localize(model, dataset, ctx, args, consume=consume)
+    items = gather_lists(located, ctx)
     meters = all_gather_object(meter.state(), ctx)
     if ctx.is_main:
         items.sort(key=lambda t: t[0])

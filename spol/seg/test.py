@@ -51,7 +51,7 @@ from utils.cam import boxes_from_maps, spol_box
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, build_spol_transform, build_transform
 from utils.distributed import all_gather_object, barrier, cleanup
-from utils.inference import run_inference
+from utils.inference import file_writers, run_inference
 from utils.seeding import setup_run
 from utils.errors import DataError
 from utils.evaluate import SPOL_PROTOCOLS, evaluate_scoremaps, format_table, load_scoremap, scoremap_path
@@ -75,14 +75,18 @@ def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> 
     transform = (build_spol_transform("center", resize=args.resize, crop=args.crop) if protocol in SPOL_PROTOCOLS
                  else build_transform("resize", resize=args.crop))
 
-    def consume(result) -> None:  # on the loop's host thread, while the device runs the next batches
-        indices, maps = result
-        for i, m in zip(indices.tolist(), maps.cpu().numpy()):
-            atomic_save_npy(scoremap_path(out_dir, records[i].image_id), m)
+    def save(item):
+        i, scoremap = item
+        atomic_save_npy(scoremap_path(out_dir, records[i].image_id), scoremap)
 
-    run_inference(model, WSOLDataset(records, transform), lambda m, batch: scoremap_step(m, batch, size=args.crop),
-                  ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
-                  desc=f"score maps ({protocol})", consume=consume)
+    with file_writers() as writers:
+        def consume(result) -> None:  # on the loop's host thread, while the device runs the next batches
+            indices, maps = result
+            list(writers.map(save, zip(indices.tolist(), maps.cpu().numpy())))
+
+        run_inference(model, WSOLDataset(records, transform), lambda m, batch: scoremap_step(m, batch, size=args.crop),
+                      ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+                      desc=f"score maps ({protocol})", consume=consume)
 
 
 def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold: float, output: Path,
