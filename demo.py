@@ -54,7 +54,8 @@ import torch
 import yaml
 
 from utils.config import HelpFormatter, parse_args
-from utils.data import load_gt_mask, load_records, num_classes, transform_boxes
+from utils.layouts import load_records, num_classes
+from utils.protocol import get_protocol
 from utils.evaluate import evaluate_scoremaps
 from utils.paths import CONFIG_DIR, DATASET_DIR, OUTPUT_ROOT
 
@@ -167,14 +168,14 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
          test + slt_geom + ["--no-acam", "--split", "train", "--localizer-dir", cam / "localizer",
                             "--output-dir", cam / "localizer" / "train", "--box-threshold", s["box_threshold"]]),
         *aggressive,
-        ("SPOL: cls train", "spol.cls.train", "cls_train", train + ["--resize", R, "--crop", S, "--output-dir", spol / "cls"]),
-        ("SPOL: cls test", "spol.cls.test", "cls_test", test + ["--resize", S, "--output-dir", spol / "cls"]),
-        ("SPOL: cam train", "spol.cam.train", "cam_train", train + ["--resize", R, "--crop", S, "--output-dir", spol / "cam"]),
-        ("SPOL: cam test", "spol.cam.test", "cam_test", test + ["--resize", R, "--output-dir", spol / "cam"]),
+        ("SPOL: cls train", "spol.cls.train", "cls_train", train + ["--resize-size", R, "--input-size", S, "--output-dir", spol / "cls"]),
+        ("SPOL: cls test", "spol.cls.test", "cls_test", test + ["--resize-size", S, "--output-dir", spol / "cls"]),
+        ("SPOL: cam train", "spol.cam.train", "cam_train", train + ["--resize-size", R, "--input-size", S, "--output-dir", spol / "cam"]),
+        ("SPOL: cam test", "spol.cam.test", "cam_test", test + ["--resize-size", R, "--output-dir", spol / "cam"]),
         ("SPOL: seg train", "spol.seg.train", "seg_train",
-         train + ["--resize", R, "--crop", S, "--mask-dir", spol / "cam" / "pseudo_masks", "--output-dir", spol / "seg"]),
+         train + ["--resize-size", R, "--input-size", S, "--mask-dir", spol / "cam" / "pseudo_masks", "--output-dir", spol / "seg"]),
         ("SPOL: seg test", "spol.seg.test", "seg_test",
-         test + ["--protocol", "wsol", "--crop", S, "--cls-dir", spol / "cls", "--output-dir", spol / "seg",
+         test + ["--protocol", "wsol", "--input-size", S, "--cls-dir", spol / "cls", "--output-dir", spol / "seg",
                  "--threshold-split", "train"]),
         ("SLT-Net: localizer train", "sltnet.localizer.train", "localizer_train",
          train + slt_geom + ["--output-dir", slt / "localizer"]),
@@ -197,16 +198,18 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
 @torch.no_grad()
 def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     """predictions.csv of the plain CAM network (its own GAP logits), with the localizer test's
-    options (``argv``) and model code (``sltnet.common.build_branch`` + ``load_weights``)."""
-    from sltnet.common import build_branch, load_weights, resolve_args
+    options (``argv``) and model code (``sltnet.common.build_branch`` + ``load_stage_weights``)."""
+    from sltnet.common import PRODUCER, build_branch, resolve_args
+    from utils.checkpoint import load_stage_weights
     from sltnet.localizer import test as localizer_test
-    from utils.data import WSOLDataset, build_transform
+    from utils.data import WSOLDataset
+    from utils.transforms import build_transform
     from utils.predictions import write_predictions
 
     args = resolve_args(parse_args(localizer_test.get_args_parser(), [str(a) for a in argv],
                                    stage="localizer_test"), "localizer", test_of="localizer")
     branch = build_branch(args, num_classes(records), pretrained="none")
-    load_weights(branch, Path(args.localizer_dir) / "model.pth", stage="localizer")
+    load_stage_weights(branch, Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.eval()
     dataset = WSOLDataset(records, build_transform("resize", resize=args.input_size))
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
@@ -231,7 +234,7 @@ def choose_centre_fraction(train_records, size: int) -> tuple[float, float]:
     from utils.cam import boxes_from_maps
     from utils.metrics import LocalizationMeter
 
-    gts = [transform_boxes(r.boxes, r.size, "wsol", size) for r in train_records]
+    gts = [get_protocol("resize", size).gt_boxes(r.boxes, r.size) for r in train_records]
     best = (1.0, -1.0)
     for fraction in np.round(np.arange(0.30, 1.0001, 0.05), 2):
         box = boxes_from_maps(centre_box_map(size, float(fraction)), 0.5)[0]
@@ -286,8 +289,9 @@ def grid_samples(records, size: int, methods: dict, n: int) -> list[dict]:
     samples = []
     picks = np.unique(np.linspace(0, len(records) - 1, num=min(n, len(records))).round().astype(int))
     for r in (records[int(i)] for i in picks):
-        sample = {"image": _image_at(r, size), "gt_boxes": transform_boxes(r.boxes, r.size, "wsol", size),
-                  "mask": load_gt_mask(r, "wsol", size), "maps": {}, "boxes": {}}
+        geometry = get_protocol("resize", size)
+        sample = {"image": _image_at(r, size), "gt_boxes": geometry.gt_boxes(r.boxes, r.size),
+                  "mask": geometry.gt_mask(r), "maps": {}, "boxes": {}}
         for name, spec in methods.items():
             if spec.get("maps") is not None:
                 scoremap = load_scoremap(spec["maps"], r.image_id, size)
@@ -452,7 +456,7 @@ def main(args) -> dict | None:
                           size, threshold=None, interval=interval,
                           notes=f"centred square; side fraction chosen on the TRAINING split's boxes "
                                 f"({train_acc:.1f}% GT-known there), not on test"))
-    masks = {r.image_id: (load_gt_mask(r, "wsol", size) > 0).astype(np.float32) for r in test}
+    masks = {r.image_id: (get_protocol("resize", size).gt_mask(r) > 0).astype(np.float32) for r in test}
     rows.append(score_row("True mask (upper bound)", "upper_bound", test, masks, size, threshold=None,
                           interval=interval,
                           notes="the ground-truth mask as the score map: the best any map can do here"))

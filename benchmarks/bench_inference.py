@@ -40,7 +40,9 @@ from types import SimpleNamespace
 
 import torch
 
-from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.data import WSOLDataset
+from utils.layouts import load_records, num_classes
+from utils.transforms import build_transform
 from utils.distributed import DistContext
 from utils.device import autocast
 from utils.generate import generate_dataset
@@ -98,8 +100,9 @@ def main(args) -> list[dict]:
         records = load_records(root, "cub", "test")[: args.num_images]
         n, k = len(records), num_classes(load_records(root, "cub", "test"))
         batches = device_batches(records, args.size, args.batch_size, device)
-        stage_args = SimpleNamespace(resize=args.size, crop=args.size, batch_size=args.batch_size,
-                                     workers=args.workers, mask_workers=os.cpu_count() or 1, amp=args.amp)
+        stage_args = SimpleNamespace(resize_size=args.size, input_size=args.size, batch_size=args.batch_size,
+                                     workers=args.workers, mask_workers=os.cpu_count() or 1, amp=args.amp,
+                                     band=(0.1, 0.5), min_contour_area=20, degenerate_contours="skip")
 
         def measure(name, stage_fn, bare_fn, what):
             loop_stats = []
@@ -128,7 +131,7 @@ def main(args) -> list[dict]:
             from network.backbones import build_classifier
             from utils.classify import write_classification
             model = build_classifier("resnet50", k, "none").to(device).eval()
-            cls_args = SimpleNamespace(crop=args.size, ten_crop=False, batch_size=args.batch_size,
+            cls_args = SimpleNamespace(input_size=args.size, ten_crop=False, batch_size=args.batch_size,
                                        workers=args.workers, amp=args.amp)
             transform = build_transform("resize", resize=args.size)
             measure("cls test (ResNet-50, top-5, predictions.csv)",

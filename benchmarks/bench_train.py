@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from utils.config import parse_args
-from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.data import WSOLDataset
+from utils.layouts import load_records, num_classes
+from utils.transforms import build_transform
 from utils.distributed import DistContext
 from utils.device import autocast, move_to_device
 from utils.engine import Trainer, build_optimizer

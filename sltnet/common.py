@@ -20,10 +20,9 @@ from sltnet.losses import box_regression_loss, semantic_tolerance_loss, top_k_ca
 from sltnet.model import LocalizationBranch
 from sltnet.options import add_classifier_stage_args, add_loss_args, add_model_args, add_optim_args  # noqa: F401 (moved)
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
-from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
-from utils.data import protocol_geometry
+from utils.protocol import get_protocol
 from utils.errors import DataError
-from utils.paths import DATASET_DIR, OUTPUT_ROOT
+from utils.paths import DATASET_DIR, stage_dir
 
 METHOD = "sltnet"
 # Sec. 4.1: VGG16 resize 256 crop 224, InceptionV3 resize 320 crop 299 (ResNet50 / DenseNet161: as VGG16)
@@ -31,47 +30,35 @@ GEOMETRY = {"vgg16": (256, 224), "inception_v3": (320, 299), "resnet50": (256, 2
 DATASET_NAME = {"cub": "cub", "ilsvrc": "imagenet", "metadata": "metadata"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "ilsvrc": DATASET_DIR / "ILSVRC2012",
                      "metadata": DATASET_DIR / "CUB_200_2011"}
-STAGE_SCRIPT = {"localizer": "sltnet/localizer/train.py", "regressor": "sltnet/regressor/train.py",
-                "classifier_train": "sltnet/classifier/train.py", "classifier": "sltnet/classifier/test.py"}
+# the script that writes a stage folder's model.pth
+PRODUCER = {"localizer": "sltnet/localizer/train.py", "regressor": "sltnet/regressor/train.py",
+            "classifier": "sltnet/classifier/train.py"}
 
 
 def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = None) -> argparse.Namespace:
     """Fill the defaults derived from other options (paths, per-backbone input geometry).
 
-    Training stages write into ``stage_dir(stage)``; a test script (``test_of`` = the stage whose
+    Training stages write into ``utils.paths.stage_dir``; a test script (``test_of`` = the stage whose
     folder it reads) writes into ``<that folder>/<split>`` unless --output-dir is given.
     """
     resize, crop = GEOMETRY[args.backbone]
     args.resize_size = args.resize_size or resize
     args.input_size = args.input_size or crop
-    args.dataset_name = args.dataset_name or DATASET_NAME[args.layout]
+    args.dataset = args.dataset or DATASET_NAME[args.layout]
     if args.data_root is None:
         args.data_root = str(DEFAULT_DATA_ROOT[args.layout])
     if getattr(args, "pseudo_box_backbone", None) and args.localizer_dir is None:
         # Table 6: the regressor learns the boxes of one backbone's localizer (same dataset)
-        args.localizer_dir = str(stage_dir(args, "localizer", backbone=args.pseudo_box_backbone))
+        args.localizer_dir = str(stage_dir(METHOD, args.dataset, "localizer", backbone=args.pseudo_box_backbone))
     for name in ("localizer_dir", "classifier_dir", "regressor_dir"):
         if hasattr(args, name) and getattr(args, name) is None:
-            setattr(args, name, str(stage_dir(args, name.split("_")[0])))
+            setattr(args, name, str(stage_dir(METHOD, args.dataset, name.split("_")[0], backbone=args.backbone)))
     if args.output_dir is None:
         if test_of is not None:
             args.output_dir = str(Path(getattr(args, f"{test_of}_dir")) / args.split)
         else:
-            args.output_dir = str(stage_dir(args, stage))
+            args.output_dir = str(stage_dir(METHOD, args.dataset, stage, backbone=args.backbone))
     return args
-
-
-def stage_dir(args, stage: str, *, backbone: str | None = None) -> Path:
-    return OUTPUT_ROOT / METHOD / args.dataset_name / (backbone or args.backbone) / stage
-
-
-def require_file(path, stage: str, what: str) -> Path:
-    """Fail with one line naming the missing upstream file and the stage that writes it."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError.at(path, None, f"{what} not found: run {STAGE_SCRIPT[stage]} first "
-                                  f"(or pass its output folder)")
-    return path
 
 
 # ----------------------------------------------------------------------------- model
@@ -80,20 +67,6 @@ def build_branch(args, num_classes: int, pretrained: str | None = None) -> Local
                               cam_feature=args.cam_feature, extra_conv=args.extra_conv,
                               regressor_feature=args.regressor_feature, regressor_hidden=args.regressor_hidden,
                               regressor_final_relu=args.regressor_final_relu, share_backbone=args.share_backbone)
-
-
-def load_weights(module: torch.nn.Module, path, *, stage: str, prefix: str = "") -> None:
-    """Load ``model.pth`` of ``stage`` into ``module``; with ``prefix`` only the keys under it.
-
-    E.g. the regressor alone from the localizer stage's joint weights: prefix "regressor.".
-    Unexpected or missing keys are errors (utils.checkpoint.load_state_dict_checked).
-    """
-    require_file(path, stage, "weights")
-    state = unwrap_state_dict(load_checkpoint(path))
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    if prefix and any(k.startswith(prefix) for k in state):   # else: a file of the part alone
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    load_state_dict_checked(module, state, source=str(path))
 
 
 # ----------------------------------------------------------------------------- maps and the joint loss
@@ -187,11 +160,9 @@ def boxes_to_image_fraction(box, meta: dict, path) -> list[float]:
     if not meta or "protocol" not in meta or "input_size" not in meta:
         raise DataError.at(Path(path).with_suffix(".json"), None, "missing or incomplete (needs protocol and "
                            "input_size): rerun sltnet/localizer/test.py, which writes it next to boxes.csv")
-    box = np.asarray(box, dtype=np.float64)
-    if meta["protocol"] == "wsol":
-        return (box / float(meta["input_size"])).tolist()
-    geom = protocol_geometry(meta["protocol"], int(meta["input_size"]), int(meta["resize_size"]))
-    return ((box + geom["offset"][0]) / float(geom["resize"][0])).tolist()
+    size = int(meta["input_size"])
+    protocol = get_protocol(meta["protocol"], size, int(meta.get("resize_size") or size))
+    return protocol.to_image_fraction(box)
 
 
 def crop_flip_boxes(images: torch.Tensor, boxes: torch.Tensor, crop: int, *, flip: bool = True):

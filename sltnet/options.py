@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import argparse
 
-from utils.config import add_common_args, stage_parser
+from utils.config import add_alias, add_common_args, stage_parser
+from utils.protocol import choices as protocol_choices
 
 BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
 BOX_RULES = ("zhou", "choe")
 BOX_SCALES = ("stride", "input")
 
 
+def add_dataset_arg(group) -> None:
+    """``--dataset`` (``--dataset-name`` before, still accepted): names the default folders."""
+    add_alias(group, "--dataset-name", group.add_argument(
+        "--dataset", type=str, default=None,
+        help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout; "
+             "formerly --dataset-name)"))
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("sltnet model")
     g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES))
-    g.add_argument("--dataset-name", type=str, default=None,
-                   help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout)")
+    add_dataset_arg(g)
     g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
     g.add_argument("--input-size", type=int, default=None, help="crop / test size: 224 (299 InceptionV3)")
     g.add_argument("--cam-feature", type=str, default=None,
@@ -51,7 +59,7 @@ def add_classifier_stage_args(parser: argparse.ArgumentParser) -> argparse.Argum
     g = parser.add_argument_group("sltnet classifier")
     g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES),
                    help="classifier network (the paper uses the regressor's backbone type)")
-    g.add_argument("--dataset-name", type=str, default=None)
+    add_dataset_arg(g)
     g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
     g.add_argument("--input-size", type=int, default=None, help="crop size: 224 (299 InceptionV3)")
     return parser
@@ -127,8 +135,8 @@ def localizer_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", type=str, default="test", help="test / val, or train for the regressor's targets")
     g.add_argument("--localizer-dir", type=str, default=None, help="localizer stage folder (model.pth)")
     g.add_argument("--weights", type=str, default=None, help="default: <localizer-dir>/model.pth")
-    g.add_argument("--protocol", type=str, default="wsol", choices=["wsol", "spol"],
-                   help="wsol: whole image resized to input size; spol: resize then centre crop")
+    g.add_argument("--protocol", type=str, default="wsol", choices=protocol_choices("resize", "center_crop"),
+                   help="wsol (= resize): whole image resized to input size; spol (= center_crop): resize then centre crop")
     g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--top-k", type=int, default=30)
     g.add_argument("--box-threshold", type=float, default=0.2)
@@ -182,7 +190,8 @@ def regressor_test_parser() -> argparse.ArgumentParser:
                    help="default: <classifier-dir>/<split>/predictions.csv")
     g.add_argument("--localizer-boxes", type=str, default=None,
                    help="localizer boxes for grid.png (default: <localizer-dir>/<split>/boxes.csv if present)")
-    g.add_argument("--protocol", type=str, default="wsol", choices=["wsol", "spol"])
+    g.add_argument("--protocol", type=str, default="wsol", choices=protocol_choices("resize", "center_crop"),
+                   help="wsol (= resize): whole image resized to input size; spol (= center_crop): resize then centre crop")
     g.add_argument("--iou-threshold", type=float, default=0.5)
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
     g.add_argument("--grid-images", type=int, default=16)

@@ -14,17 +14,27 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from pathlib import Path
 
-from utils.paths import DATASET_DIR, OUTPUT_ROOT
+from utils.paths import CONFIG_DIR, DATASET_DIR, stage_dir
 
 DATASET_OF_LAYOUT = {"cub": "cub", "ilsvrc": "imagenet"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "imagenet": DATASET_DIR / "ILSVRC2012"}
 # SPOL leaves this ImageNet val image out: its label is known to be wrong.
 IMAGENET_EXCLUDE = ("ILSVRC2012_val_00033202.JPEG",)
-PRODUCERS = {"predictions": "spol/cls/test.py", "cam_model": "spol/cam/train.py",
-             "pseudo_masks": "spol/cam/test.py", "seg_model": "spol/seg/train.py",
-             "cls_model": "spol/cls/train.py"}
+
+
+def spol_config(name: str, section: str) -> dict:
+    """One stage section of ``configs/spol_<name>.yaml`` (the reference values: SPOL's fixed box
+    thresholds live there, not in the code), read when an option was left at None."""
+    import yaml
+
+    path = CONFIG_DIR / f"spol_{name}.yaml"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return dict((yaml.safe_load(f) or {}).get(section) or {})
+    except OSError as exc:
+        from utils.errors import DataError
+        raise DataError.at(path, None, f"unreadable SPOL reference config ({exc.strerror})") from None
 
 
 def add_spol_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -49,16 +59,11 @@ def dataset_name(args) -> str:
     raise ValueError(f"--layout {args.layout}: pass --dataset cub or --dataset imagenet")
 
 
-def stage_dir(args, stage: str) -> Path:
-    """Default output folder of ``stage``: output/spol/<dataset>/<stage>."""
-    return OUTPUT_ROOT / "spol" / dataset_name(args) / stage
-
-
 def resolve_defaults(args, stage: str):
     """Fill ``output_dir``, ``data_root`` and ``exclude_ids`` left at None; returns ``args``."""
     name = dataset_name(args)
     if args.output_dir is None:
-        args.output_dir = str(stage_dir(args, stage))
+        args.output_dir = str(stage_dir("spol", name, stage))
     if args.data_root is None:
         args.data_root = str(DEFAULT_DATA_ROOT[name])
     if args.exclude_ids is None:
@@ -67,21 +72,11 @@ def resolve_defaults(args, stage: str):
 
 
 def load_split(args, split: str, *, layout=None, data_root=None):
-    """Records of one split (utils.data.load_records) with the stage's exclusions."""
-    from utils.data import load_records
+    """Records of one split (utils.layouts.load_records) with the stage's exclusions."""
+    from utils.layouts import load_records
 
     return load_records(data_root or args.data_root, layout or args.layout, split,
                         metadata_root=args.metadata_root, exclude_ids=tuple(args.exclude_ids or ()))
-
-
-def require(path, what: str):
-    """``path`` must exist, else one error line naming it and the stage that writes it."""
-    from utils.checkpoint import MissingFileError
-
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError.at(path, None, f"not found: run {PRODUCERS[what]} first")
-    return path
 
 
 def spol_param_groups(model, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
@@ -113,4 +108,4 @@ def drop_last_needed(num_images: int, batch_size: int, world_size: int) -> bool:
 
 def default_path(value, args, stage: str, *parts) -> str:
     """``value`` when given, else ``output/spol/<dataset>/<stage>/<parts...>``."""
-    return os.fspath(value) if value else os.fspath(stage_dir(args, stage).joinpath(*parts))
+    return os.fspath(value) if value else os.fspath(stage_dir("spol", dataset_name(args), stage).joinpath(*parts))

@@ -39,22 +39,22 @@ def imagenet_cam_loss(pred2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(pred2, labels)
 
 
-def seg_target_and_weight(pseudo_mask: torch.Tensor):
+def seg_target_and_weight(pseudo_mask: torch.Tensor, threshold: float = TARGET_THRESHOLD):
     """``pseudo_mask`` ``[B, C>=2, H, W]`` in [0, 1] (channel 0 foreground CAM, channel 1 Gaussian)
     -> ``(target, weight)`` float ``[B, 1, H, W]`` (weight 0 = ignored pixel)."""
     fore, gauss = pseudo_mask[:, 0:1], pseudo_mask[:, 1:2]
-    target = (fore > TARGET_THRESHOLD) | (gauss > TARGET_THRESHOLD)
+    target = (fore > threshold) | (gauss > threshold)
     weight = target | (fore < BACKGROUND_THRESHOLD)
     return target.float(), weight.float()
 
 
-def seg_loss(logits: torch.Tensor, pseudo_mask: torch.Tensor) -> torch.Tensor:
+def seg_loss(logits: torch.Tensor, pseudo_mask: torch.Tensor, threshold: float = TARGET_THRESHOLD) -> torch.Tensor:
     """Weighted BCE-with-logits of ``[B, 1, h, w]`` logits against the pseudo-mask target.
 
     Logits are resized bilinearly (align_corners=True, like the model's own resizing) to the mask
     size; the mean runs over all pixels as in ``F.binary_cross_entropy_with_logits(weight=...)``
     (ignored pixels contribute 0).
     """
-    target, weight = seg_target_and_weight(pseudo_mask)
+    target, weight = seg_target_and_weight(pseudo_mask, threshold)
     logits = F.interpolate(logits, size=target.shape[2:], mode="bilinear", align_corners=True)
     return F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight)

@@ -15,7 +15,7 @@ Both share one body (Wei et al., CVPR 2021, Sec. 3.1-3.2):
 
 The attribute names are exactly those of the released checkpoints (368 keys each, listed with their
 shapes in the reference JSON), so a released state dict loads with strict key and shape checking
-(:func:`load_spol_weights`).
+(``utils.checkpoint.load_stage_weights``).
 
 Outputs (all at stride 8, e.g. 28x28 for a 224x224 input):
 
@@ -30,7 +30,6 @@ Outputs (all at stride 8, e.g. 28x28 for a 224x224 input):
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.nn as nn
@@ -82,10 +81,6 @@ class SPOLNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def load_weights(self, path, *, source_stage: str = ""):
-        """Load a released SPOL state dict or our own ``model.pth`` strictly (:func:`load_spol_weights`)."""
-        return load_spol_weights(self, path, source_stage=source_stage)
 
     def head_parameters(self):
         """Every parameter outside ``bkbone`` (the reference trains them at the base lr)."""
@@ -146,19 +141,3 @@ class SegModel(SPOLNet):
 
     def forward(self, x):
         return self.fused_map(x)
-
-
-def load_spol_weights(model: nn.Module, path, *, source_stage: str = "") -> nn.Module:
-    """Load a released SPOL state dict or one of our own ``model.pth`` files into ``model``.
-
-    Strict: an unexpected or missing key, or a shape mismatch, is an error naming the key; fp16
-    tensors (the released files were saved under apex O2) are converted to float32.
-    A training checkpoint (``checkpoint.pth`` with a ``"model"`` entry) is accepted too.
-    ``source_stage`` (e.g. ``"spol/cam/train.py"``) is named in the error for a missing file.
-    """
-    from utils.checkpoint import load_checkpoint, load_state_dict_checked
-
-    path = os.fspath(path)
-    state = load_checkpoint(path, producer=source_stage or None)  # missing file: names the stage
-    load_state_dict_checked(model, state, source=path)
-    return model

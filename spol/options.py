@@ -11,11 +11,20 @@ from __future__ import annotations
 import argparse
 
 from spol.common import add_sgd_args, add_spol_args
-from utils.config import add_common_args, stage_parser
+from utils.config import add_alias, add_common_args, stage_parser
 from utils.options import add_classifier_args
+from utils.protocol import BOTH, choices as protocol_choices
 
 # spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/test_cli.py checks the two agree)
 PSEUDO_MASK_WORK_SIZE = 256
+
+
+def add_geometry_args(group, *, resize_help: str, crop_help: str, resize: int = 256, crop: int = 224):
+    """``--resize-size`` / ``--input-size`` (SPOL's ``--resize`` / ``--crop`` before, still accepted)."""
+    add_alias(group, "--resize", group.add_argument("--resize-size", type=int, default=resize,
+                                                    help=f"{resize_help} (formerly --resize)"))
+    add_alias(group, "--crop", group.add_argument("--input-size", type=int, default=crop,
+                                                  help=f"{crop_help} (formerly --crop)"))
 
 
 def cls_train_parser() -> argparse.ArgumentParser:
@@ -24,7 +33,7 @@ def cls_train_parser() -> argparse.ArgumentParser:
     add_common_args(parser)
     add_spol_args(parser)
     add_classifier_args(parser, train=True)
-    parser.set_defaults(batch_size=16, epochs=20, resize=685, crop=600)
+    parser.set_defaults(batch_size=16, epochs=20, resize_size=685, input_size=600)
     return parser
 
 
@@ -34,7 +43,7 @@ def cls_test_parser() -> argparse.ArgumentParser:
     add_common_args(parser, train=False)
     add_spol_args(parser)
     add_classifier_args(parser, train=False)
-    parser.set_defaults(batch_size=16, resize=685, pretrained="none")
+    parser.set_defaults(batch_size=16, resize_size=685, pretrained="none")
     return parser
 
 
@@ -51,8 +60,7 @@ def cam_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--freeze-stem", action=argparse.BooleanOptionalAction, default=False,
                    help="freeze conv1/bn1 of the backbone (the reference's ImageNet setting)")
     g.add_argument("--split", type=str, default="train")
-    g.add_argument("--resize", type=int, default=256, help="resize to resize x resize")
-    g.add_argument("--crop", type=int, default=224, help="random crop")
+    add_geometry_args(g, resize_help="resize to N x N", crop_help="random crop")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     parser.set_defaults(batch_size=64, epochs=32)
     return parser
@@ -67,12 +75,17 @@ def cam_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", type=str, default=None,
                    help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
     g.add_argument("--split", type=str, default="train", help="images to write pseudo masks for")
-    g.add_argument("--resize", type=int, default=PSEUDO_MASK_WORK_SIZE,
-                   help="CAM input and pseudo-mask working size (reference: 256)")
+    add_alias(g, "--resize", g.add_argument("--resize-size", type=int, default=PSEUDO_MASK_WORK_SIZE,
+                                            help="images are resized to N x N: the CAM input and pseudo-mask "
+                                                 "working size (reference: 256; formerly --resize)"))
     g.add_argument("--mask-workers", type=int, default=4, help="CPU threads fitting the Gaussians")
     g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
                    help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
                         "names (ImageNet: lossy JPEG under the image's own name)")
+    # spol.pseudo_mask.BAND_LOW/BAND_HIGH/MIN_CONTOUR_AREA (that module loads torch; tests/test_cli.py checks them)
+    g.add_argument("--band", type=float, nargs=2, default=[0.1, 0.5], metavar=("LOW", "HIGH"),
+                   help="Gaussian channel: CAM values outside [LOW, HIGH] are set to 0 before the contours")
+    g.add_argument("--min-contour-area", type=float, default=20, help="Gaussian channel: smaller contours are skipped")
     g.add_argument("--degenerate-contours", type=str, default="skip", choices=["skip", "nan"],
                    help="skip: a contour whose Gaussian is not finite adds nothing; nan: the authors' "
                         "NaN channel")
@@ -90,9 +103,10 @@ def seg_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-dir", type=str, default=None,
                    help="pseudo masks (default output/spol/<dataset>/cam/pseudo_masks, from spol/cam/test.py)")
     g.add_argument("--split", type=str, default="train")
-    g.add_argument("--resize", type=int, default=256)
-    g.add_argument("--crop", type=int, default=224)
+    add_geometry_args(g, resize_help="resize to N x N", crop_help="random crop")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--target-threshold", type=float, default=0.25,  # spol.losses.TARGET_THRESHOLD
+                   help="seg target: pseudo-mask CAM or Gaussian channel above it is foreground")
     parser.set_defaults(batch_size=128, epochs=8)
     return parser
 
@@ -111,12 +125,14 @@ def seg_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--cls-results", type=str, default=None,
                    help="per-image classification results: a predictions.csv or the SPOL authors' "
                         "top1top5.npy (default <cls-dir>/predictions.csv)")
-    g.add_argument("--protocol", type=str, default="both", choices=["spol", "spol-official", "wsol", "both"],
-                   help="spol: the authors' computation + fixes; spol-official: theirs exactly (skips "
-                        "images, IoU > 0.5); wsol: Choe et al.; both: spol and wsol")
-    g.add_argument("--spol-threshold", type=float, default=None, help="spol protocol: 0.2 CUB, 0.8 ImageNet")
-    g.add_argument("--resize", type=int, default=256, help="spol protocol: resize before the centre crop")
-    g.add_argument("--crop", type=int, default=224, help="input size of both protocols")
+    g.add_argument("--protocol", type=str, default=BOTH, choices=protocol_choices() + [BOTH],
+                   help="spol (= center_crop): the authors' computation + fixes; spol-official (= spol_official): "
+                        "theirs exactly (skips images, IoU > 0.5); wsol (= resize): Choe et al.; both: spol and wsol")
+    g.add_argument("--spol-threshold", type=float, default=None,
+                   help="box threshold of the SPOL protocols (default: configs/spol_<dataset>.yaml "
+                        "seg_test.spol_threshold, 0.2 CUB, 0.8 ImageNet)")
+    add_geometry_args(g, resize_help="center_crop/spol protocols: resize before the centre crop",
+                      crop_help="input size of every protocol")
     g.add_argument("--threshold-split", type=str, default=None,
                    help="wsol protocol: held-out split the box threshold is chosen on (e.g. val)")
     g.add_argument("--threshold-layout", type=str, default=None, choices=["cub", "ilsvrc", "metadata"],

@@ -4,7 +4,7 @@ The computation is the authors' (``cub200-cam/test.py`` / ``imagenet-cam/test.py
 operation for operation, so that the same CAM gives the same PNG bytes (checked against fixtures
 made by running their code: ``tests/fixtures/spol/``). Per training image:
 
-1. The image is resized to ``work_size x work_size`` (256, no crop; :class:`utils.data.SPOLTransform`)
+1. The image is resized to ``work_size x work_size`` (256, no crop; :class:`utils.transforms.SPOLTransform`)
    and goes through the CAM model; the map of the ground-truth class, as float32 numpy, is divided
    by ``max + 1e-6`` and resized to 256 x 256 with ``cv2.resize`` INTER_LINEAR
    (:func:`normalize_cam`).
@@ -116,14 +116,14 @@ def gaussian_prior(cam: np.ndarray, *, low: float = BAND_LOW, high: float = BAND
     return prior
 
 
-def pseudo_mask_image(cam: np.ndarray, size: tuple[int, int], *, degenerate: str = "skip") -> np.ndarray:
+def pseudo_mask_image(cam: np.ndarray, size: tuple[int, int], *, degenerate: str = "skip", **prior) -> np.ndarray:
     """Max-normalised ``[S, S]`` float32 CAM (step 1) -> uint8 ``[H, W, 3]`` pseudo mask at ``size`` =
     (width, height) of the original image, in the authors' B, G, R order: channel 0 = CAM,
     1 = Gaussian prior, 2 = 0 (write it with ``cv2.imwrite`` as is, or give ``[..., ::-1]`` to an
-    RGB writer)."""
+    RGB writer). ``prior``: :func:`gaussian_prior`'s ``low``, ``high``, ``min_area``."""
     fore = np.asarray(cam, dtype=np.float32) * 255
     with np.errstate(invalid="ignore"):
-        gaus = gaussian_prior(cam, degenerate=degenerate) * 255
+        gaus = gaussian_prior(cam, degenerate=degenerate, **prior) * 255
         fuse = np.stack((fore, gaus, np.zeros_like(fore)), axis=-1)
         fuse = cv2.resize(fuse, (int(size[0]), int(size[1])), interpolation=cv2.INTER_LINEAR)
         return np.uint8(fuse)

@@ -173,7 +173,7 @@ def test_pretrained_path_refused_by_a_stage_with_one_error_line(tmp_path, capsys
     with pytest.raises(SystemExit) as info:
         run_cli(cam_train.main, cam_train.get_args_parser, "cam_train",
                 ["--data-root", str(root), "--pretrained", str(path), "--device", "cpu", "--workers", "0",
-                 "--output-dir", str(tmp_path / "out"), "--resize", "32", "--crop", "32"])
+                 "--output-dir", str(tmp_path / "out"), "--resize-size", "32", "--input-size", "32"])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}: not a resnet50 state dict")

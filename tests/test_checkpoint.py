@@ -142,3 +142,37 @@ def test_checked_load_unwraps_full_checkpoint(tmp_path):
     target = Tiny()
     load_state_dict_checked(target, load_checkpoint(tmp_path / "c.pth"), source="c.pth")
     assert torch.equal(target.fc.weight, source.fc.weight)
+
+
+def test_load_stage_weights_strict_with_prefix_and_one_missing_file_wording(tmp_path):
+    from utils.checkpoint import load_stage_weights
+    from utils.paths import require_output
+
+    joint = nn.ModuleDict({"localizer": nn.Linear(3, 2), "regressor": nn.Linear(2, 4)})
+    path = tmp_path / "model.pth"
+    # a DDP-wrapped training checkpoint of the joint model
+    save_checkpoint(path, {"model": {f"module.{k}": v + 1 for k, v in joint.state_dict().items()}})
+    part = load_stage_weights(nn.Linear(2, 4), path, "sltnet/localizer/train.py", prefix="regressor.")
+    assert torch.equal(part.weight, joint.regressor.weight + 1)
+    whole = load_stage_weights(nn.ModuleDict({"localizer": nn.Linear(3, 2), "regressor": nn.Linear(2, 4)}),
+                               path, "sltnet/localizer/train.py")
+    assert torch.equal(whole.localizer.bias, joint.localizer.bias + 1)
+    with pytest.raises(DataError, match=r"model\.pth: weights do not fit Linear: unexpected keys"):
+        load_stage_weights(nn.Linear(2, 4), path, "sltnet/localizer/train.py")  # no prefix: refused
+    # the same wording for a missing weight file and a missing output of any other kind
+    missing = tmp_path / "run" / "model.pth"
+    with pytest.raises(MissingFileError) as by_loader:
+        load_stage_weights(nn.Linear(2, 4), missing, "spol/cam/train.py")
+    with pytest.raises(MissingFileError) as by_check:
+        require_output(missing, "spol/cam/train.py")
+    assert str(by_loader.value) == str(by_check.value) == (
+        f"{missing}: not found: run spol/cam/train.py first (it writes this), or point to the output of a run of it")
+    assert require_output(tmp_path, "x.py") == tmp_path  # a folder counts too
+
+
+def test_stage_dir_of_both_methods():
+    from utils.paths import OUTPUT_ROOT, stage_dir
+
+    assert stage_dir("spol", "cub", "cam") == OUTPUT_ROOT / "spol" / "cub" / "cam"
+    assert stage_dir("sltnet", "imagenet", "localizer", backbone="vgg16") == \
+        OUTPUT_ROOT / "sltnet" / "imagenet" / "vgg16" / "localizer"

@@ -11,7 +11,7 @@ import torch.nn as nn
 from utils.classify import (ARCHS, LinearEpochDecay, add_classifier_args, classifier_param_groups, final_linear,
                             top_k_step,
                             ten_crop_views, eval_transform, write_classification)
-from utils.data import load_records
+from utils.layouts import load_records
 from utils.distributed import DistContext
 from utils.predictions import read_predictions
 
@@ -113,7 +113,7 @@ def test_top_k_step_one_view_and_k_capped_by_classes():
 def test_write_classification_on_a_tiny_dataset(tiny_cub, tmp_path):
     records = load_records(tiny_cub, "cub", "test")
     parser = add_classifier_args(argparse.ArgumentParser(), train=False)
-    args = parser.parse_args(["--resize", "16"])
+    args = parser.parse_args(["--resize-size", "16"])
     args.batch_size, args.workers, args.amp = 1, 0, "off"
     model = ChannelMeans()
     stats = write_classification(model, records, eval_transform(args), args, DistContext(), tmp_path / "p.csv")

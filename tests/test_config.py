@@ -4,7 +4,8 @@ import argparse
 import pytest
 import yaml
 
-from utils.config import add_common_args, args_to_dict, parse_args, save_resolved_config
+from utils import config
+from utils.config import add_alias, add_common_args, args_to_dict, parse_args, renamed_keys, save_resolved_config
 from utils.errors import DataError
 
 
@@ -13,7 +14,8 @@ def make_parser():
     add_common_args(parser)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--milestones", type=int, nargs="+", default=[30])
-    parser.add_argument("--arch", type=str, default="vgg16", choices=["vgg16", "resnet50"])
+    add_alias(parser, "--arch", parser.add_argument("--backbone", type=str, default="vgg16",
+                                                    choices=["vgg16", "resnet50"]))
     parser.add_argument("--flip", action="store_true")
     return parser
 
@@ -57,11 +59,11 @@ def test_command_line_value_arrives_typed(tmp_path):
 
 def test_type_conversion_lists_flags_and_dashes(tmp_path):
     cfg = write(tmp_path, "milestones: [5, 9]\nflip: true\nresume: false\ndeterministic: true\n"
-                          "log-every: 3\narch: resnet50\n")
+                          "log-every: 3\nbackbone: resnet50\n")
     args = parse_args(make_parser(), ["--config", str(cfg)], stage="cam")
     assert args.milestones == [5, 9]
     assert args.flip is True and args.resume is False and args.deterministic is True
-    assert args.log_every == 3 and args.arch == "resnet50"
+    assert args.log_every == 3 and args.backbone == "resnet50"
     # command line flag beats the file
     args = parse_args(make_parser(), ["--config", str(cfg), "--resume"], stage="cam")
     assert args.resume is True
@@ -78,9 +80,11 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
 
 
 @pytest.mark.parametrize("text,word", [
-    ("seed: 1.5\n", "integer"),
-    ("seed: abc\n", "integer"),
-    ("arch: alexnet\n", "not one of"),
+    # argparse's own conversion and choice check (the command line's wording)
+    ("seed: 1.5\n", "invalid int value"),
+    ("seed: abc\n", "invalid int value"),
+    ("backbone: alexnet\n", "invalid choice"),
+    ("arch: alexnet\n", "invalid choice"),  # an old spelling is checked as the new one
     ("flip: 3\n", "true or false"),
     ("lr: [1, 2]\n", "single value"),
 ])
@@ -147,3 +151,32 @@ def test_declared_anchor_section_is_allowed_and_merged(tmp_path):
     cfg = write(tmp_path, "shared: &shared\n  lr: 0.7\ncam_train:\n  <<: *shared\n  epochs: 3\n")
     args = parse_args(make_parser(), ["--config", str(cfg)], stage="cam_train")
     assert (args.lr, args.epochs) == (0.7, 3)
+
+
+def test_old_option_spelling_is_an_alias_with_one_warning(capsys, monkeypatch):
+    monkeypatch.setattr(config, "_warned", set())  # printed once per process
+    args = parse_args(make_parser(), ["--arch", "resnet50"], stage="cam")
+    assert args.backbone == "resnet50" and not hasattr(args, "arch")
+    assert capsys.readouterr().err.count("warning: --arch is deprecated; use --backbone") == 1
+    assert parse_args(make_parser(), [], stage="cam").backbone == "vgg16"  # the alias sets no default
+    with pytest.raises(SystemExit):  # the old spelling keeps the new option's choices
+        parse_args(make_parser(), ["--arch", "alexnet"], stage="cam")
+    assert "--arch" not in make_parser().format_help()
+
+
+def test_old_config_key_is_read_as_the_new_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(config, "_warned", set())
+    cfg = write(tmp_path, "seed: 1\ncam:\n  arch: resnet50\n")
+    args = parse_args(make_parser(), ["--config", str(cfg)], stage="cam")
+    assert args.backbone == "resnet50"
+    err = capsys.readouterr().err
+    assert f"{cfg.resolve()}:3: key 'arch' is deprecated; use 'backbone'" in err
+    # the command line still wins over the file
+    assert parse_args(make_parser(), ["--config", str(cfg), "--backbone", "vgg16"], stage="cam").backbone == "vgg16"
+
+
+def test_renamed_keys_of_an_earlier_run():
+    old = {"arch": "resnet50", "resize": 685, "crop": 600, "dataset_name": "birds", "lr": 0.1}
+    assert renamed_keys(old) == {"backbone": "resnet50", "resize_size": 685, "input_size": 600,
+                                 "dataset": "birds", "lr": 0.1}
+    assert renamed_keys({"crop": 1, "input_size": 2}) == {"input_size": 2}  # the new name wins

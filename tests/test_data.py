@@ -1,4 +1,5 @@
-"""utils.data: the three layout readers, every bad-input error, joint transforms and box geometry.
+"""utils.layouts, utils.transforms, utils.data: the three layout readers, every bad-input error and
+the joint transforms (the evaluation geometry is tested in tests/test_protocol.py).
 
 All trees are written by tests/builders.py; expected numbers are worked out by hand from it.
 """
@@ -9,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.data import (
-    Record, WSOLDataset, build_spol_transform, build_transform, class_names, load_gt_mask, load_records, num_classes,
-    protocol_geometry, transform_boxes,
-)
+from utils.data import WSOLDataset
+from utils.layouts import Record, class_names, load_records, num_classes
+from utils.transforms import build_spol_transform, build_transform
 from utils.errors import DataError
 
 try:
@@ -361,44 +361,3 @@ def test_center_transform_and_bad_kind():
         build_transform("center", resize=256)
     with pytest.raises(ValueError):
         build_transform("sideways", resize=256)
-
-
-# ----------------------------------------------------------------------------- geometry
-def test_protocol_geometry():
-    assert protocol_geometry("wsol") == {"protocol": "wsol", "resize": (224, 224), "crop": None,
-                                         "offset": (0, 0), "output_size": (224, 224)}
-    assert protocol_geometry("spol")["offset"] == (16, 16) and protocol_geometry("spol")["crop"] == 224
-    with pytest.raises(ValueError):
-        protocol_geometry("other")
-
-
-def test_transform_boxes_wsol_uses_choe_truncation():
-    out = transform_boxes([[10, 20, 110, 220]], (500, 375), "wsol")
-    # int(10*224/500)=int(4.48)=4, int(20*224/375)=int(11.95)=11, int(49.28)=49, int(131.41)=131
-    np.testing.assert_array_equal(out, [[4, 11, 49, 131]])
-    assert out.dtype == np.float32
-
-
-def test_transform_boxes_spol_clips_to_crop_and_drops_boxes_outside():
-    boxes = [[0, 0, 512, 256], [10, 10, 20, 40], [100, 50, 300, 100]]
-    out = transform_boxes(boxes, (512, 256), "spol")
-    # scale x by 0.5, y by 1, subtract 16, clip to [0, 223]:
-    # (-16,-16,240,240) -> (0,0,223,223); (-11,-6,-6,24) lies left of the crop: dropped; (34,34,134,84)
-    np.testing.assert_array_equal(out, [[0, 0, 223, 223], [34, 34, 134, 84]])
-    assert transform_boxes([[10, 10, 20, 40]], (512, 256), "spol").shape == (0, 4)
-
-
-def test_load_gt_mask_nearest_to_protocol_geometry(tiny_cub):
-    record = load_records(tiny_cub, "cub", "train")[0]  # mask 255 on x 4..13, y 6..13 of 32x24
-    wsol = load_gt_mask(record, "wsol", input_size=16)
-    # nearest 32x24 -> 16x16: src x = 2x, src y = floor(1.5y): x 2..6, y 4..9
-    expected = np.zeros((16, 16), np.uint8)
-    expected[4:10, 2:7] = 255
-    np.testing.assert_array_equal(wsol, expected)
-    spol = load_gt_mask(record, "spol", input_size=16, resize_size=32)
-    # 32x24 -> 32x32 (src y = floor(0.75y): rows 8..18), then crop offset 8: rows 0..10, cols 0..5
-    expected = np.zeros((16, 16), np.uint8)
-    expected[0:11, 0:6] = 255
-    np.testing.assert_array_equal(spol, expected)
-    no_mask = Record("x.jpg", "/x.jpg", 0, np.zeros((0, 4), np.float32), (1, 1), None)
-    assert load_gt_mask(no_mask, "wsol") is None

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import demo
-from utils.data import load_records, transform_boxes
+from utils.layouts import load_records
+from utils.protocol import get_protocol
 from utils.metrics import box_iou
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -58,7 +59,7 @@ def test_tiny_demo_baselines_match_hand_computation(tiny_run):
     rows = {r["method"]: r for r in results["rows"]}
     # whole image vs each GT box, inclusive IoU >= 0.5
     whole = np.array([[0, 0, size - 1, size - 1]])
-    hits = [box_iou(whole, transform_boxes(r.boxes, r.size, "wsol", size), inclusive=True).max() >= 0.5
+    hits = [box_iou(whole, get_protocol("resize", size).gt_boxes(r.boxes, r.size), inclusive=True).max() >= 0.5
             for r in test]
     assert rows["Whole-image box"]["gt_known_loc"] == pytest.approx(100.0 * np.mean(hits))
     assert rows["True mask (upper bound)"]["gt_known_loc"] == pytest.approx(100.0)

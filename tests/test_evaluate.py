@@ -24,7 +24,8 @@ import sys
 import numpy as np
 import pytest
 
-from utils.data import load_gt_mask, load_records
+from utils.layouts import load_records
+from utils.protocol import get_protocol
 from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps, get_args_parser, main, scoremap_path
 from utils.predictions import write_predictions
@@ -98,7 +99,7 @@ def test_cli_wsol_end_to_end(cub_with_maps, tmp_path, capsys):
     # PxAP over both images against the GT masks (raw value > 0.5 is foreground)
     records = load_records(root, "cub", "test")
     scores = np.concatenate([map_a().ravel(), map_b().ravel()]).astype(np.float32).astype(np.float64)
-    labels = np.concatenate([(load_gt_mask(r, "wsol", 32) > 0.5).ravel() for r in records]).astype(int)
+    labels = np.concatenate([(get_protocol("resize", 32).gt_mask(r) > 0.5).ravel() for r in records]).astype(int)
     assert res["pxap"] == pytest.approx(tie_aware_ap(scores, labels))
     table = out.with_suffix(".txt").read_text()
     assert "MaxBoxAcc (IoU 50)  100.00" in table and "Top-1 Loc" in table
@@ -116,8 +117,12 @@ def test_cli_wsol_fixed_threshold_and_spol_protocol(cub_with_maps, tmp_path):
     #   t = 0.2: A whole map [0,0,31,31]: IoU 22.06*19 / 1024 = 0.41 (miss); B outer box:
     #            810 / (31.75 * 29.5) = 0.865 (hit) -> 50
     #   t = 0.6: A block [0,2,20,18]: 21*17 / 22.06*19 = 0.85 (hit); B outer (0.75 > 0.6): hit -> 100
-    res, _ = run_cli(tmp_path, root, maps, "--protocol", "spol", "--resize-size", "36")
+    res, _ = run_cli(tmp_path, root, maps, "--protocol", "spol", "--resize-size", "36", "--threshold", "0.2")
     assert res["threshold_used"] == 0.2 and res["gt_known_loc"] == 50.0
+    again, _ = run_cli(tmp_path, root, maps, "--protocol", "center_crop", "--resize-size", "36", "--threshold", "0.2")
+    assert again["protocol"] == "center_crop" and again["gt_known_loc"] == res["gt_known_loc"]
+    with pytest.raises(ValueError, match="needs --threshold"):  # SPOL's thresholds live in configs/spol_*.yaml
+        run_cli(tmp_path, root, maps, "--protocol", "spol", "--resize-size", "36")
     res, _ = run_cli(tmp_path, root, maps, "--protocol", "spol", "--resize-size", "36", "--threshold", "0.6",
                      "--iou-compare", ">")
     assert res["gt_known_loc"] == 100.0 and res["iou_compare"] == ">" and res["resize_size"] == 36
@@ -178,3 +183,45 @@ def test_module_entry_point(cub_with_maps, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["maxboxacc"] == 100.0 and "MaxBoxAccV2" in proc.stdout
+
+
+def test_score_maps_named_as_choe_et_al_write_them_score_as_ours(cub_with_maps, tmp_path):
+    """wsolevaluation's inference.py saves ``np.save(<scoremap_root>/<image_id>, map)``: the image id
+    with its extension and sub-folders, ``.npy`` appended by numpy (``.../Red_0002.jpg.npy``)."""
+    root, ours = cub_with_maps
+    theirs = tmp_path / "choe_scoremaps"
+    for image_id, m in ((ID_A, map_a()), (ID_B, map_b())):
+        (theirs / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(str(theirs / image_id), m.astype(np.float32))  # as their inference.py does
+    assert (theirs / (ID_A + ".npy")).is_file() and not scoremap_path(theirs, ID_A).exists()
+    a, _ = run_cli(tmp_path / "a", root, ours, "--protocol", "wsol")
+    b, _ = run_cli(tmp_path / "b", root, theirs, "--protocol", "wsol")
+    assert a.pop("scoremaps") != b.pop("scoremaps")
+    assert a == b and a["maxboxacc"] == 100.0
+    (theirs / (ID_B + ".npy")).unlink()  # the error names both places it looked
+    with pytest.raises(DataError, match=r"Blue_0002\.npy.*Blue_0002\.jpg\.npy"):
+        run_cli(tmp_path / "c", root, theirs, "--protocol", "wsol")
+
+
+def test_maxboxacc_keeps_choes_placeholder_box_gt_known_counts_a_miss(tmp_path):
+    """A map with nothing above the threshold: Choe's [0, 0, 0, 0] placeholder box. MaxBoxAcc scores
+    it like any box (a hit when the GT box sits in the top-left corner, as their code does);
+    GT-known Loc counts the image as a miss."""
+    from utils.layouts import Record
+    from utils.metrics import reference_best_iou_per_threshold
+
+    # 16 x 16 images at input 8: the corner box [0, 0, 1, 1] truncates to [0, 0, 0, 0] (int(0.5) = 0)
+    corner = Record("a/corner.jpg", str(tmp_path / "a.jpg"), 0, np.array([[0, 0, 1, 1]], np.float32), (16, 16), None)
+    middle = Record("a/middle.jpg", str(tmp_path / "b.jpg"), 0, np.array([[4, 4, 12, 12]], np.float32), (16, 16), None)
+    maps = {r.image_id: np.zeros((8, 8)) for r in (corner, middle)}
+    res = evaluate_scoremaps([corner, middle], maps, "resize", input_size=8, threshold=0.5, cam_curve_interval=0.1)
+    # Choe's own computation (transcribed in utils.metrics): IoU 1 for the corner image at every threshold
+    gt = get_protocol("resize", 8).gt_boxes(corner.boxes, corner.size)
+    np.testing.assert_array_equal(gt, [[0, 0, 0, 0]])
+    assert np.all(reference_best_iou_per_threshold(maps["a/corner.jpg"], gt, np.arange(0, 1, 0.1)) == 1.0)
+    assert res["maxboxacc"] == 50.0 and res["maxboxacc_v2_per_iou"]["70"] == 50.0
+    assert res["gt_known_loc"] == 0.0
+    # the SPOL protocols never compute the placeholder's IoU either: a miss (or skipped, spol_official)
+    spol = evaluate_scoremaps([corner, middle], maps, "center_crop", input_size=8, resize_size=8, threshold=0.5,
+                              cam_curve_interval=0.1)
+    assert spol["gt_known_loc"] == 0.0 and [o["skipped"] for o in spol["per_image"]] == [None, None]

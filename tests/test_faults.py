@@ -102,7 +102,9 @@ def test_another_run_in_the_folder_is_refused_and_overwrite_moves_it_aside(tmp_p
 
 
 def _cub_trainer(out, root, **kw):
-    from utils.data import WSOLDataset, build_transform, load_records
+    from utils.data import WSOLDataset
+    from utils.layouts import load_records
+    from utils.transforms import build_transform
 
     args = argparse.Namespace(output_dir=str(out), batch_size=2, epochs=1, workers=0, seed=0, amp="off",
                               deterministic=False, resume=True, log_every=0, save_every_steps=0,
@@ -348,7 +350,7 @@ def test_a_failed_test_step_keeps_the_previous_results_and_a_worker_error_is_the
     from spol.cam import test as cam_test
     from utils.config import run_cli
 
-    argv = ["--data-root", str(tiny_cub), "--output-dir", str(out), "--device", "cpu", "--resize", "32",
+    argv = ["--data-root", str(tiny_cub), "--output-dir", str(out), "--device", "cpu", "--resize-size", "32",
             "--batch-size", "1", "--mask-workers", "1"]
     run_cli(cam_test.main, cam_test.get_args_parser, "cam_test", argv + ["--workers", "0"])
     before = tree_hash(out)
@@ -444,3 +446,56 @@ def test_under_torchrun_another_rank_reports_only_a_fault_of_its_own(monkeypatch
     monkeypatch.setenv("RANK", "1")
     report_error(RunError("a.yaml:2: bad"))  # the same fault: rank 0 said it already
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("stage,module", [("cls_test", "spol.cls.test"), ("cam_test", "spol.cam.test"),
+                                          ("seg_test", "spol.seg.test")])
+def test_spol_test_steps_read_an_earlier_runs_args_yaml_with_the_old_names(tmp_path, capsys, monkeypatch,
+                                                                          stage, module):
+    """An args.yaml written before the renaming (arch / resize / crop) still gives a test step the
+    training run's backbone and geometry under their new names."""
+    import importlib
+
+    import yaml
+
+    from utils.config import parse_args
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.yaml").write_text(yaml.safe_dump({"arch": "resnet50", "resize": 72, "crop": 64, "dataset": "cub"}))
+    parser = importlib.import_module(module).get_args_parser()
+    monkeypatch.setitem(rundir.current_stage, "name", stage)
+    args = parse_args(parser, ["--output-dir", str(run)], stage=stage)
+    rundir.protect_stage_outputs(args, None)
+    rundir.restore_protected()
+    assert args.resize_size == 72
+    if stage == "seg_test":
+        assert args.input_size == 64
+    if stage == "cls_test":  # tested on the whole resized image: the training crop is not taken
+        assert (args.backbone, args.input_size) == ("resnet50", None)
+    err = capsys.readouterr().err
+    assert "--resize-size 72" in err and f"read from {run / 'args.yaml'}" in err
+    # an explicit value wins over the training run's geometry (soft), without an error
+    args = parse_args(parser, ["--output-dir", str(run), "--resize-size", "80"], stage=stage)
+    rundir.protect_stage_outputs(args, None)
+    assert args.resize_size == 80
+    rundir.restore_protected()
+
+
+def test_a_checkpoint_written_before_the_renaming_resumes(tmp_path):
+    """The identity stored by an earlier run (``arch``, ``resize``, ``crop``) equals today's run
+    of the same options (``backbone``, ``resize_size``, ``input_size``): the run resumes."""
+    import argparse
+
+    from utils.checkpoint import save_checkpoint
+
+    now = argparse.Namespace(backbone="resnet50", resize_size=72, input_size=64, lr=0.1)
+    ident = rundir.run_identity(now, "cls_train")
+    old = {("arch" if k == "backbone" else "resize" if k == "resize_size" else "crop" if k == "input_size" else k): v
+           for k, v in ident.items()}
+    path = save_checkpoint(tmp_path / "checkpoint.pth", {"identity": old})
+    assert "arch" in old and rundir.saved_identity(path) == ident
+    rundir.check_identity(path, rundir.saved_identity(path), ident)  # no error
+    with pytest.raises(RunError, match="--backbone 'resnet50' there, 'vgg16' now"):
+        rundir.check_identity(path, rundir.saved_identity(path), rundir.run_identity(
+            argparse.Namespace(backbone="vgg16", resize_size=72, input_size=64, lr=0.1), "cls_train"))

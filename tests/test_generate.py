@@ -52,7 +52,7 @@ def test_boxes_inside_image_and_equal_to_mask_extent(dataset):
 
 
 def test_load_records_reads_the_layout(dataset):
-    data = pytest.importorskip("utils.data")
+    data = pytest.importorskip("utils.layouts")
     train = data.load_records(dataset, "cub", "train")
     test = data.load_records(dataset, "cub", "test")
     assert len(train) == 9 and len(test) == 6

@@ -8,7 +8,7 @@ import torch
 
 from utils.checkpoint import MissingFileError
 from utils.config import parse_args
-from utils.data import load_records
+from utils.layouts import load_records
 from utils.errors import DataError
 from utils.generate import generate_dataset
 
@@ -26,10 +26,10 @@ def run_stage(birds, tmp_path, monkeypatch):
     """run_stage(module, stage, *argv): parse like the command line and call main()."""
     import importlib
 
-    monkeypatch.setattr("sltnet.common.OUTPUT_ROOT", tmp_path / "output")
+    monkeypatch.setattr("utils.paths.OUTPUT_ROOT", tmp_path / "output")  # utils.paths.stage_dir
     torch.set_num_threads(1)
     common = ["--data-root", str(birds), "--pretrained", "none", "--device", "cpu", "--workers", "0",
-              "--batch-size", "3", "--dataset-name", "birds"]
+              "--batch-size", "3", "--dataset", "birds"]
 
     def run(module, stage, *argv):
         script = importlib.import_module(module)

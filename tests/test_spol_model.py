@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import spol
-from spol.model import CAMModel, SegModel, load_spol_weights
+from spol.model import CAMModel, SegModel
+from utils.checkpoint import load_stage_weights
 
 SHAPES_JSON = Path(spol.__file__).resolve().parent / "reference" / "released_state_dict_shapes.json"
 
@@ -107,8 +108,7 @@ def test_released_state_dict_loads_strictly_as_float32(entry, tmp_path):
     state = _fake_release(_released_shapes()[entry])
     path = tmp_path / "released.pth"
     torch.save(state, path)
-    model = _model_for(entry).load_weights(path) if entry.startswith("imagenet") else \
-        load_spol_weights(_model_for(entry), path)
+    model = load_stage_weights(_model_for(entry), path, None)  # a released file: no stage writes it
     loaded = model.state_dict()
     assert loaded["linear.weight"].dtype == torch.float32
     key16 = next(k for k, v in state.items() if v.dtype == torch.float16)
@@ -122,17 +122,17 @@ def test_wrong_shape_or_extra_key_fails_naming_the_key(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match="linear.weight"):
-        load_spol_weights(SegModel(pretrained="none"), path)
+        load_stage_weights(SegModel(pretrained="none"), path, None)
     state = _fake_release(_released_shapes()["cub200-seg"])
     state["fc.weight"] = torch.zeros(3)
     torch.save(state, path)
     with pytest.raises(ValueError, match="fc.weight"):
-        load_spol_weights(SegModel(pretrained="none"), path)
+        load_stage_weights(SegModel(pretrained="none"), path, None)
 
 
 def test_missing_weight_file_names_the_stage(tmp_path):
-    with pytest.raises(FileNotFoundError, match="spol/cam/train.py"):
-        load_spol_weights(SegModel(pretrained="none"), tmp_path / "model.pth", source_stage="spol/cam/train.py")
+    with pytest.raises(FileNotFoundError, match=r"model\.pth: not found: run spol/cam/train\.py first"):
+        load_stage_weights(SegModel(pretrained="none"), tmp_path / "model.pth", "spol/cam/train.py")
 
 
 def test_missing_imagenet_backbone_file_is_an_error_not_random_init(tmp_path):

@@ -21,7 +21,10 @@ from spol.model import CAMModel
 from spol.pseudo_mask import pseudo_mask_from_cam
 from spol.seg.test import scoremap_step
 from utils.cam import spol_box
-from utils.data import Record, SPOLTransform, WSOLDataset, spol_gt_boxes
+from utils.data import WSOLDataset
+from utils.layouts import Record
+from utils.transforms import SPOLTransform
+from utils.protocol import get_protocol
 from utils.evaluate import evaluate_scoremaps
 from utils.predictions import read_cls_results
 
@@ -188,7 +191,7 @@ def test_boxes_iou_and_hit_list_equal_the_authors(dataset, tmp_path):
     for c in spec["iou_calls"]:
         calls.setdefault(c["image"], []).append(c)
     for i, (r, o) in enumerate(zip(records, official["per_image"])):
-        gt = spol_gt_boxes(r.boxes, r.size)
+        gt = get_protocol("center_crop").gt_boxes(r.boxes, r.size)
         if i not in calls:
             assert o["skipped"] is not None and o["iou"] is None
             continue
@@ -211,15 +214,14 @@ def test_boxes_iou_and_hit_list_equal_the_authors(dataset, tmp_path):
 
 # ----------------------------------------------------------------------------- by hand
 def test_an_iou_of_exactly_one_half_is_a_hit_only_without_the_authors_epsilon():
-    from utils.evaluate import spol_hits
     from utils.metrics import spol_iou
 
     pred, gt = [0, 0, 10, 10], np.array([[0.0, 0.0, 10.0, 5.0]])  # inter 50, union 100
     assert spol_iou(pred, gt[0]) < 0.5 == spol_iou(pred, gt[0], eps=0.0)
     assert spol_iou([0, 0, 10, 10], [10, 0, 20, 10]) == 0  # touching, exclusive coordinates
     assert spol_iou([0, 0, 10, 10], [5, 0, 15, 10], eps=0.0) == pytest.approx(1 / 3)
-    official = spol_hits([pred, None, pred], [gt, gt, np.zeros((0, 4))], official=True, iou_compare=">")
-    ours = spol_hits([pred, None, pred], [gt, gt, np.zeros((0, 4))], official=False)
+    official = get_protocol("spol-official").hits([pred, None, pred], [gt, gt, np.zeros((0, 4))], iou_compare=">")
+    ours = get_protocol("spol").hits([pred, None, pred], [gt, gt, np.zeros((0, 4))])
     assert [o["skipped"] for o in official] == [None, "no contour", "no GT box in the crop"]
     assert [o["hit"] for o in official] == [False, False, False]
     assert [o["skipped"] for o in ours] == [None, None, None] and [o["hit"] for o in ours] == [True, False, False]

@@ -17,18 +17,22 @@ import torch
 import spol
 from spol.cam import test as cam_test, train as cam_train
 from spol.cls import test as cls_test, train as cls_train
-from spol.model import CAMModel, SegModel, load_spol_weights
+from spol.model import CAMModel, SegModel
+from utils.checkpoint import load_stage_weights
 from spol.pseudo_mask import pseudo_mask_image
 from spol.seg import test as seg_test, train as seg_train
 from utils.config import parse_args
-from utils.data import WSOLDataset, build_spol_transform, load_records, spol_gt_boxes, transform_boxes
-from utils.evaluate import evaluate_scoremaps, spol_hits
+from utils.data import WSOLDataset
+from utils.layouts import load_records
+from utils.transforms import build_spol_transform
+from utils.protocol import get_protocol
+from utils.evaluate import evaluate_scoremaps
 from utils.generate import generate_dataset
 from utils.metrics import LocalizationMeter, spol_iou
 from utils.predictions import read_predictions
 
 SPOL_DIR = Path(spol.__file__).resolve().parent
-TINY = ["--device", "cpu", "--workers", "0", "--resize", "72", "--crop", "64"]
+TINY = ["--device", "cpu", "--workers", "0", "--resize-size", "72", "--input-size", "64"]
 
 
 def run(module, stage, argv):
@@ -50,7 +54,7 @@ def cam_dir(data):
     # 9 images, batch 4: the last batch would hold 1 image and is dropped (gating BatchNorms)
     run(cam_train, "cam_train", base + TINY + ["--pretrained", "none", "--epochs", "1", "--batch-size", "4"])
     run(cam_test, "cam_test", ["--data-root", data, "--output-dir", out, "--device", "cpu", "--workers", "0",
-                               "--resize", "72", "--batch-size", "4"])
+                               "--resize-size", "72", "--batch-size", "4"])
     return out
 
 
@@ -65,7 +69,7 @@ def seg_dir(data, cam_dir):
 @pytest.fixture(scope="module")
 def cls_dir(data):
     out = data.parent / "out" / "cls"
-    common = ["--data-root", data, "--output-dir", out, "--arch", "resnet50"] + TINY
+    common = ["--data-root", data, "--output-dir", out, "--backbone", "resnet50"] + TINY
     run(cls_train, "cls_train", common + ["--pretrained", "none", "--epochs", "1", "--batch-size", "4"])
     run(cls_test, "cls_test", common + ["--batch-size", "4"])
     return out
@@ -75,7 +79,7 @@ def test_cam_stage_writes_one_lossless_pseudo_mask_per_training_image(data, cam_
     assert (cam_dir / "model.pth").is_file() and (cam_dir / "log.jsonl").is_file()
     train = load_records(data, "cub", "train")
     # recompute every mask from the saved model, one image at a time: the PNG holds exactly it
-    model = load_spol_weights(CAMModel(3, pretrained="none"), cam_dir / "model.pth")
+    model = load_stage_weights(CAMModel(3, pretrained="none"), cam_dir / "model.pth", "spol/cam/train.py")
     loader = torch.utils.data.DataLoader(WSOLDataset(train, build_spol_transform("resize", resize=72)), batch_size=1)
     model.eval()
     for batch in loader:
@@ -111,7 +115,7 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
                                "--batch-size", "4", "--threshold-split", "train"] + TINY)
     summary = json.loads((seg_dir / "metrics.json").read_text())
     test = load_records(data, "cub", "test")
-    for protocol in ("spol", "wsol"):
+    for protocol in ["spol", "wsol"]:
         out = seg_dir / protocol
         results = json.loads((out / "metrics.json").read_text())
         assert results["num_images"] == len(test) == summary[protocol]["num_images"]
@@ -122,14 +126,14 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
         assert boxes[0] == ["image_id", "x0", "y0", "x1", "y1"] and len(boxes) == len(test) + 1
         # the boxes in boxes.csv are the ones scored: GT-known Loc recomputed from them agrees
         pred = {row[0]: np.array([float(v) for v in row[1:]]) for row in boxes[1:]}
-        if protocol == "spol":  # [0, 0, 0, 0] = no contour, a miss (IoU 0)
-            outcomes = spol_hits([pred[r.image_id] for r in test],
-                                 [spol_gt_boxes(r.boxes, r.size, 64, 72) for r in test], official=False)
+        if get_protocol(protocol).needs_threshold:  # spol: [0, 0, 0, 0] = no contour, a miss (IoU 0)
+            outcomes = get_protocol("center_crop", 64, 72).hits(
+                [pred[r.image_id] for r in test], [get_protocol("center_crop", 64, 72).gt_boxes(r.boxes, r.size) for r in test])
             assert 100 * np.mean([o["hit"] for o in outcomes]) == pytest.approx(results["gt_known_loc"])
         else:
             meter = LocalizationMeter(0.5, ">=")
             meter.update([pred[r.image_id] for r in test],
-                         [transform_boxes(r.boxes, r.size, protocol, 64, 72) for r in test])
+                         [get_protocol("resize", 64).gt_boxes(r.boxes, r.size) for r in test])
             assert meter.compute()["gt_known_loc"] == results["gt_known_loc"]
         assert cv2.imread(str(out / "grid.png")) is not None
         again = evaluate_scoremaps(test, out / "scoremaps", protocol, threshold=results["threshold_used"],
@@ -167,7 +171,7 @@ def test_missing_upstream_files_name_the_stage_to_run_first(data, tmp_path, seg_
     (tmp_path / "cls" / "predictions.csv").write_text("image_id,label,pred_top5,top1_correct,top5_correct\n")
     msg = error(seg_test, "seg_test", ["--output-dir", tmp_path / "g", "--cls-dir", tmp_path / "cls"])
     assert "run spol/seg/train.py first" in msg
-    msg = error(cls_test, "cls_test", ["--output-dir", tmp_path / "k", "--arch", "resnet50"])
+    msg = error(cls_test, "cls_test", ["--output-dir", tmp_path / "k", "--backbone", "resnet50"])
     assert "run spol/cls/train.py first" in msg
 
 
@@ -211,7 +215,7 @@ def test_seg_test_numbers_for_a_model_with_a_known_answer(data, cls_dir, tmp_pat
     whole = [0, 0, 64, 64]  # the authors' box [x, y, x + w, y + h] of the whole input
     hits, top1, top5, no_gt = [], [], [], []
     for r in load_records(data, "cub", "test"):
-        gt = spol_gt_boxes(r.boxes, r.size, 64, 72)
+        gt = get_protocol("center_crop", 64, 72).gt_boxes(r.boxes, r.size)
         no_gt.append(len(gt) == 0)
         hits.append(len(gt) > 0 and max(spol_iou(whole, g) for g in gt) >= 0.5)
         top1.append(hits[-1] and preds[r.image_id].top1_correct)
@@ -256,6 +260,6 @@ def test_a_diverged_cam_model_stops_pseudo_masks_naming_the_image(data, cam_dir,
     torch.save(state, tmp_path / "nan.pth")
     with pytest.raises(FloatingPointError, match=r"\.jpg: the CAM model gives a non-finite map"):
         run(cam_test, "cam_test", ["--data-root", data, "--output-dir", tmp_path / "cam", "--device", "cpu",
-                                   "--workers", "0", "--resize", "72", "--batch-size", "4",
+                                   "--workers", "0", "--resize-size", "72", "--batch-size", "4",
                                    "--checkpoint", tmp_path / "nan.pth"])
     assert not list((tmp_path / "cam").rglob("*.png"))

@@ -23,14 +23,11 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from utils.errors import DataError
+from utils.errors import DataError, MissingFileError  # noqa: F401 (MissingFileError: its home before)
 from utils.io import atomic_write
+from utils.paths import missing_output
 
 _BUILTINS = (str, int, float, bool, bytes, type(None))
-
-
-class MissingFileError(DataError, FileNotFoundError):
-    """A file another stage (or a download) should have provided is not there."""
 
 
 def _plain(value: Any, where: str, path: os.PathLike | str) -> Any:
@@ -80,8 +77,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
     """
     path = Path(path)
     if not path.is_file():
-        hint = f" (it is written by {producer}: run that first)" if producer else ""
-        raise MissingFileError.at(path, None, f"not found{hint}")
+        raise missing_output(path, producer) if producer else MissingFileError.at(path, None, "not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -165,3 +161,23 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, *, source: str,
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(halves.items()))
         print(f"notice: {source}: {kinds} tensors loaded as float32", file=sys.stderr, flush=True)
     return [k for k in missing if not k.endswith("num_batches_tracked")]
+
+
+def load_stage_weights(model: nn.Module, path: str | os.PathLike, producer: str | None, *,
+                       prefix: str = "") -> nn.Module:
+    """Load the weights another stage wrote (its ``model.pth``, or a training ``checkpoint.pth``,
+    or a released state dict) into ``model``, strictly (``load_state_dict_checked``); returns it.
+
+    ``producer`` is the stage script that writes the file (e.g. ``"spol/cam/train.py"``): a missing
+    file is one error line naming the file and the command to run (``utils.paths.missing_output``);
+    None for a file no stage writes (a released state dict). Fp16 tensors load as float32.
+    ``prefix``: only the keys under it, without it (e.g. ``"regressor."``: the regressor alone from
+    the localizer stage's joint weights); a file holding no such key is taken as the part alone.
+    """
+    state = unwrap_state_dict(load_checkpoint(path, producer=producer))
+    if prefix:
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    load_state_dict_checked(model, state, source=os.fspath(path))
+    return model

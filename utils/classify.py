@@ -25,9 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.data import WSOLDataset, build_transform
+from utils.data import WSOLDataset
 from utils.engine import Trainer, build_optimizer
 from utils.inference import gather_lists, run_inference
+from utils.transforms import build_transform
 from utils.options import ARCHS, add_classifier_args  # noqa: F401  (re-exported: their home before)
 from utils.predictions import write_predictions
 
@@ -120,7 +121,7 @@ def write_classification(model, records, transform, args, ctx, output_path) -> d
     """Predict every record (sharded over ranks by ``utils.inference.run_inference``), write
     ``predictions.csv`` on rank 0. Returns {"top1": %, "top5": %, "num_images": N} (the same on
     every rank)."""
-    ten_crop = args.crop if getattr(args, "ten_crop", False) else None
+    ten_crop = args.input_size if getattr(args, "ten_crop", False) else None
     parts = run_inference(model, WSOLDataset(records, transform),
                           lambda m, batch: top_k_step(m, batch, ten_crop=ten_crop), ctx,
                           batch_size=args.batch_size, workers=args.workers, amp=args.amp, desc="classify",
@@ -141,18 +142,18 @@ def write_classification(model, records, transform, args, ctx, output_path) -> d
 
 
 def train_transform(args):
-    return build_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    return build_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
 
 
 def eval_transform(args):
-    """One view: resize (+ centre crop when --crop); ten-crop: resize only (crops cut on the device)."""
+    """One view: resize (+ centre crop when --input-size); ten-crop: resize only (crops cut on the device)."""
     if getattr(args, "ten_crop", False):
-        if not args.crop:
-            raise ValueError("--ten-crop needs --crop (the size of the ten crops)")
-        return build_transform("resize", resize=args.resize)
-    if args.crop:
-        return build_transform("center", resize=args.resize, crop=args.crop)
-    return build_transform("resize", resize=args.resize)
+        if not args.input_size:
+            raise ValueError("--ten-crop needs --input-size (the size of the ten crops)")
+        return build_transform("resize", resize=args.resize_size)
+    if args.input_size:
+        return build_transform("center", resize=args.resize_size, crop=args.input_size)
+    return build_transform("resize", resize=args.resize_size)
 
 
 def train_classifier(model: nn.Module, records, args, ctx, *, stage_name: str) -> nn.Module:

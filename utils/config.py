@@ -24,9 +24,11 @@ stage's parser does not have is an error naming the file, the line and the key: 
 never silently ignored (one exception: a top-level key in ``TRAIN_ONLY`` is skipped by a test step,
 which has no such option). A mapping at the top level must be the section of a known stage
 (``STAGES``, or the stage being parsed) or a YAML anchor declared as such (``name: &name``, merged
-into stage sections with ``<<: *name``): ``cma_train:`` or ``training:`` is an error, not ignored. Values are converted with the option's ``type`` and checked
-against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML
-booleans; options with ``nargs`` take YAML lists.
+into stage sections with ``<<: *name``): ``cma_train:`` or ``training:`` is an error, not ignored. The file's values become the parser's defaults (``parser.set_defaults``, as timm's ``train.py``
+does) after argparse itself has converted each one with the option's ``type`` and checked it
+against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML booleans;
+options with ``nargs`` take YAML lists. A key of ``RENAMED_OPTIONS`` (``arch``, ``resize``, ``crop``,
+``dataset_name``) is read as its new name with one deprecation line.
 """
 from __future__ import annotations
 
@@ -58,6 +60,55 @@ _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 # A config file's top-level key naming one of them is skipped by a test step (it is meant for the
 # training stages), not refused as unknown.
 TRAIN_ONLY = ("epochs", "resume", "overwrite", "log_every", "save_every_steps", "max_steps_per_epoch")
+
+
+# Option destinations renamed so that both methods speak one vocabulary: old -> new. The old
+# spellings stay accepted for a release (command line: ``add_alias``; config files and the args.yaml
+# / checkpoints of earlier runs: ``renamed_keys``), each use printing one deprecation line.
+RENAMED_OPTIONS = {"arch": "backbone", "resize": "resize_size", "crop": "input_size", "dataset_name": "dataset"}
+_warned: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    import sys
+
+    if line not in _warned and int(os.environ.get("RANK", "0")) == 0:
+        _warned.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+class DeprecatedAlias(argparse._StoreAction):
+    """A hidden old spelling of an option: stores into the new option's destination and prints
+    ``warning: --arch is deprecated; use --backbone`` (once per process)."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _warn_once(f"warning: {option_string} is deprecated; use {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def add_alias(container, old: str, action: argparse.Action) -> argparse.Action:
+    """Accept ``old`` (e.g. ``--arch``) as a deprecated spelling of ``action`` (``--backbone``):
+    same destination, type and choices; left out of ``--help``; ``action`` is returned.
+    ``container``: the parser or the argument group ``action`` was added to."""
+    container.add_argument(old, dest=action.dest, type=action.type, choices=action.choices,
+                           metavar=action.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                           action=DeprecatedAlias, new=action.option_strings[0])
+    return action
+
+
+def renamed_keys(values: dict) -> dict:
+    """``values`` (an args.yaml or a checkpoint's options, maybe written before the renaming)
+    with the old option names replaced by the new ones (a new name already there wins)."""
+    out = dict(values)
+    for old, new in RENAMED_OPTIONS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -188,81 +239,56 @@ def _anchored_sections(path: Path) -> set[str]:
     return {str(k.value) for k, v in root.value if id(v) in anchored}
 
 
-def _convert(action: argparse.Action, value: Any, path: Path, line: int | None, key: str) -> Any:
-    """Convert a YAML value as argparse would convert the same text on the command line."""
+def _checked(parser: argparse.ArgumentParser, action: argparse.Action, value: Any, path: Path,
+             line: int | None, key: str) -> Any:
+    """A YAML value as the option's destination value: argparse itself converts it (the option's
+    ``type``) and checks its ``choices``, as for the same text on the command line. Flags take YAML
+    booleans (the destination's value, also for ``--no-x``), options with ``nargs`` YAML lists."""
     def fail(msg: str):
         raise DataError.at(path, line, f"option '{key}': {msg}")
 
     if isinstance(action, _FLAG_ACTIONS):
-        if value is None and action.default is None:
-            return None
-        if not isinstance(value, bool):
+        if not isinstance(value, bool) and not (value is None and action.default is None):
             fail(f"expected true or false, got {value!r}")
-        return value  # the destination's value (for store_false too), not "the flag was given"
-    if value is None:
-        return None
-    if isinstance(action, (argparse._StoreConstAction, argparse._AppendConstAction, argparse._CountAction)):
         return value
-    multiple = action.nargs in ("+", "*") or isinstance(action.nargs, int) or isinstance(
-        action, argparse._AppendAction)
-    if multiple:
-        items = value if isinstance(value, list) else [value]
-        if isinstance(action.nargs, int) and len(items) != action.nargs:
-            fail(f"expected {action.nargs} values, got {len(items)}")
-        if action.nargs == "+" and not items:
-            fail("expected at least one value")
-        return [_convert_one(action, item, fail) for item in items]
-    if isinstance(value, (list, dict)):
+    if value is None or isinstance(action, (argparse._StoreConstAction, argparse._AppendConstAction,
+                                            argparse._CountAction)):
+        return value
+    many = action.nargs not in (None, "?")
+    items = value if isinstance(value, list) and many else [value]
+    if isinstance(value, dict) or (isinstance(value, list) and not many):
         fail(f"expected a single value, got {type(value).__name__} {value!r}")
-    return _convert_one(action, value, fail)
-
-
-def _convert_one(action: argparse.Action, value: Any, fail) -> Any:
-    kind = action.type
-    if kind is None or kind is str:
-        if isinstance(value, bool):
-            fail(f"expected text, got the boolean {value!r} (quote it in YAML)")
-        converted = str(value)
-    elif kind is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            fail(f"expected an integer, got {value!r}")
-        try:
-            converted = int(value)
-        except (TypeError, ValueError):
-            fail(f"expected an integer, got {value!r}")
-    elif kind is float:
-        if isinstance(value, bool):
-            fail(f"expected a number, got {value!r}")
-        try:
-            converted = float(value)  # YAML reads "1e-3" as text: float() handles it
-        except (TypeError, ValueError):
-            fail(f"expected a number, got {value!r}")
-    else:
-        try:
-            converted = kind(value if isinstance(value, str) else str(value))
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-            fail(f"invalid value {value!r}: {exc}")
-    if action.choices is not None and converted not in action.choices:
-        fail(f"{converted!r} is not one of {list(action.choices)}")
-    return converted
+    if any(isinstance(item, (bool, list, dict)) for item in items):
+        fail(f"expected a value as on the command line, got {value!r} (quote text in YAML)")
+    if isinstance(action.nargs, int) and len(items) != action.nargs:
+        fail(f"expected {action.nargs} values, got {len(items)}")
+    if action.nargs == "+" and not items:
+        fail("expected at least one value")
+    try:
+        return parser._get_values(action, [str(item) for item in items])
+    except argparse.ArgumentError as exc:
+        fail(exc.message)
 
 
 def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> dict[str, Any]:
     data, lines = _load_yaml_with_lines(path)
-    actions = {a.dest: a for a in parser._actions
-               if not isinstance(a, _SKIP_ACTIONS) and a.dest not in ("config", argparse.SUPPRESS)}
+    actions = {a.dest: a for a in parser._actions if not isinstance(a, (*_SKIP_ACTIONS, DeprecatedAlias))
+               and a.dest not in ("config", argparse.SUPPRESS)}
     values: dict[str, Any] = {}
 
     def apply(key: Any, value: Any, where: tuple) -> None:
         line = lines.get(where)
         dest = str(key).replace("-", "_")
+        if dest not in actions and RENAMED_OPTIONS.get(dest) in actions:
+            _warn_once(f"warning: {path}:{line}: key '{key}' is deprecated; use '{RENAMED_OPTIONS[dest]}'")
+            dest = RENAMED_OPTIONS[dest]
         if dest not in actions and dest in TRAIN_ONLY and len(where) == 1:
             return  # a training option at the top level: for the training stages, not this test step
         if dest not in actions:
             section = f" in section '{stage}'" if len(where) == 2 else ""
             raise DataError.at(path, line, f"unknown key '{key}'{section}: the '{stage}' stage has "
                                f"no option --{dest.replace('_', '-')}")
-        values[dest] = _convert(actions[dest], value, path, line, str(key))
+        values[dest] = _checked(parser, actions[dest], value, path, line, str(key))
 
     stage_section = None
     anchors = _anchored_sections(path)
@@ -306,19 +332,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *
     pre.add_argument("--config", type=str, default=None)
     known, _ = pre.parse_known_args(argv)
     config_path = None
-    saved = [(a, a.default, a.required) for a in parser._actions]
+    saved = (dict(parser._defaults), [(a, a.default, a.required) for a in parser._actions])
     try:
         if known.config:
             config_path = _find_config(known.config)
             values = _yaml_defaults(parser, config_path, stage)
+            parser.set_defaults(**values)  # timm's train.py: the file's values become the defaults
             for action in parser._actions:
                 if action.dest in values:
-                    action.default = values[action.dest]
                     action.required = False  # given by the file, no longer needed on the command line
         args = parser.parse_args(argv)
     finally:
         # the parser is left as it was: parsing again without the file gives the plain defaults
-        for action, default, required in saved:
+        parser._defaults = saved[0]
+        for action, default, required in saved[1]:
             action.default, action.required = default, required
     args.config = str(config_path) if config_path is not None else None
     given = set(values) if known.config else set()

@@ -24,6 +24,10 @@ class DataError(ValueError):
         return cls(f"{where}: {text}")
 
 
+class MissingFileError(DataError, FileNotFoundError):
+    """A file another stage (or a download) should have provided is not there."""
+
+
 class RunError(DataError):
     """A fault of the run rather than of its input files (output folder in use or holding another
     run, a checkpoint that cannot be resumed, a diverged loss, a full disk). Stage scripts end with

@@ -1,39 +1,52 @@
 """Evaluate saved score maps: GT-known / Top-1 / Top-5 Loc, MaxBoxAcc, MaxBoxAccV2, PxAP.
 
 The evaluator runs on saved score maps alone, so any method's maps are scored by the same code.
-Score maps: ``<DIR>/<image id without extension>.npy``, 2-D, values in [0, 1], at the protocol's
-input size (224 x 224 by default); a missing or malformed map is an error naming the file
-(never skipped).
+Score maps: 2-D ``.npy`` files, values in [0, 1], at the protocol's input size (224 x 224 by
+default), found under ``<DIR>`` by either name (:func:`find_scoremap`):
 
-Protocols (named):
+* ours: ``<DIR>/<image id without extension>.npy`` (e.g. ``test/x.npy`` for id ``test/x.jpg``);
+* Choe et al.'s (wsolevaluation's ``inference.py`` saves ``np.save(<scoremap_root>/<image_id>)``):
+  ``<DIR>/<image id>.npy``, the extension kept (``test/x.jpg.npy``), sub-folders included.
 
-* ``wsol`` (Choe et al., CVPR 2020): the whole image resized to input x input; GT boxes with
-  their ``resize_bbox`` truncation; threshold sweep ``np.arange(0, 1, interval)``; Choe's box rule
-  (uint8 map > int(t * max), RETR_TREE); inclusive IoU. GT-known Loc is taken at the best
+Their maps are scored as they are (no renaming, no renormalisation). A missing or malformed map is
+an error naming the file (never skipped).
+
+Protocols (``utils.protocol``; the command line accepts both spellings):
+
+* ``resize`` (``wsol``, Choe et al., CVPR 2020): the whole image resized to input x input; GT boxes
+  with their ``resize_bbox`` truncation; threshold sweep ``np.arange(0, 1, interval)``; Choe's box
+  rule (uint8 map > int(t * max), RETR_TREE); inclusive IoU. GT-known Loc is taken at the best
   threshold of the IoU-50 largest-contour sweep, or at ``--threshold`` (chosen on a held-out
   split, as Choe et al. recommend).
-* ``spol`` (SPOL's test step, the authors' computation with our fixes): resize 256 x 256, centre
-  crop 224; GT boxes clipped to the image (W - 1, H - 1) then to [0, 224] in the crop, as the
-  authors' albumentations pipeline does (``utils.data.spol_gt_boxes``); fixed absolute threshold
-  (``--threshold``, default 0.2, SPOL used 0.8 on ImageNet) with SPOL's box rule (float32 map > t,
-  RETR_TREE, largest contour, ``[x, y, x + w, y + h]``: ``utils.cam.spol_box``); the authors' IoU
-  (exclusive, ``utils.metrics.spol_iou``). Fixes: every image is counted (no contour, or no GT
-  box left in the crop = a miss) and IoU ``>=`` 0.5 by default.
-* ``spol-official``: the authors' accuracy exactly: images with no contour or no GT box left are
-  SKIPPED (left out of the denominator; ``num_skipped`` says how many) and IoU ``> 0.5`` (always,
-  whatever ``--iou-compare`` says). Both SPOL protocols list every image's IoU / hit / skip reason (``per_image``).
+* ``center_crop`` (``spol``, SPOL's test step, the authors' computation with our fixes): resize
+  256 x 256, centre crop 224; GT boxes clipped to the image (W - 1, H - 1) then to [0, 224] in the
+  crop, as the authors' albumentations pipeline does (``CenterCrop.gt_boxes``); a fixed absolute
+  threshold (``--threshold``, required: SPOL's are in ``configs/spol_*.yaml``, 0.2 CUB, 0.8
+  ImageNet) with SPOL's box rule (float32 map > t, RETR_TREE, largest contour,
+  ``[x, y, x + w, y + h]``: ``utils.cam.spol_box``); the authors' IoU (exclusive,
+  ``utils.metrics.spol_iou``). Fixes: every image is counted (no contour, or no GT box left in the
+  crop = a miss) and IoU ``>=`` 0.5 by default.
+* ``spol_official`` (``spol-official``): the authors' accuracy exactly: images with no contour or no
+  GT box left are SKIPPED (left out of the denominator; ``num_skipped`` says how many) and IoU
+  ``inter / (union + 1e-12) > 0.5`` (always, whatever ``--iou-compare`` says). Both SPOL protocols
+  list every image's IoU / hit / skip reason (``per_image``).
 
-Both protocols also report MaxBoxAcc / MaxBoxAccV2 (Choe's sweep over the same maps, the
+Every protocol also reports MaxBoxAcc / MaxBoxAccV2 (Choe's sweep over the same maps, the
 protocol's GT boxes) and PxAP when the records have GT masks (CUB segmentations: any pixel > 0
 is foreground, i.e. marked by at least one annotator).
+
+A map with no pixel above a threshold: MaxBoxAcc / MaxBoxAccV2 keep Choe et al.'s placeholder box
+``[0, 0, 0, 0]`` and compute its IoU like any box, so it is a HIT when a ground-truth box sits in the
+top-left corner (kept for equality with their numbers); GT-known / Top-k Loc count such an image as
+a MISS (``LocalizationMeter`` drops the placeholder; the SPOL protocols never compute its IoU).
 
 Commands::
 
     python -m utils.evaluate --data-root dataset/CUB_200_2011 --layout cub --split test \\
-        --scoremaps output/spol/cub/seg/scoremaps --protocol spol --threshold 0.2 \\
+        --scoremaps output/spol/cub/seg/scoremaps --protocol center_crop --threshold 0.2 \\
         --predictions output/spol/cub/cls/predictions.csv --output output/spol/cub/seg/eval.json
     python -m utils.evaluate --data-root dataset/ILSVRC --layout metadata --metadata-root metadata/ILSVRC \\
-        --split val --scoremaps DIR --protocol wsol --workers 8 --output val.json
+        --split val --scoremaps DIR --protocol resize --workers 8 --output val.json
 
 ``--workers N`` evaluates images in N processes (same numbers, any N).
 """
@@ -51,29 +64,44 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.cam import boxes_from_maps, spol_box
-from utils.data import load_gt_mask, load_records, spol_gt_boxes, transform_boxes
+from utils.layouts import load_records
 from utils.errors import DataError
 from utils.io import atomic_write_json, atomic_write_text
-from utils.metrics import (BoxAccumulator, LocalizationMeter, PxAPAccumulator, best_iou_per_threshold,
-                           cam_threshold_list, check_scoremap_validity, spol_iou)
+from utils.metrics import (BoxAccumulator, PxAPAccumulator, best_iou_per_threshold,
+                           cam_threshold_list, check_scoremap_validity)
 from utils.predictions import read_cls_results, read_predictions
-
-PROTOCOLS = ("wsol", "spol", "spol-official")
-SPOL_PROTOCOLS = ("spol", "spol-official")
+from utils.protocol import CHOICES as PROTOCOLS
+from utils.protocol import get_protocol
 SCOREMAP_PRODUCER = "the localization stage's test step (it saves one .npy score map per image)"
 
 
 def scoremap_path(scoremap_dir, image_id: str) -> Path:
+    """Where this repository writes the map of ``image_id``: ``<dir>/<id without extension>.npy``."""
     return Path(scoremap_dir) / (os.path.splitext(image_id)[0] + ".npy")
+
+
+def choe_scoremap_path(scoremap_dir, image_id: str) -> Path:
+    """Where Choe et al.'s ``inference.py`` writes it: ``np.save(<dir>/<image_id>)``, i.e. ``<dir>/<id>.npy``
+    with the image's extension kept (``test/x.jpg`` -> ``test/x.jpg.npy``)."""
+    return Path(scoremap_dir) / (image_id + ".npy")
+
+
+def find_scoremap(scoremap_dir, image_id: str) -> Path:
+    """The map file of ``image_id`` under either name (ours first); ours when neither exists."""
+    ours = scoremap_path(scoremap_dir, image_id)
+    if ours.is_file():
+        return ours
+    theirs = choe_scoremap_path(scoremap_dir, image_id)
+    return theirs if theirs.is_file() else ours
 
 
 def load_scoremap(source, image_id: str, input_size: int) -> np.ndarray:
     """The checked float64 score map of ``image_id`` from a directory, a mapping or a callable."""
     if isinstance(source, (str, os.PathLike)):
-        path = scoremap_path(source, image_id)
+        path = find_scoremap(source, image_id)
         if not path.is_file():
-            raise DataError.at(path, None, f"score map not found (written by {SCOREMAP_PRODUCER})")
+            raise DataError.at(path, None, f"score map not found (nor {choe_scoremap_path(source, image_id)}, "
+                                           f"Choe et al.'s name; written by {SCOREMAP_PRODUCER})")
         try:
             scoremap = np.load(path, allow_pickle=False)
         except Exception as exc:  # truncated file, pickled object, not an .npy
@@ -98,22 +126,18 @@ def load_scoremap(source, image_id: str, input_size: int) -> np.ndarray:
 class _ImageJob:
     """Per-image work, picklable so that worker processes can run it."""
 
-    def __init__(self, source, protocol, input_size, resize_size, cam_curve_interval, fixed_threshold, with_masks):
+    def __init__(self, source, protocol, cam_curve_interval, fixed_threshold, with_masks):
         self.source, self.protocol = source, protocol
-        self.input_size, self.resize_size = input_size, resize_size
+        self.input_size = protocol.input_size
         self.cam_curve_interval = cam_curve_interval
         self.thresholds = cam_threshold_list(cam_curve_interval)
         self.fixed_threshold, self.with_masks = fixed_threshold, with_masks
 
     def gt_boxes(self, record):
-        if self.protocol in SPOL_PROTOCOLS:
-            return spol_gt_boxes(record.boxes, record.size, self.input_size, self.resize_size)
-        return transform_boxes(record.boxes, record.size, self.protocol, self.input_size, self.resize_size)
+        return self.protocol.gt_boxes(record.boxes, record.size)
 
     def fixed_boxes(self, scoremap, threshold):
-        if self.protocol in SPOL_PROTOCOLS:
-            return spol_box(scoremap, threshold)  # [x, y, x + w, y + h] or None (no contour)
-        return boxes_from_maps(scoremap, threshold)[0]
+        return self.protocol.box(scoremap, threshold)  # [0, 0, 0, 0] = no box
 
     def sweep(self, record):
         scoremap = load_scoremap(self.source, record.image_id, self.input_size)
@@ -124,9 +148,7 @@ class _ImageJob:
             out["boxes"] = self.fixed_boxes(scoremap, self.fixed_threshold)
         if self.with_masks:
             px = PxAPAccumulator(self.cam_curve_interval)
-            geometry = "spol" if self.protocol in SPOL_PROTOCOLS else self.protocol
-            px.accumulate(scoremap, load_gt_mask(record, geometry, self.input_size, self.resize_size),
-                          path=record.mask_path)
+            px.accumulate(scoremap, self.protocol.gt_mask(record), path=record.mask_path)
             out["px"] = px.state()
         return out
 
@@ -166,24 +188,26 @@ def _worker_init():
     cv2.setNumThreads(1)
 
 
-def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval: float = 0.001,
+def evaluate_scoremaps(records, scoremaps, protocol, *, cam_curve_interval: float = 0.001,
                        threshold: float | None = None, predictions=None, iou_threshold: float = 0.5,
                        iou_compare: str = ">=", inclusive_iou: bool = True, input_size: int = 224,
                        resize_size: int = 256, split: str = "", workers: int = 0) -> dict:
-    """Evaluate score maps of ``records`` (list of utils.data.Record) and return the results dict.
+    """Evaluate score maps of ``records`` (list of utils.layouts.Record) and return the results dict.
 
-    ``scoremaps``: a directory of ``<id stem>.npy`` files, a mapping ``image_id -> map`` or a
+    ``protocol``: a name of :mod:`utils.protocol` (either spelling) or a protocol object (then
+    ``input_size``/``resize_size`` are its own). ``scoremaps``: a directory of ``<id stem>.npy``
+    (or Choe et al.'s ``<image id>.npy``) files, a mapping ``image_id -> map`` or a
     callable ``image_id -> map`` (2-D, [0, 1], input_size x input_size). ``threshold``: the box
-    threshold for GT-known / Top-k Loc (required for "spol"; for "wsol" None = the best threshold
+    threshold for GT-known / Top-k Loc (required for the SPOL protocols; for "resize" None = the best threshold
     of the IoU-50 largest-contour sweep). ``predictions``: a ``read_predictions`` dict or a path to
     predictions.csv (adds top1_loc / top5_loc). ``workers`` > 1 uses processes (directory only).
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol == "spol-official":
-        iou_compare = ">"  # the authors' strict comparison, whatever was asked
-    if protocol in SPOL_PROTOCOLS and threshold is None:
-        raise ValueError("protocol 'spol' needs a fixed threshold (SPOL: 0.2 on CUB, 0.8 on ImageNet)")
+    protocol = get_protocol(protocol, input_size, resize_size)
+    input_size = protocol.input_size
+    iou_compare = protocol.iou_compare or iou_compare  # spol_official: the authors' '>', whatever was asked
+    if protocol.needs_threshold and threshold is None:
+        raise ValueError(f"protocol '{protocol.name}' needs a fixed threshold (--threshold; SPOL's: "
+                         "configs/spol_*.yaml seg_test.spol_threshold, 0.2 CUB, 0.8 ImageNet)")
     records = list(records)
     if not records:
         raise ValueError("no records to evaluate")
@@ -208,7 +232,7 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
         workers = 0  # in-memory maps stay in this process
     thresholds = cam_threshold_list(cam_curve_interval)
     with_masks = all(r.mask_path is not None for r in records)
-    job = _ImageJob(scoremaps, protocol, input_size, resize_size, cam_curve_interval, threshold, with_masks)
+    job = _ImageJob(scoremaps, protocol, cam_curve_interval, threshold, with_masks)
 
     maxboxacc = BoxAccumulator(cam_curve_interval, iou_thresholds=(50,), multi_contour=False)
     v2 = BoxAccumulator(cam_curve_interval, iou_thresholds=(30, 50, 70), multi_contour=True)
@@ -234,18 +258,10 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
     finally:
         runner.close(failed)
 
-    outcomes = None
-    if protocol in SPOL_PROTOCOLS:
-        outcomes = spol_hits(fixed, [job.gt_boxes(r) for r in records], official=protocol == "spol-official",
-                             iou_threshold=iou_threshold, iou_compare=iou_compare)
-        loc = spol_accuracy(outcomes, flags)
-    else:
-        meter = LocalizationMeter(iou_threshold, iou_compare, inclusive_iou)
-        meter.update(fixed, [job.gt_boxes(r) for r in records],
-                     *(zip(*flags) if flags is not None else (None, None)))
-        loc = meter.compute()
+    loc, outcomes = protocol.score(fixed, [job.gt_boxes(r) for r in records], flags, iou_threshold=iou_threshold,
+                                   iou_compare=iou_compare, inclusive_iou=inclusive_iou)
 
-    results = {"protocol": protocol, "split": split, "num_images": len(records),
+    results = {"protocol": protocol.label, "split": split, "num_images": len(records),
                "gt_known_loc": loc["gt_known_loc"]}
     if flags is not None:
         results["top1_loc"], results["top5_loc"] = loc["top1_loc"], loc["top5_loc"]
@@ -269,10 +285,10 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
         "threshold_used": threshold_used,
         "threshold_source": "fixed" if threshold is not None else "best of the IoU-50 sweep on this split",
         "iou_threshold": iou_threshold, "iou_compare": iou_compare,
-        "iou_convention": ("exclusive (SPOL authors' IoU)" if protocol in SPOL_PROTOCOLS
+        "iou_convention": ("exclusive (SPOL authors' IoU)" if not protocol.inclusive_iou
                            else "inclusive" if inclusive_iou else "exclusive"),
         "cam_curve_interval": cam_curve_interval, "input_size": input_size,
-        "resize_size": resize_size if protocol in SPOL_PROTOCOLS else None,
+        "resize_size": protocol.meta()["resize_size"],
         "num_images_without_gt_box": int(sum(len(job.gt_boxes(r)) == 0 for r in records)),
         "curves": {"thresholds": [float(t) for t in thresholds],
                    "maxboxacc_iou50": box["curve"][50].tolist(),
@@ -283,46 +299,6 @@ def evaluate_scoremaps(records, scoremaps, protocol: str, *, cam_curve_interval:
         results["curves"]["pxap_precision"] = [None if np.isnan(v) else float(v) for v in px["precision"]]
         results["curves"]["pxap_recall"] = px["recall"].tolist()
     return results
-
-
-def spol_hits(pred_boxes, gt_boxes, *, official: bool, iou_threshold: float = 0.5, iou_compare: str = ">="):
-    """Per-image outcome of the SPOL authors' accuracy loop.
-
-    ``pred_boxes``: per image a box ``[x0, y0, x1, y1]`` or None (no contour); ``gt_boxes``: per image
-    an ``(M, 4)`` array (:func:`utils.data.spol_gt_boxes`). IoU is :func:`utils.metrics.spol_iou`, the
-    max over the image's GT boxes. Returns a list of dicts ``{"iou", "hit", "skipped"}``: with
-    ``official`` an image with no GT box left or no contour is SKIPPED (``skipped`` names why; their
-    script leaves it out of every count), otherwise it is a miss. ``iou_compare`` ">" is theirs.
-    ``official`` keeps their ``union + 1e-12``; otherwise the IoU is ``inter / union`` so that an IoU
-    of exactly 0.5 passes ``>=``.
-    """
-    if iou_compare not in (">=", ">"):
-        raise ValueError(f"iou_compare must be '>=' or '>', got {iou_compare!r}")
-    out = []
-    for pred, gts in zip(pred_boxes, gt_boxes):
-        gts = np.asarray(gts, np.float64).reshape(-1, 4)
-        skipped = "no GT box in the crop" if len(gts) == 0 else ("no contour" if pred is None else None)
-        if skipped is not None:
-            out.append({"iou": None, "hit": False, "skipped": skipped if official else None})
-            continue
-        iou = max(spol_iou(pred, gt, eps=1e-12 if official else 0.0) for gt in gts)
-        hit = iou > iou_threshold if iou_compare == ">" else iou >= iou_threshold
-        out.append({"iou": float(iou), "hit": bool(hit), "skipped": None})
-    return out
-
-
-def spol_accuracy(outcomes, flags=None) -> dict:
-    """GT-known / Top-1 / Top-5 Loc (percent) of :func:`spol_hits` outcomes over the images NOT
-    skipped, as the authors' ``cnt_loc / cnt`` (``flags``: per image ``(top1, top5)`` or None)."""
-    kept = [i for i, o in enumerate(outcomes) if o["skipped"] is None]
-    n = len(kept)
-    pct = (lambda h: 100.0 * h / n) if n else (lambda h: float("nan"))
-    res = {"gt_known_loc": pct(sum(outcomes[i]["hit"] for i in kept)), "num_counted": n,
-           "num_skipped": len(outcomes) - n}
-    if flags is not None:
-        res["top1_loc"] = pct(sum(outcomes[i]["hit"] and bool(flags[i][0]) for i in kept))
-        res["top5_loc"] = pct(sum(outcomes[i]["hit"] and bool(flags[i][1]) for i in kept))
-    return res
 
 
 def format_table(results: dict) -> str:
@@ -348,14 +324,14 @@ def format_table(results: dict) -> str:
 
 
 def main(args) -> dict:
-    threshold = args.threshold
-    if args.protocol in SPOL_PROTOCOLS and threshold is None:
-        threshold = 0.8 if args.layout == "ilsvrc" else 0.2
+    if get_protocol(args.protocol).needs_threshold and args.threshold is None:
+        raise ValueError(f"--protocol {args.protocol} needs --threshold (SPOL's: 0.2 on CUB, 0.8 on ImageNet, "
+                         "configs/spol_*.yaml seg_test.spol_threshold)")
     records = load_records(args.data_root, args.layout, args.split, metadata_root=args.metadata_root,
                            exclude_ids=args.exclude_ids)
     results = evaluate_scoremaps(
         records, args.scoremaps, args.protocol, cam_curve_interval=args.cam_curve_interval,
-        threshold=threshold, predictions=args.predictions, iou_threshold=args.iou_threshold,
+        threshold=args.threshold, predictions=args.predictions, iou_threshold=args.iou_threshold,
         iou_compare=args.iou_compare, inclusive_iou=args.iou_convention == "inclusive",
         input_size=args.input_size, resize_size=args.resize_size, split=args.split, workers=args.workers)
     results["scoremaps"] = os.path.abspath(args.scoremaps)

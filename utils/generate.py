@@ -15,7 +15,7 @@ object useful to a classifier (as plumage is in CUB). The defaults are those of 
 head alone (part domination) and its boxes cover the head only. The background holds smooth coloured noise, random shapes and distractors: headless
 bird bodies (object-like, but without the class part). Segmentation masks cover the bird only.
 
-Layout written (the same files and formats as CUB-200-2011, so ``utils.data.load_records(root,
+Layout written (the same files and formats as CUB-200-2011, so ``utils.layouts.load_records(root,
 "cub", split)`` reads it like the real dataset)::
 
     classes.txt              "<class id> <NNN.Name>"            (1-based ids)

@@ -434,7 +434,7 @@ def spol_iou(a, b, eps: float = 1e-12) -> float:
     """IoU as the SPOL authors compute it (``utils/tools.py: IoU``): exclusive coordinates
     (``width = x1 - x0``), 0 when the boxes do not overlap, ``inter / (union + eps)``; python floats,
     the same operations in the same order. With their ``eps = 1e-12`` an IoU of exactly one half
-    computes as 0.4999999999999995, so ``>= 0.5`` would still reject it: our ``spol`` protocol uses
+    computes as 0.4999999999999995, so ``>= 0.5`` would still reject it: our ``center_crop`` (``spol``) protocol uses
     ``eps=0``."""
     xmin_a, ymin_a, xmax_a, ymax_a = (float(v) for v in a)
     xmin_b, ymin_b, xmax_b, ymax_b = (float(v) for v in b)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, add_alias
+from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
 
-# utils.evaluate.PROTOCOLS (that module loads torch; tests/test_cli.py checks the two agree)
-EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official")
 ARCHS = ("vgg16", "inception_v3", "resnet50", "densenet161", "efficientnet_b7")
 
 
 def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argparse.ArgumentParser:
     """Options of a classification stage (train: optimiser and augmentation; test: views)."""
     g = parser.add_argument_group("classifier")
-    g.add_argument("--arch", type=str, default="efficientnet_b7", choices=ARCHS, help="torchvision classifier")
+    add_alias(g, "--arch", g.add_argument("--backbone", type=str, default="efficientnet_b7", choices=ARCHS,
+                                          help="torchvision classifier (formerly --arch)"))
     g.add_argument("--split", type=str, default="train" if train else "test", help="dataset split")
-    g.add_argument("--resize", type=int, default=256, help="images are resized to resize x resize")
-    g.add_argument("--crop", type=int, default=None,
-                   help="crop size (train: random crop; test: centre crop, or the ten-crop size)")
+    add_alias(g, "--resize", g.add_argument("--resize-size", type=int, default=256,
+                                            help="images are resized to N x N (formerly --resize)"))
+    add_alias(g, "--crop", g.add_argument("--input-size", type=int, default=None,
+                                          help="crop size (train: random crop; test: centre crop, or the ten-crop "
+                                               "size; none: the resized image is the input; formerly --crop)"))
     if train:
         g.add_argument("--lr", type=float, default=0.05, help="lr of the new classification layer")
         g.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of every other layer")
@@ -34,7 +36,7 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
                        help="weights (model.pth of the train step); 'pretrained' = the ImageNet "
                             "weights from resource/ as they are (1000 classes)")
         g.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=False,
-                       help="average the softmax of ten crops of size --crop")
+                       help="average the softmax of ten crops of size --input-size")
     return parser
 
 
@@ -48,18 +50,19 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True)
     p.add_argument("--exclude-ids", nargs="*", default=(),
                    help="image ids / file names left out (SPOL leaves out ILSVRC2012_val_00033202.JPEG)")
-    p.add_argument("--scoremaps", required=True, help="folder of <image id stem>.npy score maps")
+    p.add_argument("--scoremaps", required=True, help="folder of score maps: <image id stem>.npy (ours) or <image id>.npy (Choe et al.'s)")
     p.add_argument("--protocol", required=True, choices=EVALUATE_PROTOCOLS)
     p.add_argument("--cam-curve-interval", type=float, default=0.001)
     p.add_argument("--threshold", type=float, default=None,
-                   help="fixed box threshold (wsol: default = best of the sweep; spol: default 0.2, 0.8 for ilsvrc)")
+                   help="fixed box threshold (resize/wsol: default = best of the sweep; the SPOL protocols need it: "
+                        "0.2 CUB, 0.8 ImageNet, configs/spol_*.yaml)")
     p.add_argument("--predictions", default=None,
                    help="predictions.csv of the classification stage, or the SPOL authors' top1top5.npy")
     p.add_argument("--iou-threshold", type=float, default=0.5)
     p.add_argument("--iou-compare", choices=(">=", ">"), default=">=")
     p.add_argument("--iou-convention", choices=("inclusive", "exclusive"), default="inclusive")
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--resize-size", type=int, default=256, help="spol protocol: resize before the centre crop")
+    p.add_argument("--resize-size", type=int, default=256, help="center_crop/spol protocols: resize before the centre crop")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--output", required=True, help="results JSON; the table goes next to it as .txt")
     return p

@@ -1,8 +1,38 @@
-"""Repository-anchored paths, so that no default depends on the current directory."""
+"""Repository-anchored paths, so that no default depends on the current directory, and the
+hand-off between stages: where a stage writes (``stage_dir``) and the one error for an output of
+another stage that is not there (``require_output``)."""
+from __future__ import annotations
+
+import os
 from pathlib import Path
+
+from utils.errors import MissingFileError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_ROOT = REPO_ROOT / "output"
 RESOURCE_DIR = REPO_ROOT / "resource"
 DATASET_DIR = REPO_ROOT / "dataset"
 CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def stage_dir(method: str, dataset: str, stage: str, *, backbone: str | None = None) -> Path:
+    """Default output folder of a stage: ``output/<method>/<dataset>[/<backbone>]/<stage>``
+    (SPOL: ``output/spol/cub/cam``; SLT-Net, one folder per backbone: ``output/sltnet/cub/vgg16/localizer``)."""
+    folder = OUTPUT_ROOT / method / dataset
+    return (folder / backbone if backbone else folder) / stage
+
+
+def missing_output(path: str | os.PathLike, producer: str, what: str = "") -> MissingFileError:
+    """The error for an output of another stage that is not there: one line naming the file, the
+    stage script that writes it and what to do."""
+    return MissingFileError.at(path, None, f"{what + ' ' if what else ''}not found: run {producer} first "
+                               "(it writes this), or point to the output of a run of it")
+
+
+def require_output(path: str | os.PathLike, producer: str, what: str = "") -> Path:
+    """``path`` (a file or a folder) written by the stage script ``producer`` must exist, else
+    ``missing_output``'s error; returns it as a ``Path``."""
+    path = Path(path)
+    if not path.exists():
+        raise missing_output(path, producer, what)
+    return path

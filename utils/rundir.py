@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from utils.config import renamed_keys
 from utils.errors import RunError
 
 try:
@@ -187,7 +188,7 @@ def saved_identity(checkpoint: str | os.PathLike) -> dict | None:
     """The identity stored in a checkpoint, or None (none stored, or not a checkpoint)."""
     ck = _lazy_checkpoint(checkpoint)
     ident = ck.get("identity") if ck else None
-    return ident if isinstance(ident, dict) and "stage" in ident else None
+    return renamed_keys(ident) if isinstance(ident, dict) and "stage" in ident else None
 
 
 def resume_position(checkpoint, ck: dict, batch_size: int, world_size: int) -> int:
@@ -380,8 +381,9 @@ def _at_exit() -> None:
 # What each test step writes in its --output-dir (utils.config.run_cli names the stage,
 # utils.seeding.setup_run protects the outputs): a function of the resolved options.
 def _seg_outputs(args) -> list[str]:
-    protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
-    return protocols + ["metrics.json", "metrics.txt", "test_args"]
+    from utils.protocol import expand
+
+    return expand(args.protocol) + ["metrics.json", "metrics.txt", "test_args"]
 
 
 TEST_OUTPUTS = {
@@ -395,12 +397,16 @@ TEST_OUTPUTS = {
     "classifier_test": lambda args: ["predictions.csv", "metrics.json", "args.yaml"],
 }
 # The model options a test step reads from its training run (args.yaml, else checkpoint.pth) when
-# they are not given: test step -> (training folder, weights option that bypasses it, option names).
+# they are not given: test step -> (training folder, weights option that bypasses it, option names,
+# input geometry taken when not given). SPOL's test steps read the training run in their own folder.
 _SLT_MODEL = ["backbone", "cam_feature", "extra_conv", "regressor_feature", "regressor_hidden",
               "regressor_final_relu", "share_backbone"]
 _GEOMETRY = ("resize_size", "input_size")
 TEST_INHERITS = {
-    "cls_test": (lambda a: a.output_dir, "checkpoint", ["arch"], ()),
+    # cls: the test input is the whole image resized (no crop unless --input-size is given)
+    "cls_test": (lambda a: a.output_dir, "checkpoint", ["backbone"], ("resize_size",)),
+    "cam_test": (lambda a: a.output_dir, "checkpoint", [], ("resize_size",)),
+    "seg_test": (lambda a: a.output_dir, "checkpoint", [], _GEOMETRY),
     "localizer_test": (lambda a: a.localizer_dir, "weights", _SLT_MODEL, _GEOMETRY),
     "classifier_test": (lambda a: a.classifier_dir, "checkpoint", ["backbone"], _GEOMETRY),
     "regressor_test": (lambda a: getattr(a, f"{a.regressor_source}_dir", None), "weights", _SLT_MODEL, _GEOMETRY),
@@ -420,7 +426,7 @@ def training_options(folder: str | os.PathLike) -> tuple[Path, dict] | None:
         except yaml.YAMLError:
             data = None
         if isinstance(data, dict):
-            return path, data
+            return path, renamed_keys(data)  # an earlier run's args.yaml may use the old names
     path = folder / "checkpoint.pth"
     if path.is_file():
         import torch
@@ -430,7 +436,7 @@ def training_options(folder: str | os.PathLike) -> tuple[Path, dict] | None:
         except Exception:
             return None
         if isinstance(ck, dict) and isinstance(ck.get("args"), dict):
-            return path, ck["args"]
+            return path, renamed_keys(ck["args"])
     return None
 
 

@@ -18,14 +18,15 @@ from utils.config import parse_early
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "classifier_test")
 
-import argparse
 from pathlib import Path
 
-from sltnet.common import load_weights, resolve_args
+from sltnet.common import PRODUCER, resolve_args
 from network import build_classifier
+from utils.checkpoint import load_stage_weights
 from utils.classify import write_classification
 from utils.config import run_cli, save_resolved_config
-from utils.data import build_transform, load_records, num_classes
+from utils.layouts import load_records, num_classes
+from utils.transforms import build_transform
 from utils.distributed import cleanup
 from utils.seeding import setup_run
 from utils.io import atomic_write_json
@@ -41,14 +42,13 @@ def main(args):
     if args.checkpoint == "pretrained":
         model = build_classifier(args.backbone, 1000, "imagenet")
     else:
-        model = build_classifier(args.backbone, num_classes(records), "none")
-        load_weights(model, args.checkpoint or Path(args.classifier_dir) / "model.pth", stage="classifier_train")
+        model = load_stage_weights(build_classifier(args.backbone, num_classes(records), "none"),
+                                   args.checkpoint or Path(args.classifier_dir) / "model.pth", PRODUCER["classifier"])
     model.to(ctx.device)
     transform = (build_transform("resize", resize=args.resize_size) if args.ten_crop else
                  build_transform("center", resize=args.resize_size, crop=args.input_size))
     out = Path(args.output_dir)
-    cls_args = argparse.Namespace(**vars(args), crop=args.input_size)     # utils.classify's ten-crop size
-    result = write_classification(model, records, transform, cls_args, ctx, out / "predictions.csv")
+    result = write_classification(model, records, transform, args, ctx, out / "predictions.csv")
     if ctx.is_main:
         atomic_write_json(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
                                                  "top1_cls": result["top1"], "top5_cls": result["top5"],

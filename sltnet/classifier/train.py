@@ -19,13 +19,11 @@ from utils.config import parse_early
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "classifier_train")
 
-import argparse
-
 from network import build_classifier
 from sltnet.common import resolve_args
 from utils.classify import train_classifier
 from utils.config import run_cli, save_resolved_config
-from utils.data import load_records, num_classes
+from utils.layouts import load_records, num_classes
 from utils.distributed import cleanup
 from utils.seeding import setup_run
 
@@ -42,9 +40,7 @@ def main(args):
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
         print(f"{STAGE}: {args.backbone}, {len(records)} images, {n_classes} classes -> {args.output_dir}", flush=True)
-    # utils.classify's option names (kept out of args.yaml, which must parse back with --config)
-    cls_args = argparse.Namespace(**vars(args), arch=args.backbone, resize=args.resize_size, crop=args.input_size)
-    train_classifier(model, records, cls_args, ctx, stage_name=STAGE)
+    train_classifier(model, records, args, ctx, stage_name=STAGE)
     cleanup(ctx)
     return args.output_dir
 

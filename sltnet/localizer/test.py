@@ -30,10 +30,13 @@ import numpy as np
 import torch
 
 from sltnet.boxes import maps_to_boxes
-from sltnet.common import build_branch, load_weights, localization_map, resolve_args
+from sltnet.common import PRODUCER, build_branch, localization_map, resolve_args
 from utils.cam import normalize_minmax, resize_maps
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform, load_records, num_classes, protocol_geometry, transform_boxes
+from utils.data import WSOLDataset
+from utils.layouts import load_records, num_classes
+from utils.protocol import get_protocol
 from utils.distributed import all_gather_object, cleanup
 from utils.inference import file_writers, gather_lists, run_inference
 from utils.seeding import setup_run
@@ -92,16 +95,14 @@ def main(args):
     out_dir = Path(args.output_dir)
 
     records = load_records(args.data_root, args.layout, args.split)
-    geom = protocol_geometry(args.protocol, args.input_size, args.resize_size)
-    transform = (build_transform("resize", resize=args.input_size) if args.protocol == "wsol" else
-                 build_transform("center", resize=args.resize_size, crop=args.input_size))
-    dataset = WSOLDataset(records, transform)
+    protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
+    dataset = WSOLDataset(records, protocol.transform(pipeline="torchvision"))  # SLT-Net trains with torchvision's
     branch = build_branch(args, num_classes(records), pretrained="none")
-    load_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", stage="localizer")
+    load_stage_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.to(ctx.device)
 
     has_gt = all(len(r.boxes) for r in records)
-    meter = LocalizationMeter(args.iou_threshold, args.iou_compare)
+    meter = LocalizationMeter(args.iou_threshold, args.iou_compare, protocol.inclusive_iou)
 
     def save(item):
         image_id, scoremap = item
@@ -114,8 +115,7 @@ def main(args):
             if has_gt:
                 for i, box in zip(result["index"], result["boxes"]):
                     record = records[int(i)]
-                    gt = transform_boxes(record.boxes, record.size, args.protocol, args.input_size, args.resize_size)
-                    meter.update(box[None], [gt])
+                    meter.update(box[None], [protocol.gt_boxes(record.boxes, record.size)])
             list(saved)
 
         located = localize(model, dataset, ctx, args, consume=consume)
@@ -124,8 +124,7 @@ def main(args):
     if ctx.is_main:
         items.sort(key=lambda t: t[0])
         assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
-        meta = {"protocol": args.protocol, "input_size": args.input_size, "resize_size": args.resize_size,
-                "output_size": list(geom["output_size"]), "box_threshold": args.box_threshold,
+        meta = {**protocol.meta(), "output_size": list(protocol.geometry["output_size"]), "box_threshold": args.box_threshold,
                 "box_rule": args.box_rule, "downsampling_factor": float(model.stride), "backbone": args.backbone,
                 "map": f"top-{args.top_k} ACAM" if args.acam else "GT-class CAM", "split": args.split,
                 "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.cam)"}
@@ -134,10 +133,10 @@ def main(args):
         if has_gt:
             for state in meters[1:]:
                 meter.merge(state)
-            metrics = {"split": args.split, "protocol": args.protocol, **meter.compute(),
+            metrics = {"split": args.split, "protocol": protocol.label, **meter.compute(),
                        "box_threshold": args.box_threshold, "box_rule": args.box_rule}
             if args.maxboxacc and args.scoremaps:
-                results = evaluate_scoremaps(records, out_dir / "scoremaps", args.protocol,
+                results = evaluate_scoremaps(records, out_dir / "scoremaps", protocol,
                                              cam_curve_interval=args.cam_curve_interval,
                                              threshold=args.box_threshold, iou_threshold=args.iou_threshold,
                                              iou_compare=args.iou_compare, input_size=args.input_size,

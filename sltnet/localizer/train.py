@@ -29,7 +29,9 @@ ARGS = parse_early(__name__, get_args_parser, "localizer_train")
 
 from sltnet.common import build_branch, make_branch_loss, resolve_args
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform, load_records, num_classes
+from utils.data import WSOLDataset
+from utils.layouts import load_records, num_classes
+from utils.transforms import build_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer
 from utils.seeding import setup_run

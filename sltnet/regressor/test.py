@@ -30,11 +30,13 @@ import numpy as np
 import torch
 
 from sltnet.boxes import box_divisor, denormalize_boxes
-from sltnet.common import (build_branch, load_weights, require_file, resolve_args, to_uint8_images,
-                           trained_box_encoding)
+from sltnet.common import PRODUCER, build_branch, resolve_args, to_uint8_images, trained_box_encoding
 from sltnet.model import BoxRegressor
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform, load_records, num_classes, transform_boxes
+from utils.data import WSOLDataset
+from utils.layouts import load_records, num_classes
+from utils.protocol import canonical, get_protocol
 from utils.distributed import cleanup
 from utils.inference import gather_lists, run_inference
 from utils.seeding import setup_run
@@ -42,6 +44,7 @@ from utils.evaluate import load_scoremap, scoremap_path
 from utils.errors import DataError
 from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 from utils.metrics import LocalizationMeter
+from utils.paths import require_output
 from utils.predictions import read_boxes_csv, read_predictions, write_boxes_csv
 from utils.visualize import BLUE, GREEN, RED, box_grid
 
@@ -55,16 +58,14 @@ def weights_path(args) -> Path:
 
 def build_predictor(args, num_classes_: int):
     """The regressor (or, with --share-backbone, the whole branch) with its weights loaded."""
-    stage = args.regressor_source
-    path = weights_path(args)
-    require_file(path, stage, "regressor weights")
+    producer = PRODUCER[args.regressor_source]
+    path = require_output(weights_path(args), producer, "regressor weights")
     if args.share_backbone:
-        model = build_branch(args, num_classes_, pretrained="none")
-        load_weights(model, path, stage=stage)
+        model = load_stage_weights(build_branch(args, num_classes_, pretrained="none"), path, producer)
         return model, lambda m, x: m(x)["boxes"]
     model = BoxRegressor(args.backbone, pretrained="none", feature=args.regressor_feature,
                          hidden=args.regressor_hidden, final_relu=args.regressor_final_relu)
-    load_weights(model, path, stage=stage, prefix="regressor.")
+    load_stage_weights(model, path, producer, prefix="regressor.")
     return model, lambda m, x: m(x)
 
 
@@ -80,8 +81,8 @@ def main(args):
         if record.image_id not in predictions:
             raise DataError.at(pred_path, None, f"no prediction for {record.image_id}: rerun "
                                f"sltnet/classifier/test.py --split {args.split} on this dataset")
-    transform = (build_transform("resize", resize=args.input_size) if args.protocol == "wsol" else
-                 build_transform("center", resize=args.resize_size, crop=args.input_size))
+    protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
+    transform = protocol.transform(pipeline="torchvision")  # SLT-Net trains with torchvision's
     model, predict = build_predictor(args, num_classes(records))
     model.to(ctx.device)
     args.box_scale, args.box_stride = trained_box_encoding(args, weights_path(args))
@@ -106,11 +107,11 @@ def main(args):
         items.sort(key=lambda t: t[0])
         assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
         boxes = np.stack([b for _, b in items])
-        gts = [transform_boxes(r.boxes, r.size, args.protocol, args.input_size, args.resize_size) for r in records]
+        gts = [protocol.gt_boxes(r.boxes, r.size) for r in records]
         preds = [predictions[r.image_id] for r in records]
-        meter = LocalizationMeter(args.iou_threshold, args.iou_compare)
+        meter = LocalizationMeter(args.iou_threshold, args.iou_compare, protocol.inclusive_iou)
         meter.update(boxes, gts, [p.top1_correct for p in preds], [p.top5_correct for p in preds])
-        metrics = {"split": args.split, "protocol": args.protocol, "regressor_source": args.regressor_source,
+        metrics = {"split": args.split, "protocol": protocol.label, "regressor_source": args.regressor_source,
                    "box_scale": args.box_scale, "box_stride": args.box_stride,
                    **meter.compute(),
                    "top1_cls": 100.0 * float(np.mean([p.top1_correct for p in preds])),
@@ -119,8 +120,7 @@ def main(args):
         text = "\n".join(f"{k:>18s}  {v}" for k, v in metrics.items())
         atomic_write_text(out_dir / "metrics.txt", text + "\n")
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], boxes,
-                        meta={"protocol": args.protocol, "input_size": args.input_size,
-                              "resize_size": args.resize_size, "source": "regressor", "split": args.split})
+                        meta={**protocol.meta(), "source": "regressor", "split": args.split})
         save_resolved_config(args, out_dir)
         write_grid(out_dir / "grid.png", sorted(shown, key=lambda t: t[0]), records, boxes, gts, args)
         print(text, flush=True)
@@ -135,7 +135,8 @@ def write_grid(path, shown, records, boxes, gts, args) -> None:
     loc_boxes = {}
     if loc_path.is_file():
         loc_boxes, meta = read_boxes_csv(loc_path)
-        if meta.get("protocol") != args.protocol or meta.get("input_size") != args.input_size:
+        if (meta.get("protocol") not in (args.protocol, canonical(args.protocol))
+                or meta.get("input_size") != args.input_size):
             print(f"{STAGE}: {loc_path} was written for another geometry ({meta}); grid without localizer boxes")
             loc_boxes = {}
     elif args.localizer_boxes:
@@ -157,7 +158,7 @@ def write_grid(path, shown, records, boxes, gts, args) -> None:
     if images:
         legend = [("ground-truth box", GREEN)] + ([("localizer-map box", BLUE)] if loc_boxes else []) \
             + [("regressor box (prediction)", RED)]
-        title = f"SLT-Net final test, {args.split} split ({args.protocol} protocol, {args.input_size} px)"
+        title = f"SLT-Net final test, {args.split} split ({canonical(args.protocol)} protocol, {args.input_size} px)"
         atomic_save_png(path, box_grid(images, sets, ids=ids, scoremaps=maps, legend=legend, title=title))
 
 

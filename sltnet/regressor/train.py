@@ -41,7 +41,9 @@ from sltnet.common import boxes_to_image_fraction, crop_flip_boxes, resolve_args
 from sltnet.losses import box_regression_loss
 from sltnet.model import BoxRegressor
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_transform, load_records
+from utils.data import WSOLDataset
+from utils.layouts import load_records
+from utils.transforms import build_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer
 from utils.seeding import setup_run

@@ -5,7 +5,7 @@
     python3 spol/cam/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_cam.pth
 
 Each image is resized to 256 x 256 (no crop; the authors' normalise-then-resize,
-``utils.data.SPOLTransform``) and goes through the CAM model in batches on the device; the
+``utils.transforms.SPOLTransform``) and goes through the CAM model in batches on the device; the
 ground-truth class's map is max-normalised, resized to 256 x 256 and turned into a pseudo mask on
 the CPU (``--mask-workers`` threads) exactly as the authors' script does (``spol/pseudo_mask.py``).
 Output, in this stage's output folder (never in the dataset)::
@@ -38,14 +38,18 @@ import numpy as np
 import torch
 
 from spol import pseudo_mask as pm
-from spol.common import load_split, require, resolve_defaults
-from spol.model import CAMModel, load_spol_weights
+from spol.common import load_split, resolve_defaults
+from spol.model import CAMModel
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_spol_transform, num_classes
+from utils.data import WSOLDataset
+from utils.layouts import num_classes
+from utils.transforms import build_spol_transform
 from utils.distributed import barrier, cleanup
 from utils.inference import run_inference
 from utils.seeding import setup_run
 from utils.io import atomic_save_png, atomic_write, atomic_write_json
+from utils.paths import require_output
 
 
 def cam_step(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +92,7 @@ def save_mask(path: Path, mask_bgr: np.ndarray) -> None:
 
 def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
     """This rank's share of the records -> PNG pseudo masks; returns how many it wrote."""
-    transform = build_spol_transform("resize", resize=args.resize)
+    transform = build_spol_transform("resize", resize=args.resize_size)
     dataset = WSOLDataset(records, transform)
 
     def save(item):
@@ -97,12 +101,13 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
         if not np.isfinite(cam).all():  # a NaN map would be cast into a meaningless PNG
             raise FloatingPointError(f"{record.path}: the CAM model gives a non-finite map (its weights have "
                                      "diverged): retrain with spol/cam/train.py, e.g. with a lower --lr")
-        mask = pm.pseudo_mask_image(cam, record.size, degenerate=getattr(args, "degenerate_contours", "skip"))
+        mask = pm.pseudo_mask_image(cam, record.size, degenerate=getattr(args, "degenerate_contours", "skip"),
+                                    low=args.band[0], high=args.band[1], min_area=args.min_contour_area)
         save_mask(pseudo_mask_path(mask_dir, record.image_id, getattr(args, "mask_format", "png")), mask)
 
     with ThreadPoolExecutor(max(1, args.mask_workers), thread_name_prefix="pseudo-masks") as pool:
         def consume(result) -> int:
-            indices, cams = normalized_cams(result, args.resize)
+            indices, cams = normalized_cams(result, args.resize_size)
             list(pool.map(save, zip(indices, cams)))
             return len(indices)
 
@@ -114,13 +119,12 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
 def main(args):
     resolve_defaults(args, "cam")
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
-    require(checkpoint, "cam_model")
+    require_output(checkpoint, "spol/cam/train.py")
     ctx = setup_run(args)
     if ctx.is_main:  # next to, not over, the train step's args.yaml
         save_resolved_config(args, Path(args.output_dir) / "test_args")
     records = load_split(args, args.split)
-    model = CAMModel(num_classes(records), pretrained="none")
-    load_spol_weights(model, checkpoint, source_stage="spol/cam/train.py")
+    model = load_stage_weights(CAMModel(num_classes(records), pretrained="none"), checkpoint, "spol/cam/train.py")
     model.to(ctx.device)
     mask_dir = Path(args.output_dir) / "pseudo_masks"
     write_pseudo_masks(model, records, args, ctx, mask_dir)
@@ -131,7 +135,7 @@ def main(args):
             "folder": str(mask_dir.resolve()), "format": "PNG (lossless), original image size",
             "channels": {"B": "CAM of the GT class, max-normalised", "G": "Gaussian prior", "R": "zero"},
             "layout": "SPOL authors' (cv2.imwrite of (CAM, Gaussian, 0))", "mask_format": args.mask_format,
-            "work_size": args.resize, "band": [pm.BAND_LOW, pm.BAND_HIGH], "min_contour_area": pm.MIN_CONTOUR_AREA,
+            "work_size": args.resize_size, "band": list(args.band), "min_contour_area": args.min_contour_area,
             "variance_divisor": pm.VARIANCE_DIVISOR, "degenerate_contours": args.degenerate_contours})
         print(f"{len(records)} pseudo masks written to {mask_dir}", flush=True)
     cleanup(ctx)

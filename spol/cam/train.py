@@ -28,7 +28,9 @@ from spol.common import drop_last_needed, load_split, resolve_defaults, spol_par
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
 from spol.model import CAMModel
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_spol_transform, num_classes
+from utils.data import WSOLDataset
+from utils.layouts import num_classes
+from utils.transforms import build_spol_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer
 from utils.seeding import setup_run
@@ -58,7 +60,7 @@ def main(args):
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
-    transform = build_spol_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
     dataset = WSOLDataset(records, transform)
     model = CAMModel(num_classes(records), pretrained=args.pretrained, freeze_stem=args.freeze_stem)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)

@@ -11,8 +11,8 @@ ImageNet-1K (torchvision's pretrained EfficientNet-B7 as it is, no training)::
 
 Writes ``output/spol/<dataset>/cls/predictions.csv`` (``utils/predictions.py`` format: image_id,
 label, pred_top5, top1_correct, top5_correct), read by ``spol/seg/test.py`` for Top-1/Top-5 Loc,
-and ``cls_metrics.json`` (Top-1/Top-5 accuracy). ``--ten-crop --crop C`` averages the softmax of
-ten crops of size C of the image resized to ``--resize``.
+and ``cls_metrics.json`` (Top-1/Top-5 accuracy). ``--ten-crop --input-size C`` averages the softmax
+of ten crops of size C of the image resized to ``--resize-size``.
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ ARGS = parse_early(__name__, get_args_parser, "cls_test")
 from pathlib import Path
 
 from network.backbones import build_classifier
-from spol.common import load_split, require, resolve_defaults
-from utils.checkpoint import load_checkpoint, load_state_dict_checked
+from spol.common import load_split, resolve_defaults
+from utils.checkpoint import load_stage_weights
 from utils.classify import eval_transform, write_classification
 from utils.config import run_cli, save_resolved_config
-from utils.data import num_classes
+from utils.layouts import num_classes
 from utils.distributed import cleanup
 from utils.seeding import setup_run
 from utils.io import atomic_write_json
@@ -39,12 +39,9 @@ def load_classifier(args, classes: int):
     """``--checkpoint pretrained``: the ImageNet classifier from resource/ as it is (1000 classes);
     otherwise a state dict (default ``<output>/model.pth`` of spol/cls/train.py), loaded strictly."""
     if args.checkpoint == "pretrained":
-        return build_classifier(args.arch, 1000, "imagenet")
+        return build_classifier(args.backbone, 1000, "imagenet")
     path = args.checkpoint or str(Path(args.output_dir) / "model.pth")
-    require(path, "cls_model")
-    model = build_classifier(args.arch, classes, "none")
-    load_state_dict_checked(model, load_checkpoint(path, producer="spol/cls/train.py"), source=path)
-    return model
+    return load_stage_weights(build_classifier(args.backbone, classes, "none"), path, "spol/cls/train.py")
 
 
 def main(args):

@@ -6,9 +6,9 @@ per epoch, SGD Nesterov, resize 685 x 685, random crop 600, flip)::
     python3 spol/cls/train.py --config configs/spol_cub.yaml
     torchrun --nproc_per_node 4 spol/cls/train.py --config configs/spol_cub.yaml --batch-size 4
 
-Any backbone of ``network/`` with ``--arch`` (e.g. ``--arch resnet50 --resize 256 --crop 224``).
+Any backbone of ``network/`` with ``--backbone`` (e.g. ``--backbone resnet50 --resize-size 256 --input-size 224``).
 On ImageNet there is no training: ``spol/cls/test.py`` uses the pretrained classifier as it is.
-Needs the ImageNet weights of ``--arch`` in ``resource/`` unless ``--pretrained none``.
+Needs the ImageNet weights of ``--backbone`` in ``resource/`` unless ``--pretrained none``.
 Writes ``output/spol/cub/cls/``: ``model.pth`` (state dict), ``checkpoint.pth``, ``log.jsonl``, ``args.yaml``.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from network.backbones import build_classifier
 from spol.common import load_split, resolve_defaults
 from utils.classify import train_classifier
 from utils.config import run_cli, save_resolved_config
-from utils.data import num_classes
+from utils.layouts import num_classes
 from utils.distributed import cleanup
 from utils.seeding import setup_run
 
@@ -35,7 +35,7 @@ def main(args):
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
-    model = build_classifier(args.arch, num_classes(records), args.pretrained)
+    model = build_classifier(args.backbone, num_classes(records), args.pretrained)
     train_classifier(model, records, args, ctx, stage_name="spol_cls")
     if ctx.is_main:
         print(f"classifier written to {args.output_dir}/model.pth", flush=True)

@@ -5,19 +5,21 @@
     python3 spol/seg/test.py --config configs/spol_cub.yaml --checkpoint PATH/TO/released_cub_seg.pth
     python3 spol/seg/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_imagenet_seg.pth
 
-Protocols (``--protocol spol|spol-official|wsol|both``; both = spol + wsol), each in its own folder
-``<output>/<protocol>/``:
+Protocols (``utils.protocol``; ``--protocol spol|spol-official|wsol|both`` or the neutral names
+``center_crop|spol_official|resize``; both = spol + wsol), each in its own folder ``<output>/<protocol
+as given>/``:
 
-* ``spol``: the authors' accuracy computation with our fixes. Input as theirs (normalise, resize
-  256 x 256 INTER_LINEAR, centre crop 224: ``utils.data.SPOLTransform``), sigmoid map > 0.2 (CUB) /
-  0.8 (ImageNet), RETR_TREE, largest contour, box ``[x, y, x + w, y + h]``; GT boxes clipped to
-  W - 1 / H - 1, then to [0, 224] in the crop; their exclusive IoU. Fixes: every image counts (no
-  contour or no GT box left = a miss), IoU ``>=`` 0.5 (``--iou-compare '>'`` is theirs).
-* ``spol-official``: exactly the authors' computation: images with no contour or no GT box left
-  are skipped (``num_skipped`` in metrics.json), IoU ``> 0.5``.
-* ``wsol`` (Choe et al., CVPR 2020): whole image at 224 x 224, Choe's box rule at a threshold chosen
-  on ``--threshold-split`` (a held-out fully supervised split, e.g. CUBV2 ``val`` with
-  ``--threshold-layout metadata``); without it the threshold is the best one on the test split
+* ``spol`` = ``center_crop``: the authors' accuracy computation with our fixes. Input as theirs
+  (normalise, resize 256 x 256 INTER_LINEAR, centre crop 224: ``utils.transforms.SPOLTransform``),
+  sigmoid map > 0.2 (CUB) / 0.8 (ImageNet; ``configs/spol_*.yaml`` seg_test.spol_threshold),
+  RETR_TREE, largest contour, box ``[x, y, x + w, y + h]``; GT boxes clipped to W - 1 / H - 1, then
+  to [0, 224] in the crop; their exclusive IoU. Fixes: every image counts (no contour or no GT box
+  left = a miss), IoU ``>=`` 0.5 (``--iou-compare '>'`` is theirs).
+* ``spol-official`` = ``spol_official``: exactly the authors' computation: images with no contour
+  or no GT box left are skipped (``num_skipped`` in metrics.json), IoU ``> 0.5``.
+* ``wsol`` = ``resize`` (Choe et al., CVPR 2020): whole image at 224 x 224, Choe's box rule at a
+  threshold chosen on ``--threshold-split`` (a held-out fully supervised split, e.g. CUBV2 ``val``
+  with ``--threshold-layout metadata``); without it the threshold is the best one on the test split
   itself, and metrics.json says so. Also MaxBoxAcc, MaxBoxAccV2 and PxAP (CUB masks).
 
 Top-1/Top-5 Loc use ``--cls-results PATH``: our ``predictions.csv`` (default
@@ -44,23 +46,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spol.common import dataset_name, default_path, load_split, require, resolve_defaults
-from spol.model import SegModel, load_spol_weights
+from spol.common import dataset_name, default_path, load_split, resolve_defaults, spol_config
+from spol.model import SegModel
 from spol.visualize import write_grid
-from utils.cam import boxes_from_maps, spol_box
+from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_spol_transform, build_transform
+from utils.data import WSOLDataset
 from utils.distributed import all_gather_object, barrier, cleanup
 from utils.inference import file_writers, run_inference
 from utils.seeding import setup_run
 from utils.errors import DataError
-from utils.evaluate import SPOL_PROTOCOLS, evaluate_scoremaps, format_table, load_scoremap, scoremap_path
+from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from utils.paths import require_output
 from utils.predictions import read_cls_results, write_boxes_csv
+from utils.protocol import expand as expand_protocols
+from utils.protocol import get_protocol
 
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
-SPOL_THRESHOLD = {"cub": 0.2, "imagenet": 0.8}
 
 
 def scoremap_step(model, batch, *, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +74,15 @@ def scoremap_step(model, batch, *, size: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.as_tensor(batch["index"]), torch.sigmoid(logits[:, 0])
 
 
+def protocol_of(args, protocol: str):
+    """The :mod:`utils.protocol` object of ``protocol`` at this run's sizes."""
+    return get_protocol(protocol, args.input_size, args.resize_size)
+
+
 def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> None:
-    """This rank's share of the records -> ``out_dir/<id stem>.npy`` at the protocol geometry."""
-    transform = (build_spol_transform("center", resize=args.resize, crop=args.crop) if protocol in SPOL_PROTOCOLS
-                 else build_transform("resize", resize=args.crop))
+    """This rank's share of the records -> ``out_dir/<id stem>.npy`` at the protocol geometry
+    (its own transform: the authors' pipeline for the SPOL protocols, torchvision's for resize)."""
+    dataset = WSOLDataset(records, protocol_of(args, protocol).transform())
 
     def save(item):
         i, scoremap = item
@@ -84,7 +93,7 @@ def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> 
             indices, maps = result
             list(writers.map(save, zip(indices.tolist(), maps.cpu().numpy())))
 
-        run_inference(model, WSOLDataset(records, transform), lambda m, batch: scoremap_step(m, batch, size=args.crop),
+        run_inference(model, dataset, lambda m, batch: scoremap_step(m, batch, size=args.input_size),
                       ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
                       desc=f"score maps ({protocol})", consume=consume)
 
@@ -93,8 +102,8 @@ def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold:
                     predictions_path: str) -> str:
     cmd = ["python", "-m", "utils.evaluate", "--data-root", os.path.abspath(args.data_root), "--layout",
            args.layout, "--split", split, "--scoremaps", os.path.abspath(scoremaps), "--protocol", protocol,
-           "--threshold", repr(float(threshold)), "--input-size", str(args.crop),
-           "--resize-size", str(args.resize), "--iou-threshold", str(args.iou_threshold),
+           "--threshold", repr(float(threshold)), "--input-size", str(args.input_size),
+           "--resize-size", str(args.resize_size), "--iou-threshold", str(args.iou_threshold),
            "--iou-compare", iou_compare_of(args, protocol), "--iou-convention", args.iou_convention,
            "--cam-curve-interval", str(args.cam_curve_interval), "--output", os.path.abspath(output)]
     if args.metadata_root:
@@ -106,16 +115,14 @@ def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold:
 
 def iou_compare_of(args, protocol: str) -> str:
     """spol-official: always the authors' '>'; otherwise --iou-compare (default '>=')."""
-    if protocol == "spol-official":
-        return ">"
-    return args.iou_compare or ">="
+    return protocol_of(args, protocol).iou_compare or args.iou_compare or ">="
 
 
 def score(records, protocol: str, maps_dir: Path, threshold, args, predictions, split: str) -> dict:
     return evaluate_scoremaps(records, maps_dir, protocol, cam_curve_interval=args.cam_curve_interval,
                               threshold=threshold, predictions=predictions, iou_threshold=args.iou_threshold,
                               iou_compare=iou_compare_of(args, protocol), inclusive_iou=args.iou_convention == "inclusive",
-                              input_size=args.crop, resize_size=args.resize, split=split,
+                              input_size=args.input_size, resize_size=args.resize_size, split=split,
                               workers=args.eval_workers)
 
 
@@ -125,7 +132,8 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
     maps_dir = out / "scoremaps"
     write_scoremaps(model, records, protocol, maps_dir, args, ctx)
     threshold, source = None, None
-    if protocol in SPOL_PROTOCOLS:
+    proto = protocol_of(args, protocol)
+    if proto.needs_threshold:
         threshold = args.spol_threshold
         source = "SPOL's fixed threshold"
     elif args.threshold_split:
@@ -152,12 +160,7 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
                                                  results["threshold_used"], out / "rescored.json", predictions_path)
     boxes = {}  # one map in memory at a time (ImageNet: 50k maps)
     for r in records:
-        scoremap = load_scoremap(maps_dir, r.image_id, args.crop)
-        if protocol in SPOL_PROTOCOLS:
-            box = spol_box(scoremap, results["threshold_used"])
-            boxes[r.image_id] = np.asarray(box if box is not None else [0, 0, 0, 0], np.int64)
-        else:
-            boxes[r.image_id] = boxes_from_maps(scoremap[None], results["threshold_used"])[0][0]
+        boxes[r.image_id] = proto.box(load_scoremap(maps_dir, r.image_id, args.input_size), results["threshold_used"])
     if "per_image" in results:  # the per-image hit list of the SPOL protocols, beside metrics.json
         per_image = results.pop("per_image")
         lines = ["image_id,iou,hit,skipped"] + [
@@ -165,20 +168,13 @@ def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path
             for o in per_image]
         atomic_write_text(out / "hits.csv", "\n".join(lines) + "\n")
     write_boxes_csv(out / "boxes.csv", [r.image_id for r in records], [boxes[r.image_id] for r in records],
-                    meta={"protocol": protocol, "input_size": args.crop,
-                          "resize_size": args.resize if protocol == "spol" else None,
-                          "threshold": results["threshold_used"],
-                          "box_rule": "float32 map > t, RETR_TREE, largest contour (SPOL authors')"
-                          if protocol in SPOL_PROTOCOLS else "Choe et al.: uint8 map > int(t * max), largest contour",
-                          "convention": "x0,y0,x1,y1 input pixels, x1 = x0 + w (exclusive), the authors' IoU; "
-                                        "0,0,0,0 = no contour" if protocol in SPOL_PROTOCOLS else
-                                        "x0,y0,x1,y1 input pixels, x1 = min(x0 + w, W - 1), inclusive IoU"})
+                    meta={**proto.meta(), "threshold": results["threshold_used"], "box_rule": proto.box_rule,
+                          "convention": proto.box_convention})
     atomic_write_json(out / "metrics.json", results)
     atomic_write_text(out / "metrics.txt", format_table(results) + f"threshold source: {source}\n")
     shown = records[:args.grid_images]
-    write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.crop) for r in shown},
-               boxes, "spol" if protocol in SPOL_PROTOCOLS else protocol, args.crop, args.resize,
-               max_images=args.grid_images)
+    write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.input_size) for r in shown},
+               boxes, proto, max_images=args.grid_images)
     return results
 
 
@@ -186,26 +182,26 @@ def main(args):
     resolve_defaults(args, "seg")
     name = dataset_name(args)
     if args.spol_threshold is None:
-        args.spol_threshold = SPOL_THRESHOLD[name]
+        args.spol_threshold = spol_config(name, "seg_test")["spol_threshold"]
     if args.cls_results:
         predictions_path = str(Path(args.cls_results))
         if not Path(predictions_path).is_file():
             raise DataError.at(predictions_path, None, "--cls-results: not found (a predictions.csv of "
                                "spol/cls/test.py or the SPOL authors' top1top5.npy)")
     else:
-        predictions_path = str(require(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
-                                       "predictions"))
+        predictions_path = str(require_output(Path(default_path(args.cls_dir, args, "cls")) / "predictions.csv",
+                                              "spol/cls/test.py"))
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
-    require(checkpoint, "seg_model")
+    require_output(checkpoint, "spol/seg/train.py")
     ctx = setup_run(args)
     if ctx.is_main:  # next to, not over, the train step's args.yaml
         save_resolved_config(args, Path(args.output_dir) / "test_args")
     records = load_split(args, args.split)
     # checked before inference: every image of the split has its result (our csv or the authors' npy)
     read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")
-    model = load_spol_weights(SegModel(pretrained="none"), checkpoint, source_stage="spol/seg/train.py")
+    model = load_stage_weights(SegModel(pretrained="none"), checkpoint, "spol/seg/train.py")
     model.to(ctx.device)
-    protocols = ["spol", "wsol"] if args.protocol == "both" else [args.protocol]
+    protocols = expand_protocols(args.protocol)
     summary = {}
     for protocol in protocols:
         summary[protocol] = evaluate_protocol(model, records, protocol, args, ctx, predictions_path)
@@ -217,7 +213,7 @@ def main(args):
         report["paper"] = PAPER[name]
         report["checkpoint"] = str(Path(checkpoint).resolve())
         atomic_write_json(Path(args.output_dir) / "metrics.json", report)
-        text = "".join(f"== {p} protocol ==\n" + format_table(r) for p, r in summary.items())
+        text = "".join(f"== protocol {p} ==\n" + format_table(r) for p, r in summary.items())
         text += "paper (SPOL protocol): " + ", ".join(f"{k} {v}" for k, v in PAPER[name].items()) + "\n"
         atomic_write_text(Path(args.output_dir) / "metrics.txt", text)
         print(text, end="", flush=True)

@@ -9,7 +9,7 @@ ImageNet-1K (1 epoch)::
 
     torchrun --nproc_per_node 8 spol/seg/train.py --config configs/spol_imagenet.yaml --batch-size 16
 
-Image and pseudo mask are augmented jointly as the authors do (``utils.data.SPOLTransform``: the
+Image and pseudo mask are augmented jointly as the authors do (``utils.transforms.SPOLTransform``: the
 image normalised then resized 256 x 256 INTER_LINEAR, the mask resized INTER_NEAREST; random crop
 224, horizontal flip). Masks written by the authors' own script are read too (their names and
 channel layout are ours). Target: ``(fore > 0.25) | (gauss > 0.25)``; ignored pixels:
@@ -26,24 +26,27 @@ from utils.config import parse_early
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "seg_train")
 
+import functools
 from pathlib import Path
 
-from spol.common import (default_path, drop_last_needed, load_split, require, resolve_defaults,
-                         spol_param_groups)
-from spol.losses import seg_loss
+from spol.common import default_path, drop_last_needed, load_split, resolve_defaults, spol_param_groups
+from spol.losses import TARGET_THRESHOLD, seg_loss
 from spol.model import SegModel
-from utils.checkpoint import MissingFileError
 from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset, build_spol_transform, pseudo_mask_candidates
+from utils.data import WSOLDataset, pseudo_mask_candidates
+from utils.transforms import build_spol_transform
 from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer
+from utils.errors import MissingFileError
+from utils.paths import require_output
 from utils.seeding import setup_run
 
 
-def seg_loss_fn(model, batch):
-    """``Trainer`` loss: weighted BCE of the foreground logits against the pseudo-mask target."""
+def seg_loss_fn(model, batch, threshold: float = TARGET_THRESHOLD):
+    """``Trainer`` loss: weighted BCE of the foreground logits against the pseudo-mask target
+    (foreground: a channel above ``threshold``, ``--target-threshold``)."""
     logits = model(batch["image"])
-    return seg_loss(logits.float(), batch["pseudo_mask"]), {}
+    return seg_loss(logits.float(), batch["pseudo_mask"], threshold), {}
 
 
 def check_masks(records, mask_dir: Path, split: str) -> None:
@@ -65,19 +68,19 @@ def check_masks(records, mask_dir: Path, split: str) -> None:
 def main(args):
     resolve_defaults(args, "seg")
     mask_dir = Path(default_path(args.mask_dir, args, "cam", "pseudo_masks"))
-    require(mask_dir, "pseudo_masks")
+    require_output(mask_dir, "spol/cam/test.py")
     ctx = setup_run(args)
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
     records = load_split(args, args.split)
     check_masks(records, mask_dir, args.split)
-    transform = build_spol_transform("train", resize=args.resize, crop=args.crop, flip=args.flip)
+    transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
     dataset = WSOLDataset(records, transform, pseudo_mask_dir=mask_dir)
     model = SegModel(pretrained=args.pretrained)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
     trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_seg",
                       drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
-    trainer.fit(dataset, seg_loss_fn)
+    trainer.fit(dataset, functools.partial(seg_loss_fn, threshold=args.target_threshold))
     if ctx.is_main:
         print(f"seg model written to {args.output_dir}/model.pth", flush=True)
     cleanup(ctx)
