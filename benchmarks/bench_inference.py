@@ -6,7 +6,8 @@ batches already in memory; the ratio of the two throughputs (stage img/s over ba
 >= 0.9 on CPU and on a GPU) shows what everything but the network costs. The bare pass runs under
 ``torch.no_grad``, the stage loops under ``torch.inference_mode`` (``utils.inference``); both after
 ``--warmup`` untimed runs each, then interleaved for ``--repeats`` rounds (``benchmarks/timing.py``);
-the table gives the medians and the median of the per-round ratios with its spread (min-max), so a load change between two runs cannot pass for a speed difference.
+the table gives the medians and the median of the per-round ratios with its spread (min-max), so
+a load change between two runs cannot pass for a speed difference.
 
     cls test        utils.classify.write_classification (top-5 -> predictions.csv; SPOL cls and SLT-Net
                     classifier test)                                                 vs the classifier
