@@ -1,4 +1,9 @@
-"""utils.inference.run_inference: shards, order, the host consumer, errors, modes; utils.device."""
+"""utils.inference.run_inference: shards, order, the host consumer, errors, modes, 2-process gloo;
+utils.device."""
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -107,3 +112,31 @@ def test_last_stats_account_for_the_consumer():
     stats = last_stats()
     assert stats["batches"] == 2 and stats["consume_s"] >= 0.1
     assert set(stats) >= {"load_wait_s", "step_s", "consume_wait_s"}
+
+
+WORKER = """
+import json, sys
+import torch
+from utils.distributed import cleanup, init_distributed
+from utils.inference import gather_lists, run_inference
+ctx = init_distributed("cpu")
+data = [{"image": torch.full((2,), float(i)), "index": i} for i in range(7)]
+parts = run_inference(torch.nn.Identity(), data, lambda m, b: (b["index"], m(b["image"])[:, 0] * 10), ctx,
+                      batch_size=2, consume=lambda r: list(zip(r[0].tolist(), r[1].tolist())))
+items = gather_lists([it for part in parts for it in part], ctx)
+if ctx.is_main:
+    json.dump(items, open(sys.argv[1], "w"))
+cleanup(ctx)
+"""
+
+
+def test_two_process_gloo_run_gathers_every_image_once_on_rank_0(tmp_path):
+    script, out = tmp_path / "worker.py", tmp_path / "items.json"
+    script.write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(out)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    items = json.loads(out.read_text())
+    assert [i for i, _ in items] == [0, 2, 4, 6, 1, 3, 5]  # rank 0's shard, then rank 1's
+    assert sorted(items) == [[i, 10.0 * i] for i in range(7)]
