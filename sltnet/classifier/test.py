@@ -28,7 +28,7 @@ from utils.config import run_cli, save_resolved_config
 from utils.layouts import load_records, num_classes
 from utils.transforms import build_transform
 from utils.distributed import cleanup
-from utils.engine import setup_run
+from utils.seeding import setup_run
 from utils.io import atomic_write_json
 
 STAGE = "classifier_test"

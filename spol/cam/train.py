@@ -32,7 +32,8 @@ from utils.data import WSOLDataset
 from utils.layouts import num_classes
 from utils.transforms import build_spol_transform
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import Trainer, build_optimizer
+from utils.seeding import setup_run
 
 
 def cam_loss_fn(loss: str):

@@ -26,7 +26,7 @@ from utils.classify import train_classifier
 from utils.config import run_cli, save_resolved_config
 from utils.layouts import num_classes
 from utils.distributed import cleanup
-from utils.engine import setup_run
+from utils.seeding import setup_run
 
 
 def main(args):

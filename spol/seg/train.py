@@ -36,9 +36,10 @@ from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, pseudo_mask_candidates
 from utils.transforms import build_spol_transform
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import Trainer, build_optimizer
 from utils.errors import MissingFileError
 from utils.paths import require_output
+from utils.seeding import setup_run
 
 
 def seg_loss_fn(model, batch, threshold: float = TARGET_THRESHOLD):
