@@ -20,8 +20,8 @@ ARGS = parse_early(__name__, get_args_parser, "classifier_test")
 
 from pathlib import Path
 
-from sltnet.common import PRODUCER, resolve_args
 from network import build_classifier
+from sltnet.options import PRODUCER, resolve_args
 from utils.checkpoint import load_stage_weights
 from utils.classify import write_classification
 from utils.config import run_cli, save_resolved_config

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from sltnet.boxes import maps_to_boxes
-from sltnet.common import PRODUCER, build_branch, localization_map, resolve_args
+from sltnet.losses import localization_map
+from sltnet.model import build_branch
+from sltnet.options import PRODUCER, resolve_args
 from utils.cam import normalize_minmax, resize_maps
 from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
