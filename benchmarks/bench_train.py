@@ -74,9 +74,8 @@ def build(stage: str, data_root: Path, out: Path, args, records):
         optimizer = build_optimizer(model.param_groups(sargs.lr), sargs)
         return model, optimizer, train.make_branch_loss(sargs, model.localizer.stride), lambda m, x: m(x)["logits"], sargs
     from spol.cam import train
-    from spol.common import spol_param_groups
     from spol.losses import map_logits
-    from spol.model import CAMModel
+    from spol.model import CAMModel, spol_param_groups
     sargs = parse_args(train.get_args_parser(), [str(a) for a in common], stage="cam_train")
     model = CAMModel(k, pretrained="none")
     optimizer = build_optimizer(spol_param_groups(model, sargs.lr, sargs.backbone_lr_mult, sargs.weight_decay), sargs)

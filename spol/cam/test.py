@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from spol import pseudo_mask as pm
-from spol.common import load_split, resolve_defaults
+from spol.options import load_split, resolve_defaults
 from spol.model import CAMModel
 from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config

@@ -24,9 +24,9 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "cam_train")
 
 
-from spol.common import drop_last_needed, load_split, resolve_defaults, spol_param_groups
+from spol.options import load_split, resolve_defaults
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
-from spol.model import CAMModel
+from spol.model import CAMModel, drop_last_needed, spol_param_groups
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.layouts import num_classes

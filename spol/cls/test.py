@@ -25,7 +25,7 @@ ARGS = parse_early(__name__, get_args_parser, "cls_test")
 from pathlib import Path
 
 from network.backbones import build_classifier
-from spol.common import load_split, resolve_defaults
+from spol.options import load_split, resolve_defaults
 from utils.checkpoint import load_stage_weights
 from utils.classify import eval_transform, write_classification
 from utils.config import run_cli, save_resolved_config

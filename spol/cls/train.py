@@ -21,7 +21,7 @@ ARGS = parse_early(__name__, get_args_parser, "cls_train")
 
 
 from network.backbones import build_classifier
-from spol.common import load_split, resolve_defaults
+from spol.options import load_split, resolve_defaults
 from utils.classify import train_classifier
 from utils.config import run_cli, save_resolved_config
 from utils.layouts import num_classes

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spol.common import dataset_name, default_path, load_split, resolve_defaults, spol_config
+from spol.options import dataset_name, default_path, load_split, resolve_defaults, spol_config
 from spol.model import SegModel
 from spol.visualize import write_grid
 from utils.checkpoint import load_stage_weights

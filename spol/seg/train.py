@@ -29,9 +29,9 @@ ARGS = parse_early(__name__, get_args_parser, "seg_train")
 import functools
 from pathlib import Path
 
-from spol.common import default_path, drop_last_needed, load_split, resolve_defaults, spol_param_groups
+from spol.options import default_path, load_split, resolve_defaults
 from spol.losses import TARGET_THRESHOLD, seg_loss
-from spol.model import SegModel
+from spol.model import SegModel, drop_last_needed, spol_param_groups
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset, pseudo_mask_candidates
 from utils.transforms import build_spol_transform
