@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from utils.config import add_alias, add_common_args, stage_parser
+from utils.options import add_classifier_train_args
 from utils.paths import DATASET_DIR, stage_dir
 from utils.protocol import choices as protocol_choices
 
@@ -225,12 +226,7 @@ def classifier_train_parser() -> argparse.ArgumentParser:
     add_classifier_stage_args(parser)
     g = parser.add_argument_group("optimizer")
     g.add_argument("--split", type=str, default="train")
-    g.add_argument("--lr", type=float, default=0.01, help="lr of the new output layer")
-    g.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of the pretrained layers")
-    g.add_argument("--lr-schedule", type=str, default="linear", choices=["linear", "constant"])
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    add_classifier_train_args(g, lr=0.01, nesterov=None)
     parser.set_defaults(epochs=30, batch_size=32)
     return parser
 
