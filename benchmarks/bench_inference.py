@@ -3,15 +3,24 @@
 For each loop, images/s of the stage's own code (data loading, forward, post-processing, writing
 its outputs, as the test step does) next to images/s of the bare ``model(images)`` on the same
 batches already in memory; the ratio of the two throughputs (stage img/s over bare img/s; target
->= 0.9 on a GPU) shows what everything but the network costs. Both run under ``torch.no_grad`` (as
-the stage loops do), after ``--warmup`` untimed runs each, then interleaved for ``--repeats`` rounds
-(``benchmarks/timing.py``); the table gives the medians and the median of the per-round ratios with
-its spread (min-max), so a load change between two runs cannot pass for a speed difference.
+>= 0.9 on CPU and on a GPU) shows what everything but the network costs. The bare pass runs under
+``torch.no_grad``, the stage loops under ``torch.inference_mode`` (``utils.inference``); both after
+``--warmup`` untimed runs each, then interleaved for ``--repeats`` rounds (``benchmarks/timing.py``);
+the table gives the medians and the median of the per-round ratios with its spread (min-max), so
+a load change between two runs cannot pass for a speed difference.
 
+    cls test        utils.classify.write_classification (top-5 -> predictions.csv; SPOL cls and SLT-Net
+                    classifier test)                                                 vs the classifier
     spol cam/test   spol.cam.test.write_pseudo_masks  (CAMs -> max-norm -> Gaussian prior -> PNG) vs CAMModel.cam
     spol seg/test   spol.seg.test.write_scoremaps     (sigmoid maps -> .npy)                     vs SegModel
     sltnet loc/test sltnet.localizer.test.localize    (top-K ACAM maps -> boxes)                 vs CAMLocalizer
     utils.evaluate  evaluate_scoremaps on the seg maps (MaxBoxAcc, MaxBoxAccV2, PxAP sweep)     (no model)
+
+Every stage loop is ``utils.inference.run_inference``: the host work of a batch (copy to the host,
+boxes, writing files) runs on its consumer thread while the next batch is loaded and run, and with
+``--workers 0`` one thread loads the next batch. The table also gives, per stage run (medians),
+the seconds the consumer worked on its thread and the seconds the loop waited for it or for a
+batch (``utils.inference.last_stats``): where the time goes beyond the network.
 
 Models are randomly initialised (speed does not depend on the weights). Data: generated birds
 (``utils.generate``) in a temporary folder.
@@ -36,8 +45,9 @@ from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
 from utils.transforms import build_transform
 from utils.distributed import DistContext
-from utils.engine import autocast
+from utils.device import autocast
 from utils.generate import generate_dataset
+from utils.inference import last_stats
 from utils.io import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="timed rounds, stage and bare interleaved (the median and spread are printed)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first")
     p.add_argument("--only", type=str, nargs="*", default=None,
-                   help="subset of: spol_cam spol_seg sltnet_localizer evaluate")
+                   help="subset of: cls spol_cam spol_seg sltnet_localizer evaluate")
     p.add_argument("--json", type=str, default=None, help="also write the figures to this JSON file")
     return p
 
@@ -81,7 +91,7 @@ def device_batches(records, size: int, batch_size: int, device) -> list:
 def main(args) -> list[dict]:
     device = torch.device(args.device)
     ctx = DistContext(device=device)
-    only = set(args.only or ["spol_cam", "spol_seg", "sltnet_localizer", "evaluate"])
+    only = set(args.only or ["cls", "spol_cam", "spol_seg", "sltnet_localizer", "evaluate"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         tmp = Path(tmp)
@@ -92,11 +102,19 @@ def main(args) -> list[dict]:
         n, k = len(records), num_classes(load_records(root, "cub", "test"))
         batches = device_batches(records, args.size, args.batch_size, device)
         stage_args = SimpleNamespace(resize_size=args.size, input_size=args.size, batch_size=args.batch_size,
-                                     workers=args.workers, mask_workers=os.cpu_count() or 1, amp=args.amp)
+                                     workers=args.workers, mask_workers=os.cpu_count() or 1, amp=args.amp,
+                                     band=(0.1, 0.5), min_contour_area=20, degenerate_contours="skip")
 
         def measure(name, stage_fn, bare_fn, what):
-            variants = {"stage": stage_fn} if bare_fn is None else {"stage": stage_fn, "bare": bare_fn}
+            loop_stats = []
+
+            def stage():
+                stage_fn()
+                loop_stats.append(last_stats())
+
+            variants = {"stage": stage} if bare_fn is None else {"stage": stage, "bare": bare_fn}
             times = interleaved(variants, repeats=args.repeats, warmup=args.warmup, device=device)
+            loop_stats = loop_stats[args.warmup:] if bare_fn is not None else []
             row = {"loop": name, "images": n, "what": what, "stage_s": times["stage"],
                    "stage_images_per_s": n / spread(times["stage"])["median"],
                    "bare_s": times.get("bare"), "bare_images_per_s": None, "throughput_ratio": None}
@@ -105,8 +123,21 @@ def main(args) -> list[dict]:
                 row.update(bare_images_per_s=n / spread(times["bare"])["median"],
                            throughput_ratio=spread(ratios)["median"], ratio_spread=spread(ratios),
                            per_round_ratios=ratios)
+            if loop_stats:
+                row["loop_s"] = {k: spread([st[k] for st in loop_stats])["median"]
+                                 for k in ("load_wait_s", "step_s", "consume_s", "consume_wait_s")}
             rows.append(row)
 
+        if "cls" in only:
+            from network.backbones import build_classifier
+            from utils.classify import write_classification
+            model = build_classifier("resnet50", k, "none").to(device).eval()
+            cls_args = SimpleNamespace(input_size=args.size, ten_crop=False, batch_size=args.batch_size,
+                                       workers=args.workers, amp=args.amp)
+            transform = build_transform("resize", resize=args.size)
+            measure("cls test (ResNet-50, top-5, predictions.csv)",
+                    lambda: write_classification(model, records, transform, cls_args, ctx, tmp / "predictions.csv"),
+                    bare_forward(model, batches, ctx, args.amp), "top-5 + predictions.csv vs the classifier")
         if "spol_cam" in only:
             from spol.cam.test import write_pseudo_masks
             from spol.model import CAMModel
@@ -158,15 +189,20 @@ def print_table(rows, args) -> None:
     print(f"\n{args.device} ({torch.get_num_threads()} threads), amp {args.amp}, {args.size}x{args.size}, "
           f"batch {args.batch_size}, {args.warmup} warm-up + {args.repeats} interleaved rounds (medians)")
     print(f"{'loop':46s} {'images':>6s} {'stage img/s':>12s} {'bare img/s':>11s} {'ratio':>6s} {'q1-q3':>10s} "
-          f"{'min-max':>10s}")
+          f"{'min-max':>10s} {'host s':>7s} {'waits s':>8s}")
     for r in rows:
         bare = "—" if r["bare_images_per_s"] is None else f"{r['bare_images_per_s']:.1f}"
         ratio = "—" if r["throughput_ratio"] is None else f"{r['throughput_ratio']:.2f}"
         sp = r.get("ratio_spread")
         iqr = "—" if sp is None else f"{sp['q1']:.2f}-{sp['q3']:.2f}"
         rng = "—" if sp is None else f"{sp['min']:.2f}-{sp['max']:.2f}"
+        ls = r.get("loop_s")
+        host = "—" if ls is None else f"{ls['consume_s']:.3f}"
+        waits = "—" if ls is None else f"{ls['load_wait_s'] + ls['consume_wait_s']:.3f}"
         print(f"{r['loop']:46s} {r['images']:6d} {r['stage_images_per_s']:12.1f} {bare:>11s} {ratio:>6s} {iqr:>10s} "
-              f"{rng:>10s}")
+              f"{rng:>10s} {host:>7s} {waits:>8s}")
+    print("host s: the consumer thread's work per stage run (copy to host, boxes, files); waits s: the loop "
+          "waiting for a batch or for the consumer (medians)")
 
 
 if __name__ == "__main__":

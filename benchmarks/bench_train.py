@@ -34,7 +34,8 @@ from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
 from utils.transforms import build_transform
 from utils.distributed import DistContext
-from utils.engine import Trainer, autocast, build_optimizer, move_to_device
+from utils.device import autocast, move_to_device
+from utils.engine import Trainer, build_optimizer
 from utils.generate import generate_dataset
 from utils.io import atomic_write_json
 

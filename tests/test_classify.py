@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from utils.classify import (ARCHS, LinearEpochDecay, add_classifier_args, classifier_param_groups, final_linear,
-                            predict_top5,
+                            top_k_step,
                             ten_crop_views, eval_transform, write_classification)
 from utils.layouts import load_records
 from utils.distributed import DistContext
@@ -91,8 +91,7 @@ def test_ten_crop_averages_softmax_not_logits():
     image = torch.zeros(1, 3, 4, 4)
     image[0, 0, 0, 0] = 40.0
     image[0, 1] = 1.0
-    loader = [{"image": image, "index": torch.tensor([7])}]
-    indices, top = predict_top5(ChannelMeans(), loader, torch.device("cpu"), ten_crop=2, k=3)
+    indices, top = top_k_step(ChannelMeans(), {"image": image, "index": torch.tensor([7])}, ten_crop=2, k=3)
     views = [torch.tensor([10.0, 1.0, 0.0])] * 2 + [torch.tensor([0.0, 1.0, 0.0])] * 8
     mean_softmax = torch.stack([torch.softmax(v, 0) for v in views]).mean(0)
     mean_logits = torch.stack(views).mean(0)                 # (2.0, 1.0, 0.0): class 0 would win
@@ -101,13 +100,12 @@ def test_ten_crop_averages_softmax_not_logits():
     assert top.tolist() == [[1, 0, 2]]
 
 
-def test_predict_top5_one_view_and_k_capped_by_classes():
+def test_top_k_step_one_view_and_k_capped_by_classes():
     x = torch.zeros(2, 3, 4, 4)
     x[0, 2] = 1.0
     x[1, 1] = 2.0
     x[1, 0] = 1.0
-    loader = [{"image": x, "index": torch.tensor([0, 1])}]
-    indices, top = predict_top5(ChannelMeans(), loader, torch.device("cpu"))
+    indices, top = top_k_step(ChannelMeans(), {"image": x, "index": torch.tensor([0, 1])})
     assert top.shape == (2, 3)  # 3 classes < 5
     assert top[0, 0] == 2 and top[1].tolist() == [1, 0, 2]
 

@@ -1,4 +1,5 @@
-"""utils.engine: exact step-level resume after SIGKILL, DDP = one process, samplers, AMP."""
+"""utils.engine (+ utils.samplers, utils.seeding): exact step-level resume after SIGKILL, DDP = one process,
+samplers, AMP."""
 import argparse
 import importlib.util
 import json
@@ -14,8 +15,9 @@ from torch.utils.data import DistributedSampler, RandomSampler
 
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistContext
-from utils.engine import (PerSampleSeeded, ResumableSampler, ShardSampler, Trainer, epoch_order,
-                          evaluate_loop, gather_lists, move_to_device)
+from utils.engine import Trainer
+from utils.samplers import ResumableSampler, ShardSampler, epoch_order
+from utils.seeding import PerSampleSeeded
 
 TOY = Path(__file__).resolve().parent / "toy_train.py"
 _spec = importlib.util.spec_from_file_location("toy_train", TOY)
@@ -148,18 +150,6 @@ def test_per_sample_seeding_is_independent_of_global_state():
     assert torch.equal(a, b)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's stream is untouched
     assert not torch.equal(ds[(1, 2)], a)  # another epoch, another augmentation
-
-
-def test_evaluate_loop_counts_every_sample_once():
-    data = [{"image": torch.full((1,), float(i)), "index": i} for i in range(5)]
-    ctx = DistContext()  # single process
-    model = torch.nn.Identity()
-    per_rank = [evaluate_loop(model, data, lambda m, b: b["index"].tolist(), DistContext(rank=r, world_size=2),
-                              batch_size=2) for r in range(2)]
-    assert sorted(i for part in per_rank for batch in part for i in batch) == [0, 1, 2, 3, 4]
-    assert gather_lists([1, 2], ctx) == [1, 2]
-    moved = move_to_device({"a": [torch.ones(1)], "b": (torch.zeros(1), 3), "c": "x"}, torch.device("cpu"))
-    assert moved["c"] == "x" and isinstance(moved["b"], tuple) and moved["b"][1] == 3
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

@@ -410,7 +410,7 @@ def test_a_test_step_reads_the_backbone_of_its_training_run(tmp_path, capsys, mo
                                                                                         True, 64)
     assert "--backbone resnet50" in changed
     assert capsys.readouterr().err.startswith("notice: --backbone resnet50")
-    # through the hook utils.engine.setup_run calls for a test step started by run_cli
+    # through the hook utils.seeding.setup_run calls for a test step started by run_cli
     monkeypatch.setitem(rundir.current_stage, "name", "localizer_test")
     args = parse_args(loc_test.get_args_parser(), ["--localizer-dir", str(train_dir), "--backbone", "vgg16",
                                                    "--output-dir", str(tmp_path / "test")], stage="localizer_test")

@@ -19,7 +19,7 @@ import torch
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits, seg_target_and_weight
 from spol.model import CAMModel
 from spol.pseudo_mask import pseudo_mask_from_cam
-from spol.seg.test import iter_scoremaps
+from spol.seg.test import scoremap_step
 from utils.cam import spol_box
 from utils.data import WSOLDataset
 from utils.layouts import Record
@@ -152,10 +152,10 @@ class _Logits(torch.nn.Module):
 
 def _scoremaps(logits):
     """Our seg test's map step (bilinear align_corners=True to 224, sigmoid), saved as float32."""
-    loader = [{"image": torch.arange(len(logits), dtype=torch.float32)[:, None, None, None].expand(-1, 3, 4, 4),
-               "index": torch.arange(len(logits))}]
-    (_, maps), = list(iter_scoremaps(_Logits(logits), loader, torch.device("cpu"), size=224))
-    return maps.astype(np.float32)
+    batch = {"image": torch.arange(len(logits), dtype=torch.float32)[:, None, None, None].expand(-1, 3, 4, 4),
+             "index": torch.arange(len(logits))}
+    _, maps = scoremap_step(_Logits(logits), batch, size=224)
+    return maps.numpy().astype(np.float32)
 
 
 def _authors_records(dataset):

@@ -81,7 +81,10 @@ def test_cam_stage_writes_one_lossless_pseudo_mask_per_training_image(data, cam_
     # recompute every mask from the saved model, one image at a time: the PNG holds exactly it
     model = load_stage_weights(CAMModel(3, pretrained="none"), cam_dir / "model.pth", "spol/cam/train.py")
     loader = torch.utils.data.DataLoader(WSOLDataset(train, build_spol_transform("resize", resize=72)), batch_size=1)
-    for (index,), (cam,) in cam_test.iter_normalized_cams(model, loader, torch.device("cpu"), work_size=72):
+    model.eval()
+    for batch in loader:
+        with torch.inference_mode():
+            (index,), (cam,) = cam_test.normalized_cams(cam_test.cam_step(model, batch), 72)
         r = train[index]
         path = cam_dir / "pseudo_masks" / (str(Path(r.image_id).with_suffix("")) + ".png")
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

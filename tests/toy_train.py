@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 from utils import rundir
 from utils.config import add_common_args, run_cli, save_resolved_config
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import Trainer, build_optimizer
+from utils.seeding import setup_run
 
 
 class ToyDataset(Dataset):

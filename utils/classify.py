@@ -6,11 +6,12 @@ fine-tuned with SGD, the new classification layer(s) at ``--lr`` and every other
 (epoch e of E runs at ``lr * (1 - e / E)``, SPOL's cls recipe), ``constant`` keeps it.
 Loss: plain cross entropy. Runs through ``utils.engine.Trainer`` (DDP, AMP, resume, logs).
 
-Prediction (:func:`predict_top5`, the batched inference loop, importable for benchmarks): top-5
-class ids per image, from one view or from ten crops (4 corners + centre of the image resized to
-``resize``, and of its horizontal flip; the crops' softmax outputs are averaged). The crops are cut
-on the device from the resized batch. :func:`write_classification` shards the images over the
-ranks, gathers the results and writes ``predictions.csv`` (``utils.predictions`` format).
+Prediction (:func:`top_k_step`, one batch on the device): top-5 class ids per image, from one
+view or from ten crops (4 corners + centre of the image resized to ``resize``, and of its
+horizontal flip; the crops' softmax outputs are averaged). The crops are cut on the device from
+the resized batch. :func:`write_classification` runs it through ``utils.inference.run_inference``
+(sharded over the ranks), gathers the results and writes ``predictions.csv`` (``utils.predictions``
+format).
 
 "The head" is the final linear layer (:func:`final_linear`: torchvision's ``fc`` / ``classifier[-1]``,
 the layer ``network.backbones.classifier_head`` names for each backbone), replaced by a new one when
@@ -25,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.data import WSOLDataset
+from utils.engine import Trainer, build_optimizer
+from utils.inference import gather_lists, run_inference
 from utils.transforms import build_transform
-from utils.distributed import DistContext, all_gather_object
-from utils.engine import ShardSampler, Trainer, autocast, build_optimizer
 from utils.options import ARCHS, add_classifier_args  # noqa: F401  (re-exported: their home before)
 from utils.predictions import write_predictions
 
@@ -99,49 +100,35 @@ def ten_crop_views(images: torch.Tensor, crop: int) -> torch.Tensor:
     return torch.stack(views, dim=1)
 
 
-@torch.no_grad()
-def predict_top5(model: nn.Module, loader, device: torch.device, *, ten_crop: int | None = None,
-                 amp: str = "off", k: int = 5):
-    """Batched inference loop: returns ``(indices [N], top-k class ids [N, k])`` (numpy int64).
+def top_k_step(model: nn.Module, batch: dict, *, ten_crop: int | None = None, k: int = 5):
+    """One batch on the device -> ``(dataset indices [B], top-k class ids [B, min(k, classes)])``.
 
     ``ten_crop``: crop size for ten-crop averaging (mean of the softmax over the views), or None
     for one view per image. ``batch["index"]`` keys the rows back to the dataset.
     """
-    model.eval()
-    ctx = DistContext(device=device)
-    indices, tops = [], []
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        with autocast(ctx, amp):
-            if ten_crop:
-                views = ten_crop_views(images, ten_crop)
-                b, v = views.shape[:2]
-                probs = F.softmax(logits_of(model(views.flatten(0, 1))).float(), dim=1)
-                probs = probs.view(b, v, -1).mean(dim=1)
-            else:
-                probs = F.softmax(logits_of(model(images)).float(), dim=1)
-        kk = min(k, probs.shape[1])
-        tops.append(probs.topk(kk, dim=1).indices.cpu())
-        indices.append(torch.as_tensor(batch["index"]).cpu())
-    if not tops:
-        return np.zeros(0, np.int64), np.zeros((0, k), np.int64)
-    return torch.cat(indices).numpy().astype(np.int64), torch.cat(tops).numpy().astype(np.int64)
+    images = batch["image"]
+    if ten_crop:
+        views = ten_crop_views(images, ten_crop)
+        b, v = views.shape[:2]
+        probs = F.softmax(logits_of(model(views.flatten(0, 1))).float(), dim=1)
+        probs = probs.view(b, v, -1).mean(dim=1)
+    else:
+        probs = F.softmax(logits_of(model(images)).float(), dim=1)
+    return torch.as_tensor(batch["index"]), probs.topk(min(k, probs.shape[1]), dim=1).indices
 
 
 def write_classification(model, records, transform, args, ctx, output_path) -> dict:
-    """Predict every record (sharded over ranks), write ``predictions.csv`` on rank 0.
-
-    Returns {"top1": %, "top5": %, "num_images": N} (the same on every rank).
-    """
-    dataset = WSOLDataset(records, transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
-                                         sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
+    """Predict every record (sharded over ranks by ``utils.inference.run_inference``), write
+    ``predictions.csv`` on rank 0. Returns {"top1": %, "top5": %, "num_images": N} (the same on
+    every rank)."""
     ten_crop = args.input_size if getattr(args, "ten_crop", False) else None
-    indices, top5 = predict_top5(model, loader, ctx.device, ten_crop=ten_crop, amp=args.amp)
-    parts = all_gather_object((indices, top5), ctx)
-    indices = np.concatenate([p[0] for p in parts])
-    top5 = np.concatenate([p[1] for p in parts])
+    parts = run_inference(model, WSOLDataset(records, transform),
+                          lambda m, batch: top_k_step(m, batch, ten_crop=ten_crop), ctx,
+                          batch_size=args.batch_size, workers=args.workers, amp=args.amp, desc="classify",
+                          consume=lambda out: (out[0].cpu().numpy(), out[1].cpu().numpy()))
+    parts = gather_lists(parts, ctx)
+    indices = np.concatenate([p[0] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64)
+    top5 = np.concatenate([p[1] for p in parts]).astype(np.int64) if parts else np.zeros((0, 5), np.int64)
     order = np.argsort(indices, kind="stable")
     indices, top5 = indices[order], top5[order]
     if len(indices) != len(records) or not np.array_equal(indices, np.arange(len(records))):

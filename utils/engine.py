@@ -1,8 +1,12 @@
 """One training loop for every stage: devices, precision, torchrun, resume, logging.
 
+(The other parts of a run live beside it: ``utils.seeding`` (``setup_run``, seeds, per-sample
+augmentation seeds), ``utils.samplers`` (epoch orders, test shards), ``utils.device`` (batches to
+the device, autocast) and ``utils.inference`` (the test steps' loop).)
+
 A stage script does (MAE ``main_pretrain.py`` order)::
 
-    ctx = setup_run(args)                                  # torchrun detection + seeds
+    ctx = setup_run(args)                                  # utils.seeding: torchrun detection + seeds
     model = build_model(...)                               # after seeding: same init everywhere
     optimizer = build_optimizer(param_groups, args)
     trainer = Trainer(model, optimizer, args, ctx, lr_lambda=..., stage_name="cam")
@@ -27,10 +31,8 @@ and annotations): a folder holding another run is refused with one line instead 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -40,77 +42,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from utils.config import args_to_dict
-from utils.distributed import DistContext, all_gather_object, all_reduce_sum, barrier, init_distributed
+from utils.device import autocast, move_to_device
+from utils.distributed import DistContext, all_gather_object, all_reduce_sum, barrier
 from utils.errors import DivergedError, RunError
 from utils.io import atomic_write_text
+from utils.samplers import ResumableSampler
+from utils.seeding import PerSampleSeeded, configure_determinism, seed_everything
 from utils import rundir
-
-_AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# ----------------------------------------------------------------------------- setup
-def configure_determinism(deterministic: bool) -> None:
-    """Deterministic algorithms and cuDNN flags (``--deterministic``); else cuDNN autotuning."""
-    if deterministic:
-        # cuBLAS needs this before its first call to be deterministic
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
-        torch.backends.cudnn.benchmark = True
-
-
-def seed_everything(seed: int, ctx: DistContext | None = None, *, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch with ``seed + rank``; set the determinism flags."""
-    rank = ctx.rank if ctx is not None else 0
-    random.seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    torch.manual_seed(seed + rank)
-    configure_determinism(deterministic)
-
-
-def setup_run(args) -> DistContext:
-    """``init_distributed(args.device)`` then ``seed_everything(args.seed, ...)``; for a test step
-    started by ``utils.config.run_cli``, ``utils.rundir.protect_stage_outputs``."""
-    ctx = init_distributed(getattr(args, "device", "auto"))
-    seed_everything(getattr(args, "seed", 0), ctx, deterministic=getattr(args, "deterministic", False))
-    rundir.protect_stage_outputs(args, ctx)  # a test step run by run_cli: previous outputs kept until it ends
-    return ctx
-
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors in (nested) dicts / lists / tuples moved to ``device``; other values as they are."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=device.type == "cuda")
-    if isinstance(batch, dict):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        moved = [move_to_device(v, device) for v in batch]
-        if isinstance(batch, list):
-            return moved
-        return type(batch)(*moved) if hasattr(batch, "_fields") else tuple(moved)
-    return batch
-
-
-def autocast(ctx: DistContext, amp: str = "off"):
-    """``torch.autocast`` for the context's device: ``off``, ``bf16`` or ``fp16``."""
-    if amp not in _AMP_DTYPES:
-        raise ValueError(f"--amp must be one of {list(_AMP_DTYPES)}, got {amp!r}")
-    return torch.autocast(device_type=ctx.device.type, dtype=_AMP_DTYPES[amp] or torch.bfloat16,
-                          enabled=amp != "off")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (or the model itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def build_optimizer(param_groups: Iterable, args) -> torch.optim.Optimizer:
@@ -129,100 +72,6 @@ def build_optimizer(param_groups: Iterable, args) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r} (sgd, adam, adamw)")
-
-
-# ----------------------------------------------------------------------------- sampling
-def epoch_order(length: int, *, epoch: int, seed: int, shuffle: bool = True, rank: int = 0,
-                world_size: int = 1) -> list[int]:
-    """This rank's sample order for ``epoch``: exactly ``DistributedSampler(drop_last=False)``'s.
-
-    With ``world_size`` 1 it is ``RandomSampler``'s order for a generator seeded with
-    ``seed + epoch``. For any world size the first ``k * world_size`` positions over all
-    ranks are the first ``k * world_size`` samples of the same permutation, so a global
-    batch holds the same samples on one process and on many.
-    """
-    if shuffle:
-        g = torch.Generator()
-        g.manual_seed(seed + epoch)
-        order = torch.randperm(length, generator=g).tolist()
-    else:
-        order = list(range(length))
-    if world_size > 1:
-        total = math.ceil(length / world_size) * world_size
-        pad = total - length
-        if pad:  # DistributedSampler pads by repeating the head of the order
-            order += (order * math.ceil(pad / len(order)))[:pad]
-        order = order[rank:total:world_size]
-    return order
-
-
-class ResumableSampler(Sampler):
-    """Yields ``(epoch, index)`` for this rank's order of ``epoch``, from position ``start`` on.
-
-    Skipped positions are never yielded, so their images are never loaded.
-    """
-
-    def __init__(self, length: int, *, epoch: int, seed: int, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1, start: int = 0):
-        self.epoch = epoch
-        self.order = epoch_order(length, epoch=epoch, seed=seed, shuffle=shuffle, rank=rank,
-                                 world_size=world_size)[start:]
-
-    def __iter__(self):
-        epoch = self.epoch
-        return ((epoch, i) for i in self.order)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-
-class ShardSampler(Sampler):
-    """Indices ``rank, rank + world_size, ...``: every sample on exactly one rank, no padding."""
-
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one sample's augmentation in one epoch."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-class PerSampleSeeded(Dataset):
-    """Wraps a dataset: item ``(epoch, index)`` is ``dataset[index]`` drawn with seeded RNGs.
-
-    torch's CPU generator, ``random`` and ``numpy.random`` are seeded from
-    ``sample_seed(seed, epoch, index)`` for the call and restored afterwards, so the
-    caller's random streams (dropout when ``workers`` is 0) are not disturbed.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        s = sample_seed(self.seed, epoch, index)
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(s)
-                random.seed(s)
-                np.random.seed(s % 2**32)
-                return self.dataset[index]
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 # ----------------------------------------------------------------------------- rng state
@@ -539,37 +388,3 @@ class Trainer:
             save_checkpoint(self.output_dir / "model.pth", self.model.state_dict())
         barrier(ctx)
         return self.model
-
-
-# ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_loop(model: nn.Module, dataset: Dataset, step_fn: Callable[[nn.Module, Any], Any],
-                  ctx: DistContext, *, batch_size: int, workers: int = 0, amp: str = "off",
-                  collate_fn=None, desc: str = "eval") -> list:
-    """Run ``step_fn(model, batch_on_device)`` over this rank's shard; return its results in order.
-
-    Every sample is on exactly one rank (no DistributedSampler padding), so gathering
-    the per-rank results with ``gather_lists`` counts every image exactly once.
-    """
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank,
-                                                                              ctx.world_size),
-                        num_workers=workers, collate_fn=collate_fn, pin_memory=ctx.device.type == "cuda")
-    was_training = model.training
-    model.eval()
-    results = []
-    try:
-        for batch in tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc=desc):
-            batch = move_to_device(batch, ctx.device)
-            with autocast(ctx, amp):
-                results.append(step_fn(model, batch))
-    finally:
-        model.train(was_training)
-    return results
-
-
-def gather_lists(items: list, ctx: DistContext) -> list:
-    """Concatenate every rank's list (rank order); the list itself in a single process."""
-    out: list = []
-    for part in all_gather_object(items, ctx):
-        out.extend(part)
-    return out

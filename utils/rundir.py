@@ -379,7 +379,7 @@ def _at_exit() -> None:
 
 # ----------------------------------------------------------------------------- stage hook
 # What each test step writes in its --output-dir (utils.config.run_cli names the stage,
-# utils.engine.setup_run protects the outputs): a function of the resolved options.
+# utils.seeding.setup_run protects the outputs): a function of the resolved options.
 def _seg_outputs(args) -> list[str]:
     from utils.protocol import expand
 
@@ -473,7 +473,7 @@ def inherit_training_options(args, folder, names: Iterable[str], explicit: set[s
 
 
 def protect_stage_outputs(args, ctx) -> None:
-    """Called by ``utils.engine.setup_run`` for the test step ``run_cli`` runs: the model options
+    """Called by ``utils.seeding.setup_run`` for the test step ``run_cli`` runs: the model options
     not given come from the training run (``TEST_INHERITS``, unless other weights are given), and
     the step's previous outputs are protected (``TEST_OUTPUTS``)."""
     inherits = TEST_INHERITS.get(current_stage["name"] or "")

@@ -7,11 +7,11 @@ import os
 
 from utils.config import save_resolved_config
 from utils.distributed import DistContext, cleanup
-from utils.engine import setup_run
+from utils.seeding import setup_run
 
 
 def start_run(args, config_dir: str | os.PathLike | None = None) -> DistContext:
-    """``utils.engine.setup_run(args)``, then rank 0 writes ``<config_dir>/args.yaml``
+    """``utils.seeding.setup_run(args)``, then rank 0 writes ``<config_dir>/args.yaml``
     (``utils.config.save_resolved_config``; default ``args.output_dir``, the stage's own folder,
     which it claims). A test step passes a folder beside, not over, its train step's args.yaml."""
     ctx = setup_run(args)

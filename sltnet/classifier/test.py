@@ -27,7 +27,7 @@ from utils.classify import eval_transform, write_classification
 from utils.config import run_cli, save_resolved_config
 from utils.layouts import load_records, num_classes
 from utils.distributed import cleanup
-from utils.engine import setup_run
+from utils.seeding import setup_run
 from utils.io import atomic_write_json
 
 STAGE = "classifier_test"

@@ -25,7 +25,7 @@ from utils.classify import train_classifier
 from utils.config import run_cli, save_resolved_config
 from utils.layouts import load_records, num_classes
 from utils.distributed import cleanup
-from utils.engine import setup_run
+from utils.seeding import setup_run
 
 STAGE = "classifier_train"
 

@@ -40,7 +40,8 @@ from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
 from utils.protocol import get_protocol
 from utils.distributed import all_gather_object, cleanup
-from utils.engine import evaluate_loop, gather_lists, setup_run
+from utils.inference import file_writers, gather_lists, run_inference
+from utils.seeding import setup_run
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from utils.evaluate import evaluate_scoremaps
 from utils.metrics import LocalizationMeter
@@ -49,34 +50,44 @@ from utils.predictions import write_boxes_csv
 STAGE = "localizer_test"
 
 
-def localizer_step(model, batch, *, acam: bool, top_k: int, size, threshold: float, rule: str = "zhou") -> dict:
-    """One batch: min-max normalised localization maps [B, H, W] at the input size (the saved score
-    maps, for the evaluator) and their boxes by ``rule`` (``zhou``: on the raw resized map)."""
+def localizer_step(model, batch, *, acam: bool, top_k: int, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch on the device -> ``(dataset indices [B], raw localization maps [B, H, W] at the input
+    size)``: the map of :func:`sltnet.losses.localization_map`, resized bilinearly on the device."""
     out = model(batch["image"])
     maps = localization_map(out["cams"].float(), out["logits"].float(), batch["label"], acam=acam, top_k=top_k)
-    raw = resize_maps(maps, size).cpu()
+    return torch.as_tensor(batch["index"]), resize_maps(maps, size)
+
+
+def boxes_and_scoremaps(result, *, threshold: float, rule: str = "zhou") -> dict:
+    """:func:`localizer_step`'s result on the host: the boxes by ``rule`` (``zhou``: on the raw map)
+    and the min-max normalised maps (the saved score maps, for the evaluator)."""
+    index, raw = result
+    raw = raw.cpu()
     boxes = np.stack([b[0] for b in maps_to_boxes(raw, threshold, rule)])
     maps = normalize_minmax(raw).numpy().astype(np.float32)
-    return {"index": batch["index"].cpu().numpy(), "maps": maps, "boxes": boxes}
+    return {"index": index.cpu().numpy(), "maps": maps, "boxes": boxes}
 
 
 def localize(model, dataset, ctx, args, *, consume=None) -> list[tuple[int, np.ndarray]]:
-    """The batched inference loop over this rank's shard: [(dataset index, box)] in shard order.
+    """The localizer over this rank's shard (``utils.inference.run_inference``): [(dataset index, box)]
+    in shard order.
 
-    ``consume(result)`` is called on every batch result (maps, boxes) before the maps are
-    dropped, e.g. to save score maps or accumulate metrics, so memory stays one batch.
+    ``consume(result)`` is called on every batch's host result (maps, boxes, see
+    :func:`boxes_and_scoremaps`) before the maps are dropped, e.g. to save score maps or accumulate
+    metrics, so memory stays a few batches; it runs on the loop's host thread, batch after batch.
     """
     size = (args.input_size, args.input_size)
 
-    def step(m, batch):
-        result = localizer_step(m, batch, acam=args.acam, top_k=args.top_k, size=size,
-                                threshold=args.box_threshold, rule=args.box_rule)
+    def on_host(result):
+        result = boxes_and_scoremaps(result, threshold=args.box_threshold, rule=args.box_rule)
         if consume is not None:
             consume(result)
         return list(zip(result["index"].tolist(), result["boxes"]))
 
-    batches = evaluate_loop(model, dataset, step, ctx, batch_size=args.batch_size, workers=args.workers,
-                            amp=args.amp, desc=STAGE)
+    batches = run_inference(model, dataset, lambda m, batch: localizer_step(m, batch, acam=args.acam,
+                                                                           top_k=args.top_k, size=size),
+                            ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp, desc=STAGE,
+                            consume=on_host)
     return [item for batch in batches for item in batch]
 
 
@@ -95,17 +106,22 @@ def main(args):
     has_gt = all(len(r.boxes) for r in records)
     meter = LocalizationMeter(args.iou_threshold, args.iou_compare, protocol.inclusive_iou)
 
-    def consume(result):
-        for i, scoremap, box in zip(result["index"], result["maps"], result["boxes"]):
-            record = records[int(i)]
-            if args.scoremaps:
-                atomic_save_npy(out_dir / "scoremaps" / (Path(record.image_id).with_suffix("").as_posix() + ".npy"),
-                                scoremap)
-            if has_gt:
-                meter.update(box[None], [protocol.gt_boxes(record.boxes, record.size)])
+    def save(item):
+        image_id, scoremap = item
+        atomic_save_npy(out_dir / "scoremaps" / (Path(image_id).with_suffix("").as_posix() + ".npy"), scoremap)
 
-    with torch.inference_mode():
-        items = gather_lists(localize(model, dataset, ctx, args, consume=consume), ctx)
+    with file_writers() as writers:
+        def consume(result):  # on the loop's host thread, batch after batch
+            ids = [records[int(i)].image_id for i in result["index"]]
+            saved = writers.map(save, zip(ids, result["maps"])) if args.scoremaps else []
+            if has_gt:
+                for i, box in zip(result["index"], result["boxes"]):
+                    record = records[int(i)]
+                    meter.update(box[None], [protocol.gt_boxes(record.boxes, record.size)])
+            list(saved)
+
+        located = localize(model, dataset, ctx, args, consume=consume)
+    items = gather_lists(located, ctx)
     meters = all_gather_object(meter.state(), ctx)
     if ctx.is_main:
         items.sort(key=lambda t: t[0])

@@ -39,7 +39,8 @@ from utils.layouts import load_records, num_classes
 from utils.protocol import canonical, get_protocol
 from utils.transforms import to_uint8_images
 from utils.distributed import cleanup
-from utils.engine import evaluate_loop, gather_lists, setup_run
+from utils.inference import gather_lists, run_inference
+from utils.seeding import setup_run
 from utils.evaluate import load_scoremap, scoremap_path
 from utils.errors import DataError
 from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
@@ -90,15 +91,17 @@ def main(args):
 
     def step(m, batch):
         boxes = denormalize_boxes(predict(m, batch["image"]).float(), divisor).clamp(0, args.input_size)
-        index = batch["index"].cpu()
+        return torch.as_tensor(batch["index"]), boxes, batch["image"]
+
+    def on_host(result):  # the loop's host thread: boxes to numpy, the grid's first images to uint8
+        index, boxes, images = result
+        index = index.cpu()
         keep = index < args.grid_images
-        shown = to_uint8_images(batch["image"].cpu()[keep]) if keep.any() else []
+        shown = to_uint8_images(images[keep.to(images.device)].cpu()) if bool(keep.any()) else []
         return list(zip(index.tolist(), boxes.cpu().numpy())), list(zip(index[keep].tolist(), shown))
 
-    dataset = WSOLDataset(records, transform)
-    with torch.inference_mode():
-        results = evaluate_loop(model, dataset, step, ctx, batch_size=args.batch_size, workers=args.workers,
-                                amp=args.amp, desc=STAGE)
+    results = run_inference(model, WSOLDataset(records, transform), step, ctx, batch_size=args.batch_size,
+                            workers=args.workers, amp=args.amp, desc=STAGE, consume=on_host)
     items = gather_lists([it for r in results for it in r[0]], ctx)
     shown = gather_lists([it for r in results for it in r[1]], ctx)
     if ctx.is_main:

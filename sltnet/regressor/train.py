@@ -45,7 +45,8 @@ from utils.data import WSOLDataset
 from utils.layouts import load_records
 from utils.transforms import build_transform
 from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer, setup_run
+from utils.engine import Trainer, build_optimizer
+from utils.seeding import setup_run
 from utils.errors import DataError
 from utils.predictions import read_boxes_csv
 

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from spol import pseudo_mask as pm
 from spol.options import load_split, resolve_defaults
@@ -46,28 +45,27 @@ from utils.config import run_cli
 from utils.data import WSOLDataset
 from utils.layouts import num_classes
 from utils.transforms import build_spol_transform
-from utils.distributed import DistContext, barrier, cleanup
-from utils.engine import ShardSampler, autocast
+from utils.distributed import barrier, cleanup
+from utils.inference import run_inference
 from utils.io import atomic_save_png, atomic_write, atomic_write_json
 from utils.paths import require_output
 from utils.stage import start_run
 
 
-@torch.no_grad()
-def iter_normalized_cams(model, loader, device: torch.device, *, work_size: int = pm.WORK_SIZE, amp: str = "off"):
-    """Batched inference loop: yields ``(indices [B], cams [B, S, S] float32 numpy)``, the
-    ground-truth class's CAM divided by its max (+1e-6) and resized to ``work_size`` with cv2 on the
-    CPU (``spol.pseudo_mask.normalize_cam``, the authors' operations)."""
-    model.eval()
-    ctx = DistContext(device=device)
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        labels = torch.as_tensor(batch["label"], device=device)
-        with autocast(ctx, amp):
-            cams = model.cam(images)
-        cams = cams[torch.arange(len(labels), device=device), labels]
-        maps = pm.normalize_and_resize(cams.float(), work_size)
-        yield torch.as_tensor(batch["index"]).numpy(), maps.numpy()
+def cam_step(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch on the device -> ``(dataset indices [B], the ground-truth class's raw CAMs [B, h, w]
+    float32)``; :func:`normalized_cams` makes them the authors' step 1 on the host."""
+    cams = model.cam(batch["image"])
+    labels = torch.as_tensor(batch["label"], device=cams.device)
+    return torch.as_tensor(batch["index"]), cams[torch.arange(len(labels), device=cams.device), labels].float()
+
+
+def normalized_cams(result, work_size: int = pm.WORK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cam_step`'s result -> ``(indices [B], cams [B, S, S] float32 numpy)``: each CAM divided
+    by its max (+1e-6) and resized to ``work_size`` with cv2 on the CPU (``spol.pseudo_mask.normalize_cam``,
+    the authors' operations)."""
+    indices, cams = result
+    return indices.cpu().numpy(), pm.normalize_and_resize(cams, work_size).numpy()
 
 
 def pseudo_mask_path(mask_dir, image_id: str, mask_format: str = "png") -> Path:
@@ -96,9 +94,6 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
     """This rank's share of the records -> PNG pseudo masks; returns how many it wrote."""
     transform = build_spol_transform("resize", resize=args.resize_size)
     dataset = WSOLDataset(records, transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
-                                         sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
 
     def save(item):
         index, cam = item
@@ -110,13 +105,15 @@ def write_pseudo_masks(model, records, args, ctx, mask_dir) -> int:
                                     low=args.band[0], high=args.band[1], min_area=args.min_contour_area)
         save_mask(pseudo_mask_path(mask_dir, record.image_id, getattr(args, "mask_format", "png")), mask)
 
-    written = 0
-    batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc="pseudo masks")
-    with ThreadPoolExecutor(max(1, args.mask_workers)) as pool:
-        for indices, cams in iter_normalized_cams(model, batches, ctx.device, work_size=args.resize_size, amp=args.amp):
+    with ThreadPoolExecutor(max(1, args.mask_workers), thread_name_prefix="pseudo-masks") as pool:
+        def consume(result) -> int:
+            indices, cams = normalized_cams(result, args.resize_size)
             list(pool.map(save, zip(indices, cams)))
-            written += len(indices)
-    return written
+            return len(indices)
+
+        counts = run_inference(model, dataset, cam_step, ctx, batch_size=args.batch_size, workers=args.workers,
+                               amp=args.amp, desc="pseudo masks", consume=consume)
+    return sum(counts)
 
 
 def main(args):

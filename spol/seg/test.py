@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from spol.options import dataset_name, default_path, load_split, resolve_defaults, spol_config
 from spol.model import SegModel
@@ -53,8 +52,8 @@ from spol.visualize import write_grid
 from utils.checkpoint import load_stage_weights
 from utils.config import run_cli
 from utils.data import WSOLDataset
-from utils.distributed import DistContext, all_gather_object, barrier, cleanup
-from utils.engine import ShardSampler, autocast
+from utils.distributed import all_gather_object, barrier, cleanup
+from utils.inference import file_writers, run_inference
 from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
@@ -68,18 +67,11 @@ PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
 
 
-@torch.no_grad()
-def iter_scoremaps(model, loader, device: torch.device, *, size: int, amp: str = "off"):
-    """Batched inference loop: yields ``(indices [B], maps [B, size, size] float32 numpy)``, the
-    sigmoid of the seg logits resized bilinearly to ``size`` on the device."""
-    model.eval()
-    ctx = DistContext(device=device)
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        with autocast(ctx, amp):
-            logits = model(images)
-        logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=True)
-        yield torch.as_tensor(batch["index"]).numpy(), torch.sigmoid(logits[:, 0]).cpu().numpy()
+def scoremap_step(model, batch, *, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch on the device -> ``(dataset indices [B], maps [B, size, size] float32)``: the sigmoid
+    of the seg logits resized bilinearly (align_corners=True) to ``size``, still on the device."""
+    logits = F.interpolate(model(batch["image"]).float(), size=(size, size), mode="bilinear", align_corners=True)
+    return torch.as_tensor(batch["index"]), torch.sigmoid(logits[:, 0])
 
 
 def protocol_of(args, protocol: str):
@@ -91,13 +83,19 @@ def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> 
     """This rank's share of the records -> ``out_dir/<id stem>.npy`` at the protocol geometry
     (its own transform: the authors' pipeline for the SPOL protocols, torchvision's for resize)."""
     dataset = WSOLDataset(records, protocol_of(args, protocol).transform())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
-                                         sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda")
-    batches = tqdm(loader, disable=not ctx.is_main, dynamic_ncols=True, desc=f"score maps ({protocol})")
-    for indices, maps in iter_scoremaps(model, batches, ctx.device, size=args.input_size, amp=args.amp):
-        for i, m in zip(indices, maps):
-            atomic_save_npy(scoremap_path(out_dir, records[int(i)].image_id), m.astype(np.float32))
+
+    def save(item):
+        i, scoremap = item
+        atomic_save_npy(scoremap_path(out_dir, records[i].image_id), scoremap)
+
+    with file_writers() as writers:
+        def consume(result) -> None:  # on the loop's host thread, while the device runs the next batches
+            indices, maps = result
+            list(writers.map(save, zip(indices.tolist(), maps.cpu().numpy())))
+
+        run_inference(model, dataset, lambda m, batch: scoremap_step(m, batch, size=args.input_size),
+                      ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+                      desc=f"score maps ({protocol})", consume=consume)
 
 
 def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold: float, output: Path,
