@@ -294,3 +294,25 @@ def test_trained_box_encoding_is_read_from_args_yaml(tmp_path):
     with pytest.raises(DataError, match="--box-scale"):
         trained_box_encoding(ask(), weights)
     assert trained_box_encoding(ask("stride", 8), weights) == ("stride", 8.0)
+
+
+def test_vst_loss_has_the_trivial_minima_the_demo_falls_into():
+    """Eq. 13 is quadratic in the maps and Eq. 7 linear in the classifier W: scaling W by c scales
+    L_VST by c^2, so L_VST alone is minimised by W -> 0 (every CAM flat at 0), and with --vst-normalize
+    max (ReLU, then / max) by any all-negative map. sltnet/README.md ("The demo's SLT-Net map") measures
+    the demo's localizer falling into both at beta >= 0.1 (8x8 maps).
+
+    Hand-worked, C = 1, one 2 x 2 map: M^o = [[1, 2], [3, 4]], M^it = [[1, 1], [1, 1]]:
+    squared differences 0 + 1 + 4 + 9 = 14 over W x H = 4 -> 3.5; maps x 0.5 -> 0.25 x 3.5 = 0.875.
+    """
+    m_o = torch.tensor([[[[1., 2.], [3., 4.]]]])
+    m_it = torch.ones(1, 1, 2, 2)
+    assert visual_stimulus_tolerance_loss(m_o, m_it).item() == pytest.approx(3.5)
+    assert visual_stimulus_tolerance_loss(0.5 * m_o, 0.5 * m_it).item() == pytest.approx(0.875)
+    assert visual_stimulus_tolerance_loss(0 * m_o, 0 * m_it).item() == 0.0
+    params = SpatialParams(flip=torch.tensor([False]), size=(2, 2))
+    cfg = VSTConfig(normalize="max", brightness=0, contrast=0, saturation=0, hue=0)
+    a, b = vst_map_pair(m_o, m_it, params, cfg)      # ReLU + max: [[.25, .5], [.75, 1]] vs all ones
+    assert visual_stimulus_tolerance_loss(a, b).item() == pytest.approx((0.75 ** 2 + 0.5 ** 2 + 0.25 ** 2) / 4, rel=1e-5)  # eps 1e-6 in / max
+    a, b = vst_map_pair(-m_o, -2 * m_it, params, cfg)   # different maps, both negative: zero loss
+    assert visual_stimulus_tolerance_loss(a, b).item() == 0.0
