@@ -154,3 +154,23 @@ def test_cam_readout_is_the_networks_own_top_classes(tiny_run):
             k = min(5, num_classes(test))
             assert written[r.image_id].top5 == tuple(logits.topk(k).indices.tolist()), r.image_id
             assert written[r.image_id].label == r.label
+
+
+def test_demo_help_answers_before_torch_loads():
+    """``python3 demo.py --help`` parses before the demo's heavy imports (demo_birds.run loads torch)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import contextlib, io, runpy, sys\n"
+            "sys.argv = ['demo.py', '--help']\n"
+            "out = io.StringIO()\n"
+            "try:\n    with contextlib.redirect_stdout(out):\n"
+            "        runpy.run_path('demo.py', run_name='__main__')\n"
+            "except SystemExit as exc:\n"
+            "    print(out.getvalue()); print('EXIT', exc.code, [m for m in ('torch', 'cv2', 'matplotlib')"
+            " if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("usage: demo.py "), (proc.stdout[:300], proc.stderr[-2000:])
+    assert proc.stdout.strip().endswith("EXIT 0 []")
+    assert "--pretrain-dir" in proc.stdout and "--aggressive-epochs" in proc.stdout
