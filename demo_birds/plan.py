@@ -13,7 +13,6 @@ TINY_TRAIN_ARGS = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size"
 TINY_TEST_ARGS = ["--batch-size", "4"]
 
 
-
 def run_stage(module_name: str, stage: str, argv: list[str]) -> float:
     """Import a stage script and run ``main(parse_args(get_args_parser(), argv, stage=stage))``."""
     module = importlib.import_module(module_name)
