@@ -45,8 +45,9 @@ def main(args):
         model = load_stage_weights(build_classifier(args.backbone, num_classes(records), "none"),
                                    args.checkpoint or Path(args.classifier_dir) / "model.pth", PRODUCER["classifier"])
     model.to(ctx.device)
-    transform = (build_transform("resize", resize=args.resize_size) if args.ten_crop else
-                 build_transform("center", resize=args.resize_size, crop=args.input_size))
+    # uint8 images, normalised on the batch by utils.inference.run_inference
+    transform = (build_transform("resize", resize=args.resize_size, normalize=False) if args.ten_crop else
+                 build_transform("center", resize=args.resize_size, crop=args.input_size, normalize=False))
     out = Path(args.output_dir)
     result = write_classification(model, records, transform, args, ctx, out / "predictions.csv")
     if ctx.is_main:
