@@ -198,8 +198,9 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
 @torch.no_grad()
 def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     """predictions.csv of the plain CAM network (its own GAP logits), with the localizer test's
-    options (``argv``) and model code (``sltnet.common.build_branch`` + ``load_stage_weights``)."""
-    from sltnet.common import PRODUCER, build_branch, resolve_args
+    options (``argv``) and model code (``sltnet.model.build_branch`` + ``load_stage_weights``)."""
+    from sltnet.model import build_branch
+    from sltnet.options import PRODUCER, resolve_args
     from utils.checkpoint import load_stage_weights
     from sltnet.localizer import test as localizer_test
     from utils.data import WSOLDataset

@@ -65,18 +65,18 @@ def build(stage: str, data_root: Path, out: Path, args, records):
               "--batch-size", args.batch_size, "--output-dir", out / stage]
     k = num_classes(records)
     if stage == "sltnet_localizer":
-        from sltnet.common import build_branch, make_branch_loss, resolve_args
         from sltnet.localizer import train
+        from sltnet.model import build_branch
+        from sltnet.options import resolve_args
         sargs = resolve_args(parse_args(train.get_args_parser(), [str(a) for a in common + [
             "--backbone", "resnet50", "--cam-feature", "layer2", "--share-backbone", "--top-k", min(2, k),
             "--input-size", args.size, "--resize-size", args.size]], stage="localizer_train"), "localizer")
         model = build_branch(sargs, k)
         optimizer = build_optimizer(model.param_groups(sargs.lr), sargs)
-        return model, optimizer, make_branch_loss(sargs, model.localizer.stride), lambda m, x: m(x)["logits"], sargs
+        return model, optimizer, train.make_branch_loss(sargs, model.localizer.stride), lambda m, x: m(x)["logits"], sargs
     from spol.cam import train
-    from spol.common import spol_param_groups
     from spol.losses import map_logits
-    from spol.model import CAMModel
+    from spol.model import CAMModel, spol_param_groups
     sargs = parse_args(train.get_args_parser(), [str(a) for a in common], stage="cam_train")
     model = CAMModel(k, pretrained="none")
     optimizer = build_optimizer(spol_param_groups(model, sargs.lr, sargs.backbone_lr_mult, sargs.weight_decay), sargs)

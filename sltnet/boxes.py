@@ -17,16 +17,22 @@
   et al.'s uint8 rule (``utils.cam.boxes_from_maps``), the rule of the evaluator's ``wsol`` protocol.
 * ``boxes.csv`` (hand-off file, read and written by ``utils.predictions``): header
   ``image_id,x0,y0,x1,y1`` in input pixels of the protocol geometry; a sidecar ``boxes.json`` says
-  which protocol / input size / threshold / box rule / downsampling factor produced them.
+  which protocol / input size / threshold / box rule / downsampling factor produced them;
+  :func:`boxes_to_image_fraction` reads a box back as fractions of the original image.
+* A trained regressor's encoding (box scale, m) is read from its run's ``args.yaml``
+  (:func:`trained_box_encoding`).
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from sltnet.options import BOX_RULES, BOX_SCALES  # the names the command line offers
 from utils.cam import boxes_from_maps, boxes_from_maps_zhou, normalize_minmax, resize_maps
+from utils.errors import DataError
+from utils.protocol import get_protocol
 
 
 def _size_vector(size, like):
@@ -85,3 +91,46 @@ def pseudo_boxes(maps: torch.Tensor, input_size, threshold: float, rule: str = "
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)  # (H, W)
     resized = resize_maps(maps.detach().float(), size).cpu()
     return np.stack([b[0] for b in maps_to_boxes(resized, threshold, rule)]).astype(np.int64)
+
+
+def trained_box_encoding(args, weights_path) -> tuple[str, float | None]:
+    """(box scale, m) the regressor in ``weights_path`` was trained with: its folder's args.yaml.
+
+    An explicit ``--box-scale`` / ``--box-stride`` must agree with it (else one error line). An
+    args.yaml without ``box_scale`` comes from a run before the scale was an option: such
+    regressors were trained on boxes divided by the input size. Without args.yaml the scale (and,
+    for ``stride``, m) must be given on the command line.
+    """
+    import yaml
+
+    path = Path(weights_path).parent / "args.yaml"
+    if path.is_file():
+        trained = yaml.safe_load(path.read_text()) or {}
+        scale = trained.get("box_scale") or "input"
+        stride = trained.get("box_stride") if scale == "stride" else None
+        if args.box_scale is not None and args.box_scale != scale:
+            raise DataError.at(path, None, f"the regressor was trained with box_scale {scale}, this test asks "
+                               f"for --box-scale {args.box_scale}: drop the option (or pass --box-scale {scale})")
+        if scale == "stride" and args.box_stride is not None and stride is not None \
+                and float(args.box_stride) != float(stride):
+            raise DataError.at(path, None, f"the regressor was trained with box_stride {stride}, this test asks "
+                               f"for --box-stride {args.box_stride}")
+        stride = stride if stride is not None else args.box_stride
+    else:
+        scale, stride = args.box_scale, args.box_stride
+        if scale is None:
+            raise DataError.at(path, None, "not found, so the regressor's box scale is unknown: pass --box-scale "
+                               "stride --box-stride M (as trained) or --box-scale input")
+    if scale == "stride" and stride is None:
+        raise DataError.at(path, None, "box_scale stride without box_stride: pass --box-stride M (as trained)")
+    return scale, (float(stride) if stride is not None else None)
+
+
+def boxes_to_image_fraction(box, meta: dict, path) -> list[float]:
+    """A boxes.csv box (protocol input pixels, see its boxes.json) -> fractions of the original image."""
+    if not meta or "protocol" not in meta or "input_size" not in meta:
+        raise DataError.at(Path(path).with_suffix(".json"), None, "missing or incomplete (needs protocol and "
+                           "input_size): rerun sltnet/localizer/test.py, which writes it next to boxes.csv")
+    size = int(meta["input_size"])
+    protocol = get_protocol(meta["protocol"], size, int(meta.get("resize_size") or size))
+    return protocol.to_image_fraction(box)

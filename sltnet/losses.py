@@ -1,7 +1,8 @@
 """SLT-Net losses and the top-K averaged CAM (Guo et al., CVPR 2021, Sec. 3).
 
 * :func:`semantic_tolerance_loss` -- L_SMT, Eq. 8.
-* :func:`top_k_cam` -- top-K ACAM, Eq. 9.
+* :func:`top_k_cam` -- top-K ACAM, Eq. 9; :func:`localization_map` -- it, or the ground-truth
+  class's CAM with ACAM off (the map the boxes are read from).
 * :func:`visual_stimulus_tolerance_loss` -- L_VST, Eq. 13 (the transform and its inverse,
   Eq. 10-12, live in :mod:`sltnet.vst`).
 * :func:`box_regression_loss` -- L_REG, Eq. 3-4.
@@ -68,6 +69,16 @@ def top_k_cam(cams: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:
     ``k=1`` gives the CAM of the top-1 predicted class.
     """
     return select_cams(cams, top_k_classes(logits, k)).mean(dim=1)
+
+
+def localization_map(cams: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, *,
+                     acam: bool, top_k: int) -> torch.Tensor:
+    """[B, h, w]: top-K ACAM (Eq. 9) or, with ``acam`` off, the CAM of the ground-truth class."""
+    if acam:
+        return top_k_cam(cams, logits, top_k)
+    if labels is None:
+        labels = logits.argmax(dim=1)
+    return select_cams(cams, labels)[:, 0]
 
 
 VST_REDUCTIONS = ("eq13", "mean")

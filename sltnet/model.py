@@ -9,7 +9,8 @@
   (Sec. 3.1, Eq. 3-4; see :mod:`sltnet.boxes`).
 * :class:`LocalizationBranch` -- both networks in one module, so one optimizer (two param groups) and
   one DDP wrapper train them jointly; ``forward(images, transformed=None)`` runs the localizer on the
-  images (and on the VST-transformed copy) and the regressor on the images.
+  images (and on the VST-transformed copy) and the regressor on the images; :func:`build_branch`
+  makes one from a stage's options (``sltnet.options``).
 
 Open choices (configuration values, defaults in :data:`CAM_FEATURE` / :data:`EXTRA_CONV`):
 VGG16 keeps conv5_3 (no pool5) and adds one 3x3 conv to 1024 channels before GAP (as in the CAM
@@ -195,3 +196,11 @@ class LocalizationBranch(nn.Module):
                   {"params": list(self.regressor.parameters()),
                    "lr": lr if regressor_lr is None else regressor_lr, "name": "regressor"}]
         return [g for g in groups if g["params"]]
+
+
+def build_branch(args, num_classes: int, pretrained: str | None = None) -> LocalizationBranch:
+    """The :class:`LocalizationBranch` a stage's options describe (``pretrained`` overrides --pretrained)."""
+    return LocalizationBranch(args.backbone, num_classes, pretrained=pretrained or args.pretrained,
+                              cam_feature=args.cam_feature, extra_conv=args.extra_conv,
+                              regressor_feature=args.regressor_feature, regressor_hidden=args.regressor_hidden,
+                              regressor_final_relu=args.regressor_final_relu, share_backbone=args.share_backbone)

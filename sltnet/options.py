@@ -2,20 +2,40 @@
 
 Each ``sltnet/<stage>/<train|test>.py`` takes its parser from here and parses ``sys.argv`` before
 its heavy imports (``utils.config.parse_early``), so ``--help`` and a mistyped option are answered
-at once. The option groups the stages share are here too (``sltnet.common`` re-exports them), and
-the names the command line offers (``BACKBONES``, ``BOX_RULES``, ``BOX_SCALES``), which
-``sltnet.model`` and ``sltnet.boxes`` import from here.
+at once. The option groups the stages share are here too, the names the command line offers
+(``BACKBONES``, ``BOX_RULES``, ``BOX_SCALES``), which ``sltnet.model`` and ``sltnet.boxes`` import
+from here, and :func:`resolve_args`: the defaults derived from other options (per-backbone
+geometry, dataset name, data root, the stage folders; :data:`PRODUCER` names the script that
+writes each stage folder's model.pth).
+
+Stage folders (each with train.py / test.py): ``sltnet/localizer`` (localizer + regressor trained
+together, Fig. 2a), ``sltnet/regressor`` (optional standalone regressor training from saved pseudo
+boxes; the final evaluation), ``sltnet/classifier`` (the separate classifier, Fig. 2b). Default
+outputs: ``output/sltnet/<cub|imagenet>/<backbone>/<localizer|regressor|classifier>``.
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from utils.config import add_alias, add_common_args, stage_parser
+from utils.options import add_classifier_train_args
+from utils.paths import DATASET_DIR, stage_dir
 from utils.protocol import choices as protocol_choices
 
 BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
 BOX_RULES = ("zhou", "choe")
 BOX_SCALES = ("stride", "input")
+
+METHOD = "sltnet"
+# Sec. 4.1: VGG16 resize 256 crop 224, InceptionV3 resize 320 crop 299 (ResNet50 / DenseNet161: as VGG16)
+GEOMETRY = {"vgg16": (256, 224), "inception_v3": (320, 299), "resnet50": (256, 224), "densenet161": (256, 224)}
+DATASET_NAME = {"cub": "cub", "ilsvrc": "imagenet", "metadata": "metadata"}
+DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "ilsvrc": DATASET_DIR / "ILSVRC2012",
+                     "metadata": DATASET_DIR / "CUB_200_2011"}
+# the script that writes a stage folder's model.pth
+PRODUCER = {"localizer": "sltnet/localizer/train.py", "regressor": "sltnet/regressor/train.py",
+            "classifier": "sltnet/classifier/train.py"}
 
 
 def add_dataset_arg(group) -> None:
@@ -206,12 +226,7 @@ def classifier_train_parser() -> argparse.ArgumentParser:
     add_classifier_stage_args(parser)
     g = parser.add_argument_group("optimizer")
     g.add_argument("--split", type=str, default="train")
-    g.add_argument("--lr", type=float, default=0.01, help="lr of the new output layer")
-    g.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of the pretrained layers")
-    g.add_argument("--lr-schedule", type=str, default="linear", choices=["linear", "constant"])
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    add_classifier_train_args(g, lr=0.01, nesterov=None)
     parser.set_defaults(epochs=30, batch_size=32)
     return parser
 
@@ -235,3 +250,29 @@ def classifier_test_parser() -> argparse.ArgumentParser:
 PARSERS = {"localizer_train": localizer_train_parser, "localizer_test": localizer_test_parser,
            "regressor_train": regressor_train_parser, "regressor_test": regressor_test_parser,
            "classifier_train": classifier_train_parser, "classifier_test": classifier_test_parser}
+
+
+def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = None) -> argparse.Namespace:
+    """Fill the defaults derived from other options (paths, per-backbone input geometry).
+
+    Training stages write into ``utils.paths.stage_dir``; a test script (``test_of`` = the stage whose
+    folder it reads) writes into ``<that folder>/<split>`` unless --output-dir is given.
+    """
+    resize, crop = GEOMETRY[args.backbone]
+    args.resize_size = args.resize_size or resize
+    args.input_size = args.input_size or crop
+    args.dataset = args.dataset or DATASET_NAME[args.layout]
+    if args.data_root is None:
+        args.data_root = str(DEFAULT_DATA_ROOT[args.layout])
+    if getattr(args, "pseudo_box_backbone", None) and args.localizer_dir is None:
+        # Table 6: the regressor learns the boxes of one backbone's localizer (same dataset)
+        args.localizer_dir = str(stage_dir(METHOD, args.dataset, "localizer", backbone=args.pseudo_box_backbone))
+    for name in ("localizer_dir", "classifier_dir", "regressor_dir"):
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, str(stage_dir(METHOD, args.dataset, name.split("_")[0], backbone=args.backbone)))
+    if args.output_dir is None:
+        if test_of is not None:
+            args.output_dir = str(Path(getattr(args, f"{test_of}_dir")) / args.split)
+        else:
+            args.output_dir = str(stage_dir(METHOD, args.dataset, stage, backbone=args.backbone))
+    return args

@@ -27,9 +27,13 @@ Outputs (all at stride 8, e.g. 28x28 for a 224x224 input):
   dropout for the fused map only (as the authors' ImageNet model does, so that a seeded run draws
   the same dropout mask). ``cam(x)`` -> ``relu(linear(out5*out4*out3))`` at test time.
 * :class:`SegModel` ``forward(x)`` -> ``[B, 1, h, w]`` foreground logits (no ReLU).
+
+Training both: :func:`spol_param_groups` (the reference's two SGD groups) and
+:func:`drop_last_needed` (a one-image last batch is dropped: the gating BatchNorms cannot train on it).
 """
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn as nn
@@ -141,3 +145,19 @@ class SegModel(SPOLNet):
 
     def forward(self, x):
         return self.fused_map(x)
+
+
+def spol_param_groups(model, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
+    """SGD groups of the reference: ``bkbone`` at ``lr * backbone_lr_mult``, the rest at ``lr``
+    (frozen parameters are left out)."""
+    backbone = model.backbone_parameters()
+    head = [p for p in model.head_parameters() if p.requires_grad]
+    return [{"params": backbone, "lr": lr * backbone_lr_mult, "weight_decay": weight_decay},
+            {"params": head, "lr": lr, "weight_decay": weight_decay}]
+
+
+def drop_last_needed(num_images: int, batch_size: int, world_size: int) -> bool:
+    """True when a rank's last batch would hold ONE image: the gating BatchNorms (``bn51`` ...)
+    see one value per channel per image, and BatchNorm cannot train on a single value."""
+    per_rank = math.ceil(num_images / world_size)
+    return per_rank > batch_size and per_rank % batch_size == 1

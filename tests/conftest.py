@@ -26,3 +26,26 @@ def tiny_ilsvrc(tmp_path):
 def tiny_metadata(tmp_path):
     """A Choe et al. metadata tree: splits train (no boxes), val, test (one image with 2 boxes)."""
     return make_tiny_metadata(tmp_path / "meta_ds")
+
+
+@pytest.fixture
+def opencv_thread_spy(monkeypatch):
+    """``spy(module, name)`` -> a list to which every call of ``module.cv2.<name>`` appends the cv2
+    thread count it ran under. cv2's thread count is 2 during the test and restored after it."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+
+    def spy(module, name: str) -> list:
+        seen, real = [], getattr(cv2, name)
+
+        def wrapper(*args, **kwargs):
+            seen.append(cv2.getNumThreads())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module.cv2, name, wrapper)
+        return seen
+
+    yield spy
+    cv2.setNumThreads(before)

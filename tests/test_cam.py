@@ -153,7 +153,7 @@ def test_zhou_rule_components_and_empty_maps():
         boxes_from_maps_zhou(np.zeros(4), 0.2)
 
 
-def test_zhou_boxes_label_serially_and_restore_the_thread_count(monkeypatch):
+def test_zhou_boxes_label_serially_and_restore_the_thread_count(opencv_thread_spy):
     """A parallel cv2 call starts OpenCV's worker pool, and a process forked afterwards (the evaluator's
     worker pool) can hang in its first cv2.setNumThreads; boxes_from_maps_zhou labels with one thread
     (so the pool is never started) and leaves the thread count as it found it."""
@@ -161,19 +161,7 @@ def test_zhou_boxes_label_serially_and_restore_the_thread_count(monkeypatch):
 
     import utils.cam as cam
 
-    seen = []
-    real = cv2.connectedComponentsWithStats
-
-    def spy(*args, **kwargs):
-        seen.append(cv2.getNumThreads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cam.cv2, "connectedComponentsWithStats", spy)
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(2)
-    try:
-        boxes = cam.boxes_from_maps_zhou(np.random.default_rng(0).random((3, 32, 32)), 0.2)
-        assert cv2.getNumThreads() == 2
-    finally:
-        cv2.setNumThreads(before)
+    seen = opencv_thread_spy(cam, "connectedComponentsWithStats")
+    boxes = cam.boxes_from_maps_zhou(np.random.default_rng(0).random((3, 32, 32)), 0.2)
+    assert cv2.getNumThreads() == 2
     assert len(boxes) == 3 and seen == [1, 1, 1]

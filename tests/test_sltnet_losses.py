@@ -273,7 +273,7 @@ def test_trained_box_encoding_is_read_from_args_yaml(tmp_path):
     """The test converts p back as the regressor was trained (args.yaml beside model.pth)."""
     import argparse
 
-    from sltnet.common import trained_box_encoding
+    from sltnet.boxes import trained_box_encoding
 
     def ask(scale=None, stride=None):
         return argparse.Namespace(box_scale=scale, box_stride=stride)

@@ -183,7 +183,7 @@ def test_table6_configs_train_every_regressor_on_one_localizers_boxes():
     The configs of Tables 1-4 and 7 train each backbone's regressor alone on those boxes and test it."""
     import importlib
 
-    from sltnet.common import resolve_args
+    from sltnet.options import resolve_args
     from utils.paths import CONFIG_DIR, OUTPUT_ROOT
 
     train = importlib.import_module("sltnet.regressor.train").get_args_parser

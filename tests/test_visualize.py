@@ -68,25 +68,14 @@ def test_upsampled_tiles_and_box_grid_keeps_its_call():
         stage_picture(_images(2), [[], []], ids=["a", "b", "c"])
 
 
-def test_picture_draws_with_one_opencv_thread_and_restores_the_count(monkeypatch):
+def test_picture_draws_with_one_opencv_thread_and_restores_the_count(opencv_thread_spy):
     """An upsampling cv2.resize runs in parallel and starts OpenCV's worker pool, after which a forked
     process (the evaluator's pool) can hang in cv2.setNumThreads: the picture is drawn with one thread."""
     import cv2
 
     import utils.visualize as vis
 
-    seen, real = [], cv2.resize
-
-    def spy(*args, **kwargs):
-        seen.append(cv2.getNumThreads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(vis.cv2, "resize", spy)
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(2)
-    try:
-        stage_picture(_images(2), [[], []], scoremaps=[np.ones((8, 8)), None], ids=["a", "b"])
-        assert cv2.getNumThreads() == 2
-    finally:
-        cv2.setNumThreads(before)
+    seen = opencv_thread_spy(vis, "resize")
+    stage_picture(_images(2), [[], []], scoremaps=[np.ones((8, 8)), None], ids=["a", "b"])
+    assert cv2.getNumThreads() == 2
     assert seen and set(seen) == {1}

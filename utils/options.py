@@ -22,15 +22,7 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
                                           help="crop size (train: random crop; test: centre crop, or the ten-crop "
                                                "size; none: the resized image is the input; formerly --crop)"))
     if train:
-        g.add_argument("--lr", type=float, default=0.05, help="lr of the new classification layer")
-        g.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of every other layer")
-        g.add_argument("--lr-schedule", type=str, default="linear", choices=["linear", "constant"],
-                       help="linear: lr * (1 - epoch / epochs), stepped per epoch")
-        g.add_argument("--momentum", type=float, default=0.9)
-        g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
-        g.add_argument("--weight-decay", type=float, default=1e-4)
-        g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
-                       help="random horizontal flip")
+        add_classifier_train_args(g, lr=0.05)
     else:
         g.add_argument("--checkpoint", type=str, default=None,
                        help="weights (model.pth of the train step); 'pretrained' = the ImageNet "
@@ -38,6 +30,22 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
         g.add_argument("--ten-crop", action=argparse.BooleanOptionalAction, default=False,
                        help="average the softmax of ten crops of size --input-size")
     return parser
+
+
+def add_classifier_train_args(group, *, lr: float, nesterov: bool | None = True) -> None:
+    """The optimiser and augmentation options of ``utils.classify.train_classifier`` (both methods'
+    classifier training): SGD, the new layer at ``--lr``, every other at ``--lr`` x
+    ``--backbone-lr-mult``, linear decay per epoch, random flip. ``nesterov=None``: no --nesterov
+    option (plain momentum)."""
+    group.add_argument("--lr", type=float, default=lr, help="lr of the new classification layer")
+    group.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of every other layer")
+    group.add_argument("--lr-schedule", type=str, default="linear", choices=["linear", "constant"],
+                       help="linear: lr * (1 - epoch / epochs), stepped per epoch")
+    group.add_argument("--momentum", type=float, default=0.9)
+    if nesterov is not None:
+        group.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=nesterov)
+    group.add_argument("--weight-decay", type=float, default=1e-4)
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flip")
 
 
 def evaluate_parser() -> argparse.ArgumentParser:

@@ -179,3 +179,12 @@ class SPOLTransform:
 def build_spol_transform(kind: str, *, resize, crop: int | None = None, flip: bool = False) -> SPOLTransform:
     """:class:`SPOLTransform`: the SPOL stages' resize (authors' order and interpolation)."""
     return SPOLTransform(kind, resize=resize, crop=crop, flip=flip)
+
+
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """Normalised [B, 3, H, W] (:data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`, as the transforms here
+    leave it) -> uint8 [B, H, W, 3] RGB (for overlays)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    rgb = (images.detach().float().cpu() * std + mean).clamp(0, 1)
+    return (rgb.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

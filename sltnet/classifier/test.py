@@ -20,13 +20,12 @@ ARGS = parse_early(__name__, get_args_parser, "classifier_test")
 
 from pathlib import Path
 
-from sltnet.common import PRODUCER, resolve_args
 from network import build_classifier
+from sltnet.options import PRODUCER, resolve_args
 from utils.checkpoint import load_stage_weights
-from utils.classify import write_classification
+from utils.classify import eval_transform, write_classification
 from utils.config import run_cli, save_resolved_config
 from utils.layouts import load_records, num_classes
-from utils.transforms import build_transform
 from utils.distributed import cleanup
 from utils.seeding import setup_run
 from utils.io import atomic_write_json
@@ -45,11 +44,8 @@ def main(args):
         model = load_stage_weights(build_classifier(args.backbone, num_classes(records), "none"),
                                    args.checkpoint or Path(args.classifier_dir) / "model.pth", PRODUCER["classifier"])
     model.to(ctx.device)
-    # uint8 images, normalised on the batch by utils.inference.run_inference
-    transform = (build_transform("resize", resize=args.resize_size, normalize=False) if args.ten_crop else
-                 build_transform("center", resize=args.resize_size, crop=args.input_size, normalize=False))
     out = Path(args.output_dir)
-    result = write_classification(model, records, transform, args, ctx, out / "predictions.csv")
+    result = write_classification(model, records, eval_transform(args), args, ctx, out / "predictions.csv")
     if ctx.is_main:
         atomic_write_json(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
                                                  "top1_cls": result["top1"], "top5_cls": result["top5"],

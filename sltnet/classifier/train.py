@@ -20,7 +20,7 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "classifier_train")
 
 from network import build_classifier
-from sltnet.common import resolve_args
+from sltnet.options import resolve_args
 from utils.classify import train_classifier
 from utils.config import run_cli, save_resolved_config
 from utils.layouts import load_records, num_classes

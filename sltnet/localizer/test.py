@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from sltnet.boxes import maps_to_boxes
-from sltnet.common import PRODUCER, build_branch, localization_map, resolve_args
+from sltnet.losses import localization_map
+from sltnet.model import build_branch
+from sltnet.options import PRODUCER, resolve_args
 from utils.cam import normalize_minmax, resize_maps
 from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
@@ -50,7 +52,7 @@ STAGE = "localizer_test"
 
 def localizer_step(model, batch, *, acam: bool, top_k: int, size) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch on the device -> ``(dataset indices [B], raw localization maps [B, H, W] at the input
-    size)``: the map of :func:`sltnet.common.localization_map`, resized bilinearly on the device."""
+    size)``: the map of :func:`sltnet.losses.localization_map`, resized bilinearly on the device."""
     out = model(batch["image"])
     maps = localization_map(out["cams"].float(), out["logits"].float(), batch["label"], acam=acam, top_k=top_k)
     return torch.as_tensor(batch["index"]), resize_maps(maps, size)

@@ -27,7 +27,14 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "localizer_train")
 
 
-from sltnet.common import build_branch, make_branch_loss, resolve_args
+import torch
+import torch.nn.functional as F
+
+from sltnet.boxes import box_divisor, normalize_boxes, pseudo_boxes
+from sltnet.losses import box_regression_loss, localization_map, semantic_tolerance_loss
+from sltnet.model import build_branch
+from sltnet.options import resolve_args
+from sltnet.vst import VSTConfig, transform_batch, vst_loss
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
@@ -37,6 +44,47 @@ from utils.engine import Trainer, build_optimizer
 from utils.seeding import setup_run
 
 STAGE = "localizer_train"
+
+
+def make_branch_loss(args, stride: int):
+    """loss_fn(model, batch) -> (loss, logs) for utils.engine.Trainer: L_SMT + beta L_VST + w L_REG.
+
+    The regressor's target is the box of the localizer's CURRENT map (Fig. 2a; detached), by
+    ``args.box_rule`` at ``args.box_threshold`` of the map's max, divided by m = ``args.box_stride``
+    (``--box-scale stride``, Sec. 3.1; default the localizer's ``stride``) or by the input size.
+    """
+    box_scale = args.box_scale or "stride"
+    box_stride = args.box_stride or stride
+    vst_cfg = VSTConfig.from_args(args, size_multiple=stride)
+
+    def loss_fn(model, batch):
+        images, labels = batch["image"], batch["label"]
+        transformed = params = None
+        if args.vst:
+            transformed, params = transform_batch(images, vst_cfg)
+        out = model(images, transformed)
+        logits, cams = out["logits"].float(), out["cams"].float()
+        if args.smt:
+            loss_cls = semantic_tolerance_loss(logits, labels, alpha=args.alpha, k=args.top_k)
+        else:
+            loss_cls = F.cross_entropy(logits, labels)
+        loss, logs = loss_cls, {"loss_cls": loss_cls.item()}
+        if args.vst:
+            loss_vst = vst_loss(cams, out["cams_t"].float(), params, vst_cfg, logits=logits,
+                                labels=labels, k=args.top_k)
+            loss = loss + args.beta * loss_vst
+            logs["loss_vst"] = loss_vst.item()
+        maps = localization_map(cams.detach(), logits.detach(), labels, acam=args.acam, top_k=args.top_k)
+        height, width = images.shape[-2:]
+        boxes = torch.from_numpy(pseudo_boxes(maps, (height, width), args.box_threshold, args.box_rule))
+        target = normalize_boxes(boxes, box_divisor(box_scale, (width, height), box_stride)).to(images.device)
+        loss_reg = box_regression_loss(out["boxes"].float(), target)
+        loss = loss + args.reg_weight * loss_reg
+        logs["loss_reg"] = loss_reg.item()
+        logs["acc"] = (logits.argmax(1) == labels).float().mean().item()
+        return loss, logs
+
+    return loss_fn
 
 
 def main(args):

@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sltnet.boxes import box_divisor, denormalize_boxes
-from sltnet.common import PRODUCER, build_branch, resolve_args, to_uint8_images, trained_box_encoding
-from sltnet.model import BoxRegressor
+from sltnet.boxes import box_divisor, denormalize_boxes, trained_box_encoding
+from sltnet.model import BoxRegressor, build_branch
+from sltnet.options import PRODUCER, resolve_args
 from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
 from utils.protocol import canonical, get_protocol
+from utils.transforms import to_uint8_images
 from utils.distributed import cleanup
 from utils.inference import gather_lists, run_inference
 from utils.seeding import setup_run

@@ -15,7 +15,7 @@ localizer that made the boxes, from boxes.json, unless --box-stride) or by the c
 Geometry: each image is resized to --resize-size; a random --input-size crop and a random
 horizontal flip are then cut from the batch on the device, and the box moves with the image
 (continuous coordinates: shift by the crop offset, clip to the crop, x -> W - x on a flip;
-``sltnet.common.crop_flip_boxes``). Loss: Smooth-L1 summed over the 4 coordinates of p (Eq. 3-4).
+:func:`crop_flip_boxes`). Loss: Smooth-L1 summed over the 4 coordinates of p (Eq. 3-4).
 Writes output/sltnet/<dataset>/<backbone>/regressor/{model.pth, checkpoint.pth, log.jsonl, args.yaml}.
 
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from sltnet.boxes import box_divisor, normalize_boxes
-from sltnet.common import boxes_to_image_fraction, crop_flip_boxes, resolve_args
+from sltnet.boxes import box_divisor, boxes_to_image_fraction, normalize_boxes
 from sltnet.losses import box_regression_loss
 from sltnet.model import BoxRegressor
+from sltnet.options import resolve_args
 from utils.config import run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.layouts import load_records
@@ -64,6 +64,31 @@ def pseudo_box_targets(records, boxes_path) -> tuple[torch.Tensor, dict]:
                                "with --split train on this dataset")
         rows.append(boxes_to_image_fraction(boxes[record.image_id], meta, boxes_path))
     return torch.tensor(rows, dtype=torch.float32), meta
+
+
+def crop_flip_boxes(images: torch.Tensor, boxes: torch.Tensor, crop: int, *, flip: bool = True):
+    """Random crop (per image) and horizontal flip of a resized batch, moving the boxes with it.
+
+    ``images`` [B, 3, R, R]; ``boxes`` [B, 4] as fractions of the image. Returns the crops
+    [B, 3, crop, crop] and the boxes normalised by the crop size (continuous coordinates: shifted
+    by the offset, clipped to the crop, x -> 1 - x on a flip).
+    """
+    b, _, height, width = images.shape
+    ys = torch.randint(0, height - crop + 1, (b,)).tolist()
+    xs = torch.randint(0, width - crop + 1, (b,)).tolist()
+    flips = (torch.rand(b) < 0.5).tolist() if flip else [False] * b
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
+    out_images, out_boxes = [], []
+    for i in range(b):
+        image = images[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop]
+        offset = torch.tensor([xs[i], ys[i], xs[i], ys[i]], dtype=torch.float32, device=boxes.device)
+        box = ((boxes[i].float() * scale - offset).clamp(0, crop)) / crop
+        if flips[i]:
+            image = image.flip(-1)
+            box = torch.stack([1 - box[2], box[1], 1 - box[0], box[3]])
+        out_images.append(image)
+        out_boxes.append(box)
+    return torch.stack(out_images), torch.stack(out_boxes)
 
 
 def make_regression_loss(targets: torch.Tensor, crop: int, flip: bool, divisor=None):

@@ -38,18 +38,18 @@ import numpy as np
 import torch
 
 from spol import pseudo_mask as pm
-from spol.common import load_split, resolve_defaults
+from spol.options import load_split, resolve_defaults
 from spol.model import CAMModel
 from utils.checkpoint import load_stage_weights
-from utils.config import run_cli, save_resolved_config
+from utils.config import run_cli
 from utils.data import WSOLDataset
 from utils.layouts import num_classes
 from utils.transforms import build_spol_transform
 from utils.distributed import barrier, cleanup
 from utils.inference import run_inference
-from utils.seeding import setup_run
 from utils.io import atomic_save_png, atomic_write, atomic_write_json
 from utils.paths import require_output
+from utils.stage import start_run
 
 
 def cam_step(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,9 +120,7 @@ def main(args):
     resolve_defaults(args, "cam")
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
     require_output(checkpoint, "spol/cam/train.py")
-    ctx = setup_run(args)
-    if ctx.is_main:  # next to, not over, the train step's args.yaml
-        save_resolved_config(args, Path(args.output_dir) / "test_args")
+    ctx = start_run(args, Path(args.output_dir) / "test_args")  # beside, not over, the train step's args.yaml
     records = load_split(args, args.split)
     model = load_stage_weights(CAMModel(num_classes(records), pretrained="none"), checkpoint, "spol/cam/train.py")
     model.to(ctx.device)

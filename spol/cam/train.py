@@ -24,16 +24,15 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "cam_train")
 
 
-from spol.common import drop_last_needed, load_split, resolve_defaults, spol_param_groups
+from spol.options import load_split, resolve_defaults
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
-from spol.model import CAMModel
-from utils.config import run_cli, save_resolved_config
+from spol.model import CAMModel, drop_last_needed, spol_param_groups
+from utils.config import run_cli
 from utils.data import WSOLDataset
 from utils.layouts import num_classes
 from utils.transforms import build_spol_transform
-from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer
-from utils.seeding import setup_run
+from utils.stage import finish_run, start_run
 
 
 def cam_loss_fn(loss: str):
@@ -56,9 +55,7 @@ def cam_loss_fn(loss: str):
 
 def main(args):
     resolve_defaults(args, "cam")
-    ctx = setup_run(args)
-    if ctx.is_main:
-        save_resolved_config(args, args.output_dir)
+    ctx = start_run(args)
     records = load_split(args, args.split)
     transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
     dataset = WSOLDataset(records, transform)
@@ -67,9 +64,7 @@ def main(args):
     trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_cam",
                       drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
     trainer.fit(dataset, cam_loss_fn(args.loss))
-    if ctx.is_main:
-        print(f"cam model written to {args.output_dir}/model.pth", flush=True)
-    cleanup(ctx)
+    finish_run(ctx, f"cam model written to {args.output_dir}/model.pth")
     return args.output_dir
 
 

@@ -25,14 +25,14 @@ ARGS = parse_early(__name__, get_args_parser, "cls_test")
 from pathlib import Path
 
 from network.backbones import build_classifier
-from spol.common import load_split, resolve_defaults
+from spol.options import load_split, resolve_defaults
 from utils.checkpoint import load_stage_weights
 from utils.classify import eval_transform, write_classification
-from utils.config import run_cli, save_resolved_config
+from utils.config import run_cli
 from utils.layouts import num_classes
 from utils.distributed import cleanup
-from utils.seeding import setup_run
 from utils.io import atomic_write_json
+from utils.stage import start_run
 
 
 def load_classifier(args, classes: int):
@@ -46,9 +46,7 @@ def load_classifier(args, classes: int):
 
 def main(args):
     resolve_defaults(args, "cls")
-    ctx = setup_run(args)
-    if ctx.is_main:  # next to, not over, the train step's args.yaml
-        save_resolved_config(args, Path(args.output_dir) / "test_args")
+    ctx = start_run(args, Path(args.output_dir) / "test_args")  # beside, not over, the train step's args.yaml
     records = load_split(args, args.split)
     model = load_classifier(args, num_classes(records)).to(ctx.device)
     path = Path(args.output_dir) / "predictions.csv"

@@ -21,25 +21,20 @@ ARGS = parse_early(__name__, get_args_parser, "cls_train")
 
 
 from network.backbones import build_classifier
-from spol.common import load_split, resolve_defaults
+from spol.options import load_split, resolve_defaults
 from utils.classify import train_classifier
-from utils.config import run_cli, save_resolved_config
+from utils.config import run_cli
 from utils.layouts import num_classes
-from utils.distributed import cleanup
-from utils.seeding import setup_run
+from utils.stage import finish_run, start_run
 
 
 def main(args):
     resolve_defaults(args, "cls")
-    ctx = setup_run(args)
-    if ctx.is_main:
-        save_resolved_config(args, args.output_dir)
+    ctx = start_run(args)
     records = load_split(args, args.split)
     model = build_classifier(args.backbone, num_classes(records), args.pretrained)
     train_classifier(model, records, args, ctx, stage_name="spol_cls")
-    if ctx.is_main:
-        print(f"classifier written to {args.output_dir}/model.pth", flush=True)
-    cleanup(ctx)
+    finish_run(ctx, f"classifier written to {args.output_dir}/model.pth")
     return args.output_dir
 
 

@@ -46,15 +46,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spol.common import dataset_name, default_path, load_split, resolve_defaults, spol_config
+from spol.options import dataset_name, default_path, load_split, resolve_defaults, spol_config
 from spol.model import SegModel
 from spol.visualize import write_grid
 from utils.checkpoint import load_stage_weights
-from utils.config import run_cli, save_resolved_config
+from utils.config import run_cli
 from utils.data import WSOLDataset
 from utils.distributed import all_gather_object, barrier, cleanup
 from utils.inference import file_writers, run_inference
-from utils.seeding import setup_run
 from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
@@ -62,6 +61,7 @@ from utils.paths import require_output
 from utils.predictions import read_cls_results, write_boxes_csv
 from utils.protocol import expand as expand_protocols
 from utils.protocol import get_protocol
+from utils.stage import start_run
 
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
@@ -193,9 +193,7 @@ def main(args):
                                               "spol/cls/test.py"))
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
     require_output(checkpoint, "spol/seg/train.py")
-    ctx = setup_run(args)
-    if ctx.is_main:  # next to, not over, the train step's args.yaml
-        save_resolved_config(args, Path(args.output_dir) / "test_args")
+    ctx = start_run(args, Path(args.output_dir) / "test_args")  # beside, not over, the train step's args.yaml
     records = load_split(args, args.split)
     # checked before inference: every image of the split has its result (our csv or the authors' npy)
     read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")

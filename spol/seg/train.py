@@ -29,17 +29,16 @@ ARGS = parse_early(__name__, get_args_parser, "seg_train")
 import functools
 from pathlib import Path
 
-from spol.common import default_path, drop_last_needed, load_split, resolve_defaults, spol_param_groups
+from spol.options import default_path, load_split, resolve_defaults
 from spol.losses import TARGET_THRESHOLD, seg_loss
-from spol.model import SegModel
-from utils.config import run_cli, save_resolved_config
+from spol.model import SegModel, drop_last_needed, spol_param_groups
+from utils.config import run_cli
 from utils.data import WSOLDataset, pseudo_mask_candidates
 from utils.transforms import build_spol_transform
-from utils.distributed import cleanup
 from utils.engine import Trainer, build_optimizer
 from utils.errors import MissingFileError
 from utils.paths import require_output
-from utils.seeding import setup_run
+from utils.stage import finish_run, start_run
 
 
 def seg_loss_fn(model, batch, threshold: float = TARGET_THRESHOLD):
@@ -69,9 +68,7 @@ def main(args):
     resolve_defaults(args, "seg")
     mask_dir = Path(default_path(args.mask_dir, args, "cam", "pseudo_masks"))
     require_output(mask_dir, "spol/cam/test.py")
-    ctx = setup_run(args)
-    if ctx.is_main:
-        save_resolved_config(args, args.output_dir)
+    ctx = start_run(args)
     records = load_split(args, args.split)
     check_masks(records, mask_dir, args.split)
     transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
@@ -81,9 +78,7 @@ def main(args):
     trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_seg",
                       drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
     trainer.fit(dataset, functools.partial(seg_loss_fn, threshold=args.target_threshold))
-    if ctx.is_main:
-        print(f"seg model written to {args.output_dir}/model.pth", flush=True)
-    cleanup(ctx)
+    finish_run(ctx, f"seg model written to {args.output_dir}/model.pth")
     return args.output_dir
 
 
