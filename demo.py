@@ -3,7 +3,7 @@ each fine-tuning a pretrained backbone with its paper's recipe (scaled), as the 
 
     python3 demo.py                                   # CPU, 2 cores: the one-time stand-in pretraining, then the demo
     python3 demo.py --pretrained none                 # every stage from random weights (the old demo)
-    python3 demo.py --pretrained PATH                 # your own torchvision-layout ResNet-50 state dict
+    python3 demo.py --pretrained PATH                 # your own torchvision-layout state dict of --backbone
     python3 demo.py --device cuda --config configs/demo_gpu.yaml   # one GPU, 224 px preset
     torchrun --nproc_per_node 2 demo.py --device cuda # several GPUs (the stages run under DDP)
     python3 demo.py --data-root dataset/CUB_200_2011  # an existing CUB-200-2011-layout dataset, as is
@@ -11,9 +11,10 @@ each fine-tuning a pretrained backbone with its paper's recipe (scaled), as the 
 
 What it does, in order (settings in configs/demo.yaml; command-line options of this script win):
 
-0. The backbone: ``--pretrained standin`` (default) is ``network.pretrain``'s ResNet-50 trained on
-   generated generic objects (a stand-in for ImageNet; none of them is a bird), made once into
-   ``resource/`` (``--pretrain-dir``) when its file is missing and reused afterwards; its held-out
+0. The backbone (``--backbone``; configs/demo.yaml: ResNet-18): ``--pretrained standin`` (default) is
+   ``network.pretrain``'s network trained on generated generic objects (a stand-in for ImageNet;
+   none of them is a bird); the ResNet-18 file of configs/demo.yaml ships in ``resource/``, any other
+   is made once into ``resource/`` (``--pretrain-dir``) when missing and reused afterwards; its held-out
    accuracy goes into the report. ``imagenet`` / ``none`` / a path are passed to the stages as they are.
 1. Generates a fine-grained "birds" dataset in the CUB-200-2011 layout (``utils.generate``; the class
    is decided by the head) into ``dataset/demo_birds`` unless ``--data-root`` is given; a folder
@@ -62,10 +63,13 @@ from utils.paths import CONFIG_DIR, DATASET_DIR, OUTPUT_ROOT
 DEFAULTS = dict(classes=8, train_per_class=60, test_per_class=25, image_size=64, seed=0, clutter=0.6,
                 distractors=0.8, body_evidence=0.8, object_scale=[0.4, 0.9], input_size=64, resize_size=72,
                 box_threshold=0.2, grid_images=6, cam_curve_interval=0.001,
+                # the ResNet every stage fine-tunes (and the stand-in pretraining trains): passed to
+                # every stage as --backbone
+                backbone="resnet50",
                 # backbone initialisation of every training stage: "standin" = network.pretrain's file
                 # (trained once when missing), or "imagenet" | "none" | PATH (passed to --pretrained)
                 pretrained="standin", pretrain_steps=300, pretrain_batch_size=64, pretrain_lr=0.05,
-                pretrain_seed=0, pretrain_val_images=540,
+                pretrain_seed=0, pretrain_val_images=540, pretrain_half=False,
                 # the "CAM, aggressive fine-tuning" row: lr and epochs (0 epochs: row left out)
                 aggressive_lr=0.02, aggressive_epochs=10)
 # a smoke run: a few images, one optimiser step per training stage (and a 2-step pretraining)
@@ -96,6 +100,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true",
                    help="keep earlier stage outputs (the stages then resume from their checkpoints)")
     for key, value in DEFAULTS.items():
+        if isinstance(value, bool):
+            p.add_argument("--" + key.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default from the config's demo: mapping, else {value})")
+            continue
         kind = type(value[0]) if isinstance(value, list) else type(value)
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                        nargs=len(value) if isinstance(value, list) else None,
@@ -141,7 +149,8 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
     train = common + (TINY_TRAIN_ARGS if tiny else []) + ["--pretrained", pretrained]
     test = common + (TINY_TEST_ARGS if tiny else [])
     S, R = s["input_size"], s["resize_size"]
-    slt_geom = ["--input-size", S, "--resize-size", R]
+    net = ["--backbone", s["backbone"]]   # every stage
+    slt_geom = ["--input-size", S, "--resize-size", R] + net
     cam, spol, slt = runs / "cam", runs / "spol", runs / "sltnet"
     cam_switches = ["--no-smt", "--no-acam", "--no-vst"]
     aggressive = []
@@ -168,14 +177,14 @@ def stage_plan(cfg: str, data_root: str, runs: Path, s: dict, device: str, amp: 
          test + slt_geom + ["--no-acam", "--split", "train", "--localizer-dir", cam / "localizer",
                             "--output-dir", cam / "localizer" / "train", "--box-threshold", s["box_threshold"]]),
         *aggressive,
-        ("SPOL: cls train", "spol.cls.train", "cls_train", train + ["--resize-size", R, "--input-size", S, "--output-dir", spol / "cls"]),
-        ("SPOL: cls test", "spol.cls.test", "cls_test", test + ["--resize-size", S, "--output-dir", spol / "cls"]),
-        ("SPOL: cam train", "spol.cam.train", "cam_train", train + ["--resize-size", R, "--input-size", S, "--output-dir", spol / "cam"]),
-        ("SPOL: cam test", "spol.cam.test", "cam_test", test + ["--resize-size", R, "--output-dir", spol / "cam"]),
+        ("SPOL: cls train", "spol.cls.train", "cls_train", train + net + ["--resize-size", R, "--input-size", S, "--output-dir", spol / "cls"]),
+        ("SPOL: cls test", "spol.cls.test", "cls_test", test + net + ["--resize-size", S, "--output-dir", spol / "cls"]),
+        ("SPOL: cam train", "spol.cam.train", "cam_train", train + net + ["--resize-size", R, "--input-size", S, "--output-dir", spol / "cam"]),
+        ("SPOL: cam test", "spol.cam.test", "cam_test", test + net + ["--resize-size", R, "--output-dir", spol / "cam"]),
         ("SPOL: seg train", "spol.seg.train", "seg_train",
-         train + ["--resize-size", R, "--input-size", S, "--mask-dir", spol / "cam" / "pseudo_masks", "--output-dir", spol / "seg"]),
+         train + net + ["--resize-size", R, "--input-size", S, "--mask-dir", spol / "cam" / "pseudo_masks", "--output-dir", spol / "seg"]),
         ("SPOL: seg test", "spol.seg.test", "seg_test",
-         test + ["--protocol", "wsol", "--input-size", S, "--cls-dir", spol / "cls", "--output-dir", spol / "seg",
+         test + net + ["--protocol", "wsol", "--input-size", S, "--cls-dir", spol / "cls", "--output-dir", spol / "seg",
                  "--threshold-split", "train"]),
         ("SLT-Net: localizer train", "sltnet.localizer.train", "localizer_train",
          train + slt_geom + ["--output-dir", slt / "localizer"]),
@@ -336,9 +345,9 @@ def pretrain_settings(s: dict) -> dict:
     """network.pretrain's settings for the demo: its defaults, the demo's image size and pretrain_* keys."""
     from network.pretrain import DEFAULTS as PRETRAIN_DEFAULTS
 
-    return {**PRETRAIN_DEFAULTS, "size": s["input_size"], "steps": s["pretrain_steps"],
+    return {**PRETRAIN_DEFAULTS, "arch": s["backbone"], "size": s["input_size"], "steps": s["pretrain_steps"],
             "batch_size": s["pretrain_batch_size"], "lr": s["pretrain_lr"], "seed": s["pretrain_seed"],
-            "val_images": s["pretrain_val_images"]}
+            "val_images": s["pretrain_val_images"], "half": bool(s["pretrain_half"])}
 
 
 def prepare_pretrained(args, s: dict, is_main: bool) -> tuple[str, dict | None]:
@@ -463,8 +472,9 @@ def main(args) -> dict | None:
                           notes="the ground-truth mask as the score map: the best any map can do here"))
     stages.append({"name": "evaluation", "seconds": time.perf_counter() - t0})
 
+    # the regressor's boxes as it predicted them (an inverted one too: it was scored as such)
     reg_boxes, _ = read_boxes_csv(runs / "sltnet" / "regressor" / "test" / "boxes.csv",
-                                  written_by="sltnet/regressor/test.py")
+                                  written_by="sltnet/regressor/test.py", allow_inverted=True)
     grid_methods = {CAM_ROW: {"maps": cam_dir / "scoremaps", "threshold": thresholds[CAM_ROW]},
                     **({AGGRESSIVE_ROW: {"maps": agg_dir / "test" / "scoremaps", "threshold": thresholds[AGGRESSIVE_ROW]}}
                        if AGGRESSIVE_ROW in thresholds else {}),

@@ -24,6 +24,7 @@ vgg16           conv3 (conv3_3+ReLU, 256 ch, s4), conv4 (conv4_3+ReLU, 512, s8),
                 conv5 (conv5_3+ReLU, 512, s16; pool5 is not applied)
 inception_v3    mixed_5d (288, s8), mixed_6e (768, s16), mixed_7c (2048, s32);
                 unpadded convolutions make the maps slightly smaller than input/stride
+resnet18        layer1 (64, s4), layer2 (128, s8), layer3 (256, s16), layer4 (512, s32)
 resnet50        layer1 (256, s4), layer2 (512, s8), layer3 (1024, s16), layer4 (2048, s32)
 densenet161     denseblock1 (384, s4), denseblock2 (768, s8), denseblock3 (2112, s16),
                 denseblock4 (2208, s32), features (ReLU(norm5), 2208, s32)
@@ -52,6 +53,7 @@ _URL = "https://download.pytorch.org/models/"
 WEIGHTS: dict[str, list[str]] = {
     "vgg16": ["vgg16-397923af.pth"],
     "inception_v3": ["inception_v3_google-0cc3c7bd.pth"],
+    "resnet18": ["resnet18-f37072fd.pth"],
     # 19c8e357 is the file torchvision shipped before 0.13, used by earlier WSOL code (SPOL)
     "resnet50": ["resnet50-0676ba61.pth", "resnet50-19c8e357.pth"],
     "densenet161": ["densenet161-8d451a50.pth"],
@@ -111,7 +113,7 @@ def load_imagenet_weights(module: nn.Module, name: str, resource_dir=RESOURCE_DI
 
 # the classification head of each torchvision network: never taken from a --pretrained PATH file
 HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
-    "vgg16": ("classifier.6.",), "inception_v3": ("fc.", "AuxLogits."), "resnet50": ("fc.",),
+    "vgg16": ("classifier.6.",), "inception_v3": ("fc.", "AuxLogits."), "resnet18": ("fc.",), "resnet50": ("fc.",),
     "densenet161": ("classifier.",), "efficientnet_b7": ("classifier.1.",),
 }
 
@@ -208,16 +210,20 @@ class VGG16Backbone(Backbone):
         return out
 
 
-class ResNet50Backbone(Backbone):
-    name = "resnet50"
+class ResNetBackbone(Backbone):
+    """A torchvision ResNet (``name`` in ``RESNETS``) without ``fc``: layer1..layer4 maps."""
+
     feature_names = ["layer1", "layer2", "layer3", "layer4"]
-    out_channels = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
     strides = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
     dropped_prefixes = ("fc.",)
 
-    def __init__(self):
+    def __init__(self, name: str = "resnet50"):
         super().__init__()
-        tv = tvm.resnet50(weights=None)
+        if name not in RESNETS:
+            raise ValueError(f"unknown ResNet {name!r}; choose one of {', '.join(RESNETS)}")
+        self.name = name
+        self.out_channels = dict(zip(self.feature_names, RESNETS[name]))
+        tv = getattr(tvm, name)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = tv.conv1, tv.bn1, tv.relu, tv.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
 
@@ -233,8 +239,29 @@ class ResNet50Backbone(Backbone):
         return dict(zip(self.feature_names, self._maps(x)))
 
 
-class ResNet50Trunk(ResNet50Backbone):
-    """ResNet-50 without ``fc`` whose forward returns (layer1, layer2, layer3, layer4) outputs.
+# ResNets of the registry -> output channels of layer1..layer4
+RESNETS: dict[str, tuple[int, int, int, int]] = {"resnet18": (64, 128, 256, 512),
+                                                  "resnet50": (256, 512, 1024, 2048)}
+
+
+class ResNet50Backbone(ResNetBackbone):
+    name = "resnet50"
+    out_channels = dict(zip(ResNetBackbone.feature_names, RESNETS["resnet50"]))
+
+    def __init__(self):
+        super().__init__("resnet50")
+
+
+class ResNet18Backbone(ResNetBackbone):
+    name = "resnet18"
+    out_channels = dict(zip(ResNetBackbone.feature_names, RESNETS["resnet18"]))
+
+    def __init__(self):
+        super().__init__("resnet18")
+
+
+class ResNetTrunk(ResNetBackbone):
+    """A ResNet without ``fc`` whose forward returns (layer1, layer2, layer3, layer4) outputs.
 
     Attribute names are torchvision's, so a model holding it as ``bkbone`` has the keys
     ``bkbone.conv1.weight``, ``bkbone.layer1.0.conv1.weight``, ... (SPOL's checkpoints).
@@ -242,6 +269,13 @@ class ResNet50Trunk(ResNet50Backbone):
 
     def forward(self, x):
         return self._maps(x)
+
+
+class ResNet50Trunk(ResNetTrunk):
+    """ResNet-50 trunk (SPOL's ``bkbone``)."""
+
+    def __init__(self):
+        super().__init__("resnet50")
 
 
 class InceptionV3Backbone(Backbone):
@@ -328,18 +362,27 @@ def build_backbone(name: str, pretrained: str = "imagenet", resource_dir=RESOURC
         # with Google's weights the input is remapped as torchvision does; random or a file: plain input
         model = InceptionV3Backbone(transform_input=pretrained == "imagenet", init_weights=pretrained == "none")
     else:
-        model = {"vgg16": VGG16Backbone, "resnet50": ResNet50Backbone, "densenet161": DenseNet161Backbone,
+        model = {"vgg16": VGG16Backbone, "resnet18": ResNet18Backbone, "resnet50": ResNet50Backbone,
+                 "densenet161": DenseNet161Backbone,
                  "efficientnet_b7": EfficientNetB7Backbone}[name]()
     load_pretrained(model, name, pretrained, resource_dir, model.dropped_prefixes)
     return model
 
 
-def resnet50_trunk(pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> ResNet50Trunk:
-    """ResNet-50 trunk (conv1, bn1, layer1..layer4; no fc) returning the four layer outputs."""
+def resnet_trunk(name: str = "resnet50", pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> ResNetTrunk:
+    """A ResNet trunk (conv1, bn1, layer1..layer4; no fc) returning the four layer outputs."""
+    _check_name(name)
+    if name not in RESNETS:
+        raise ValueError(f"{name!r} is not a ResNet; choose one of {', '.join(RESNETS)}")
     _check_pretrained(pretrained)
-    model = ResNet50Trunk()
-    load_pretrained(model, "resnet50", pretrained, resource_dir, model.dropped_prefixes)
+    model = ResNetTrunk(name)
+    load_pretrained(model, name, pretrained, resource_dir, model.dropped_prefixes)
     return model
+
+
+def resnet50_trunk(pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> ResNetTrunk:
+    """ResNet-50 trunk (conv1, bn1, layer1..layer4; no fc) returning the four layer outputs."""
+    return resnet_trunk("resnet50", pretrained, resource_dir)
 
 
 def classifier_head(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -347,7 +390,7 @@ def classifier_head(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     _check_name(name)
     if name == "vgg16":
         return model.classifier, "6"
-    if name in ("inception_v3", "resnet50"):
+    if name == "inception_v3" or name in RESNETS:
         return model, "fc"
     if name == "densenet161":
         return model, "classifier"
@@ -386,7 +429,7 @@ def build_classifier(name: str, num_classes: int, pretrained: str = "imagenet",
             nn.init.normal_(new.weight, 0, 0.01)
         elif name == "inception_v3":
             nn.init.trunc_normal_(new.weight, mean=0.0, std=0.1, a=-2, b=2)
-        if name != "resnet50":
+        if name not in RESNETS:  # torchvision's ResNets keep nn.Linear's default bias
             nn.init.zeros_(new.bias)
         setattr(parent, attr, new)
     return model

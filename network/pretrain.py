@@ -51,7 +51,7 @@ TEXTURES = ("plain", "stripes", "dots")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 DEFAULTS = dict(arch="resnet50", size=64, steps=300, batch_size=64, lr=0.05, weight_decay=5e-5, seed=0,
-                clutter=0.6, distractors=1.0, object_scale=[0.45, 0.9], val_images=540)
+                clutter=0.6, distractors=1.0, object_scale=[0.45, 0.9], val_images=540, half=False)
 
 
 def num_standin_classes() -> int:
@@ -163,7 +163,7 @@ def weight_name(s: dict) -> str:
     lo, hi = s["object_scale"]
     return (f"standin_{s['arch']}_s{s['size']}_c{num_standin_classes()}_st{s['steps']}_b{s['batch_size']}"
             f"_lr{s['lr']:g}_wd{s['weight_decay']:g}_cl{s['clutter']:g}_d{s['distractors']:g}"
-            f"_sc{lo:g}-{hi:g}_seed{s['seed']}.pth")
+            f"_sc{lo:g}-{hi:g}_seed{s['seed']}{'_fp16' if s.get('half') else ''}.pth")
 
 
 def weight_path(settings: dict, resource_dir=RESOURCE_DIR) -> Path:
@@ -196,7 +196,6 @@ def pretrain(settings: dict | None = None, *, resource_dir=RESOURCE_DIR, device:
     from tqdm import tqdm
 
     from network.backbones import build_classifier
-    from utils.checkpoint import save_checkpoint
 
     s = {**DEFAULTS, **(settings or {})}
     unknown = set(s) - set(DEFAULTS)
@@ -233,15 +232,29 @@ def pretrain(settings: dict | None = None, *, resource_dir=RESOURCE_DIR, device:
         running = value if running is None else 0.9 * running + 0.1 * value
         bar.set_postfix(loss=f"{running:.3f}")
     bar.close()
-    accuracy = evaluate(model, s["seed"], s, dev)
-    seconds = time.perf_counter() - start
+    return finish(model, s, out, time.perf_counter() - start, dev, command)
+
+
+def finish(model, s: dict, out: Path, seconds: float, device, command: str | None = None) -> Path:
+    """Write the trained ``model``'s state dict to ``out`` (float16 tensors when ``s['half']``: half
+    the bytes; the stages copy them into their float32 parameters) and the JSON beside it. The
+    held-out accuracy is measured with the weights as written."""
+    from utils.checkpoint import save_checkpoint
+
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if s["half"]:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        model.load_state_dict(state)  # evaluate what is shipped: the rounded weights
+    accuracy = evaluate(model, s["seed"], s, device)
     save_checkpoint(out, state)
+    flags = {"half"}
     info = {"command": command or "python3 -m network.pretrain " + " ".join(
-                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in s.items()),
+                (f"--{k}" if v else "") if k in flags else
+                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in s.items()).strip(),
             "settings": s, "classes": num_standin_classes(), "images_seen": s["steps"] * s["batch_size"],
             "heldout_top1": accuracy, "heldout_images": s["val_images"], "seconds": round(seconds, 1),
-            "device": str(dev), "torch": torch.__version__, "sha256": sha256(out)}
+            "device": str(device), "torch": torch.__version__, "sha256": sha256(out)}
     atomic_write_json(out.with_suffix(".json"), info)
     print(f"pretrain: {out} ({s['steps']} steps, {accuracy:.1f}% held-out top-1 on "
           f"{s['val_images']} images, {seconds:.0f} s)", flush=True)
@@ -260,6 +273,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 description="Pretrain a torchvision backbone on generated generic objects "
                                             "(stand-in for ImageNet)")
     for key, value in DEFAULTS.items():
+        if isinstance(value, bool):
+            p.add_argument("--" + key, action="store_true",
+                           help="store the weights as float16 (half the file; loaded into float32)")
+            continue
         kind = type(value[0]) if isinstance(value, list) else type(value)
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=value,
                        nargs=len(value) if isinstance(value, list) else None)

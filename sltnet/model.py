@@ -29,16 +29,16 @@ import torch.nn as nn
 from network import build_backbone
 from sltnet.options import BACKBONES  # the names the command line offers
 
-CAM_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_6e", "resnet50": "layer4", "densenet161": "features"}
-REGRESSOR_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_7c", "resnet50": "layer4", "densenet161": "features"}
-EXTRA_CONV = {"vgg16": 1024, "inception_v3": 1024, "resnet50": 0, "densenet161": 0}
+CAM_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_6e", "resnet18": "layer4", "resnet50": "layer4", "densenet161": "features"}
+REGRESSOR_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_7c", "resnet18": "layer4", "resnet50": "layer4", "densenet161": "features"}
+EXTRA_CONV = {"vgg16": 1024, "inception_v3": 1024, "resnet18": 0, "resnet50": 0, "densenet161": 0}
 
 
 def _drop_blocks_after(backbone: nn.Module, feature: str) -> None:
     """Remove the blocks of a ``network.backbones`` backbone that come after ``feature``.
 
     network.Backbone has no truncation call; this relies on the layout of its four classes
-    (InceptionV3 ``_blocks``, VGG16 ``features`` + ``_taps``, ResNet50 ``layerN``, DenseNet161
+    (InceptionV3 ``_blocks``, VGG16 ``features`` + ``_taps``, ResNet ``layerN``, DenseNet161
     ``features``). Without it the removed blocks would still run and, holding parameters that
     get no gradient, break DDP (find_unused_parameters=False). Maps after the cut become wrong;
     only ``feature`` is read.
@@ -53,7 +53,7 @@ def _drop_blocks_after(backbone: nn.Module, feature: str) -> None:
     elif name == "vgg16":
         last = {v: k for k, v in backbone._taps.items()}[feature]
         backbone.features = backbone.features[:last + 1]
-    elif name == "resnet50":
+    elif name in ("resnet18", "resnet50"):
         for layer in backbone.feature_names[backbone.feature_names.index(feature) + 1:]:
             setattr(backbone, layer, nn.Identity())
     elif name == "densenet161" and feature != "features":

@@ -23,13 +23,13 @@ from utils.options import add_classifier_train_args
 from utils.paths import DATASET_DIR, stage_dir
 from utils.protocol import choices as protocol_choices
 
-BACKBONES = ("vgg16", "inception_v3", "resnet50", "densenet161")
+BACKBONES = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161")
 BOX_RULES = ("zhou", "choe")
 BOX_SCALES = ("stride", "input")
 
 METHOD = "sltnet"
 # Sec. 4.1: VGG16 resize 256 crop 224, InceptionV3 resize 320 crop 299 (ResNet50 / DenseNet161: as VGG16)
-GEOMETRY = {"vgg16": (256, 224), "inception_v3": (320, 299), "resnet50": (256, 224), "densenet161": (256, 224)}
+GEOMETRY = {"vgg16": (256, 224), "inception_v3": (320, 299), "resnet18": (256, 224), "resnet50": (256, 224), "densenet161": (256, 224)}
 DATASET_NAME = {"cub": "cub", "ilsvrc": "imagenet", "metadata": "metadata"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "ilsvrc": DATASET_DIR / "ILSVRC2012",
                      "metadata": DATASET_DIR / "CUB_200_2011"}

@@ -2,10 +2,13 @@
 
 Both share one body (Wei et al., CVPR 2021, Sec. 3.1-3.2):
 
-* ``bkbone``: torchvision ResNet-50 without ``fc`` (``network.backbones.resnet50_trunk``: module
+* ``bkbone``: torchvision ResNet-50 without ``fc`` (``network.backbones.resnet_trunk``: module
   names ``conv1, bn1, layer1..layer4``); its layer2/3/4 outputs are ``out3, out4, out5``
   (512/1024/2048 channels, strides 8/16/32). ImageNet weights: ``resource/resnet50-19c8e357.pth``
   (the file the reference used) or torchvision's current ``resnet50-0676ba61.pth``.
+  ``backbone="resnet18"`` (not in the paper; the demo's smaller backbone) uses ResNet-18's trunk
+  instead: the same layers at the same strides with 128/256/512 channels, every gate and projection
+  below sized from those widths (``network.backbones.RESNETS``), the rest unchanged.
 * channel gating from global context: ``a_i = relu(bn{i}1(fc{i}1(gap(out_i))))`` for i in 5, 4, 3;
   ``vector = a5 * a4 * a3`` (128-d); ``out_i = sigmoid(fc{i}2(vector)) * out_i``.
 * projection: ``out_i = relu(bn{i}(linear{i}(out_i)))`` (128 channels); out5 and out4 are resized
@@ -39,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from network.backbones import resnet50_trunk
+from network.backbones import RESNETS, resnet_trunk
 from utils.paths import RESOURCE_DIR
 
 FEATURE_DIM = 128
@@ -53,21 +56,25 @@ class SPOLNet(nn.Module):
     """The shared body + a 1x1 head with ``num_outputs`` channels (see the module docstring)."""
 
     def __init__(self, num_outputs: int, *, pretrained: str = "imagenet", freeze_stem: bool = False,
-                 dropout: float = 0.5, resource_dir=RESOURCE_DIR):
+                 dropout: float = 0.5, resource_dir=RESOURCE_DIR, backbone: str = "resnet50"):
         super().__init__()
+        if backbone not in RESNETS:
+            raise ValueError(f"SPOL's model takes a ResNet backbone ({', '.join(RESNETS)}), got {backbone!r}")
+        self.backbone = backbone
         # "imagenet": resource/ weights, a missing file is an error naming it and its URL
-        self.bkbone = resnet50_trunk(pretrained, resource_dir)
+        self.bkbone = resnet_trunk(backbone, pretrained, resource_dir)
+        _, c3, c4, c5 = RESNETS[backbone]  # layer2/3/4 widths: out3, out4, out5
         self.freeze_stem = freeze_stem
         if freeze_stem:
             # the authors' ImageNet CAM training leaves conv1/bn1 out of the optimiser, nothing more:
             # bn1 stays in train mode (batch statistics, running statistics updated) like every BN
             for p in list(self.bkbone.conv1.parameters()) + list(self.bkbone.bn1.parameters()):
                 p.requires_grad_(False)
-        for i, channels in ((5, 2048), (4, 1024), (3, 512)):
+        for i, channels in ((5, c5), (4, c4), (3, c3)):
             setattr(self, f"fc{i}1", _conv1x1(channels, FEATURE_DIM))
             setattr(self, f"bn{i}1", nn.BatchNorm2d(FEATURE_DIM))
             setattr(self, f"fc{i}2", _conv1x1(FEATURE_DIM, channels))
-        for i, channels in ((5, 2048), (4, 1024), (3, 512)):
+        for i, channels in ((5, c5), (4, c4), (3, c3)):
             setattr(self, f"linear{i}", _conv1x1(channels, FEATURE_DIM))
             setattr(self, f"bn{i}", nn.BatchNorm2d(FEATURE_DIM))
         self.linear = _conv1x1(FEATURE_DIM, num_outputs)

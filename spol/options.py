@@ -36,6 +36,14 @@ IMAGENET_EXCLUDE = ("ILSVRC2012_val_00033202.JPEG",)
 PSEUDO_MASK_WORK_SIZE = 256
 
 
+def _add_backbone_arg(parser: argparse.ArgumentParser) -> None:
+    """``--backbone`` of the CAM and seg models: the paper's ResNet-50, or ResNet-18 (the demo's)."""
+    # --arch: the repository's old spelling of --backbone, accepted here as everywhere (one deprecation line)
+    add_alias(parser, "--arch", parser.add_argument(
+        "--backbone", type=str, default="resnet50", choices=["resnet50", "resnet18"],
+        help="ResNet trunk of the shallow x deep model (test steps: the training run's by default)"))
+
+
 def add_spol_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options every SPOL stage has besides utils.config.add_common_args."""
     g = parser.add_argument_group("spol")
@@ -54,7 +62,7 @@ def add_sgd_args(parser: argparse.ArgumentParser, *, lr: float, backbone_lr_mult
     g = parser.add_argument_group("optimiser (SGD)")
     g.add_argument("--lr", type=float, default=lr, help="lr of the layers outside the backbone")
     g.add_argument("--backbone-lr-mult", type=float, default=backbone_lr_mult,
-                   help="lr multiplier of the ResNet-50 backbone")
+                   help="lr multiplier of the ResNet backbone")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--weight-decay", type=float, default=1e-4)
@@ -94,6 +102,7 @@ def cam_train_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/cam/train.py", "SPOL cam stage: train the CAM model")
     add_common_args(parser)
     add_spol_args(parser)
+    _add_backbone_arg(parser)
     add_sgd_args(parser, lr=0.02, backbone_lr_mult=0.1)
     g = parser.add_argument_group("cam")
     g.add_argument("--loss", type=str, default="two_head", choices=["two_head", "single_head"],
@@ -113,6 +122,7 @@ def cam_test_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/cam/test.py", "SPOL cam stage: write pseudo masks of the training images")
     add_common_args(parser, train=False)
     add_spol_args(parser)
+    _add_backbone_arg(parser)
     g = parser.add_argument_group("cam test")
     g.add_argument("--checkpoint", type=str, default=None,
                    help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
@@ -140,6 +150,7 @@ def seg_train_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/seg/train.py", "SPOL seg stage: train the segmentation model on pseudo masks")
     add_common_args(parser)
     add_spol_args(parser)
+    _add_backbone_arg(parser)
     add_sgd_args(parser, lr=0.02, backbone_lr_mult=1.0)
     g = parser.add_argument_group("seg")
     g.add_argument("--mask-dir", type=str, default=None,
@@ -158,6 +169,7 @@ def seg_test_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/seg/test.py", "SPOL seg stage: evaluate localization")
     add_common_args(parser, train=False)
     add_spol_args(parser)
+    _add_backbone_arg(parser)
     g = parser.add_argument_group("seg test")
     g.add_argument("--checkpoint", type=str, default=None,
                    help="seg model weights (default <output-dir>/model.pth, from spol/seg/train.py)")

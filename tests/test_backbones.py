@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from network import (WEIGHTS, build_backbone, build_classifier, load_imagenet_weights, resnet50_trunk,
-                     weight_file)
+                     resnet_trunk, weight_file)
 from network.backbones import _rename_legacy_keys
 from utils.checkpoint import MissingFileError, save_checkpoint
 
@@ -14,6 +14,7 @@ torch.set_num_threads(1)
 # Inception's unpadded convolutions: 96 -> 47 -> 45 -> 22 -> 20 -> 9 (5d) -> 4 (6e) -> 1 (7c)
 CASES = [
     ("vgg16", 64, {"conv3": 16, "conv4": 8, "conv5": 4}),
+    ("resnet18", 64, {"layer1": 16, "layer2": 8, "layer3": 4, "layer4": 2}),
     ("resnet50", 64, {"layer1": 16, "layer2": 8, "layer3": 4, "layer4": 2}),
     ("inception_v3", 96, {"mixed_5d": 9, "mixed_6e": 4, "mixed_7c": 1}),
     ("densenet161", 64, {"denseblock1": 16, "denseblock2": 8, "denseblock3": 4, "denseblock4": 2,
@@ -177,3 +178,50 @@ def test_pretrained_path_refused_by_a_stage_with_one_error_line(tmp_path, capsys
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}: not a resnet50 state dict")
+
+
+# ----------------------------------------------------------------------------- ResNet-18
+def test_resnet18_widths_and_torchvision_file_name():
+    model = build_backbone("resnet18", "none")
+    assert model.name == "resnet18"
+    assert model.out_channels == {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+    assert WEIGHTS["resnet18"][0] == "resnet18-f37072fd.pth"  # torchvision's file for ResNet18_Weights.IMAGENET1K_V1
+    assert build_backbone("resnet50", "none").out_channels["layer4"] == 2048  # per instance, not shared
+
+
+def test_resnet18_loads_a_torchvision_state_dict_strictly(tmp_path):
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(num_classes=54)
+    save_checkpoint(tmp_path / "r18.pth", reference.state_dict())
+    model = build_backbone("resnet18", str(tmp_path / "r18.pth"))
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert torch.equal(model.layer2[0].downsample[1].running_var, reference.layer2[0].downsample[1].running_var)
+    trunk = resnet_trunk("resnet18", tmp_path / "r18.pth")
+    outs = trunk.eval()(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [64, 128, 256, 512]
+    clf = build_classifier("resnet18", 6, str(tmp_path / "r18.pth"))
+    assert clf.fc.out_features == 6 and torch.equal(clf.conv1.weight, reference.conv1.weight)
+    # the ImageNet file under torchvision's name in resource/
+    save_checkpoint(tmp_path / "resnet18-f37072fd.pth", torchvision.models.resnet18().state_dict())
+    assert build_classifier("resnet18", 1000, "imagenet", resource_dir=tmp_path).fc.out_features == 1000
+    # a float16 copy (how a shipped file may be stored) loads into the float32 parameters
+    save_checkpoint(tmp_path / "half.pth", {k: v.half() if v.is_floating_point() else v
+                                             for k, v in reference.state_dict().items()})
+    half = build_backbone("resnet18", str(tmp_path / "half.pth"))
+    assert half.conv1.weight.dtype == torch.float32
+    assert torch.allclose(half.conv1.weight, reference.conv1.weight, atol=1e-3)
+
+
+def test_resnet18_file_refused_for_resnet50_and_back_in_one_line(tmp_path):
+    from utils.errors import DataError
+
+    save_checkpoint(tmp_path / "r50.pth", torchvision.models.resnet50().state_dict())
+    for build in (lambda: build_backbone("resnet18", str(tmp_path / "r50.pth")),
+                  lambda: resnet_trunk("resnet18", str(tmp_path / "r50.pth")),
+                  lambda: build_classifier("resnet18", 3, str(tmp_path / "r50.pth"))):
+        with pytest.raises(DataError) as info:
+            build()
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"{tmp_path / 'r50.pth'}: not a resnet18 state dict")
+    with pytest.raises(ValueError, match="'vgg16' is not a ResNet"):
+        resnet_trunk("vgg16", "none")

@@ -96,17 +96,20 @@ def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(
     base, results = tiny_run
     weights = Path(results["pretrained"])
     # the stand-in pretraining ran (2 steps) into --pretrain-dir, under a name encoding its settings
-    assert weights.parent == base / "resource" and weights.name.startswith("standin_resnet50_s64_c54_st2_b4_")
+    net = results["settings"]["backbone"]  # configs/demo.yaml's choice
+    assert weights.parent == base / "resource" and weights.name.startswith(f"standin_{net}_s64_c54_st2_b4_")
     info = json.loads(weights.with_suffix(".json").read_text())
     assert info["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest() == results["pretraining"]["sha256"]
     assert 0.0 <= info["heldout_top1"] <= 100.0 and info["images_seen"] == 8
     assert "held-out top-1" in (base / "out" / "report.md").read_text()
-    model = build_backbone("resnet50", str(weights))  # strict load
-    assert torch.equal(model.conv1.weight, load_checkpoint(weights)["conv1.weight"])
+    model = build_backbone(net, str(weights))  # strict load
+    assert torch.equal(model.conv1.weight, load_checkpoint(weights)["conv1.weight"].float())
     # --pretrained <file> reached every training stage (their checkpoints record their arguments)
     for stage in TRAIN_STAGES:
         ck = load_checkpoint(base / "out" / "runs" / stage / "checkpoint.pth")
         assert ck["args"]["pretrained"] == str(weights), stage
+        # ... and so did the demo's backbone (SPOL's cls stages call it --arch)
+        assert ck["args"].get("backbone", ck["args"].get("arch")) == net, stage
     # a second run reuses the file instead of pretraining again
     before = weights.stat().st_mtime_ns
     args = demo.get_args_parser().parse_args(["--tiny", "--pretrain-dir", str(base / "resource")])

@@ -55,3 +55,22 @@ def test_short_pretraining_writes_a_strict_torchvision_state_dict(tmp_path):
     assert torch.equal(clf.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
     with pytest.raises(ValueError, match="unknown pretraining setting"):
         P.pretrain({"colour": 1}, resource_dir=tmp_path)
+
+
+def test_half_pretraining_of_resnet18_writes_float16_that_loads_strictly(tmp_path):
+    from network.backbones import build_backbone
+
+    settings = dict(arch="resnet18", size=32, steps=1, batch_size=2, val_images=2, half=True)
+    path = P.pretrain(settings, resource_dir=tmp_path, progress=False)
+    assert path.name.startswith("standin_resnet18_s32_") and path.name.endswith("_seed0_fp16.pth")
+    assert P.weight_name({**P.DEFAULTS, **settings, "half": False}) != path.name
+    state = torch.load(path, weights_only=True)
+    assert state["layer4.1.conv2.weight"].dtype == torch.float16 and state["fc.weight"].shape == (54, 512)
+    assert state["bn1.num_batches_tracked"].dtype == torch.long  # integers stay as they are
+    model = build_backbone("resnet18", str(path))  # strict; float16 copied into float32 parameters
+    assert model.layer4[1].conv2.weight.dtype == torch.float32
+    assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"].float())
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["command"].endswith("--half") and info["settings"]["half"] is True
+    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert P.get_args_parser().parse_args(["--half"]).half and not P.get_args_parser().parse_args([]).half

@@ -138,3 +138,33 @@ def test_missing_weight_file_names_the_stage(tmp_path):
 def test_missing_imagenet_backbone_file_is_an_error_not_random_init(tmp_path):
     with pytest.raises(FileNotFoundError, match="resnet50-19c8e357.pth"):
         SegModel(pretrained="imagenet", resource_dir=tmp_path)
+
+
+def test_resnet18_shallow_x_deep_model_widths_and_shapes(tmp_path):
+    import torchvision
+
+    from utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = CAMModel(5, pretrained="none", backbone="resnet18").eval()
+    widths = {name: getattr(model, name).weight.shape for name in ("fc51", "fc41", "fc31", "fc52", "linear3")}
+    assert widths["fc51"][1] == 512 and widths["fc41"][1] == 256 and widths["fc31"][1] == 128
+    assert widths["fc52"][0] == 512 and widths["linear3"][1] == 128
+    with torch.no_grad():
+        deep, fused = model(torch.randn(2, 3, 64, 64))
+        assert deep.shape == fused.shape == (2, 5, 8, 8)  # stride 8, as with ResNet-50
+        assert SegModel(pretrained="none", backbone="resnet18").eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1, 8, 8)
+    # a torchvision ResNet-18 file fills the trunk; the ResNet-50 model refuses it
+    reference = torchvision.models.resnet18(num_classes=9)
+    save_checkpoint(tmp_path / "r18.pth", reference.state_dict())
+    loaded = CAMModel(5, pretrained=str(tmp_path / "r18.pth"), backbone="resnet18")
+    assert torch.equal(loaded.bkbone.layer3[1].conv1.weight, reference.layer3[1].conv1.weight)
+    with pytest.raises(Exception, match="not a resnet50 state dict"):
+        CAMModel(5, pretrained=str(tmp_path / "r18.pth"))
+    # a ResNet-18 model.pth does not load into the ResNet-50 model (strict shapes)
+    save_checkpoint(tmp_path / "model.pth", model.state_dict())
+    with pytest.raises(Exception, match="shape"):
+        load_stage_weights(CAMModel(5, pretrained="none"), tmp_path / "model.pth", None)
+    load_stage_weights(CAMModel(5, pretrained="none", backbone="resnet18"), tmp_path / "model.pth", None)
+    with pytest.raises(ValueError, match="ResNet backbone"):
+        CAMModel(5, pretrained="none", backbone="vgg16")

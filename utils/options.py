@@ -7,7 +7,7 @@ import argparse
 from utils.config import HelpFormatter, add_alias
 from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
 
-ARCHS = ("vgg16", "inception_v3", "resnet50", "densenet161", "efficientnet_b7")
+ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
 
 
 def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argparse.ArgumentParser:

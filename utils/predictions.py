@@ -126,8 +126,12 @@ def write_boxes_csv(path, image_ids, boxes, *, meta: dict | None = None) -> None
         atomic_write_json(Path(path).with_suffix(".json"), meta)
 
 
-def read_boxes_csv(path, *, written_by: str = "sltnet/localizer/test.py") -> tuple[dict, dict]:
+def read_boxes_csv(path, *, written_by: str = "sltnet/localizer/test.py",
+                   allow_inverted: bool = False) -> tuple[dict, dict]:
     """Read ``boxes.csv`` -> ({image_id: float array (4,)}, sidecar metadata dict or {}).
+
+    ``allow_inverted``: keep a box with x1 < x0 or y1 < y0 as written (a box regressor predicts the
+    four coordinates freely and is scored on what it predicted; only pictures read such a file).
 
     A missing file or a malformed line raises ``DataError`` naming the file (and line) and the stage
     that writes it.
@@ -148,7 +152,7 @@ def read_boxes_csv(path, *, written_by: str = "sltnet/localizer/test.py") -> tup
                 box = np.array([float(v) for v in row[1:]], dtype=np.float64)
             except ValueError:
                 raise DataError.at(path, line, f"non-numeric box {row[1:]}") from None
-            if not np.all(np.isfinite(box)) or box[2] < box[0] or box[3] < box[1]:
+            if not np.all(np.isfinite(box)) or (not allow_inverted and (box[2] < box[0] or box[3] < box[1])):
                 raise DataError.at(path, line, f"invalid box {row[1:]} (need x0<=x1, y0<=y1)")
             if row[0] in boxes:
                 raise DataError.at(path, line, f"duplicate image_id {row[0]}")

@@ -405,8 +405,8 @@ _GEOMETRY = ("resize_size", "input_size")
 TEST_INHERITS = {
     # cls: the test input is the whole image resized (no crop unless --input-size is given)
     "cls_test": (lambda a: a.output_dir, "checkpoint", ["backbone"], ("resize_size",)),
-    "cam_test": (lambda a: a.output_dir, "checkpoint", [], ("resize_size",)),
-    "seg_test": (lambda a: a.output_dir, "checkpoint", [], _GEOMETRY),
+    "cam_test": (lambda a: a.output_dir, "checkpoint", ["backbone"], ("resize_size",)),
+    "seg_test": (lambda a: a.output_dir, "checkpoint", ["backbone"], _GEOMETRY),
     "localizer_test": (lambda a: a.localizer_dir, "weights", _SLT_MODEL, _GEOMETRY),
     "classifier_test": (lambda a: a.classifier_dir, "checkpoint", ["backbone"], _GEOMETRY),
     "regressor_test": (lambda a: getattr(a, f"{a.regressor_source}_dir", None), "weights", _SLT_MODEL, _GEOMETRY),
