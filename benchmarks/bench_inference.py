@@ -14,6 +14,7 @@ a load change between two runs cannot pass for a speed difference.
     spol cam/test   spol.cam.test.write_pseudo_masks  (CAMs -> max-norm -> Gaussian prior -> PNG) vs CAMModel.cam
     spol seg/test   spol.seg.test.write_scoremaps     (sigmoid maps -> .npy)                     vs SegModel
     sltnet loc/test sltnet.localizer.test.localize    (top-K ACAM maps -> boxes)                 vs CAMLocalizer
+    sltnet reg/test sltnet.regressor.test.regressor_step + regressor_on_host (boxes, grid images) vs BoxRegressor
     utils.evaluate  evaluate_scoremaps on the seg maps (MaxBoxAcc, MaxBoxAccV2, PxAP sweep)     (no model)
 
 Every stage loop is ``utils.inference.run_inference``: the host work of a batch (copy to the host,
@@ -21,6 +22,10 @@ boxes, writing files) runs on its consumer thread while the next batch is loaded
 ``--workers 0`` one thread loads the next batch. The table also gives, per stage run (medians),
 the seconds the consumer worked on its thread and the seconds the loop waited for it or for a
 batch (``utils.inference.last_stats``): where the time goes beyond the network.
+
+The classifier and SLT-Net stages read uint8 images and normalise them on the batch (as their
+test steps do: ``build_transform(normalize=False)``); the SPOL stages use the SPOL authors'
+per-image pipeline (normalise, then resize). The bare pass gets batches already normalised.
 
 Models are randomly initialised (speed does not depend on the weights). Data: generated birds
 (``utils.generate``) in a temporary folder.
@@ -67,7 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="timed rounds, stage and bare interleaved (the median and spread are printed)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first")
     p.add_argument("--only", type=str, nargs="*", default=None,
-                   help="subset of: cls spol_cam spol_seg sltnet_localizer evaluate")
+                   help="subset of: cls spol_cam spol_seg sltnet_localizer sltnet_regressor evaluate")
     p.add_argument("--json", type=str, default=None, help="also write the figures to this JSON file")
     return p
 
@@ -91,7 +96,7 @@ def device_batches(records, size: int, batch_size: int, device) -> list:
 def main(args) -> list[dict]:
     device = torch.device(args.device)
     ctx = DistContext(device=device)
-    only = set(args.only or ["cls", "spol_cam", "spol_seg", "sltnet_localizer", "evaluate"])
+    only = set(args.only or ["cls", "spol_cam", "spol_seg", "sltnet_localizer", "sltnet_regressor", "evaluate"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         tmp = Path(tmp)
@@ -134,7 +139,7 @@ def main(args) -> list[dict]:
             model = build_classifier("resnet50", k, "none").to(device).eval()
             cls_args = SimpleNamespace(input_size=args.size, ten_crop=False, batch_size=args.batch_size,
                                        workers=args.workers, amp=args.amp)
-            transform = build_transform("resize", resize=args.size)
+            transform = build_transform("resize", resize=args.size, normalize=False)  # as eval_transform
             measure("cls test (ResNet-50, top-5, predictions.csv)",
                     lambda: write_classification(model, records, transform, cls_args, ctx, tmp / "predictions.csv"),
                     bare_forward(model, batches, ctx, args.amp), "top-5 + predictions.csv vs the classifier")
@@ -162,9 +167,22 @@ def main(args) -> list[dict]:
             loc_args = SimpleNamespace(input_size=args.size, acam=True, top_k=min(2, k), box_threshold=0.2,
                                        box_rule="zhou",
                                        batch_size=args.batch_size, workers=args.workers, amp=args.amp)
-            dataset = WSOLDataset(records, build_transform("resize", resize=args.size))
+            dataset = WSOLDataset(records, build_transform("resize", resize=args.size, normalize=False))
             measure("sltnet localizer/test (ResNet-50 to layer2)", lambda: localize(model, dataset, ctx, loc_args),
                     bare_forward(model, batches, ctx, args.amp), "top-K ACAM + boxes vs CAMLocalizer")
+        if "sltnet_regressor" in only:
+            from functools import partial
+
+            from sltnet.model import BoxRegressor
+            from sltnet.regressor.test import regressor_on_host, regressor_step
+            from utils.inference import run_inference
+            model = BoxRegressor("resnet50", pretrained="none").to(device).eval()
+            dataset = WSOLDataset(records, build_transform("resize", resize=args.size, normalize=False))
+            step = partial(regressor_step, predict=lambda m, x: m(x), divisor=8.0, input_size=args.size)
+            measure("sltnet regressor/test (ResNet-50 regressor)",
+                    lambda: run_inference(model, dataset, step, ctx, batch_size=args.batch_size, workers=args.workers,
+                                          amp=args.amp, consume=partial(regressor_on_host, grid_images=8)),
+                    bare_forward(model, batches, ctx, args.amp), "boxes + grid images vs BoxRegressor")
         if "evaluate" in only:
             from utils.evaluate import evaluate_scoremaps
             measure("utils.evaluate (interval 0.001)",

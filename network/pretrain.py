@@ -1,7 +1,7 @@
 """A stand-in for ImageNet pretraining: generic generated objects, and the command that trains a
 torchvision backbone on them.
 
-    python3 -m network.pretrain --arch resnet50 --steps 300 --batch-size 64 --seed 0
+    python3 -m network.pretrain --backbone resnet50 --steps 300 --batch-size 64 --seed 0
     # -> resource/standin_resnet50_s64_c54_st300_b64_lr0.1_seed0.pth (+ .json beside it)
 
 Both papers fine-tune ImageNet-pretrained backbones; ``demo.py`` runs on CPU with generated birds
@@ -25,6 +25,11 @@ image; the held-out accuracy is measured on ``val_images`` images from another s
 are written atomically as a plain state dict in torchvision's layout (the 1000-class ``fc`` replaced
 by one of ``num_classes``), loadable by every stage as ``--pretrained <file>``; the JSON beside it
 holds the command, settings, seed, held-out accuracy, seconds and the file's SHA-256.
+
+Option names: ``--backbone`` as in every stage script (``--arch``, the old spelling, still works with
+one deprecation line). The settings key, the JSON's ``settings`` and the file name keep the old
+word ``arch``, so that the weight files already made (the one shipped in ``resource/`` included)
+are still found and reused.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 DEFAULTS = dict(arch="resnet50", size=64, steps=300, batch_size=64, lr=0.05, weight_decay=5e-5, seed=0,
                 clutter=0.6, distractors=1.0, object_scale=[0.45, 0.9], val_images=540, half=False)
+OPTION = {"arch": "backbone"}  # a settings key whose command-line option has another name
 
 
 def num_standin_classes() -> int:
@@ -250,7 +256,7 @@ def finish(model, s: dict, out: Path, seconds: float, device, command: str | Non
     flags = {"half"}
     info = {"command": command or "python3 -m network.pretrain " + " ".join(
                 (f"--{k}" if v else "") if k in flags else
-                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                f"--{OPTION.get(k, k.replace('_', '-'))} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                 for k, v in s.items()).strip(),
             "settings": s, "classes": num_standin_classes(), "images_seen": s["steps"] * s["batch_size"],
             "heldout_top1": accuracy, "heldout_images": s["val_images"], "seconds": round(seconds, 1),
@@ -267,12 +273,16 @@ def read_info(path) -> dict | None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from utils.config import HelpFormatter
+    from utils.config import HelpFormatter, add_alias
 
     p = argparse.ArgumentParser(prog="python -m network.pretrain", formatter_class=HelpFormatter,
                                 description="Pretrain a torchvision backbone on generated generic objects "
                                             "(stand-in for ImageNet)")
     for key, value in DEFAULTS.items():
+        if key == "arch":  # the settings key keeps its name (file names, JSON); the option is --backbone
+            add_alias(p, "--arch", p.add_argument("--backbone", dest="arch", type=str, default=value,
+                                                  help="torchvision ResNet to pretrain"))
+            continue
         if isinstance(value, bool):
             p.add_argument("--" + key, action="store_true",
                            help="store the weights as float16 (half the file; loaded into float32)")

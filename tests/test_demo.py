@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 import demo
+from demo_birds.prepare import prepare_pretrained
+from demo_birds.scoring import centre_box_map, choose_centre_fraction
+from demo_birds.settings import resolve_settings
 from utils.layouts import load_records
 from utils.protocol import get_protocol
 from utils.metrics import box_iou
@@ -65,12 +68,12 @@ def test_tiny_demo_baselines_match_hand_computation(tiny_run):
     assert rows["True mask (upper bound)"]["gt_known_loc"] == pytest.approx(100.0)
     assert rows["True mask (upper bound)"]["pxap"] == pytest.approx(100.0)
     # the centre box fraction is the one chosen on the TRAINING split
-    fraction, _ = demo.choose_centre_fraction(load_records(base / "data", "cub", "train"), size)
+    fraction, _ = choose_centre_fraction(load_records(base / "data", "cub", "train"), size)
     assert f"({fraction:.0%} of the side)" in [n for n in rows if n.startswith("Centre")][0]
 
 
 def test_centre_box_map_and_fraction_by_hand():
-    m = demo.centre_box_map(10, 0.6)
+    m = centre_box_map(10, 0.6)
     assert m.sum() == 36 and m[2, 2] == 1 and m[1, 1] == 0 and m[7, 7] == 1 and m[8, 8] == 0
 
 
@@ -79,10 +82,10 @@ def test_unknown_demo_setting_is_an_error(tmp_path):
     cfg.write_text("demo:\n  classes: 3\n  colour: red\n")
     args = demo.get_args_parser().parse_args(["--config", str(cfg)])
     with pytest.raises(ValueError, match="colour"):
-        demo.resolve_settings(args)
+        resolve_settings(args)
     cfg.write_text("demo:\n  classes: 3\n")
     args = demo.get_args_parser().parse_args(["--config", str(cfg), "--classes", "7"])
-    assert demo.resolve_settings(args)["classes"] == 7      # command line wins over the config
+    assert resolve_settings(args)["classes"] == 7      # command line wins over the config
 
 
 def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(tiny_run):
@@ -113,5 +116,61 @@ def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(
     # a second run reuses the file instead of pretraining again
     before = weights.stat().st_mtime_ns
     args = demo.get_args_parser().parse_args(["--tiny", "--pretrain-dir", str(base / "resource")])
-    path, again = demo.prepare_pretrained(args, demo.resolve_settings(args), True)
+    path, again = prepare_pretrained(args, resolve_settings(args), True)
     assert path == str(weights) and again["sha256"] == info["sha256"] and weights.stat().st_mtime_ns == before
+
+
+def test_cam_readout_is_the_networks_own_top_classes(tiny_run):
+    """demo_birds.readout (through utils.inference.run_inference) writes the top-k classes a plain
+    no-grad forward pass of the CAM network gives, image by image."""
+    import torch
+
+    from demo_birds.plan import stage_plan
+    from sltnet.localizer import test as localizer_test
+    from sltnet.model import build_branch
+    from sltnet.options import PRODUCER, resolve_args
+    from utils.checkpoint import load_stage_weights
+    from utils.config import parse_args
+    from utils.data import WSOLDataset
+    from utils.layouts import num_classes
+    from utils.predictions import read_predictions
+    from utils.transforms import build_transform
+
+    base, results = tiny_run
+    runs = base / "out" / "runs"
+    plan = stage_plan(demo.get_args_parser().parse_args([]).config, str(base / "data"), runs, results["settings"],
+                      "cpu", "off", True, results["pretrained"])
+    args = resolve_args(parse_args(localizer_test.get_args_parser(), [str(a) for a in plan[1][3]],
+                                   stage="localizer_test"), "localizer", test_of="localizer")
+    test = load_records(base / "data", "cub", "test")
+    branch = build_branch(args, num_classes(test), pretrained="none")
+    load_stage_weights(branch, runs / "cam" / "localizer" / "model.pth", PRODUCER["localizer"])
+    model = branch.localizer.eval()
+    written = read_predictions(runs / "cam" / "predictions.csv")
+    dataset = WSOLDataset(test, build_transform("resize", resize=args.input_size))
+    with torch.no_grad():
+        for i, r in enumerate(test):
+            logits = model(dataset[i]["image"][None])["logits"][0]
+            k = min(5, num_classes(test))
+            assert written[r.image_id].top5 == tuple(logits.topk(k).indices.tolist()), r.image_id
+            assert written[r.image_id].label == r.label
+
+
+def test_demo_help_answers_before_torch_loads():
+    """``python3 demo.py --help`` parses before the demo's heavy imports (demo_birds.run loads torch)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import contextlib, io, runpy, sys\n"
+            "sys.argv = ['demo.py', '--help']\n"
+            "out = io.StringIO()\n"
+            "try:\n    with contextlib.redirect_stdout(out):\n"
+            "        runpy.run_path('demo.py', run_name='__main__')\n"
+            "except SystemExit as exc:\n"
+            "    print(out.getvalue()); print('EXIT', exc.code, [m for m in ('torch', 'cv2', 'matplotlib')"
+            " if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("usage: demo.py "), (proc.stdout[:300], proc.stderr[-2000:])
+    assert proc.stdout.strip().endswith("EXIT 0 []")
+    assert "--pretrain-dir" in proc.stdout and "--aggressive-epochs" in proc.stdout

@@ -1,7 +1,9 @@
 """Import directions between the packages, read from the source with ``ast`` (nothing is imported).
 
 ``utils`` (data, metrics, training loop) is the base; ``network`` (backbones, stand-in pretraining)
-builds on it; the methods ``spol`` and ``sltnet`` build on both and never on each other. Every
+builds on it; the methods ``spol`` and ``sltnet`` build on both and never on each other; the demo's
+package ``demo_birds`` sits on top (it may import all four) and nothing but ``demo.py`` and the
+tests imports it. Every
 import counts: module level, inside functions, relative, and ``importlib.import_module("...")``
 / ``__import__("...")`` with a literal name.
 """
@@ -11,9 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("utils", "network", "spol", "sltnet")
+PACKAGES = ("utils", "network", "spol", "sltnet", "demo_birds")
 # what each package may import, besides itself
-ALLOWED = {"utils": set(), "network": {"utils"}, "spol": {"utils", "network"}, "sltnet": {"utils", "network"}}
+ALLOWED = {"utils": set(), "network": {"utils"}, "spol": {"utils", "network"}, "sltnet": {"utils", "network"},
+           "demo_birds": {"utils", "network", "spol", "sltnet"}}
 
 
 def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
@@ -99,3 +102,22 @@ def test_no_import_cycle_between_packages():
         if p not in state:
             visit(p, [])
     assert "network" not in graph["utils"]
+
+
+def test_only_demo_py_and_the_tests_import_the_demo_package():
+    """Every other Python file of the repository (scripts, benchmarks, stage scripts) leaves
+    ``demo_birds`` alone: the demo sits on top of the layers and nothing builds on it."""
+    skip = {"demo_birds", "tests", "dataset", "output"}  # (data and run folders hold no source)
+    files = [p for p in ROOT.glob("*.py") if p.name != "demo.py"]
+    for folder in sorted(ROOT.iterdir()):
+        if folder.is_dir() and folder.name not in skip and not folder.name.startswith("."):
+            files += folder.rglob("*.py")
+    assert any(p.parts[-3:] == ("spol", "cls", "train.py") for p in files)
+    bad = []
+    for path in sorted(files):
+        rel = path.relative_to(ROOT)
+        module = ".".join(rel.with_suffix("").parts)
+        names = imported_modules(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
+        if any(n.split(".")[0] == "demo_birds" for n in names):
+            bad.append(str(rel))
+    assert not bad, f"only demo.py and the tests may import demo_birds: {bad}"

@@ -140,3 +140,36 @@ def test_two_process_gloo_run_gathers_every_image_once_on_rank_0(tmp_path):
     items = json.loads(out.read_text())
     assert [i for i, _ in items] == [0, 2, 4, 6, 1, 3, 5]  # rank 0's shard, then rank 1's
     assert sorted(items) == [[i, 10.0 * i] for i in range(7)]
+
+
+def test_uint8_images_are_normalised_on_the_batch_bit_for_bit_as_per_image(tmp_path):
+    """build_transform(normalize=False) + the loop's batch normalisation == the per-image transform
+    (same float ops, same order), on real JPEG files and with a centre crop; other fields untouched."""
+    from PIL import Image
+
+    import numpy as np
+
+    from utils.data import WSOLDataset
+    from utils.layouts import Record
+    from utils.transforms import build_transform, normalize_images
+
+    g = torch.Generator().manual_seed(0)
+    records = []
+    for i, (h, w) in enumerate([(37, 50), (64, 41), (29, 29), (80, 60), (45, 52)]):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()).save(path)
+        records.append(Record(image_id=f"{i}.jpg", path=path, label=i % 2, boxes=np.zeros((0, 4), np.float32),
+                              size=(w, h), mask_path=None))
+    for kind, crop in (("resize", None), ("center", 24)):
+        per_image = WSOLDataset(records, build_transform(kind, resize=32, crop=crop))
+        raw = WSOLDataset(records, build_transform(kind, resize=32, crop=crop, normalize=False))
+        assert raw[0]["image"].dtype == torch.uint8
+        expected = torch.stack([per_image[i]["image"] for i in range(len(records))])
+        assert torch.equal(normalize_images(torch.stack([raw[i]["image"] for i in range(len(records))])), expected)
+        seen = run_inference(torch.nn.Identity(), raw, lambda m, b: (b["image"], b["label"]), DistContext(),
+                             batch_size=2)
+        assert all(images.dtype == torch.float32 for images, _ in seen)
+        assert torch.equal(torch.cat([images for images, _ in seen]), expected)
+        assert torch.cat([labels for _, labels in seen]).tolist() == [r.label for r in records]
+    with pytest.raises(TypeError):
+        normalize_images(expected)

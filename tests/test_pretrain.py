@@ -74,3 +74,13 @@ def test_half_pretraining_of_resnet18_writes_float16_that_loads_strictly(tmp_pat
     assert info["command"].endswith("--half") and info["settings"]["half"] is True
     assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert P.get_args_parser().parse_args(["--half"]).half and not P.get_args_parser().parse_args([]).half
+
+
+def test_backbone_option_and_the_deprecated_arch_spelling(capsys):
+    parser = P.get_args_parser()
+    assert parser.parse_args([]).arch == P.DEFAULTS["arch"]
+    assert parser.parse_args(["--backbone", "resnet18"]).arch == "resnet18"
+    assert "--backbone" in parser.format_help() and "--arch" not in parser.format_help()
+    capsys.readouterr()
+    assert parser.parse_args(["--arch", "resnet34"]).arch == "resnet34"  # the old spelling still works
+    assert "--arch is deprecated; use --backbone" in capsys.readouterr().err

@@ -1,12 +1,12 @@
-"""utils.report on a hand-made results file: table, pictures, logs, bad input."""
+"""demo_birds.report on a hand-made results file: table, pictures, logs, bad input."""
 import json
 
 import numpy as np
 import pytest
 
 from utils.errors import DataError
-from utils.report import (FIGURES, draw_grid, format_value, load_results, main, markdown_table,
-                          read_log_jsonl, write_report)
+from demo_birds.report import (FIGURES, draw_grid, format_value, load_results, main, markdown_table,
+                               read_log_jsonl, write_report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -118,7 +118,7 @@ def test_grid_needs_samples(tmp_path):
 
 
 def test_seed_spread_by_hand():
-    from utils.report import report_markdown, seed_spread, spread_table
+    from demo_birds.report import report_markdown, seed_spread, spread_table
 
     def res(seed, cam, centre_name, centre):
         return {"settings": {"seed": seed}, "rows": [
@@ -134,3 +134,16 @@ def test_seed_spread_by_hand():
     assert "| Centre box | 20.0 | 30.0 | 25.0 | 25.0 | 20.0..30.0 |" in table
     text = report_markdown({"rows": [], "seed_spread": spread})
     assert "Seed spread" in text and "| CAM | 40.0" in text
+
+
+def test_the_old_report_command_names_the_new_one():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "utils.report", "out/results.json"], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == ("error: `python -m utils.report` moved: run "
+                                   "`python -m demo_birds.report out/results.json`")

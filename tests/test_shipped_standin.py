@@ -3,7 +3,8 @@ that demo.py reuses it instead of pretraining): present, small enough to ship, t
 beside it, loadable strictly into the demo's backbone and into a classifier."""
 import torch
 
-import demo
+from demo_birds.prepare import pretrain_settings
+from demo_birds.settings import get_args_parser, resolve_settings
 from network.backbones import build_backbone, build_classifier
 from network.pretrain import num_standin_classes, read_info, sha256, weight_path
 
@@ -11,8 +12,8 @@ MAX_BYTES = 25_000_000  # the issue's limit for a shipped file: 25 MB
 
 
 def _shipped():
-    settings = demo.resolve_settings(demo.get_args_parser().parse_args([]))
-    return settings, demo.pretrain_settings(settings), weight_path(demo.pretrain_settings(settings))
+    settings = resolve_settings(get_args_parser().parse_args([]))
+    return settings, pretrain_settings(settings), weight_path(pretrain_settings(settings))
 
 
 def test_shipped_standin_is_the_demo_file_and_matches_its_hash():

@@ -146,14 +146,15 @@ def train_transform(args):
 
 
 def eval_transform(args):
-    """One view: resize (+ centre crop when --input-size); ten-crop: resize only (crops cut on the device)."""
+    """One view: resize (+ centre crop when --input-size); ten-crop: resize only (crops cut on the device).
+    The images stay uint8: :func:`write_classification`'s loop normalises them on the batch."""
     if getattr(args, "ten_crop", False):
         if not args.input_size:
             raise ValueError("--ten-crop needs --input-size (the size of the ten crops)")
-        return build_transform("resize", resize=args.resize_size)
+        return build_transform("resize", resize=args.resize_size, normalize=False)
     if args.input_size:
-        return build_transform("center", resize=args.resize_size, crop=args.input_size)
-    return build_transform("resize", resize=args.resize_size)
+        return build_transform("center", resize=args.resize_size, crop=args.input_size, normalize=False)
+    return build_transform("resize", resize=args.resize_size, normalize=False)
 
 
 def train_classifier(model: nn.Module, records, args, ctx, *, stage_name: str) -> nn.Module:

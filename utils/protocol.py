@@ -29,6 +29,7 @@ SPOL's fixed ones live in ``configs/spol_*.yaml``.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 
@@ -76,18 +77,23 @@ class Protocol:
             return f"resize {self.resize_size}, centre crop {self.input_size}"
         return f"whole image at {self.input_size}"
 
-    def transform(self, pipeline: str | None = None):
+    def transform(self, pipeline: str | None = None, *, normalize: bool = True):
         """The evaluation transform (a :mod:`utils.transforms` object) of this geometry.
 
         ``pipeline``: "torchvision" (:func:`utils.transforms.build_transform`) or "spol" (the SPOL
         authors' order, :class:`utils.transforms.SPOLTransform`); None = this protocol's own.
+        ``normalize=False`` ("torchvision" only): uint8 images, normalised on the batch by
+        ``utils.inference.run_inference`` (:func:`utils.transforms.normalize_images`).
         """
         from utils.transforms import build_spol_transform, build_transform
 
         pipeline = pipeline or self.pipeline
         if pipeline not in ("torchvision", "spol"):
             raise ValueError(f"pipeline must be 'torchvision' or 'spol', got {pipeline!r}")
-        build = build_transform if pipeline == "torchvision" else build_spol_transform
+        if pipeline == "spol" and not normalize:
+            raise ValueError("the 'spol' pipeline normalises before it resizes: normalize=False is 'torchvision' only")
+        build = (partial(build_transform, normalize=normalize) if pipeline == "torchvision"
+                 else build_spol_transform)
         if self.crops:
             return build("center", resize=self.resize_size, crop=self.input_size)
         return build("resize", resize=self.input_size)

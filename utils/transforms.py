@@ -48,14 +48,18 @@ def _pair(size) -> tuple[int, int]:
     return size
 
 
-def build_transform(kind: str, *, resize: int | tuple, crop: int | None = None, flip: bool = False) -> v2.Compose:
+def build_transform(kind: str, *, resize: int | tuple, crop: int | None = None, flip: bool = False,
+                    normalize: bool = True) -> v2.Compose:
     """Joint image/mask transform. ``resize`` int = square (r, r); tuple = (h, w).
 
     "train": Resize -> RandomCrop(crop) -> RandomHorizontalFlip (if flip);
     "center": Resize -> CenterCrop(crop) (SPOL test geometry: 256x256, crop 224);
     "resize": Resize only (WSOL protocol: whole image to 224x224).
     All end with ToImage, ToDtype(float32, scale=True) and ImageNet Normalize, which touch only
-    the image: masks keep their dtype and values.
+    the image: masks keep their dtype and values. With ``normalize=False`` the image stays uint8
+    (the resize already runs on uint8) and :func:`normalize_images` does the last two steps on the
+    batch, on the device (``utils.inference.run_inference`` does so for every uint8 image batch):
+    the same float operations in the same order, so the same bits, without per-image Python.
     """
     steps: list = [v2.ToImage(), v2.Resize(_pair(resize), antialias=True)]
     if kind == "train":
@@ -74,8 +78,18 @@ def build_transform(kind: str, *, resize: int | tuple, crop: int | None = None, 
         raise ValueError(f"kind must be 'train', 'center' or 'resize', got {kind!r}")
     if kind != "train" and flip:
         raise ValueError(f"flip is only for kind 'train', not {kind!r}")
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if normalize:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(steps)
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``[..., 3, H, W]`` (one or a batch) -> float32, ImageNet-normalised: the
+    ``ToDtype(float32, scale=True)`` and ``Normalize`` of :func:`build_transform`, elementwise, so a
+    batch gives bit for bit what the per-image transform gives."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize_images takes uint8 images, got {images.dtype}")
+    return F.normalize(F.to_dtype(images, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
 
 
 class SPOLTransform:

@@ -98,7 +98,8 @@ def main(args):
 
     records = load_records(args.data_root, args.layout, args.split)
     protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
-    dataset = WSOLDataset(records, protocol.transform(pipeline="torchvision"))  # SLT-Net trains with torchvision's
+    # SLT-Net trains with torchvision's; uint8 images, normalised on the batch by run_inference
+    dataset = WSOLDataset(records, protocol.transform(pipeline="torchvision", normalize=False))
     branch = build_branch(args, num_classes(records), pretrained="none")
     load_stage_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.to(ctx.device)

@@ -24,6 +24,7 @@ from utils.config import parse_early
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "regressor_test")
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,23 @@ def build_predictor(args, num_classes_: int):
     return model, lambda m, x: m(x)
 
 
+def regressor_step(model, batch, *, predict, divisor, input_size: int):
+    """One batch on the device -> ``(dataset indices [B], boxes [B, 4] in input pixels, images)``:
+    ``predict(model, images)`` (see :func:`build_predictor`) times ``divisor``, clipped to the image."""
+    boxes = denormalize_boxes(predict(model, batch["image"]).float(), divisor).clamp(0, input_size)
+    return torch.as_tensor(batch["index"]), boxes, batch["image"]
+
+
+def regressor_on_host(result, *, grid_images: int):
+    """:func:`regressor_step`'s result on the host (the loop's consumer thread): ``([(index, box)],
+    [(index, uint8 image)] of the first ``grid_images`` images, for the grid)``."""
+    index, boxes, images = result
+    index = index.cpu()
+    keep = index < grid_images
+    shown = to_uint8_images(images[keep.to(images.device)].cpu()) if bool(keep.any()) else []
+    return list(zip(index.tolist(), boxes.cpu().numpy())), list(zip(index[keep].tolist(), shown))
+
+
 def main(args):
     args = resolve_args(args, "regressor", test_of="regressor")
     ctx = setup_run(args)
@@ -83,25 +101,17 @@ def main(args):
             raise DataError.at(pred_path, None, f"no prediction for {record.image_id}: rerun "
                                f"sltnet/classifier/test.py --split {args.split} on this dataset")
     protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
-    transform = protocol.transform(pipeline="torchvision")  # SLT-Net trains with torchvision's
+    # SLT-Net trains with torchvision's; uint8 images, normalised on the batch by run_inference
+    transform = protocol.transform(pipeline="torchvision", normalize=False)
     model, predict = build_predictor(args, num_classes(records))
     model.to(ctx.device)
     args.box_scale, args.box_stride = trained_box_encoding(args, weights_path(args))
     divisor = box_divisor(args.box_scale, args.input_size, args.box_stride)
 
-    def step(m, batch):
-        boxes = denormalize_boxes(predict(m, batch["image"]).float(), divisor).clamp(0, args.input_size)
-        return torch.as_tensor(batch["index"]), boxes, batch["image"]
-
-    def on_host(result):  # the loop's host thread: boxes to numpy, the grid's first images to uint8
-        index, boxes, images = result
-        index = index.cpu()
-        keep = index < args.grid_images
-        shown = to_uint8_images(images[keep.to(images.device)].cpu()) if bool(keep.any()) else []
-        return list(zip(index.tolist(), boxes.cpu().numpy())), list(zip(index[keep].tolist(), shown))
-
-    results = run_inference(model, WSOLDataset(records, transform), step, ctx, batch_size=args.batch_size,
-                            workers=args.workers, amp=args.amp, desc=STAGE, consume=on_host)
+    results = run_inference(model, WSOLDataset(records, transform),
+                            partial(regressor_step, predict=predict, divisor=divisor, input_size=args.input_size),
+                            ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp, desc=STAGE,
+                            consume=partial(regressor_on_host, grid_images=args.grid_images))
     items = gather_lists([it for r in results for it in r[0]], ctx)
     shown = gather_lists([it for r in results for it in r[1]], ctx)
     if ctx.is_main:
