@@ -154,6 +154,20 @@ def test_boxes_csv_round_trip_and_errors(tmp_path):
         read_boxes_csv(path)
 
 
+def test_boxes_csv_inverted_box_refused_unless_allowed(tmp_path):
+    """A regressor may predict x1 < x0: the reader names file and line, except for the demo's picture
+    (allow_inverted), which keeps the box exactly as written."""
+    path = tmp_path / "boxes.csv"
+    path.write_text("image_id,x0,y0,x1,y1\na.jpg,1,2,3,4\nb.jpg,5,6,2,8\n")
+    with pytest.raises(DataError, match=r"boxes.csv:3:.*invalid box"):
+        read_boxes_csv(path)
+    boxes, _ = read_boxes_csv(path, allow_inverted=True)
+    assert boxes["b.jpg"].tolist() == [5, 6, 2, 8]
+    path.write_text("image_id,x0,y0,x1,y1\na.jpg,1,2,nan,4\n")
+    with pytest.raises(DataError, match=r"boxes.csv:2:.*invalid box"):
+        read_boxes_csv(path, allow_inverted=True)
+
+
 # ----------------------------------------------------------------------------- issue 9: the letter of the paper
 def test_vst_loss_is_eq13_summed_over_the_class_maps():
     """Eq. 13: L_VST = 1/(W x H) * ||M^o - M^it||_2^2 with M in R^{W x H x C}: sum over C, mean over W x H.
