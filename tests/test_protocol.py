@@ -161,3 +161,23 @@ def test_seg_grid_title_names_the_protocol_run(tiny_cub, tmp_path, monkeypatch):
     assert seen["shapes"] == [(16, 16, 3)]
     np.testing.assert_array_equal(seen["gts"][0], proto.gt_boxes(record.boxes, record.size))
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_bad_geometry_and_pipeline_requests_are_refused_with_their_reason():
+    with pytest.raises(ValueError, match="resize_size 200 < input_size 224"):
+        get_protocol("center_crop", 224, 200)
+    assert get_protocol("resize", 224, 200).input_size == 224  # no crop: resize_size plays no part
+    p = get_protocol("center_crop", 224, 256)
+    with pytest.raises(ValueError, match="normalises before it resizes"):
+        p.transform("spol", normalize=False)
+    with pytest.raises(ValueError, match="pipeline must be"):
+        p.transform("pil")
+
+
+def test_batch_normalisation_takes_uint8_only():
+    from utils.transforms import normalize_images
+
+    with pytest.raises(TypeError, match="takes uint8 images, got torch.float32"):
+        normalize_images(torch.zeros(1, 3, 2, 2))
+    out = normalize_images(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8))
+    assert torch.allclose(out.flatten(), (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
