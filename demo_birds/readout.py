@@ -11,11 +11,6 @@ from utils.config import parse_args
 from utils.layouts import num_classes
 
 
-def topk_step(model, batch, *, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch on the device -> ``(dataset indices [B], the ``k`` best classes [B, k])``."""
-    return torch.as_tensor(batch["index"]), model(batch["image"])["logits"].float().topk(k, dim=1).indices
-
-
 def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     """predictions.csv of the plain CAM network (its own GAP logits), with the localizer test's
     options (``argv``: device, AMP, batch size, workers) and model code (``sltnet.model.build_branch``
@@ -25,6 +20,7 @@ def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     from sltnet.model import build_branch
     from sltnet.options import PRODUCER, resolve_args
     from utils.checkpoint import load_stage_weights
+    from utils.classify import top_k_step
     from utils.data import WSOLDataset
     from utils.distributed import DistContext, resolve_device
     from utils.inference import run_inference
@@ -39,7 +35,7 @@ def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     model = branch.localizer.to(ctx.device)
     dataset = WSOLDataset(records, build_transform("resize", resize=args.input_size))
     k = min(5, num_classes(records))
-    results = run_inference(model, dataset, lambda m, batch: topk_step(m, batch, k=k), ctx,
+    results = run_inference(model, dataset, lambda m, batch: top_k_step(m, batch, k=k), ctx,
                             batch_size=args.batch_size, workers=args.workers, amp=args.amp,
                             desc="CAM class read-out")
     top = torch.empty(len(records), k, dtype=torch.long)

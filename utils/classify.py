@@ -70,9 +70,12 @@ class LinearEpochDecay:
 
 
 def logits_of(output) -> torch.Tensor:
-    """Logits of a torchvision classifier's output (Inception/GoogLeNet return a named tuple in training)."""
+    """Logits of a classifier's output: a tensor, Inception/GoogLeNet's named tuple (training), or a
+    mapping with ``"logits"`` (a CAM network's output, e.g. SLT-Net's localizer)."""
     if isinstance(output, torch.Tensor):
         return output
+    if isinstance(output, dict):
+        return output["logits"]
     if hasattr(output, "logits"):
         return output.logits
     return output[0]
