@@ -42,6 +42,11 @@ def main(args) -> dict | None:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "single")
     marker = runs / "demo_started.json"
     if rank == 0:
+        if runs.exists() and any(runs.iterdir()) and not marker.is_file():
+            # not a folder this demo wrote (no demo_started.json): never delete a user's files
+            from utils.errors import DataError
+            raise DataError.at(runs, None, "exists and was not written by demo.py (no demo_started.json): "
+                               "choose another --output-dir")
         if not args.keep and runs.exists():
             shutil.rmtree(runs)
         atomic_write_json(marker, {"run_id": run_id})

@@ -174,3 +174,20 @@ def test_demo_help_answers_before_torch_loads():
     assert proc.stdout.startswith("usage: demo.py "), (proc.stdout[:300], proc.stderr[-2000:])
     assert proc.stdout.strip().endswith("EXIT 0 []")
     assert "--pretrain-dir" in proc.stdout and "--aggressive-epochs" in proc.stdout
+
+
+def test_demo_refuses_an_output_folder_it_did_not_write(tiny_run, tmp_path):
+    """A runs/ folder without the demo's marker is a user's: the demo stops with one line naming it and
+    deletes nothing (it reuses the tiny run's data and pretraining, so this runs no stage)."""
+    from utils.errors import DataError
+
+    base, _ = tiny_run
+    mine = tmp_path / "out" / "runs" / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("not the demo's")
+    args = demo.get_args_parser().parse_args(
+        ["--tiny", "--device", "cpu", "--data-out", str(base / "data"), "--output-dir", str(tmp_path / "out"),
+         "--pretrain-dir", str(base / "resource")])
+    with pytest.raises(DataError, match=r"runs.*not written by demo.py"):
+        demo.main(args)
+    assert mine.read_text() == "not the demo's"
