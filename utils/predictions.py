@@ -31,6 +31,7 @@ import numpy as np
 
 from utils.errors import DataError
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
+from utils.paths import missing_output
 
 HEADER = ["image_id", "label", "pred_top5", "top1_correct", "top5_correct"]
 DEFAULT_PRODUCER = "the classification stage (spol/cls/test.py or sltnet/classifier/test.py)"
@@ -138,7 +139,7 @@ def read_boxes_csv(path, *, written_by: str = "sltnet/localizer/test.py",
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError.at(path, None, f"not found: run {written_by} first (it writes boxes.csv)")
+        raise missing_output(path, written_by, "boxes file")
     boxes = {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)

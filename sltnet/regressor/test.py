@@ -46,7 +46,7 @@ from utils.evaluate import load_scoremap, scoremap_path
 from utils.errors import DataError
 from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 from utils.metrics import LocalizationMeter
-from utils.paths import require_output
+from utils.paths import missing_output, require_output
 from utils.predictions import read_boxes_csv, read_predictions, write_boxes_csv
 from utils.visualize import BLUE, GREEN, RED, box_grid
 
@@ -151,7 +151,7 @@ def write_grid(path, shown, records, boxes, gts, args) -> None:
             print(f"{STAGE}: {loc_path} was written for another geometry ({meta}); grid without localizer boxes")
             loc_boxes = {}
     elif args.localizer_boxes:
-        raise DataError.at(loc_path, None, "not found: run sltnet/localizer/test.py first")
+        raise missing_output(loc_path, "sltnet/localizer/test.py", "localizer boxes")
     maps_dir = loc_path.parent / "scoremaps"   # the localizer test's maps of this split, when saved
     images, sets, maps, ids = [], [], [], []
     for index, image in shown:
