@@ -1,7 +1,7 @@
 """ImageNet backbones from torchvision, with their intermediate feature maps.
 
-``build_backbone(name, pretrained)`` returns a ``Backbone`` whose ``forward(x)`` returns a
-dict of feature maps (explicit forward code per family, no hooks). Module names are
+``build_backbone(name, pretrained, output_stride=32)`` returns a ``Backbone`` whose
+``forward(x)`` returns a dict of feature maps (explicit forward code per family, no hooks). Module names are
 torchvision's (``features.28``, ``layer4.2.conv3``, ``Mixed_7c``, ...), so torchvision
 state dicts and checkpoints of methods built on torchvision models line up.
 
@@ -24,8 +24,10 @@ vgg16           conv3 (conv3_3+ReLU, 256 ch, s4), conv4 (conv4_3+ReLU, 512, s8),
                 conv5 (conv5_3+ReLU, 512, s16; pool5 is not applied)
 inception_v3    mixed_5d (288, s8), mixed_6e (768, s16), mixed_7c (2048, s32);
                 unpadded convolutions make the maps slightly smaller than input/stride
-resnet18        layer1 (64, s4), layer2 (128, s8), layer3 (256, s16), layer4 (512, s32)
-resnet50        layer1 (256, s4), layer2 (512, s8), layer3 (1024, s16), layer4 (2048, s32)
+resnet18        layer1 (64, s4), layer2 (128, s8), layer3 (256, s16), layer4 (512, s32);
+                output_stride 16: layer4 s16; output_stride 8: layer3 and layer4 s8
+resnet50        layer1 (256, s4), layer2 (512, s8), layer3 (1024, s16), layer4 (2048, s32);
+                output_stride as resnet18
 densenet161     denseblock1 (384, s4), denseblock2 (768, s8), denseblock3 (2112, s16),
                 denseblock4 (2208, s32), features (ReLU(norm5), 2208, s32)
 efficientnet_b7 stage1..stage7 (32, 48, 80, 160, 224, 384, 640 ch; s2, 4, 8, 16, 16, 32, 32),
@@ -211,21 +213,37 @@ class VGG16Backbone(Backbone):
 
 
 class ResNetBackbone(Backbone):
-    """A torchvision ResNet (``name`` in ``RESNETS``) without ``fc``: layer1..layer4 maps."""
+    """A torchvision ResNet (``name`` in ``RESNETS``) without ``fc``: layer1..layer4 maps.
+
+    ``output_stride`` (8, 16 or 32, see ``OUTPUT_STRIDES``) is the stride of layer4: 32 is
+    torchvision's network; 16 keeps layer4 at layer3's resolution, 8 keeps layer3 and layer4 at
+    layer2's. The layers concerned downsample no more: the strided 3x3 conv of their first block
+    (BasicBlock ``conv1``, Bottleneck ``conv2``) and its shortcut's 1x1 conv (``downsample.0``) get
+    stride 1, with no dilation (what Choe et al.'s wsolevaluation ResNet-50 "large feature map"
+    does to layer4; torchvision's ``replace_stride_with_dilation`` is refused by BasicBlock). No
+    weight changes shape, so the same state dicts load (strictly) at every output stride.
+    """
 
     feature_names = ["layer1", "layer2", "layer3", "layer4"]
     strides = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
     dropped_prefixes = ("fc.",)
 
-    def __init__(self, name: str = "resnet50"):
+    def __init__(self, name: str = "resnet50", output_stride: int = 32):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"unknown ResNet {name!r}; choose one of {', '.join(RESNETS)}")
+        _check_output_stride(name, output_stride)
         self.name = name
+        self.output_stride = output_stride
         self.out_channels = dict(zip(self.feature_names, RESNETS[name]))
         tv = getattr(tvm, name)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = tv.conv1, tv.bn1, tv.relu, tv.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
+        # the instance's strides (SLT-Net reads strides[feature]: box scale m, VST size multiple)
+        self.strides = {layer: min(stride, output_stride) for layer, stride in type(self).strides.items()}
+        for layer in ("layer3", "layer4"):
+            if type(self).strides[layer] > output_stride:
+                _unstride_first_block(getattr(self, layer))
 
     def _maps(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -242,22 +260,49 @@ class ResNetBackbone(Backbone):
 # ResNets of the registry -> output channels of layer1..layer4
 RESNETS: dict[str, tuple[int, int, int, int]] = {"resnet18": (64, 128, 256, 512),
                                                   "resnet50": (256, 512, 1024, 2048)}
+# the stride of layer4 a ResNet backbone can be built with (32: torchvision's); other backbones: 32 only
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def _check_output_stride(name: str, output_stride) -> None:
+    if output_stride == 32:
+        return
+    if name not in RESNETS:
+        raise ValueError(f"backbone {name} has output stride 32 only (got output stride {output_stride!r}); "
+                         f"output strides 8 and 16 are offered by {', '.join(RESNETS)}")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output stride of {name} must be one of {', '.join(map(str, OUTPUT_STRIDES))}, "
+                         f"got {output_stride!r}")
+
+
+def _unstride_first_block(layer: nn.Sequential) -> None:
+    """The first block of a torchvision ResNet layer downsamples no more (stride 1, no dilation)."""
+    block = layer[0]
+    if isinstance(block, tvm.resnet.Bottleneck):
+        block.conv2.stride = (1, 1)
+    elif isinstance(block, tvm.resnet.BasicBlock):
+        block.conv1.stride = (1, 1)
+    else:  # pragma: no cover - torchvision has no other block
+        raise TypeError(f"unknown ResNet block {type(block).__name__}")
+    if block.downsample is not None:
+        block.downsample[0].stride = (1, 1)
+    block.stride = 1
 
 
 class ResNet50Backbone(ResNetBackbone):
     name = "resnet50"
     out_channels = dict(zip(ResNetBackbone.feature_names, RESNETS["resnet50"]))
 
-    def __init__(self):
-        super().__init__("resnet50")
+    def __init__(self, output_stride: int = 32):
+        super().__init__("resnet50", output_stride)
 
 
 class ResNet18Backbone(ResNetBackbone):
     name = "resnet18"
     out_channels = dict(zip(ResNetBackbone.feature_names, RESNETS["resnet18"]))
 
-    def __init__(self):
-        super().__init__("resnet18")
+    def __init__(self, output_stride: int = 32):
+        super().__init__("resnet18", output_stride)
 
 
 class ResNetTrunk(ResNetBackbone):
@@ -274,8 +319,8 @@ class ResNetTrunk(ResNetBackbone):
 class ResNet50Trunk(ResNetTrunk):
     """ResNet-50 trunk (SPOL's ``bkbone``)."""
 
-    def __init__(self):
-        super().__init__("resnet50")
+    def __init__(self, output_stride: int = 32):
+        super().__init__("resnet50", output_stride)
 
 
 class InceptionV3Backbone(Backbone):
@@ -354,28 +399,36 @@ class EfficientNetB7Backbone(Backbone):
         return out
 
 
-def build_backbone(name: str, pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> Backbone:
-    """A ``Backbone`` for ``name`` (see ``NAMES``): ImageNet weights, a weight file's, or random (``"none"``)."""
+def build_backbone(name: str, pretrained: str = "imagenet", resource_dir=RESOURCE_DIR,
+                   output_stride: int = 32) -> Backbone:
+    """A ``Backbone`` for ``name`` (see ``NAMES``): ImageNet weights, a weight file's, or random (``"none"``).
+
+    ``output_stride`` 16 or 8 (ResNets only, see ``ResNetBackbone``) keeps the last layers at a finer
+    resolution; any other backbone given one is a ``ValueError`` naming it."""
     _check_name(name)
     _check_pretrained(pretrained)
+    _check_output_stride(name, output_stride)
     if name == "inception_v3":
         # with Google's weights the input is remapped as torchvision does; random or a file: plain input
         model = InceptionV3Backbone(transform_input=pretrained == "imagenet", init_weights=pretrained == "none")
+    elif name in RESNETS:
+        model = {"resnet18": ResNet18Backbone, "resnet50": ResNet50Backbone}[name](output_stride)
     else:
-        model = {"vgg16": VGG16Backbone, "resnet18": ResNet18Backbone, "resnet50": ResNet50Backbone,
-                 "densenet161": DenseNet161Backbone,
+        model = {"vgg16": VGG16Backbone, "densenet161": DenseNet161Backbone,
                  "efficientnet_b7": EfficientNetB7Backbone}[name]()
     load_pretrained(model, name, pretrained, resource_dir, model.dropped_prefixes)
     return model
 
 
-def resnet_trunk(name: str = "resnet50", pretrained: str = "imagenet", resource_dir=RESOURCE_DIR) -> ResNetTrunk:
-    """A ResNet trunk (conv1, bn1, layer1..layer4; no fc) returning the four layer outputs."""
+def resnet_trunk(name: str = "resnet50", pretrained: str = "imagenet", resource_dir=RESOURCE_DIR,
+                 output_stride: int = 32) -> ResNetTrunk:
+    """A ResNet trunk (conv1, bn1, layer1..layer4; no fc) returning the four layer outputs
+    (``output_stride``: the stride of layer4, see ``ResNetBackbone``)."""
     _check_name(name)
     if name not in RESNETS:
         raise ValueError(f"{name!r} is not a ResNet; choose one of {', '.join(RESNETS)}")
     _check_pretrained(pretrained)
-    model = ResNetTrunk(name)
+    model = ResNetTrunk(name, output_stride)
     load_pretrained(model, name, pretrained, resource_dir, model.dropped_prefixes)
     return model
 

@@ -225,3 +225,83 @@ def test_resnet18_file_refused_for_resnet50_and_back_in_one_line(tmp_path):
         assert "\n" not in msg and msg.startswith(f"{tmp_path / 'r50.pth'}: not a resnet18 state dict")
     with pytest.raises(ValueError, match="'vgg16' is not a ResNet"):
         resnet_trunk("vgg16", "none")
+
+
+# --output-stride: the stride of layer4 (ResNets only); layers past it keep the resolution they get
+OUTPUT_STRIDE_STRIDES = {32: {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
+                         16: {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 16},
+                         8: {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_resnet_output_stride_maps_and_strides(name, output_stride):
+    torch.manual_seed(0)
+    model = build_backbone(name, "none", output_stride=output_stride).eval()
+    assert model.strides == OUTPUT_STRIDE_STRIDES[output_stride]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    for key, stride in model.strides.items():
+        assert out[key].shape == (1, model.out_channels[key], 64 // stride, 64 // stride), key
+    # no dilation: the strided convs of the kept layers' first blocks are simply stride 1
+    assert all(m.dilation == (1, 1) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    trunk = resnet_trunk(name, "none", output_stride=output_stride).eval()
+    assert trunk.strides == model.strides
+    with torch.no_grad():
+        outs = trunk(torch.randn(1, 3, 64, 64))
+    assert [o.shape[-1] for o in outs] == [64 // s for s in OUTPUT_STRIDE_STRIDES[output_stride].values()]
+    # the class attribute (the default) is left as torchvision's
+    assert type(model).strides == OUTPUT_STRIDE_STRIDES[32]
+
+
+def test_output_stride_keeps_the_weights_and_the_default_is_torchvision(tmp_path):
+    torch.manual_seed(4)
+    reference = torchvision.models.resnet18().eval()
+    save_checkpoint(tmp_path / "r18.pth", reference.state_dict())
+    default = build_backbone("resnet18", str(tmp_path / "r18.pth")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        r = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+        maps = {}
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            r = maps[layer] = getattr(reference, layer)(r)
+        out = default(x)
+    for layer, value in maps.items():
+        assert torch.equal(out[layer], value), layer  # bit-identical at output stride 32
+    # a stride-32 state dict loads strictly into a stride-8 network (same shapes) and back
+    fine = build_backbone("resnet18", "none", output_stride=8)
+    fine.load_state_dict(default.state_dict(), strict=True)
+    fine.eval()
+    coarse = build_backbone("resnet18", "none")
+    coarse.load_state_dict(fine.state_dict(), strict=True)
+    with torch.no_grad():
+        fine_out, coarse_out = fine(x), coarse.eval()(x)
+    assert torch.equal(coarse_out["layer4"], maps["layer4"])
+    assert torch.equal(fine_out["layer2"], maps["layer2"])  # before the first changed layer: the same
+    assert fine_out["layer4"].shape[-2:] == (8, 8) and maps["layer4"].shape[-2:] == (2, 2)
+    # only the strides of layer3.0 / layer4.0 (conv1 and the shortcut) differ
+    assert fine.layer3[0].conv1.stride == (1, 1) and fine.layer3[0].downsample[0].stride == (1, 1)
+    assert coarse.layer3[0].conv1.stride == (2, 2) and coarse.layer3[0].downsample[0].stride == (2, 2)
+    # a weight file given as --pretrained loads at output stride 16 too
+    assert torch.equal(build_backbone("resnet18", str(tmp_path / "r18.pth"), output_stride=16).layer4[0].conv1.weight,
+                       reference.layer4[0].conv1.weight)
+
+
+def test_bottleneck_output_stride_unstrides_conv2_and_shortcut():
+    model = build_backbone("resnet50", "none", output_stride=16)
+    block = model.layer4[0]
+    assert (block.conv1.stride, block.conv2.stride, block.downsample[0].stride) == ((1, 1), (1, 1), (1, 1))
+    assert model.layer3[0].conv2.stride == (2, 2) and model.layer3[0].downsample[0].stride == (2, 2)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "inception_v3", "densenet161", "efficientnet_b7"])
+def test_output_stride_refused_for_other_backbones(name):
+    with pytest.raises(ValueError, match=f"backbone {name} has output stride 32 only"):
+        build_backbone(name, "none", output_stride=8)
+
+
+def test_output_stride_must_be_8_16_or_32():
+    with pytest.raises(ValueError, match="must be one of 8, 16, 32"):
+        build_backbone("resnet18", "none", output_stride=4)
+    with pytest.raises(ValueError, match="must be one of 8, 16, 32"):
+        resnet_trunk("resnet50", "none", output_stride=64)
