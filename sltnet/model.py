@@ -16,7 +16,9 @@ Open choices (configuration values, defaults in :data:`CAM_FEATURE` / :data:`EXT
 VGG16 keeps conv5_3 (no pool5) and adds one 3x3 conv to 1024 channels before GAP (as in the CAM
 literature's VGG16-GAP); InceptionV3 ends at Mixed_6e ("last three blocks removed": Mixed_7a/7b/7c)
 followed by the same 3x3 conv to 1024 channels; ResNet50 (layer4) and DenseNet161 (final features)
-use their last block as is. The regressor shares no weight with the localizer unless
+use their last block as is. ResNet backbones can be built at output stride 16 or 8
+(``output_stride``, ``--output-stride``; not in the paper, which uses torchvision's stride 32): both
+networks' backbones then keep their last layers at that finer resolution. The regressor shares no weight with the localizer unless
 ``share_backbone`` (then it reads the localizer's CAM features).
 """
 from __future__ import annotations
@@ -65,13 +67,14 @@ def _drop_blocks_after(backbone: nn.Module, feature: str) -> None:
 class FeatureExtractor(nn.Module):
     """A backbone cut after ``feature``: forward(x) -> that feature map [B, N, h, w].
 
-    Blocks after the cut are removed (when the backbone supports it) so that they hold no
+    ``output_stride`` (ResNets: 8, 16 or 32, ``network.backbones.ResNetBackbone``) sets the stride
+    of the last layers; ``stride`` is that of ``feature`` at it. Blocks after the cut are removed (when the backbone supports it) so that they hold no
     parameters that DDP would see unused.
     """
 
-    def __init__(self, backbone_name: str, feature: str, pretrained: str):
+    def __init__(self, backbone_name: str, feature: str, pretrained: str, output_stride: int = 32):
         super().__init__()
-        self.backbone = build_backbone(backbone_name, pretrained=pretrained)
+        self.backbone = build_backbone(backbone_name, pretrained=pretrained, output_stride=output_stride)
         if feature not in self.backbone.feature_names:
             raise ValueError(f"backbone {backbone_name} has no feature '{feature}' "
                              f"(choices: {', '.join(self.backbone.feature_names)})")
@@ -92,11 +95,11 @@ class CAMLocalizer(nn.Module):
     """CAM network: features -> [3x3 conv + ReLU] -> (GAP, linear) with the CAMs of every class."""
 
     def __init__(self, backbone_name: str, num_classes: int, *, pretrained: str = "imagenet",
-                 feature: str | None = None, extra_conv: int | None = None):
+                 feature: str | None = None, extra_conv: int | None = None, output_stride: int = 32):
         super().__init__()
         feature = feature or CAM_FEATURE[backbone_name]
         extra_conv = EXTRA_CONV[backbone_name] if extra_conv is None else extra_conv
-        self.features = FeatureExtractor(backbone_name, feature, pretrained)
+        self.features = FeatureExtractor(backbone_name, feature, pretrained, output_stride)
         channels = self.features.out_channels
         if extra_conv > 0:
             self.extra = nn.Sequential(nn.Conv2d(channels, extra_conv, 3, padding=1), nn.ReLU(inplace=True))
@@ -133,10 +136,12 @@ class BoxRegressor(nn.Module):
     """
 
     def __init__(self, backbone_name: str | None, *, pretrained: str = "imagenet", feature: str | None = None,
-                 hidden: int = 512, in_channels: int | None = None, final_relu: bool = True):
+                 hidden: int = 512, in_channels: int | None = None, final_relu: bool = True,
+                 output_stride: int = 32):
         super().__init__()
         if backbone_name is not None:
-            self.features = FeatureExtractor(backbone_name, feature or REGRESSOR_FEATURE[backbone_name], pretrained)
+            self.features = FeatureExtractor(backbone_name, feature or REGRESSOR_FEATURE[backbone_name], pretrained,
+                                             output_stride)
             in_channels = self.features.out_channels
         else:
             self.features = None            # shared: forward receives feature maps
@@ -161,17 +166,18 @@ class LocalizationBranch(nn.Module):
     def __init__(self, backbone_name: str, num_classes: int, *, pretrained: str = "imagenet",
                  cam_feature: str | None = None, extra_conv: int | None = None,
                  regressor_feature: str | None = None, regressor_hidden: int = 512,
-                 regressor_final_relu: bool = True, share_backbone: bool = False):
+                 regressor_final_relu: bool = True, share_backbone: bool = False, output_stride: int = 32):
         super().__init__()
         self.localizer = CAMLocalizer(backbone_name, num_classes, pretrained=pretrained,
-                                      feature=cam_feature, extra_conv=extra_conv)
+                                      feature=cam_feature, extra_conv=extra_conv, output_stride=output_stride)
         self.share_backbone = share_backbone
         if share_backbone:
             self.regressor = BoxRegressor(None, in_channels=self.localizer.out_channels, hidden=regressor_hidden,
                                           final_relu=regressor_final_relu)
         else:
             self.regressor = BoxRegressor(backbone_name, pretrained=pretrained, feature=regressor_feature,
-                                          hidden=regressor_hidden, final_relu=regressor_final_relu)
+                                          hidden=regressor_hidden, final_relu=regressor_final_relu,
+                                          output_stride=output_stride)
 
     def forward(self, images: torch.Tensor, transformed: torch.Tensor | None = None) -> dict:
         out = self.localizer(images)
@@ -203,4 +209,5 @@ def build_branch(args, num_classes: int, pretrained: str | None = None) -> Local
     return LocalizationBranch(args.backbone, num_classes, pretrained=pretrained or args.pretrained,
                               cam_feature=args.cam_feature, extra_conv=args.extra_conv,
                               regressor_feature=args.regressor_feature, regressor_hidden=args.regressor_hidden,
-                              regressor_final_relu=args.regressor_final_relu, share_backbone=args.share_backbone)
+                              regressor_final_relu=args.regressor_final_relu, share_backbone=args.share_backbone,
+                              output_stride=getattr(args, "output_stride", 32))

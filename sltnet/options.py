@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from utils.config import add_alias, add_common_args, stage_parser
-from utils.options import add_classifier_train_args
+from utils.options import add_classifier_train_args, add_output_stride_arg
 from utils.paths import DATASET_DIR, stage_dir
 from utils.protocol import choices as protocol_choices
 
@@ -55,6 +55,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--cam-feature", type=str, default=None,
                    help="backbone block the localizer ends at (default: vgg16 conv5, inception_v3 mixed_6e, "
                         "resnet50 layer4, densenet161 features)")
+    add_output_stride_arg(g, test=True)
     g.add_argument("--extra-conv", type=int, default=None,
                    help="channels of the 3x3 conv + ReLU before GAP, 0 = none (default 1024 VGG16/InceptionV3, 0 others)")
     g.add_argument("--regressor-feature", type=str, default=None,

@@ -9,6 +9,10 @@ Both share one body (Wei et al., CVPR 2021, Sec. 3.1-3.2):
   ``backbone="resnet18"`` (not in the paper; the demo's smaller backbone) uses ResNet-18's trunk
   instead: the same layers at the same strides with 128/256/512 channels, every gate and projection
   below sized from those widths (``network.backbones.RESNETS``), the rest unchanged.
+* ``output_stride`` 16 or 8 (``--output-stride``; not in the paper, which uses torchvision's 32, the
+  default): the trunk's layer4 (16), or layer3 and layer4 (8), downsample no more
+  (``network.backbones.ResNetBackbone``), so out5 (and out4) come at stride 16 or 8 with the same
+  weights; at 8 every map already has out3's size and none is resized.
 * channel gating from global context: ``a_i = relu(bn{i}1(fc{i}1(gap(out_i))))`` for i in 5, 4, 3;
   ``vector = a5 * a4 * a3`` (128-d); ``out_i = sigmoid(fc{i}2(vector)) * out_i``.
 * projection: ``out_i = relu(bn{i}(linear{i}(out_i)))`` (128 channels); out5 and out4 are resized
@@ -56,13 +60,15 @@ class SPOLNet(nn.Module):
     """The shared body + a 1x1 head with ``num_outputs`` channels (see the module docstring)."""
 
     def __init__(self, num_outputs: int, *, pretrained: str = "imagenet", freeze_stem: bool = False,
-                 dropout: float = 0.5, resource_dir=RESOURCE_DIR, backbone: str = "resnet50"):
+                 dropout: float = 0.5, resource_dir=RESOURCE_DIR, backbone: str = "resnet50",
+                 output_stride: int = 32):
         super().__init__()
         if backbone not in RESNETS:
             raise ValueError(f"SPOL's model takes a ResNet backbone ({', '.join(RESNETS)}), got {backbone!r}")
         self.backbone = backbone
+        self.output_stride = output_stride
         # "imagenet": resource/ weights, a missing file is an error naming it and its URL
-        self.bkbone = resnet_trunk(backbone, pretrained, resource_dir)
+        self.bkbone = resnet_trunk(backbone, pretrained, resource_dir, output_stride=output_stride)
         _, c3, c4, c5 = RESNETS[backbone]  # layer2/3/4 widths: out3, out4, out5
         self.freeze_stem = freeze_stem
         if freeze_stem:
@@ -102,7 +108,7 @@ class SPOLNet(nn.Module):
         return [p for p in self.bkbone.parameters() if p.requires_grad]
 
     def features(self, x):
-        """Gated, projected maps ``(out5, out4, out3)``, each ``[B, 128, h, w]`` at stride 8."""
+        """Gated, projected maps ``(out5, out4, out3)``, each ``[B, 128, h, w]`` at stride 8 (out3's)."""
         _, out3, out4, out5 = self.bkbone(x)
         vector = None
         for i, out in ((5, out5), (4, out4), (3, out3)):
@@ -115,8 +121,11 @@ class SPOLNet(nn.Module):
             outs.append(F.relu(getattr(self, f"bn{i}")(getattr(self, f"linear{i}")(out))))
         out5, out4, out3 = outs
         size = out3.shape[2:]
-        out5 = F.interpolate(out5, size=size, mode="bilinear", align_corners=True)
-        out4 = F.interpolate(out4, size=size, mode="bilinear", align_corners=True)
+        # at output stride 16 or 8 out4 (and out5) may already have out3's size: nothing to resize
+        if out5.shape[2:] != size:
+            out5 = F.interpolate(out5, size=size, mode="bilinear", align_corners=True)
+        if out4.shape[2:] != size:
+            out4 = F.interpolate(out4, size=size, mode="bilinear", align_corners=True)
         return out5, out4, out3
 
     def fused_map(self, x):

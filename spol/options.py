@@ -23,7 +23,7 @@ import argparse
 import os
 
 from utils.config import add_alias, add_common_args, stage_parser
-from utils.options import add_classifier_args
+from utils.options import add_classifier_args, add_output_stride_arg
 from utils.paths import CONFIG_DIR, DATASET_DIR, stage_dir
 from utils.protocol import BOTH, choices as protocol_choices
 
@@ -36,12 +36,14 @@ IMAGENET_EXCLUDE = ("ILSVRC2012_val_00033202.JPEG",)
 PSEUDO_MASK_WORK_SIZE = 256
 
 
-def _add_backbone_arg(parser: argparse.ArgumentParser) -> None:
-    """``--backbone`` of the CAM and seg models: the paper's ResNet-50, or ResNet-18 (the demo's)."""
+def _add_backbone_arg(parser: argparse.ArgumentParser, *, test: bool = False) -> None:
+    """``--backbone`` of the CAM and seg models: the paper's ResNet-50, or ResNet-18 (the demo's);
+    ``--output-stride`` of that trunk (32, the paper's, by default)."""
     # --arch: the repository's old spelling of --backbone, accepted here as everywhere (one deprecation line)
     add_alias(parser, "--arch", parser.add_argument(
         "--backbone", type=str, default="resnet50", choices=["resnet50", "resnet18"],
         help="ResNet trunk of the shallow x deep model (test steps: the training run's by default)"))
+    add_output_stride_arg(parser, test=test)
 
 
 def add_spol_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -122,7 +124,7 @@ def cam_test_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/cam/test.py", "SPOL cam stage: write pseudo masks of the training images")
     add_common_args(parser, train=False)
     add_spol_args(parser)
-    _add_backbone_arg(parser)
+    _add_backbone_arg(parser, test=True)
     g = parser.add_argument_group("cam test")
     g.add_argument("--checkpoint", type=str, default=None,
                    help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
@@ -169,7 +171,7 @@ def seg_test_parser() -> argparse.ArgumentParser:
     parser = stage_parser("spol/seg/test.py", "SPOL seg stage: evaluate localization")
     add_common_args(parser, train=False)
     add_spol_args(parser)
-    _add_backbone_arg(parser)
+    _add_backbone_arg(parser, test=True)
     g = parser.add_argument_group("seg test")
     g.add_argument("--checkpoint", type=str, default=None,
                    help="seg model weights (default <output-dir>/model.pth, from spol/seg/train.py)")

@@ -78,3 +78,25 @@ def test_regressor_head_is_fc_relu_fc_relu():
     branch = LocalizationBranch("vgg16", num_classes=3, pretrained="none", extra_conv=8, regressor_hidden=4,
                                 share_backbone=True)
     assert isinstance(branch.regressor.fc[-1], nn.ReLU)
+
+
+def test_output_stride_8_gives_finer_cams_and_the_stride_the_stages_read():
+    """--output-stride 8 (ResNets): layer3 CAMs at stride 8, 8x8 at 64 px (4x4 at the default 32);
+    ``stride`` (box scale m, VST size multiple) follows, in the localizer and the regressor."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    for output_stride, side in ((8, 8), (16, 4), (32, 4)):
+        model = CAMLocalizer("resnet18", num_classes=3, pretrained="none", feature="layer3",
+                             output_stride=output_stride).eval()
+        assert model.stride == 64 // side and model.features.backbone.output_stride == output_stride
+        with torch.no_grad():
+            assert model(x)["cams"].shape == (1, 3, side, side)
+    branch = LocalizationBranch("resnet18", num_classes=3, pretrained="none", cam_feature="layer4",
+                                regressor_hidden=8, output_stride=8).eval()
+    assert branch.localizer.stride == 8 and branch.regressor.features.stride == 8
+    with torch.no_grad():
+        out = branch(x)
+    assert out["cams"].shape == (1, 3, 8, 8) and out["boxes"].shape == (1, 4)
+    with pytest.raises(ValueError, match="backbone vgg16 has output stride 32 only"):
+        CAMLocalizer("vgg16", num_classes=3, pretrained="none", output_stride=8)

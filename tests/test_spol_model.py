@@ -168,3 +168,29 @@ def test_resnet18_shallow_x_deep_model_widths_and_shapes(tmp_path):
     load_stage_weights(CAMModel(5, pretrained="none", backbone="resnet18"), tmp_path / "model.pth", None)
     with pytest.raises(ValueError, match="ResNet backbone"):
         CAMModel(5, pretrained="none", backbone="vgg16")
+
+
+@pytest.mark.parametrize("output_stride,deep_side", [(8, 8), (16, 4), (32, 2)])
+def test_output_stride_keeps_out4_out5_at_finer_resolution(monkeypatch, output_stride, deep_side):
+    """--output-stride 8: out3, out4, out5 all come at stride 8 from the trunk, none is resized;
+    the maps stay at stride 8 (out3's) whatever the output stride."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    interpolate = F.interpolate
+    for model in (CAMModel(4, pretrained="none", backbone="resnet18", output_stride=output_stride).eval(),
+                  SegModel(pretrained="none", backbone="resnet50", output_stride=output_stride).eval()):
+        with torch.no_grad():
+            _, out3, out4, out5 = model.bkbone(x)
+            out = model(x)
+        assert out3.shape[-1] == 8 and out5.shape[-1] == deep_side
+        assert out4.shape[-1] == (8 if output_stride == 8 else 4)
+        assert (out[1] if isinstance(out, tuple) else out).shape[-2:] == (8, 8)
+        resized = []
+        monkeypatch.setattr(F, "interpolate", lambda t, **kw: resized.append(t.shape[-1]) or interpolate(t, **kw))
+        with torch.no_grad():
+            maps = model.features(x)
+        monkeypatch.undo()
+        assert [m.shape[-2:] for m in maps] == [(8, 8)] * 3
+        assert resized == ([] if output_stride == 8 else [deep_side, 4])  # out5, then out4

@@ -8,6 +8,18 @@ from utils.config import HelpFormatter, add_alias
 from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
 
 ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
+# network.backbones.OUTPUT_STRIDES (that module loads torch; tests/test_cli.py checks the two agree)
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def add_output_stride_arg(group, *, test: bool = False) -> None:
+    """``--output-stride`` of the ResNet backbones (``network.backbones.ResNetBackbone``): not in
+    either paper (both use torchvision's stride 32, the default); finer maps for small inputs."""
+    group.add_argument("--output-stride", type=int, default=32, choices=list(OUTPUT_STRIDES),
+                       help="stride of the ResNet backbone's layer4: 32 (torchvision's, the paper's), 16 (layer4 "
+                            "at layer3's resolution) or 8 (layer3 and layer4 at layer2's), by stride-1 first blocks "
+                            "(no dilation, same weights); not in the paper, for small inputs"
+                            + ("; test: default as trained (args.yaml)" if test else ""))
 
 
 def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argparse.ArgumentParser:

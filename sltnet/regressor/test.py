@@ -66,7 +66,8 @@ def build_predictor(args, num_classes_: int):
         model = load_stage_weights(build_branch(args, num_classes_, pretrained="none"), path, producer)
         return model, lambda m, x: m(x)["boxes"]
     model = BoxRegressor(args.backbone, pretrained="none", feature=args.regressor_feature,
-                         hidden=args.regressor_hidden, final_relu=args.regressor_final_relu)
+                         hidden=args.regressor_hidden, final_relu=args.regressor_final_relu,
+                         output_stride=args.output_stride)
     load_stage_weights(model, path, producer, prefix="regressor.")
     return model, lambda m, x: m(x)
 

@@ -122,7 +122,8 @@ def main(args):
     divisor = box_divisor(args.box_scale, args.input_size, args.box_stride)
     dataset = WSOLDataset(records, build_transform("resize", resize=args.resize_size))
     model = BoxRegressor(args.backbone, pretrained=args.pretrained, feature=args.regressor_feature,
-                         hidden=args.regressor_hidden, final_relu=args.regressor_final_relu)
+                         hidden=args.regressor_hidden, final_relu=args.regressor_final_relu,
+                         output_stride=args.output_stride)
     optimizer = build_optimizer(model.parameters(), args)
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)

@@ -122,7 +122,8 @@ def main(args):
     require_output(checkpoint, "spol/cam/train.py")
     ctx = start_run(args, Path(args.output_dir) / "test_args")  # beside, not over, the train step's args.yaml
     records = load_split(args, args.split)
-    model = load_stage_weights(CAMModel(num_classes(records), pretrained="none", backbone=args.backbone), checkpoint, "spol/cam/train.py")
+    model = load_stage_weights(CAMModel(num_classes(records), pretrained="none", backbone=args.backbone,
+                                        output_stride=args.output_stride), checkpoint, "spol/cam/train.py")
     model.to(ctx.device)
     mask_dir = Path(args.output_dir) / "pseudo_masks"
     write_pseudo_masks(model, records, args, ctx, mask_dir)

@@ -60,7 +60,7 @@ def main(args):
     transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
     dataset = WSOLDataset(records, transform)
     model = CAMModel(num_classes(records), pretrained=args.pretrained, freeze_stem=args.freeze_stem,
-                     backbone=args.backbone)
+                     backbone=args.backbone, output_stride=args.output_stride)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
     trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_cam",
                       drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))

@@ -197,7 +197,8 @@ def main(args):
     records = load_split(args, args.split)
     # checked before inference: every image of the split has its result (our csv or the authors' npy)
     read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")
-    model = load_stage_weights(SegModel(pretrained="none", backbone=args.backbone), checkpoint, "spol/seg/train.py")
+    model = load_stage_weights(SegModel(pretrained="none", backbone=args.backbone,
+                                        output_stride=args.output_stride), checkpoint, "spol/seg/train.py")
     model.to(ctx.device)
     protocols = expand_protocols(args.protocol)
     summary = {}

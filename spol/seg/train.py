@@ -73,7 +73,7 @@ def main(args):
     check_masks(records, mask_dir, args.split)
     transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
     dataset = WSOLDataset(records, transform, pseudo_mask_dir=mask_dir)
-    model = SegModel(pretrained=args.pretrained, backbone=args.backbone)
+    model = SegModel(pretrained=args.pretrained, backbone=args.backbone, output_stride=args.output_stride)
     optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
     trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_seg",
                       drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
