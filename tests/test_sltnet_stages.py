@@ -200,3 +200,42 @@ def test_table6_configs_train_every_regressor_on_one_localizers_boxes():
     args = resolve_args(parse_args(train(), ["--config", "configs/sltnet_imagenet_vgg16.yaml", "--localizer-dir", "/x"],
                                    stage="regressor_train"), "regressor")
     assert args.localizer_dir == "/x"
+
+
+def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tmp_path, monkeypatch, capsys):
+    """``output_stride: 8`` under a stage mapping of a YAML config reaches the localizer's training;
+    its test steps, given no --output-stride, build the same network from the run's args.yaml (layer3
+    CAMs at stride 8: m = 8 in boxes.json, where the default output stride 32 would give 16)."""
+    import yaml
+
+    from utils import rundir
+    from utils.errors import RunError
+    from utils.predictions import write_predictions
+
+    config = tmp_path / "os8.yaml"
+    config.write_text("localizer_train:\n  backbone: resnet18\n  cam_feature: layer3\n  share_backbone: true\n"
+                      "  output_stride: 8\n")
+    run_stage("sltnet.localizer.train", "localizer_train", "--config", str(config), *SIZE, "--top-k", "2",
+              "--epochs", "1", "--max-steps-per-epoch", "1", "--no-vst")
+    loc = tmp_path / "output" / "sltnet" / "birds" / "resnet18" / "localizer"
+    trained = yaml.safe_load((loc / "args.yaml").read_text())
+    assert (trained["output_stride"], trained["box_stride"]) == (8, 8.0)
+    # the test steps as run_cli starts them (utils.rundir reads the training run's options)
+    monkeypatch.setitem(rundir.current_stage, "name", "localizer_test")
+    run_stage("sltnet.localizer.test", "localizer_test", "--backbone", "resnet18", *SIZE, "--top-k", "2",
+              "--no-scoremaps", "--no-maxboxacc")
+    assert "--output-stride 8" in capsys.readouterr().err
+    assert json.loads((loc / "test" / "boxes.json").read_text())["downsampling_factor"] == 8.0
+    assert yaml.safe_load((loc / "test" / "args.yaml").read_text())["output_stride"] == 8
+    with pytest.raises(RunError, match="the training run used --output-stride 8, this test step was given "
+                                       "--output-stride 32"):
+        run_stage("sltnet.localizer.test", "localizer_test", "--backbone", "resnet18", "--output-stride", "32",
+                  *SIZE, "--output-dir", str(tmp_path / "refused"))
+    test = load_records(birds, "cub", "test")
+    write_predictions(tmp_path / "output" / "sltnet" / "birds" / "resnet18" / "classifier" / "test" / "predictions.csv",
+                      [r.image_id for r in test], [r.label for r in test], [[r.label] for r in test])
+    monkeypatch.setitem(rundir.current_stage, "name", "regressor_test")
+    run_stage("sltnet.regressor.test", "regressor_test", "--backbone", "resnet18", *SIZE, "--grid-images", "0")
+    final = loc.parent / "regressor" / "test"
+    assert yaml.safe_load((final / "args.yaml").read_text())["output_stride"] == 8
+    assert json.loads((final / "metrics.json").read_text())["box_stride"] == 8.0
