@@ -263,3 +263,44 @@ def test_a_diverged_cam_model_stops_pseudo_masks_naming_the_image(data, cam_dir,
                                    "--workers", "0", "--resize-size", "72", "--batch-size", "4",
                                    "--checkpoint", tmp_path / "nan.pth"])
     assert not list((tmp_path / "cam").rglob("*.png"))
+
+
+def test_output_stride_reaches_the_cam_and_seg_test_steps_from_args_yaml(data, tmp_path, monkeypatch, capsys):
+    """cam and seg trained with --output-stride 8 (ResNet-18): their test steps, given no
+    --output-stride, build the models at output stride 8 from the training runs' args.yaml."""
+    import yaml
+
+    from utils import rundir
+    from utils.predictions import write_predictions
+
+    built = []
+
+    def spy(cls):
+        def make(*a, **kw):
+            built.append((cls.__name__, kw.get("output_stride")))
+            return cls(*a, **kw)
+        return make
+
+    monkeypatch.setattr(cam_test, "CAMModel", spy(CAMModel))
+    monkeypatch.setattr(seg_test, "SegModel", spy(SegModel))
+    cam, seg = tmp_path / "cam", tmp_path / "seg"
+    base = ["--data-root", data, "--backbone", "resnet18", "--batch-size", "4"]
+    run(cam_train, "cam_train", base + TINY + ["--output-dir", cam, "--pretrained", "none", "--epochs", "1",
+                                               "--max-steps-per-epoch", "1", "--output-stride", "8"])
+    assert yaml.safe_load((cam / "args.yaml").read_text())["output_stride"] == 8
+    monkeypatch.setitem(rundir.current_stage, "name", "cam_test")  # as run_cli starts a test step
+    run(cam_test, "cam_test", base + ["--output-dir", cam, "--device", "cpu", "--workers", "0",
+                                      "--resize-size", "72"])
+    assert built == [("CAMModel", 8)] and "--output-stride 8" in capsys.readouterr().err
+    monkeypatch.setitem(rundir.current_stage, "name", None)
+    run(seg_train, "seg_train", base + TINY + ["--output-dir", seg, "--mask-dir", cam / "pseudo_masks",
+                                               "--pretrained", "none", "--epochs", "1", "--max-steps-per-epoch",
+                                               "1", "--output-stride", "8"])
+    test = load_records(data, "cub", "test")
+    write_predictions(tmp_path / "cls" / "predictions.csv", [r.image_id for r in test], [r.label for r in test],
+                      [[r.label] for r in test])
+    monkeypatch.setitem(rundir.current_stage, "name", "seg_test")
+    run(seg_test, "seg_test", base + TINY + ["--output-dir", seg, "--cls-dir", tmp_path / "cls",
+                                             "--protocol", "wsol", "--grid-images", "0"])
+    assert built[-1] == ("SegModel", 8)
+    assert yaml.safe_load((seg / "test_args" / "args.yaml").read_text())["output_stride"] == 8
