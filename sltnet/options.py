@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from utils.config import add_alias, add_common_args, stage_parser
-from utils.options import add_classifier_train_args, add_output_stride_arg
+from utils.options import add_classifier_train_args, add_output_stride_arg, check_output_stride
 from utils.paths import DATASET_DIR, stage_dir
 from utils.protocol import choices as protocol_choices
 
@@ -259,6 +259,8 @@ def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = 
     Training stages write into ``utils.paths.stage_dir``; a test script (``test_of`` = the stage whose
     folder it reads) writes into ``<that folder>/<split>`` unless --output-dir is given.
     """
+    if test_of is None:  # a test step's backbone may still come from its training run
+        check_output_stride(args)
     resize, crop = GEOMETRY[args.backbone]
     args.resize_size = args.resize_size or resize
     args.input_size = args.input_size or crop

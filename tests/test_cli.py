@@ -140,8 +140,8 @@ def test_option_names_shared_with_the_heavy_modules_agree():
     assert parser_of("spol/seg/train.py").get_default("target_threshold") == losses.TARGET_THRESHOLD
     assert classify.add_classifier_args is __import__("utils.options").options.add_classifier_args
     from network import backbones
-    from utils.options import OUTPUT_STRIDES
-    assert OUTPUT_STRIDES == backbones.OUTPUT_STRIDES
+    from utils.options import OUTPUT_STRIDE_BACKBONES, OUTPUT_STRIDES
+    assert OUTPUT_STRIDES == backbones.OUTPUT_STRIDES and OUTPUT_STRIDE_BACKBONES == tuple(backbones.RESNETS)
     from utils import evaluate, options as utils_options
 
     assert utils_options.EVALUATE_PROTOCOLS == evaluate.PROTOCOLS

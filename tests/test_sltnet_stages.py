@@ -239,3 +239,17 @@ def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tm
     final = loc.parent / "regressor" / "test"
     assert yaml.safe_load((final / "args.yaml").read_text())["output_stride"] == 8
     assert json.loads((final / "metrics.json").read_text())["box_stride"] == 8.0
+
+
+def test_output_stride_on_a_backbone_without_it_is_one_error_line(birds, tmp_path, capsys):
+    from sltnet.localizer import train
+    from utils.config import run_cli
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.main, train.get_args_parser, "localizer_train",
+                ["--data-root", str(birds), "--backbone", "vgg16", "--output-stride", "8", "--device", "cpu",
+                 "--output-dir", str(tmp_path / "loc")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: --output-stride 8: backbone vgg16 has output stride 32 only "
+                                               "(16 and 8: resnet18, resnet50)")
+    assert not (tmp_path / "loc").exists()

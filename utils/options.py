@@ -8,8 +8,21 @@ from utils.config import HelpFormatter, add_alias
 from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
 
 ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
-# network.backbones.OUTPUT_STRIDES (that module loads torch; tests/test_cli.py checks the two agree)
+# network.backbones.OUTPUT_STRIDES and RESNETS, the backbones that take another output stride than 32
+# (that module loads torch; tests/test_cli.py checks that they agree)
 OUTPUT_STRIDES = (8, 16, 32)
+OUTPUT_STRIDE_BACKBONES = ("resnet18", "resnet50")
+
+
+def check_output_stride(args) -> None:
+    """A training run's ``--output-stride`` other than 32 on a backbone without it: one ``error:``
+    line before anything is built (``network.backbones`` would raise the same as a ValueError)."""
+    output_stride = getattr(args, "output_stride", 32)
+    if output_stride != 32 and args.backbone not in OUTPUT_STRIDE_BACKBONES:
+        from utils.errors import DataError
+
+        raise DataError(f"--output-stride {output_stride}: backbone {args.backbone} has output stride 32 only "
+                        f"(16 and 8: {', '.join(OUTPUT_STRIDE_BACKBONES)})")
 
 
 def add_output_stride_arg(group, *, test: bool = False) -> None:
