@@ -21,14 +21,20 @@ def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
     from sltnet.options import PRODUCER, resolve_args
     from utils.checkpoint import load_stage_weights
     from utils.classify import top_k_step
+    from utils.config import explicit_options
     from utils.data import WSOLDataset
     from utils.distributed import DistContext, resolve_device
     from utils.inference import run_inference
     from utils.predictions import write_predictions
+    from utils.rundir import TEST_INHERITS, inherit_training_options
     from utils.transforms import build_transform
 
     args = resolve_args(parse_args(localizer_test.get_args_parser(), [str(a) for a in argv],
                                    stage="localizer_test"), "localizer", test_of="localizer")
+    # the network as trained (backbone, CAM feature, output stride...: the training run's args.yaml),
+    # as the localizer test step reads it; the weights would load into another stride without a word
+    _, _, model_options, geometry = TEST_INHERITS["localizer_test"]
+    inherit_training_options(args, args.localizer_dir, model_options, explicit_options(args), geometry)
     ctx = DistContext(device=resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0"))))
     branch = build_branch(args, num_classes(records), pretrained="none")
     load_stage_weights(branch, Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])

@@ -191,3 +191,28 @@ def test_demo_refuses_an_output_folder_it_did_not_write(tiny_run, tmp_path):
     with pytest.raises(DataError, match=r"runs.*not written by demo.py"):
         demo.main(args)
     assert mine.read_text() == "not the demo's"
+
+
+def test_cam_readout_builds_the_network_the_run_trained(tiny_run, tmp_path, monkeypatch):
+    """The read-out takes the model options the localizer test step would take from the training
+    run's args.yaml: the demo trains its CAM at output stride 8, and a read-out whose own options
+    leave the stride at its default still builds (and loads the weights into) the stride-8 network."""
+    import yaml
+
+    import sltnet.model
+    from demo_birds.readout import cam_predictions
+    from utils.predictions import read_predictions
+
+    base, _ = tiny_run
+    loc = base / "out" / "runs" / "cam" / "localizer"
+    assert yaml.safe_load((loc / "args.yaml").read_text())["output_stride"] == 8
+    built, real = [], sltnet.model.build_branch
+    monkeypatch.setattr(sltnet.model, "build_branch",
+                        lambda args, *a, **k: built.append((args.output_stride, args.cam_feature)) or real(args, *a, **k))
+    test = load_records(base / "data", "cub", "test")
+    # everything but the stride given: at the default stride 32 the same weights would load silently
+    out = cam_predictions("", ["--data-root", base / "data", "--layout", "cub", "--device", "cpu", "--workers", 0,
+                               "--batch-size", 4, "--input-size", 64, "--backbone", "resnet18", "--cam-feature",
+                               "layer3", "--share-backbone", "--localizer-dir", loc], test, tmp_path / "p.csv")
+    assert built == [(8, "layer3")]
+    assert set(read_predictions(out)) == {r.image_id for r in test}
