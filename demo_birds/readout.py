@@ -11,9 +11,9 @@ from utils.config import parse_args
 from utils.layouts import num_classes
 
 
-def cam_predictions(cfg: str, argv: list, records, out_path: Path) -> Path:
+def cam_predictions(argv: list, records, out_path: Path) -> Path:
     """predictions.csv of the plain CAM network (its own GAP logits), with the localizer test's
-    options (``argv``: device, AMP, batch size, workers) and model code (``sltnet.model.build_branch``
+    options (``argv``, its --config included: device, AMP, batch size, workers) and model code (``sltnet.model.build_branch``
     + ``load_stage_weights``), through ``utils.inference.run_inference`` in this one process (the
     demo calls it on rank 0 only, so the whole split is this process's shard)."""
     from sltnet.localizer import test as localizer_test

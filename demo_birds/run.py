@@ -67,10 +67,10 @@ def main(args) -> dict | None:
     train = load_records(data_root, "cub", "train")
     cam_dir = runs / "cam" / "localizer" / "test"
     t0 = time.perf_counter()
-    cam_pred = cam_predictions(args.config, plan[1][3], test, runs / "cam" / "predictions.csv")
+    cam_pred = cam_predictions(plan[1][3], test, runs / "cam" / "predictions.csv")
     agg_dir = runs / "cam_aggressive" / "localizer"
     agg_plan = [argv for label, _, _, argv in plan if label == "CAM aggressive: localizer test"]
-    agg_pred = (cam_predictions(args.config, agg_plan[0], test, runs / "cam_aggressive" / "predictions.csv")
+    agg_pred = (cam_predictions(agg_plan[0], test, runs / "cam_aggressive" / "predictions.csv")
                 if agg_plan else None)
     stages.append({"name": "CAM: class read-out", "seconds": time.perf_counter() - t0})
 

@@ -211,8 +211,8 @@ def test_cam_readout_builds_the_network_the_run_trained(tiny_run, tmp_path, monk
                         lambda args, *a, **k: built.append((args.output_stride, args.cam_feature)) or real(args, *a, **k))
     test = load_records(base / "data", "cub", "test")
     # everything but the stride given: at the default stride 32 the same weights would load silently
-    out = cam_predictions("", ["--data-root", base / "data", "--layout", "cub", "--device", "cpu", "--workers", 0,
-                               "--batch-size", 4, "--input-size", 64, "--backbone", "resnet18", "--cam-feature",
-                               "layer3", "--share-backbone", "--localizer-dir", loc], test, tmp_path / "p.csv")
+    out = cam_predictions(["--data-root", base / "data", "--layout", "cub", "--device", "cpu", "--workers", 0,
+                           "--batch-size", 4, "--input-size", 64, "--backbone", "resnet18", "--cam-feature",
+                           "layer3", "--share-backbone", "--localizer-dir", loc], test, tmp_path / "p.csv")
     assert built == [(8, "layer3")]
     assert set(read_predictions(out)) == {r.image_id for r in test}
