@@ -1,12 +1,14 @@
 """The demo's stage plan: every stage script, in order, with the arguments the demo passes it, and
-running one in-process (the same code as ``python3 <stage>/train.py``)."""
+running one in-process through ``utils.config.run_cli``, as ``python3 <stage>/train.py`` does (a test
+step then reads its training run's model options and keeps its previous outputs until it ends; a
+stage's bad input is one ``error:`` line)."""
 from __future__ import annotations
 
 import importlib
 import time
 from pathlib import Path
 
-from utils.config import parse_args
+from utils.config import parse_args, run_cli
 
 # a smoke run (--tiny): one optimiser step per training stage
 TINY_TRAIN_ARGS = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "4"]
@@ -14,11 +16,13 @@ TINY_TEST_ARGS = ["--batch-size", "4"]
 
 
 def run_stage(module_name: str, stage: str, argv: list[str]) -> float:
-    """Import a stage script and run ``main(parse_args(get_args_parser(), argv, stage=stage))``."""
+    """Import a stage script and run its ``main`` on ``argv`` through ``run_cli`` (the stage's
+    context: ``utils.rundir``'s test-step inheritance and output protection, its folders released
+    after); returns the seconds ``main`` took."""
     module = importlib.import_module(module_name)
     args = parse_args(module.get_args_parser(), [str(a) for a in argv], stage=stage)
     start = time.perf_counter()
-    module.main(args)
+    run_cli(module.main, module.get_args_parser, stage, args=args)
     return time.perf_counter() - start
 
 

@@ -216,3 +216,23 @@ def test_cam_readout_builds_the_network_the_run_trained(tiny_run, tmp_path, monk
                            "layer3", "--share-backbone", "--localizer-dir", loc], test, tmp_path / "p.csv")
     assert built == [(8, "layer3")]
     assert set(read_predictions(out)) == {r.image_id for r in test}
+
+
+def test_demo_stages_run_as_their_scripts_do(tiny_run, tmp_path, capsys):
+    """demo_birds.plan.run_stage runs a stage through run_cli, as ``python3 spol/cam/test.py`` does:
+    a test step given no --output-stride builds the model its training run used (8 in the demo,
+    read from that run's args.yaml), not the default 32 into which the same weights would load."""
+    import shutil
+
+    import yaml
+
+    from demo_birds.plan import run_stage
+
+    base, _ = tiny_run
+    cam = tmp_path / "cam"
+    shutil.copytree(base / "out" / "runs" / "spol" / "cam", cam)  # the shared run stays as it is
+    run_stage("spol.cam.test", "cam_test", ["--data-root", base / "data", "--layout", "cub", "--device", "cpu",
+                                            "--workers", 0, "--batch-size", 4, "--backbone", "resnet18",
+                                            "--resize-size", 72, "--output-dir", cam])
+    assert yaml.safe_load((cam / "test_args" / "args.yaml").read_text())["output_stride"] == 8
+    assert "--output-stride 8 read from" in capsys.readouterr().err
