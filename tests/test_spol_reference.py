@@ -2,7 +2,8 @@
 
 The fixtures in tests/fixtures/spol/ were computed once by the authors' own scripts (run on CPU,
 see tests/fixtures/spol/README.md); these tests run only our code and compare. What is compared:
-CAM training loss (both datasets, 0 difference), pseudo-mask PNGs (identical bytes' pixels), seg
+CAM training loss (both datasets; 0 difference on the CPU that made the fixtures, float32
+rounding of the convolution kernels elsewhere, see ``close_to_fixture``), pseudo-mask PNGs (identical bytes' pixels), seg
 targets and the model input tensors of cam train/test and seg train/test, predicted and GT boxes,
 IoU and the per-image hit list of the authors' accuracy loop (``spol-official``) and of ours
 (``spol``).
@@ -50,8 +51,22 @@ def recipe_state_dict(model):
 
 
 # ----------------------------------------------------------------------------- CAM training loss
+# On the CPU that made the fixtures (AVX-512) our logits, loss and gradient equal the authors' to the
+# last bit. oneDNN/MKL pick other convolution kernels on other CPUs (AVX2 here), which sum in another
+# order: float32 rounding then grows through ResNet-50's 53 layers to about 6e-5 of the logits'
+# scale (measured on an AMD EPYC, AVX2), 5e-7 of the loss. A tolerance 3x that still catches any
+# real difference of computation (a wrong op or weight moves the logits by O(1)).
+LOGIT_RTOL = 2e-4
+LOSS_RTOL = 2e-6
+
+
+def close_to_fixture(ours: np.ndarray, ref: np.ndarray, rtol: float) -> bool:
+    """Equal up to ``rtol`` times the reference's largest magnitude (exact where the kernels match)."""
+    return ours.shape == ref.shape and float(np.abs(ours - ref).max()) <= rtol * float(np.abs(ref).max())
+
+
 @pytest.mark.parametrize("dataset", ["cub", "imagenet"])
-def test_cam_training_loss_equals_the_authors_to_the_last_bit(dataset):
+def test_cam_training_loss_equals_the_authors(dataset):
     ref = np.load(FIX / "cam_loss.npz")
     model = CAMModel(200 if dataset == "cub" else 1000, pretrained="none")
     model.load_state_dict(recipe_state_dict(model))
@@ -63,17 +78,34 @@ def test_cam_training_loss_equals_the_authors_to_the_last_bit(dataset):
         deep, fused = model(image)
         pred1, pred2 = map_logits(deep), map_logits(fused)
         loss = cub_cam_loss(pred1, pred2, label)
-        assert np.array_equal(pred1.detach().numpy(), ref["cub_pred1"])
-        assert np.array_equal(pred2.detach().numpy(), ref["cub_pred2"])
+        assert close_to_fixture(pred1.detach().numpy(), ref["cub_pred1"], LOGIT_RTOL)
+        assert close_to_fixture(pred2.detach().numpy(), ref["cub_pred2"], LOGIT_RTOL)
     else:
         _, fused = model(image, single_head=True)
         pred = map_logits(fused)
         loss = imagenet_cam_loss(pred, label)
-        assert np.array_equal(pred.detach().numpy(), ref["imagenet_pred"])
-    assert loss.item() == float(ref[f"{dataset}_loss"])  # 0 difference in float32
+        assert close_to_fixture(pred.detach().numpy(), ref["imagenet_pred"], LOGIT_RTOL)
+    ref_loss = float(ref[f"{dataset}_loss"])
+    assert abs(loss.item() - ref_loss) <= LOSS_RTOL * abs(ref_loss)
     loss.backward()
     grad = model.linear.weight.grad[:8, :8, 0, 0].numpy()
-    assert np.array_equal(grad, ref[("cub200" if dataset == "cub" else "imagenet") + "_grad_linear"])
+    assert close_to_fixture(grad, ref[("cub200" if dataset == "cub" else "imagenet") + "_grad_linear"], LOGIT_RTOL)
+
+
+def test_the_fixture_tolerance_catches_a_changed_computation():
+    """The tolerance above is far below what a real difference does: the same model with one
+    BatchNorm layer's scale (the last block's) changed by 1 % is caught."""
+    ref = np.load(FIX / "cam_loss.npz")
+    model = CAMModel(1000, pretrained="none")
+    state = recipe_state_dict(model)
+    key = [k for k in state if k.endswith("bn3.weight")][-1]
+    state[key] = state[key] * 1.01
+    model.load_state_dict(state)
+    model.train()
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(11)
+    _, fused = model(image, single_head=True)
+    assert not close_to_fixture(map_logits(fused).detach().numpy(), ref["imagenet_pred"], LOGIT_RTOL)
 
 
 # ----------------------------------------------------------------------------- pseudo masks
