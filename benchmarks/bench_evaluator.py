@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from utils.io import atomic_write_json
-from utils.metrics import (BoxAccumulator, best_iou_per_threshold, cam_threshold_list,
+from utils.evaluation.metrics import (BoxAccumulator, best_iou_per_threshold, cam_threshold_list,
                            reference_best_iou_per_threshold)
 
 
@@ -77,7 +77,7 @@ def main(args) -> dict:
                 fast[mode].accumulate_ious(best_iou_per_threshold(m, gt, thresholds, mode)[mode])
             seconds[name] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        for m, gt in batch:  # what utils.evaluate does: one contour pass serves both modes
+        for m, gt in batch:  # what utils.evaluation.evaluate does: one contour pass serves both modes
             both = best_iou_per_threshold(m, gt, thresholds, (False, True))
             for mode in (False, True):
                 shared[mode].accumulate_ious(both[mode])
@@ -114,7 +114,7 @@ def main(args) -> dict:
                      "images_per_s": fast_ips, "speedup": fast_ips / ref_ips})
     both_ips = n / seconds["fast_both_shared"]
     ref_both_ips = k / (seconds["reference_largest"] + seconds["reference_multi"])
-    rows.append({"path": "fast sweep, both modes sharing contours (utils.evaluate)", "images": n,
+    rows.append({"path": "fast sweep, both modes sharing contours (utils.evaluation.evaluate)", "images": n,
                  "seconds": seconds["fast_both_shared"], "images_per_s": both_ips, "speedup": both_ips / ref_both_ips})
     v2 = fast[True].compute()
     v1 = fast[False].compute()

@@ -17,7 +17,7 @@ TINY_TEST_ARGS = ["--batch-size", "4"]
 
 def run_stage(module_name: str, stage: str, argv: list[str]) -> float:
     """Import a stage script and run its ``main`` on ``argv`` through ``run_cli`` (the stage's
-    context: ``utils.rundir``'s test-step inheritance and output protection, its folders released
+    context: ``utils.engine.rundir``'s test-step inheritance and output protection, its folders released
     after); returns the seconds ``main`` took."""
     module = importlib.import_module(module_name)
     args = parse_args(module.get_args_parser(), [str(a) for a in argv], stage=stage)

@@ -25,7 +25,7 @@ import os
 from utils.config import add_alias, add_common_args, stage_parser
 from utils.options import add_classifier_args, add_output_stride_arg
 from utils.paths import CONFIG_DIR, DATASET_DIR, stage_dir
-from utils.protocol import BOTH, choices as protocol_choices
+from utils.evaluation.protocol import BOTH, choices as protocol_choices
 
 DATASET_OF_LAYOUT = {"cub": "cub", "ilsvrc": "imagenet"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "imagenet": DATASET_DIR / "ILSVRC2012"}
@@ -250,8 +250,8 @@ def default_path(value, args, stage: str, *parts) -> str:
 
 
 def load_split(args, split: str, *, layout=None, data_root=None):
-    """Records of one split (utils.layouts.load_records) with the stage's exclusions."""
-    from utils.layouts import load_records
+    """Records of one split (utils.data.layouts.load_records) with the stage's exclusions."""
+    from utils.data.layouts import load_records
 
     return load_records(data_root or args.data_root, layout or args.layout, split,
                         metadata_root=args.metadata_root, exclude_ids=tuple(args.exclude_ids or ()))

@@ -6,7 +6,7 @@ import torchvision
 from network import (WEIGHTS, build_backbone, build_classifier, load_imagenet_weights, resnet50_trunk,
                      resnet_trunk, weight_file)
 from network.backbones import _rename_legacy_keys
-from utils.checkpoint import MissingFileError, save_checkpoint
+from utils.engine.checkpoint import MissingFileError, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -167,7 +167,7 @@ def test_pretrained_path_refused_by_a_stage_with_one_error_line(tmp_path, capsys
 
     path = tmp_path / "resnet18.pth"
     save_checkpoint(path, torchvision.models.resnet18().state_dict())
-    from utils.generate import generate_dataset
+    from utils.data.generate import generate_dataset
 
     root = generate_dataset(tmp_path / "birds", num_classes=2, train_per_class=1, test_per_class=1, image_size=32,
                             seed=0)

@@ -1,9 +1,9 @@
-"""utils.cam: normalisation, resizing and the two named box rules, on hand-built maps."""
+"""utils.evaluation.boxes: normalisation, resizing and the two named box rules, on hand-built maps."""
 import numpy as np
 import pytest
 import torch
 
-from utils.cam import (boxes_from_contours, boxes_from_maps, boxes_from_maps_zhou,
+from utils.evaluation.boxes import (boxes_from_contours, boxes_from_maps, boxes_from_maps_zhou,
                        normalize_max, normalize_minmax, quantize_scoremap, resize_maps)
 
 
@@ -159,7 +159,7 @@ def test_zhou_boxes_label_serially_and_restore_the_thread_count(opencv_thread_sp
     (so the pool is never started) and leaves the thread count as it found it."""
     import cv2
 
-    import utils.cam as cam
+    import utils.evaluation.boxes as cam
 
     seen = opencv_thread_spy(cam, "connectedComponentsWithStats")
     boxes = cam.boxes_from_maps_zhou(np.random.default_rng(0).random((3, 32, 32)), 0.2)

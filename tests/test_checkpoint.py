@@ -1,4 +1,4 @@
-"""utils.checkpoint: safe loading, atomic saving, checked state-dict loading."""
+"""utils.engine.checkpoint: safe loading, atomic saving, checked state-dict loading."""
 import argparse
 import os
 import pickle
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import (MissingFileError, load_checkpoint, load_state_dict_checked,
+from utils.engine.checkpoint import (MissingFileError, load_checkpoint, load_state_dict_checked,
                               save_checkpoint)
 from utils.errors import DataError
 
@@ -145,7 +145,7 @@ def test_checked_load_unwraps_full_checkpoint(tmp_path):
 
 
 def test_load_stage_weights_strict_with_prefix_and_one_missing_file_wording(tmp_path):
-    from utils.checkpoint import load_stage_weights
+    from utils.engine.checkpoint import load_stage_weights
     from utils.paths import require_output
 
     joint = nn.ModuleDict({"localizer": nn.Linear(3, 2), "regressor": nn.Linear(2, 4)})

@@ -1,4 +1,4 @@
-"""utils.classify: head/backbone lr groups, per-epoch linear decay, ten-crop views and averaging,
+"""utils.engine.classify: head/backbone lr groups, per-epoch linear decay, ten-crop views and averaging,
 top-5 prediction and predictions.csv, on hand-made models and inputs."""
 import argparse
 import math
@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.classify import (ARCHS, LinearEpochDecay, add_classifier_args, classifier_param_groups, final_linear,
+from utils.engine.classify import (ARCHS, LinearEpochDecay, add_classifier_args, classifier_param_groups, final_linear,
                             top_k_step,
                             ten_crop_views, eval_transform, write_classification)
-from utils.layouts import load_records
-from utils.distributed import DistContext
-from utils.predictions import read_predictions
+from utils.data.layouts import load_records
+from utils.engine.distributed import DistContext
+from utils.evaluation.handoff import read_predictions
 
 
 class TinyNet(nn.Module):
@@ -49,7 +49,7 @@ def test_param_groups_give_backbone_the_lr_multiplier():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_final_linear_is_the_head_network_names(arch):
-    """utils.classify finds the head without importing network: the same layer as
+    """utils.engine.classify finds the head without importing network: the same layer as
     network.classifier_head, for every classifier it trains (built on the meta device: no memory)."""
     from network.backbones import build_classifier, classifier_head
 

@@ -129,7 +129,7 @@ def test_option_names_shared_with_the_heavy_modules_agree():
     from sltnet import boxes, model, options
     from spol import pseudo_mask
     from spol.options import PSEUDO_MASK_WORK_SIZE
-    from utils import classify
+    from utils.engine import classify
 
     assert model.BACKBONES is options.BACKBONES and boxes.BOX_RULES is options.BOX_RULES
     assert PSEUDO_MASK_WORK_SIZE == pseudo_mask.WORK_SIZE
@@ -142,23 +142,24 @@ def test_option_names_shared_with_the_heavy_modules_agree():
     from network import backbones
     from utils.options import OUTPUT_STRIDE_BACKBONES, OUTPUT_STRIDES
     assert OUTPUT_STRIDES == backbones.OUTPUT_STRIDES and OUTPUT_STRIDE_BACKBONES == tuple(backbones.RESNETS)
-    from utils import evaluate, options as utils_options
+    from utils import options as utils_options
+    from utils.evaluation import evaluate
 
     assert utils_options.EVALUATE_PROTOCOLS == evaluate.PROTOCOLS
     assert evaluate.get_args_parser is utils_options.evaluate_parser
 
 
 def test_evaluate_module_help_answers_before_torch_loads():
-    """``python -m utils.evaluate --help``: the program in the usage line, defaults, no torch."""
+    """``python -m utils.evaluation --help``: the program in the usage line, defaults, no torch."""
     code = ("import contextlib, io, runpy, sys\n"
-            "sys.argv = ['utils/evaluate.py', '--help']\n"
+            "sys.argv = ['utils/evaluation/evaluate.py', '--help']\n"
             "out = io.StringIO()\n"
             "try:\n    with contextlib.redirect_stdout(out):\n"
-            "        runpy.run_module('utils.evaluate', run_name='__main__', alter_sys=True)\n"
+            "        runpy.run_module('utils.evaluation.evaluate', run_name='__main__', alter_sys=True)\n"
             "except SystemExit as exc:\n    print(out.getvalue()); print('EXIT', exc.code, 'torch' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True,
                           text=True, timeout=120)
-    assert proc.stdout.startswith("usage: python -m utils.evaluate "), (proc.stdout[:300], proc.stderr[-2000:])
+    assert proc.stdout.startswith("usage: python -m utils.evaluation "), (proc.stdout[:300], proc.stderr[-2000:])
     assert proc.stdout.strip().endswith("EXIT 0 False")
     assert "(default: 0.001)" in proc.stdout and "--protocol {wsol,spol,spol-official,resize,center_crop,spol_official}" in proc.stdout
 

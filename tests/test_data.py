@@ -1,4 +1,4 @@
-"""utils.layouts, utils.transforms, utils.data: the three layout readers, every bad-input error and
+"""utils.data.layouts, utils.data.transforms, utils.data.dataset: the three layout readers, every bad-input error and
 the joint transforms (the evaluation geometry is tested in tests/test_protocol.py).
 
 All trees are written by tests/builders.py; expected numbers are worked out by hand from it.
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.data import WSOLDataset
-from utils.layouts import Record, class_names, load_records, num_classes
-from utils.transforms import build_spol_transform, build_transform
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import Record, class_names, load_records, num_classes
+from utils.data.transforms import build_spol_transform, build_transform
 from utils.errors import DataError
 
 try:

@@ -9,9 +9,9 @@ import demo
 from demo_birds.prepare import prepare_pretrained
 from demo_birds.scoring import centre_box_map, choose_centre_fraction
 from demo_birds.settings import resolve_settings
-from utils.layouts import load_records
-from utils.protocol import get_protocol
-from utils.metrics import box_iou
+from utils.data.layouts import load_records
+from utils.evaluation.protocol import get_protocol
+from utils.evaluation.metrics import box_iou
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROWS = ["CAM, paper's recipe", "CAM, aggressive fine-tuning", "SPOL", "SLT-Net localizer map", "SLT-Net (final)",
@@ -94,7 +94,7 @@ def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(
     import torch
 
     from network.backbones import build_backbone
-    from utils.checkpoint import load_checkpoint
+    from utils.engine.checkpoint import load_checkpoint
 
     base, results = tiny_run
     weights = Path(results["pretrained"])
@@ -121,7 +121,7 @@ def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(
 
 
 def test_cam_readout_is_the_networks_own_top_classes(tiny_run):
-    """demo_birds.readout (through utils.inference.run_inference) writes the top-k classes a plain
+    """demo_birds.readout (through utils.engine.inference.run_inference) writes the top-k classes a plain
     no-grad forward pass of the CAM network gives, image by image."""
     import torch
 
@@ -129,12 +129,12 @@ def test_cam_readout_is_the_networks_own_top_classes(tiny_run):
     from sltnet.localizer import test as localizer_test
     from sltnet.model import build_branch
     from sltnet.options import PRODUCER, resolve_args
-    from utils.checkpoint import load_stage_weights
+    from utils.engine.checkpoint import load_stage_weights
     from utils.config import parse_args
-    from utils.data import WSOLDataset
-    from utils.layouts import num_classes
-    from utils.predictions import read_predictions
-    from utils.transforms import build_transform
+    from utils.data.dataset import WSOLDataset
+    from utils.data.layouts import num_classes
+    from utils.evaluation.handoff import read_predictions
+    from utils.data.transforms import build_transform
 
     base, results = tiny_run
     runs = base / "out" / "runs"
@@ -201,7 +201,7 @@ def test_cam_readout_builds_the_network_the_run_trained(tiny_run, tmp_path, monk
 
     import sltnet.model
     from demo_birds.readout import cam_predictions
-    from utils.predictions import read_predictions
+    from utils.evaluation.handoff import read_predictions
 
     base, _ = tiny_run
     loc = base / "out" / "runs" / "cam" / "localizer"

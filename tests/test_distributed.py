@@ -1,4 +1,4 @@
-"""utils.distributed: single process without a process group; 2-process gloo collectives."""
+"""utils.engine.distributed: single process without a process group; 2-process gloo collectives."""
 import json
 import os
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from utils.distributed import (DistContext, all_gather_object, all_reduce_sum, barrier, cleanup,
+from utils.engine.distributed import (DistContext, all_gather_object, all_reduce_sum, barrier, cleanup,
                                init_distributed, resolve_device)
 
 
@@ -40,7 +40,7 @@ def test_resolve_device(monkeypatch):
 WORKER = """
 import json, os, sys
 import torch
-from utils.distributed import init_distributed, all_reduce_sum, all_gather_object, barrier, cleanup
+from utils.engine.distributed import init_distributed, all_reduce_sum, all_gather_object, barrier, cleanup
 ctx = init_distributed("auto")
 t = torch.tensor([float(ctx.rank + 1), 10.0])
 all_reduce_sum(t, ctx)

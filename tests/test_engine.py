@@ -1,4 +1,4 @@
-"""utils.engine (+ utils.samplers, utils.seeding): exact step-level resume after SIGKILL, DDP = one process,
+"""utils.engine.trainer (+ utils.data.samplers, utils.engine.seeding): exact step-level resume after SIGKILL, DDP = one process,
 samplers, AMP."""
 import argparse
 import importlib.util
@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler, RandomSampler
 
-from utils.checkpoint import load_checkpoint
-from utils.distributed import DistContext
-from utils.engine import Trainer
-from utils.samplers import ResumableSampler, ShardSampler, epoch_order
-from utils.seeding import PerSampleSeeded
+from utils.engine.checkpoint import load_checkpoint
+from utils.engine.distributed import DistContext
+from utils.engine.trainer import Trainer
+from utils.data.samplers import ResumableSampler, ShardSampler, epoch_order
+from utils.engine.seeding import PerSampleSeeded
 
 TOY = Path(__file__).resolve().parent / "toy_train.py"
 _spec = importlib.util.spec_from_file_location("toy_train", TOY)

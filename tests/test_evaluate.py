@@ -1,4 +1,4 @@
-"""utils.evaluate end to end on the tiny CUB tree of tests/builders.py, with saved .npy maps.
+"""utils.evaluation.evaluate end to end on the tiny CUB tree of tests/builders.py, with saved .npy maps.
 
 Test split of the tiny tree (images 32 x 24 px):
   img A "001.Red_bird/Red_0002.jpg", label 0, CUB box (x, y, w, h) = (0.5, 1.5, 20, 12)
@@ -24,11 +24,11 @@ import sys
 import numpy as np
 import pytest
 
-from utils.layouts import load_records
-from utils.protocol import get_protocol
+from utils.data.layouts import load_records
+from utils.evaluation.protocol import get_protocol
 from utils.errors import DataError
-from utils.evaluate import evaluate_scoremaps, get_args_parser, main, scoremap_path
-from utils.predictions import write_predictions
+from utils.evaluation.evaluate import evaluate_scoremaps, get_args_parser, main, scoremap_path
+from utils.evaluation.handoff import write_predictions
 
 ID_A = "001.Red_bird/Red_0002.jpg"
 ID_B = "002.Blue_bird/Blue_0002.jpg"
@@ -177,7 +177,7 @@ def test_predictions_must_cover_the_split(cub_with_maps, tmp_path):
 def test_module_entry_point(cub_with_maps, tmp_path):
     root, maps = cub_with_maps
     out = tmp_path / "cli.json"
-    proc = subprocess.run([sys.executable, "-m", "utils.evaluate", "--data-root", str(root), "--layout", "cub",
+    proc = subprocess.run([sys.executable, "-m", "utils.evaluation", "--data-root", str(root), "--layout", "cub",
                            "--split", "test", "--scoremaps", str(maps), "--protocol", "wsol", "--input-size", "32",
                            "--cam-curve-interval", "0.01", "--output", str(out)],
                           capture_output=True, text=True, timeout=300)
@@ -207,15 +207,15 @@ def test_maxboxacc_keeps_choes_placeholder_box_gt_known_counts_a_miss(tmp_path):
     """A map with nothing above the threshold: Choe's [0, 0, 0, 0] placeholder box. MaxBoxAcc scores
     it like any box (a hit when the GT box sits in the top-left corner, as their code does);
     GT-known Loc counts the image as a miss."""
-    from utils.layouts import Record
-    from utils.metrics import reference_best_iou_per_threshold
+    from utils.data.layouts import Record
+    from utils.evaluation.metrics import reference_best_iou_per_threshold
 
     # 16 x 16 images at input 8: the corner box [0, 0, 1, 1] truncates to [0, 0, 0, 0] (int(0.5) = 0)
     corner = Record("a/corner.jpg", str(tmp_path / "a.jpg"), 0, np.array([[0, 0, 1, 1]], np.float32), (16, 16), None)
     middle = Record("a/middle.jpg", str(tmp_path / "b.jpg"), 0, np.array([[4, 4, 12, 12]], np.float32), (16, 16), None)
     maps = {r.image_id: np.zeros((8, 8)) for r in (corner, middle)}
     res = evaluate_scoremaps([corner, middle], maps, "resize", input_size=8, threshold=0.5, cam_curve_interval=0.1)
-    # Choe's own computation (transcribed in utils.metrics): IoU 1 for the corner image at every threshold
+    # Choe's own computation (transcribed in utils.evaluation.metrics): IoU 1 for the corner image at every threshold
     gt = get_protocol("resize", 8).gt_boxes(corner.boxes, corner.size)
     np.testing.assert_array_equal(gt, [[0, 0, 0, 0]])
     assert np.all(reference_best_iou_per_threshold(maps["a/corner.jpg"], gt, np.arange(0, 1, 0.1)) == 1.0)

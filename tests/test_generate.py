@@ -1,11 +1,11 @@
-"""utils.generate: CUB layout, determinism, boxes = mask extent, class decided by the head."""
+"""utils.data.generate: CUB layout, determinism, boxes = mask extent, class decided by the head."""
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from utils.generate import PART_COLOURS, generate_dataset, make_classes, read_generator_params, render_image
+from utils.data.generate import PART_COLOURS, generate_dataset, make_classes, read_generator_params, render_image
 
 SMALL = dict(num_classes=3, train_per_class=3, test_per_class=2, image_size=48)
 
@@ -52,7 +52,7 @@ def test_boxes_inside_image_and_equal_to_mask_extent(dataset):
 
 
 def test_load_records_reads_the_layout(dataset):
-    data = pytest.importorskip("utils.layouts")
+    data = pytest.importorskip("utils.data.layouts")
     train = data.load_records(dataset, "cub", "train")
     test = data.load_records(dataset, "cub", "test")
     assert len(train) == 9 and len(test) == 6

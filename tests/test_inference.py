@@ -1,5 +1,5 @@
-"""utils.inference.run_inference: shards, order, the host consumer, errors, modes, 2-process gloo;
-utils.device."""
+"""utils.engine.inference.run_inference: shards, order, the host consumer, errors, modes, 2-process gloo;
+utils.engine.device."""
 import json
 import os
 import subprocess
@@ -9,9 +9,9 @@ import threading
 import pytest
 import torch
 
-from utils.device import move_to_device
-from utils.distributed import DistContext
-from utils.inference import gather_lists, run_inference
+from utils.engine.device import move_to_device
+from utils.engine.distributed import DistContext
+from utils.engine.inference import gather_lists, run_inference
 
 
 class Scale(torch.nn.Module):
@@ -105,7 +105,7 @@ def test_move_to_device_keeps_structure():
 def test_last_stats_account_for_the_consumer():
     import time
 
-    from utils.inference import last_stats
+    from utils.engine.inference import last_stats
 
     run_inference(torch.nn.Identity(), data(4), lambda m, b: b["index"], DistContext(), batch_size=2,
                   consume=lambda index: time.sleep(0.05))
@@ -117,8 +117,8 @@ def test_last_stats_account_for_the_consumer():
 WORKER = """
 import json, sys
 import torch
-from utils.distributed import cleanup, init_distributed
-from utils.inference import gather_lists, run_inference
+from utils.engine.distributed import cleanup, init_distributed
+from utils.engine.inference import gather_lists, run_inference
 ctx = init_distributed("cpu")
 data = [{"image": torch.full((2,), float(i)), "index": i} for i in range(7)]
 parts = run_inference(torch.nn.Identity(), data, lambda m, b: (b["index"], m(b["image"])[:, 0] * 10), ctx,
@@ -149,9 +149,9 @@ def test_uint8_images_are_normalised_on_the_batch_bit_for_bit_as_per_image(tmp_p
 
     import numpy as np
 
-    from utils.data import WSOLDataset
-    from utils.layouts import Record
-    from utils.transforms import build_transform, normalize_images
+    from utils.data.dataset import WSOLDataset
+    from utils.data.layouts import Record
+    from utils.data.transforms import build_transform, normalize_images
 
     g = torch.Generator().manual_seed(0)
     records = []

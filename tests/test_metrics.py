@@ -1,11 +1,11 @@
-"""utils.metrics on hand-built boxes and maps whose answers are worked out in the comments."""
+"""utils.evaluation.metrics on hand-built boxes and maps whose answers are worked out in the comments."""
 import numpy as np
 import pytest
 import torch
 import torchvision
 
 from utils.errors import DataError
-from utils.metrics import (BoxAccumulator, LocalizationMeter, PxAPAccumulator, best_iou_per_threshold,
+from utils.evaluation.metrics import (BoxAccumulator, LocalizationMeter, PxAPAccumulator, best_iou_per_threshold,
                            box_iou, cam_threshold_list, check_scoremap_validity,
                            reference_best_iou_per_threshold)
 

@@ -1,10 +1,10 @@
-"""utils.predictions: predictions.csv round trip, derived flags, line-numbered errors."""
+"""utils.evaluation.handoff: predictions.csv round trip, derived flags, line-numbered errors."""
 import numpy as np
 import pytest
 import torch
 
 from utils.errors import DataError
-from utils.predictions import DEFAULT_PRODUCER, Prediction, read_predictions, write_predictions
+from utils.evaluation.handoff import DEFAULT_PRODUCER, Prediction, read_predictions, write_predictions
 
 
 def test_round_trip_and_flags(tmp_path):

@@ -1,12 +1,12 @@
-"""utils.protocol: each evaluation geometry's transform, ground truth, box rule and IoU convention on
+"""utils.evaluation.protocol: each evaluation geometry's transform, ground truth, box rule and IoU convention on
 tiny hand-built cases, and the lookup by either spelling. Expected numbers are worked out by hand."""
 import numpy as np
 import pytest
 import torch
 
-from utils.layouts import Record, load_records
-from utils.protocol import (CHOICES, CenterCrop, Resize, SpolOfficial, canonical, choices, expand, get_protocol)
-from utils.transforms import SPOLTransform
+from utils.data.layouts import Record, load_records
+from utils.evaluation.protocol import (CHOICES, CenterCrop, Resize, SpolOfficial, canonical, choices, expand, get_protocol)
+from utils.data.transforms import SPOLTransform
 
 
 # ----------------------------------------------------------------------------- lookup
@@ -175,7 +175,7 @@ def test_bad_geometry_and_pipeline_requests_are_refused_with_their_reason():
 
 
 def test_batch_normalisation_takes_uint8_only():
-    from utils.transforms import normalize_images
+    from utils.data.transforms import normalize_images
 
     with pytest.raises(TypeError, match="takes uint8 images, got torch.float32"):
         normalize_images(torch.zeros(1, 3, 2, 2))

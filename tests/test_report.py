@@ -135,15 +135,3 @@ def test_seed_spread_by_hand():
     text = report_markdown({"rows": [], "seed_spread": spread})
     assert "Seed spread" in text and "| CAM | 40.0" in text
 
-
-def test_the_old_report_command_names_the_new_one():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "utils.report", "out/results.json"], cwd=root,
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip() == ("error: `python -m utils.report` moved: run "
-                                   "`python -m demo_birds.report out/results.json`")

@@ -12,7 +12,7 @@ from sltnet.losses import (box_regression_loss, label_in_top_k, semantic_toleran
                            visual_stimulus_tolerance_loss)
 from sltnet.vst import SpatialParams, VSTConfig, apply_spatial, invert_spatial, transform_batch, vst_map_pair
 from utils.errors import DataError
-from utils.predictions import read_boxes_csv, write_boxes_csv
+from utils.evaluation.handoff import read_boxes_csv, write_boxes_csv
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
 LABELS = torch.tensor([1, 0])

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint import MissingFileError
+from utils.engine.checkpoint import MissingFileError
 from utils.config import parse_args
-from utils.layouts import load_records
+from utils.data.layouts import load_records
 from utils.errors import DataError
-from utils.generate import generate_dataset
+from utils.data.generate import generate_dataset
 
 SIZE = ["--resize-size", "72", "--input-size", "64"]
 
@@ -98,7 +98,7 @@ def test_three_stages_end_to_end(run_stage, birds):
 def test_regressor_prediction_goes_back_to_pixels_as_trained(run_stage, birds, scale, p):
     """A regressor that always predicts p: the final test must write the box p * m (stride, m = 16 from
     the localizer's boxes.json, Sec. 3.1) or p * 64 (input size) = (16, 8, 48, 40) in both cases."""
-    from utils.predictions import write_boxes_csv, write_predictions
+    from utils.evaluation.handoff import write_boxes_csv, write_predictions
 
     out = run_stage.out
     train = load_records(birds, "cub", "train")
@@ -164,7 +164,7 @@ def test_bad_input_ends_a_script_with_one_error_line(tmp_path):
     import subprocess
     import sys
 
-    from utils.generate import generate_dataset as make
+    from utils.data.generate import generate_dataset as make
     from utils.paths import REPO_ROOT
 
     root = make(tmp_path / "birds", num_classes=2, train_per_class=2, test_per_class=1, image_size=32, seed=1)
@@ -208,9 +208,9 @@ def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tm
     CAMs at stride 8: m = 8 in boxes.json, where the default output stride 32 would give 16)."""
     import yaml
 
-    from utils import rundir
+    from utils.engine import rundir
     from utils.errors import RunError
-    from utils.predictions import write_predictions
+    from utils.evaluation.handoff import write_predictions
 
     config = tmp_path / "os8.yaml"
     config.write_text("localizer_train:\n  backbone: resnet18\n  cam_feature: layer3\n  share_backbone: true\n"
@@ -220,7 +220,7 @@ def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tm
     loc = tmp_path / "output" / "sltnet" / "birds" / "resnet18" / "localizer"
     trained = yaml.safe_load((loc / "args.yaml").read_text())
     assert (trained["output_stride"], trained["box_stride"]) == (8, 8.0)
-    # the test steps as run_cli starts them (utils.rundir reads the training run's options)
+    # the test steps as run_cli starts them (utils.engine.rundir reads the training run's options)
     monkeypatch.setitem(rundir.current_stage, "name", "localizer_test")
     run_stage("sltnet.localizer.test", "localizer_test", "--backbone", "resnet18", *SIZE, "--top-k", "2",
               "--no-scoremaps", "--no-maxboxacc")

@@ -8,7 +8,7 @@ import torch
 
 import spol
 from spol.model import CAMModel, SegModel
-from utils.checkpoint import load_stage_weights
+from utils.engine.checkpoint import load_stage_weights
 
 SHAPES_JSON = Path(spol.__file__).resolve().parent / "reference" / "released_state_dict_shapes.json"
 
@@ -143,7 +143,7 @@ def test_missing_imagenet_backbone_file_is_an_error_not_random_init(tmp_path):
 def test_resnet18_shallow_x_deep_model_widths_and_shapes(tmp_path):
     import torchvision
 
-    from utils.checkpoint import save_checkpoint
+    from utils.engine.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = CAMModel(5, pretrained="none", backbone="resnet18").eval()

@@ -21,13 +21,13 @@ from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits, seg_target_
 from spol.model import CAMModel
 from spol.pseudo_mask import pseudo_mask_from_cam
 from spol.seg.test import scoremap_step
-from utils.cam import spol_box
-from utils.data import WSOLDataset
-from utils.layouts import Record
-from utils.transforms import SPOLTransform
-from utils.protocol import get_protocol
-from utils.evaluate import evaluate_scoremaps
-from utils.predictions import read_cls_results
+from utils.evaluation.boxes import spol_box
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import Record
+from utils.data.transforms import SPOLTransform
+from utils.evaluation.protocol import get_protocol
+from utils.evaluation.evaluate import evaluate_scoremaps
+from utils.evaluation.handoff import read_cls_results
 
 FIX = Path(__file__).parent / "fixtures" / "spol"
 
@@ -246,7 +246,7 @@ def test_boxes_iou_and_hit_list_equal_the_authors(dataset, tmp_path):
 
 # ----------------------------------------------------------------------------- by hand
 def test_an_iou_of_exactly_one_half_is_a_hit_only_without_the_authors_epsilon():
-    from utils.metrics import spol_iou
+    from utils.evaluation.metrics import spol_iou
 
     pred, gt = [0, 0, 10, 10], np.array([[0.0, 0.0, 10.0, 5.0]])  # inter 50, union 100
     assert spol_iou(pred, gt[0]) < 0.5 == spol_iou(pred, gt[0], eps=0.0)
@@ -260,7 +260,7 @@ def test_an_iou_of_exactly_one_half_is_a_hit_only_without_the_authors_epsilon():
 
 
 def test_masks_under_the_authors_names_are_found(tmp_path):
-    from utils.data import find_pseudo_mask
+    from utils.data.dataset import find_pseudo_mask
 
     (tmp_path / "n001").mkdir()
     (tmp_path / "n001" / "x.JPEG").write_bytes(b"")  # their ImageNet naming: the image's own name

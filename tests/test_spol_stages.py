@@ -18,18 +18,18 @@ import spol
 from spol.cam import test as cam_test, train as cam_train
 from spol.cls import test as cls_test, train as cls_train
 from spol.model import CAMModel, SegModel
-from utils.checkpoint import load_stage_weights
+from utils.engine.checkpoint import load_stage_weights
 from spol.pseudo_mask import pseudo_mask_image
 from spol.seg import test as seg_test, train as seg_train
 from utils.config import parse_args
-from utils.data import WSOLDataset
-from utils.layouts import load_records
-from utils.transforms import build_spol_transform
-from utils.protocol import get_protocol
-from utils.evaluate import evaluate_scoremaps
-from utils.generate import generate_dataset
-from utils.metrics import LocalizationMeter, spol_iou
-from utils.predictions import read_predictions
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import load_records
+from utils.data.transforms import build_spol_transform
+from utils.evaluation.protocol import get_protocol
+from utils.evaluation.evaluate import evaluate_scoremaps
+from utils.data.generate import generate_dataset
+from utils.evaluation.metrics import LocalizationMeter, spol_iou
+from utils.evaluation.handoff import read_predictions
 
 SPOL_DIR = Path(spol.__file__).resolve().parent
 TINY = ["--device", "cpu", "--workers", "0", "--resize-size", "72", "--input-size", "64"]
@@ -243,7 +243,7 @@ def test_resolved_args_yaml_parses_back(seg_dir, cam_dir):
 
 
 def test_predictions_of_another_split_are_refused_before_inference(data, seg_dir, tmp_path):
-    from utils.predictions import write_predictions
+    from utils.evaluation.handoff import write_predictions
 
     train = load_records(data, "cub", "train")
     write_predictions(tmp_path / "predictions.csv", [r.image_id for r in train], [r.label for r in train],
@@ -270,8 +270,8 @@ def test_output_stride_reaches_the_cam_and_seg_test_steps_from_args_yaml(data, t
     --output-stride, build the models at output stride 8 from the training runs' args.yaml."""
     import yaml
 
-    from utils import rundir
-    from utils.predictions import write_predictions
+    from utils.engine import rundir
+    from utils.evaluation.handoff import write_predictions
 
     built = []
 

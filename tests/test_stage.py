@@ -1,10 +1,10 @@
-"""utils.stage: the frame of a stage script's main (start_run, finish_run)."""
+"""utils.engine.stage: the frame of a stage script's main (start_run, finish_run)."""
 import argparse
 
 import yaml
 
-from utils.distributed import DistContext
-from utils.stage import finish_run, start_run
+from utils.engine.distributed import DistContext
+from utils.engine.stage import finish_run, start_run
 
 
 def _args(out) -> argparse.Namespace:

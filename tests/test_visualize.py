@@ -1,9 +1,9 @@
-"""utils.visualize.stage_picture on hand-made images, boxes and score maps: layout (224-pixel tiles
+"""utils.evaluation.visualize.stage_picture on hand-made images, boxes and score maps: layout (224-pixel tiles
 below a title and a legend row), box colours at their edges, and the score map overlay."""
 import numpy as np
 import pytest
 
-from utils.visualize import BLUE, GREEN, RED, TILE, TITLE_H, box_grid, picture_layout, stage_picture
+from utils.evaluation.visualize import BLUE, GREEN, RED, TILE, TITLE_H, box_grid, picture_layout, stage_picture
 
 
 def _images(n, size=64, value=128):
@@ -73,7 +73,7 @@ def test_picture_draws_with_one_opencv_thread_and_restores_the_count(opencv_thre
     process (the evaluator's pool) can hang in cv2.setNumThreads: the picture is drawn with one thread."""
     import cv2
 
-    import utils.visualize as vis
+    import utils.evaluation.visualize as vis
 
     seen = opencv_thread_spy(vis, "resize")
     stage_picture(_images(2), [[], []], scoremaps=[np.ones((8, 8)), None], ids=["a", "b"])

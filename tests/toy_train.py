@@ -1,7 +1,7 @@
 """Tiny training run used by tests/test_engine.py (not a stage of either method).
 
 A synthetic dataset with random augmentation (crop, flip, noise from torch, numpy and
-random) and a BatchNorm-free model with dropout, trained by utils.engine.Trainer.
+random) and a BatchNorm-free model with dropout, trained by utils.engine.trainer.Trainer.
 
     python3 tests/toy_train.py --output-dir /tmp/toy --device cpu --workers 0
     OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node 2 \
@@ -26,11 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from utils import rundir
+from utils.engine import rundir
 from utils.config import add_common_args, run_cli, save_resolved_config
-from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer
-from utils.seeding import setup_run
+from utils.engine.distributed import cleanup
+from utils.engine.trainer import Trainer, build_optimizer
+from utils.engine.seeding import setup_run
 
 
 class ToyDataset(Dataset):

@@ -56,7 +56,7 @@ _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 
 
-# Common options that only a training run reads (utils.engine.Trainer): test steps leave them out.
+# Common options that only a training run reads (utils.engine.trainer.Trainer): test steps leave them out.
 # A config file's top-level key naming one of them is skipped by a test step (it is meant for the
 # training stages), not refused as unknown.
 TRAIN_ONLY = ("epochs", "resume", "overwrite", "log_every", "save_every_steps", "max_steps_per_epoch")
@@ -393,8 +393,8 @@ def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike
     own = getattr(args, "output_dir", None)
     if own and os.path.realpath(output_dir) == os.path.realpath(own):
         # the stage's own folder: lock it and refuse a folder that holds another run, before
-        # args.yaml would claim this run's settings (utils.rundir)
-        from utils import rundir
+        # args.yaml would claim this run's settings (utils.engine.rundir)
+        from utils.engine import rundir
 
         rundir.claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)))
         checkpoint = Path(output_dir) / "checkpoint.pth"
@@ -472,9 +472,9 @@ def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None, *,
     also when a data loader worker met it) and faults of the run (``RunError``: output folder in
     use, another run's checkpoint, diverged loss, full disk) end the run with one ``error:`` line
     on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback. A test step's
-    outputs moved aside by ``utils.rundir.protect_outputs`` are put back on any failure. ``args``:
+    outputs moved aside by ``utils.engine.rundir.protect_outputs`` are put back on any failure. ``args``:
     the namespace ``parse_early`` made (then ``argv`` is not parsed again)."""
-    from utils import rundir
+    from utils.engine import rundir
 
     rundir.current_stage["name"] = stage
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from utils.config import HelpFormatter, add_alias
-from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
+from utils.evaluation.protocol import CHOICES as EVALUATE_PROTOCOLS
 
 ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
 # network.backbones.OUTPUT_STRIDES and RESNETS, the backbones that take another output stride than 32
@@ -58,7 +58,7 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
 
 
 def add_classifier_train_args(group, *, lr: float, nesterov: bool | None = True) -> None:
-    """The optimiser and augmentation options of ``utils.classify.train_classifier`` (both methods'
+    """The optimiser and augmentation options of ``utils.engine.classify.train_classifier`` (both methods'
     classifier training): SGD, the new layer at ``--lr``, every other at ``--lr`` x
     ``--backbone-lr-mult``, linear decay per epoch, random flip. ``nesterov=None``: no --nesterov
     option (plain momentum)."""
@@ -74,8 +74,8 @@ def add_classifier_train_args(group, *, lr: float, nesterov: bool | None = True)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    """``python -m utils.evaluate`` (``utils.evaluate.get_args_parser``)."""
-    p = argparse.ArgumentParser(prog="python -m utils.evaluate", formatter_class=HelpFormatter,
+    """``python -m utils.evaluation`` (``utils.evaluation.evaluate.get_args_parser``)."""
+    p = argparse.ArgumentParser(prog="python -m utils.evaluation", formatter_class=HelpFormatter,
                                 description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
     p.add_argument("--data-root", required=True)
     p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata"))

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.cam import boxes_from_contours, choe_threshold_levels, quantize_scoremap
+from utils.evaluation.boxes import boxes_from_contours, choe_threshold_levels, quantize_scoremap
 from utils.errors import DataError
 
 IOU_COMPARES = (">=", ">")
@@ -117,7 +117,7 @@ class LocalizationMeter:
     threshold (``iou_compare`` ">=" default, the WSOL convention; ">" as SPOL's scripts).
     Top-k Loc hit: GT-known hit AND the classifier's top-k is correct. Every image counts in the
     denominator; no GT box left, no predicted box, or the no-foreground sentinel box
-    ``[0, 0, 0, 0]`` from :func:`utils.cam.boxes_from_maps` are misses.
+    ``[0, 0, 0, 0]`` from :func:`utils.evaluation.boxes.boxes_from_maps` are misses.
     """
 
     def __init__(self, iou_threshold: float = 0.5, iou_compare: str = ">=", inclusive_iou: bool = True):

@@ -11,7 +11,7 @@ default), found under ``<DIR>`` by either name (:func:`find_scoremap`):
 Their maps are scored as they are (no renaming, no renormalisation). A missing or malformed map is
 an error naming the file (never skipped).
 
-Protocols (``utils.protocol``; the command line accepts both spellings):
+Protocols (``utils.evaluation.protocol``; the command line accepts both spellings):
 
 * ``resize`` (``wsol``, Choe et al., CVPR 2020): the whole image resized to input x input; GT boxes
   with their ``resize_bbox`` truncation; threshold sweep ``np.arange(0, 1, interval)``; Choe's box
@@ -23,8 +23,8 @@ Protocols (``utils.protocol``; the command line accepts both spellings):
   crop, as the authors' albumentations pipeline does (``CenterCrop.gt_boxes``); a fixed absolute
   threshold (``--threshold``, required: SPOL's are in ``configs/spol_*.yaml``, 0.2 CUB, 0.8
   ImageNet) with SPOL's box rule (float32 map > t, RETR_TREE, largest contour,
-  ``[x, y, x + w, y + h]``: ``utils.cam.spol_box``); the authors' IoU (exclusive,
-  ``utils.metrics.spol_iou``). Fixes: every image is counted (no contour, or no GT box left in the
+  ``[x, y, x + w, y + h]``: ``utils.evaluation.boxes.spol_box``); the authors' IoU (exclusive,
+  ``utils.evaluation.metrics.spol_iou``). Fixes: every image is counted (no contour, or no GT box left in the
   crop = a miss) and IoU ``>=`` 0.5 by default.
 * ``spol_official`` (``spol-official``): the authors' accuracy exactly: images with no contour or no
   GT box left are SKIPPED (left out of the denominator; ``num_skipped`` says how many) and IoU
@@ -42,10 +42,10 @@ a MISS (``LocalizationMeter`` drops the placeholder; the SPOL protocols never co
 
 Commands::
 
-    python -m utils.evaluate --data-root dataset/CUB_200_2011 --layout cub --split test \\
+    python -m utils.evaluation --data-root dataset/CUB_200_2011 --layout cub --split test \\
         --scoremaps output/spol/cub/seg/scoremaps --protocol center_crop --threshold 0.2 \\
         --predictions output/spol/cub/cls/predictions.csv --output output/spol/cub/seg/eval.json
-    python -m utils.evaluate --data-root dataset/ILSVRC --layout metadata --metadata-root metadata/ILSVRC \\
+    python -m utils.evaluation --data-root dataset/ILSVRC --layout metadata --metadata-root metadata/ILSVRC \\
         --split val --scoremaps DIR --protocol resize --workers 8 --output val.json
 
 ``--workers N`` evaluates images in N processes (same numbers, any N).
@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from utils.options import evaluate_parser as get_args_parser
 
-# python -m utils.evaluate: --help and bad options are answered before the heavy imports
+# python -m utils.evaluation: --help and bad options are answered before the heavy imports
 ARGS = get_args_parser().parse_args() if __name__ == "__main__" else None
 
 import multiprocessing as mp
@@ -64,14 +64,14 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.layouts import load_records
+from utils.data.layouts import load_records
 from utils.errors import DataError
 from utils.io import atomic_write_json, atomic_write_text
-from utils.metrics import (BoxAccumulator, PxAPAccumulator, best_iou_per_threshold,
+from utils.evaluation.metrics import (BoxAccumulator, PxAPAccumulator, best_iou_per_threshold,
                            cam_threshold_list, check_scoremap_validity)
-from utils.predictions import read_cls_results, read_predictions
-from utils.protocol import CHOICES as PROTOCOLS
-from utils.protocol import get_protocol
+from utils.evaluation.handoff import read_cls_results, read_predictions
+from utils.evaluation.protocol import CHOICES as PROTOCOLS
+from utils.evaluation.protocol import get_protocol
 SCOREMAP_PRODUCER = "the localization stage's test step (it saves one .npy score map per image)"
 
 
@@ -192,9 +192,9 @@ def evaluate_scoremaps(records, scoremaps, protocol, *, cam_curve_interval: floa
                        threshold: float | None = None, predictions=None, iou_threshold: float = 0.5,
                        iou_compare: str = ">=", inclusive_iou: bool = True, input_size: int = 224,
                        resize_size: int = 256, split: str = "", workers: int = 0) -> dict:
-    """Evaluate score maps of ``records`` (list of utils.layouts.Record) and return the results dict.
+    """Evaluate score maps of ``records`` (list of utils.data.layouts.Record) and return the results dict.
 
-    ``protocol``: a name of :mod:`utils.protocol` (either spelling) or a protocol object (then
+    ``protocol``: a name of :mod:`utils.evaluation.protocol` (either spelling) or a protocol object (then
     ``input_size``/``resize_size`` are its own). ``scoremaps``: a directory of ``<id stem>.npy``
     (or Choe et al.'s ``<image id>.npy``) files, a mapping ``image_id -> map`` or a
     callable ``image_id -> map`` (2-D, [0, 1], input_size x input_size). ``threshold``: the box
@@ -344,7 +344,7 @@ def main(args) -> dict:
 
 
 def cli(argv=None, args=None) -> dict:
-    """``python -m utils.evaluate``: bad input (missing data root, score map or prediction, a
+    """``python -m utils.evaluation``: bad input (missing data root, score map or prediction, a
     malformed file) ends with one ``error:`` line naming the file and exit status 2."""
     import sys
 

@@ -322,7 +322,7 @@ def protect_outputs(directory: str | os.PathLike, names: Iterable[str], ctx=None
     ``utils.config.run_cli`` and at exit after an uncaught exception, or ``recover_interrupted``
     at the next start after a SIGKILL); ``commit_protected`` drops them once the step is done.
     Rank 0 moves them; every rank then waits for it (call it on every rank)."""
-    from utils.distributed import barrier
+    from utils.engine.distributed import barrier
 
     directory = Path(directory)
     names = [str(n) for n in names]
@@ -379,9 +379,9 @@ def _at_exit() -> None:
 
 # ----------------------------------------------------------------------------- stage hook
 # What each test step writes in its --output-dir (utils.config.run_cli names the stage,
-# utils.seeding.setup_run protects the outputs): a function of the resolved options.
+# utils.engine.seeding.setup_run protects the outputs): a function of the resolved options.
 def _seg_outputs(args) -> list[str]:
-    from utils.protocol import expand
+    from utils.evaluation.protocol import expand
 
     return expand(args.protocol) + ["metrics.json", "metrics.txt", "test_args"]
 
@@ -473,7 +473,7 @@ def inherit_training_options(args, folder, names: Iterable[str], explicit: set[s
 
 
 def protect_stage_outputs(args, ctx) -> None:
-    """Called by ``utils.seeding.setup_run`` for the test step ``run_cli`` runs: the model options
+    """Called by ``utils.engine.seeding.setup_run`` for the test step ``run_cli`` runs: the model options
     not given come from the training run (``TEST_INHERITS``, unless other weights are given), and
     the step's previous outputs are protected (``TEST_OUTPUTS``)."""
     inherits = TEST_INHERITS.get(current_stage["name"] or "")

@@ -1,7 +1,7 @@
 """The WSOL dataset: images (and GT / pseudo masks) of a list of records, transformed jointly.
 
-Records come from :mod:`utils.layouts` (``load_records``); transforms from :mod:`utils.transforms`;
-the evaluation geometry (where an image lands, its ground truth in that frame) from :mod:`utils.protocol`.
+Records come from :mod:`utils.data.layouts` (``load_records``); transforms from :mod:`utils.data.transforms`;
+the evaluation geometry (where an image lands, its ground truth in that frame) from :mod:`utils.evaluation.protocol`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from utils.errors import DataError
-from utils.layouts import Record
-from utils.transforms import SoftMask
+from utils.data.layouts import Record
+from utils.data.transforms import SoftMask
 
 
 def _id_stem(image_id: str) -> str:

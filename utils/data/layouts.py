@@ -54,7 +54,7 @@ Every bad input raises :class:`utils.errors.DataError` naming the file (and the 
 missing root or file, malformed line, unknown/duplicate/inconsistent ids, label out of range,
 box outside the image (beyond ``box_tolerance`` = 1 px), empty split, missing or bad XML,
 unreadable image (at load time with ``check_images=True``, otherwise in
-``utils.data.WSOLDataset``).
+``utils.data.dataset.WSOLDataset``).
 """
 from __future__ import annotations
 

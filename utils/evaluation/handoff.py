@@ -1,4 +1,5 @@
-"""Per-image classification results handed from the classification stage to the localizer.
+"""Per-image files handed from stage to stage: classification results (``predictions.csv``; the SPOL
+authors' ``top1top5.npy`` is read too) and boxes (``boxes.csv``).
 
 File format (``predictions.csv``, UTF-8, one header line, one line per image)::
 
@@ -14,7 +15,7 @@ Per-image boxes (``boxes.csv``, written by every localization test step)::
     image_id,x0,y0,x1,y1
     001.Black_footed_Albatross/x.jpg,12,30,140,201
 
-in input pixels of the protocol geometry (``utils.cam.boxes_from_maps`` convention); a sidecar
+in input pixels of the protocol geometry (``utils.evaluation.boxes.boxes_from_maps`` convention); a sidecar
 ``boxes.json`` names the protocol, input size and threshold that produced them.
 """
 from __future__ import annotations

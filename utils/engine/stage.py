@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 
 from utils.config import save_resolved_config
-from utils.distributed import DistContext, cleanup
-from utils.seeding import setup_run
+from utils.engine.distributed import DistContext, cleanup
+from utils.engine.seeding import setup_run
 
 
 def start_run(args, config_dir: str | os.PathLike | None = None) -> DistContext:
-    """``utils.seeding.setup_run(args)``, then rank 0 writes ``<config_dir>/args.yaml``
+    """``utils.engine.seeding.setup_run(args)``, then rank 0 writes ``<config_dir>/args.yaml``
     (``utils.config.save_resolved_config``; default ``args.output_dir``, the stage's own folder,
     which it claims). A test step passes a folder beside, not over, its train step's args.yaml."""
     ctx = setup_run(args)
@@ -22,7 +22,7 @@ def start_run(args, config_dir: str | os.PathLike | None = None) -> DistContext:
 
 def finish_run(ctx: DistContext, message: str | None = None) -> None:
     """Rank 0 prints ``message`` (the run's last line, e.g. what it wrote); then
-    ``utils.distributed.cleanup``."""
+    ``utils.engine.distributed.cleanup``."""
     if message and ctx.is_main:
         print(message, flush=True)
     cleanup(ctx)

@@ -12,11 +12,11 @@ in batch order, while the device works on the next batches; what it returns is c
 order. Without ``consume`` the step results themselves are collected.
 
 Image batches in uint8 (transforms built with ``normalize=False``) are converted to float32 and
-ImageNet-normalised on the device, on the batch (``utils.transforms.normalize_images``, counted in
+ImageNet-normalised on the device, on the batch (``utils.data.transforms.normalize_images``, counted in
 the step's time): bit for bit what the per-image transform gives, without its per-image Python on
 the loader thread (which shares the GIL with the forward pass), and a 4x smaller host-to-device copy.
 
-Sharding: ``utils.samplers.ShardSampler`` gives every sample to exactly one rank (no padding), so
+Sharding: ``utils.data.samplers.ShardSampler`` gives every sample to exactly one rank (no padding), so
 ``gather_lists`` of the per-rank lists counts every image exactly once.
 
 Prefetching: with ``workers`` > 0 the DataLoader's worker processes load ahead (``pin_memory`` on
@@ -42,10 +42,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils.device import autocast, move_to_device
-from utils.distributed import DistContext, all_gather_object
-from utils.samplers import ShardSampler
-from utils.transforms import normalize_images
+from utils.engine.device import autocast, move_to_device
+from utils.engine.distributed import DistContext, all_gather_object
+from utils.data.samplers import ShardSampler
+from utils.data.transforms import normalize_images
 
 _END = object()
 _LAST_STATS: dict = {}
@@ -104,7 +104,7 @@ def _ahead(batches: Iterator, device: torch.device) -> Iterator:
 
 
 def _normalized(batch):
-    """``batch`` with its uint8 ``"image"`` normalised (:func:`utils.transforms.normalize_images`)."""
+    """``batch`` with its uint8 ``"image"`` normalised (:func:`utils.data.transforms.normalize_images`)."""
     if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].dtype == torch.uint8:
         return {**batch, "image": normalize_images(batch["image"])}
     return batch

@@ -4,13 +4,13 @@ Training (:func:`train_classifier`): a torchvision classifier from ``network.bui
 fine-tuned with SGD, the new classification layer(s) at ``--lr`` and every other parameter at
 ``--lr x --backbone-lr-mult``; ``--lr-schedule linear`` decays the lr linearly per EPOCH
 (epoch e of E runs at ``lr * (1 - e / E)``, SPOL's cls recipe), ``constant`` keeps it.
-Loss: plain cross entropy. Runs through ``utils.engine.Trainer`` (DDP, AMP, resume, logs).
+Loss: plain cross entropy. Runs through ``utils.engine.trainer.Trainer`` (DDP, AMP, resume, logs).
 
 Prediction (:func:`top_k_step`, one batch on the device): top-5 class ids per image, from one
 view or from ten crops (4 corners + centre of the image resized to ``resize``, and of its
 horizontal flip; the crops' softmax outputs are averaged). The crops are cut on the device from
-the resized batch. :func:`write_classification` runs it through ``utils.inference.run_inference``
-(sharded over the ranks), gathers the results and writes ``predictions.csv`` (``utils.predictions``
+the resized batch. :func:`write_classification` runs it through ``utils.engine.inference.run_inference``
+(sharded over the ranks), gathers the results and writes ``predictions.csv`` (``utils.evaluation.handoff``
 format).
 
 "The head" is the final linear layer (:func:`final_linear`: torchvision's ``fc`` / ``classifier[-1]``,
@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.data import WSOLDataset
-from utils.engine import Trainer, build_optimizer
-from utils.inference import gather_lists, run_inference
-from utils.transforms import build_transform
+from utils.data.dataset import WSOLDataset
+from utils.engine.trainer import Trainer, build_optimizer
+from utils.engine.inference import gather_lists, run_inference
+from utils.data.transforms import build_transform
 from utils.options import ARCHS, add_classifier_args  # noqa: F401  (re-exported: their home before)
-from utils.predictions import write_predictions
+from utils.evaluation.handoff import write_predictions
 
 
 def final_linear(model: nn.Module) -> nn.Linear:
@@ -82,7 +82,7 @@ def logits_of(output) -> torch.Tensor:
 
 
 def classification_loss(model, batch):
-    """``utils.engine.Trainer`` loss: cross entropy of the classifier's logits."""
+    """``utils.engine.trainer.Trainer`` loss: cross entropy of the classifier's logits."""
     logits = logits_of(model(batch["image"]))
     loss = F.cross_entropy(logits.float(), batch["label"])
     acc = (logits.argmax(1) == batch["label"]).float().mean()
@@ -121,7 +121,7 @@ def top_k_step(model: nn.Module, batch: dict, *, ten_crop: int | None = None, k:
 
 
 def write_classification(model, records, transform, args, ctx, output_path) -> dict:
-    """Predict every record (sharded over ranks by ``utils.inference.run_inference``), write
+    """Predict every record (sharded over ranks by ``utils.engine.inference.run_inference``), write
     ``predictions.csv`` on rank 0. Returns {"top1": %, "top5": %, "num_images": N} (the same on
     every rank)."""
     ten_crop = args.input_size if getattr(args, "ten_crop", False) else None
@@ -162,7 +162,7 @@ def eval_transform(args):
 
 def train_classifier(model: nn.Module, records, args, ctx, *, stage_name: str) -> nn.Module:
     """Fine-tune ``model`` on ``records`` with the options of :func:`add_classifier_args` (train)
-    through ``utils.engine.Trainer``; ``output_dir/model.pth`` holds the final state dict."""
+    through ``utils.engine.trainer.Trainer``; ``output_dir/model.pth`` holds the final state dict."""
     dataset = WSOLDataset(records, train_transform(args))
     groups = classifier_param_groups(model, final_linear(model), args.lr, args.backbone_lr_mult, args.weight_decay)
     optimizer = build_optimizer(groups, args)

@@ -1,6 +1,6 @@
 """A generated fine-grained "birds" dataset in the CUB-200-2011 layout, for demos and tests.
 
-    python -m utils.generate --out dataset/synth_birds --classes 6 --train-per-class 60 \
+    python -m utils.data.generate --out dataset/synth_birds --classes 6 --train-per-class 60 \
         --test-per-class 25 --size 64 --seed 0
 
 Every image shows one bird (body ellipse, wing, tail, head, eye, beak, crest) on a cluttered
@@ -15,7 +15,7 @@ object useful to a classifier (as plumage is in CUB). The defaults are those of 
 head alone (part domination) and its boxes cover the head only. The background holds smooth coloured noise, random shapes and distractors: headless
 bird bodies (object-like, but without the class part). Segmentation masks cover the bird only.
 
-Layout written (the same files and formats as CUB-200-2011, so ``utils.layouts.load_records(root,
+Layout written (the same files and formats as CUB-200-2011, so ``utils.data.layouts.load_records(root,
 "cub", split)`` reads it like the real dataset)::
 
     classes.txt              "<class id> <NNN.Name>"            (1-based ids)
@@ -28,7 +28,7 @@ Layout written (the same files and formats as CUB-200-2011, so ``utils.layouts.l
     generator.json           the arguments that produced the folder (not part of CUB)
 
 Box convention: ``x, y, w, h = cv2.boundingRect(mask > 0)``, i.e. ``w, h`` count pixels and
-``x + w, y + h`` lie one past the last object pixel -- the rule ``utils.cam.boxes_from_maps``
+``x + w, y + h`` lie one past the last object pixel -- the rule ``utils.evaluation.boxes.boxes_from_maps``
 applies to score maps, so a box from the true mask reproduces the ground-truth box exactly.
 
 Determinism: the same arguments give byte-identical files (one random generator per image,
@@ -347,7 +347,7 @@ def read_generator_params(root) -> dict | None:
 def get_args_parser() -> argparse.ArgumentParser:
     from utils.config import HelpFormatter
 
-    parser = argparse.ArgumentParser(prog="python -m utils.generate", formatter_class=HelpFormatter,
+    parser = argparse.ArgumentParser(prog="python -m utils.data.generate", formatter_class=HelpFormatter,
                                      description="Generate a fine-grained 'birds' dataset in the CUB-200-2011 layout.")
     parser.add_argument("--out", required=True, help="output folder (created; must not exist unless --overwrite)")
     parser.add_argument("--classes", type=int, default=6)
@@ -377,7 +377,7 @@ def main(args) -> Path:
 
 
 def cli(argv=None) -> Path:
-    """``python -m utils.generate``: an existing folder without ``--overwrite`` or impossible
+    """``python -m utils.data.generate``: an existing folder without ``--overwrite`` or impossible
     settings end with one ``error:`` line and exit status 2."""
     import sys
 

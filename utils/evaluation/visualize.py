@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from utils.cam import single_thread_cv2
+from utils.evaluation.boxes import single_thread_cv2
 
 GREEN, BLUE, RED = (0, 200, 0), (40, 90, 255), (230, 20, 20)   # RGB
 COLOUR_NAMES = {GREEN: "ground-truth box", RED: "predicted box", BLUE: "localizer-map box"}

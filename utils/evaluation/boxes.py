@@ -7,7 +7,7 @@ Conventions used throughout:
   follow Choe et al. ("Evaluating WSOL right", CVPR 2020, ``compute_bboxes_from_scoremaps``):
   ``x0, y0`` = top-left of ``cv2.boundingRect``, ``x1 = min(x0 + w, W - 1)``,
   ``y1 = min(y0 + h, H - 1)``, to be compared with the *inclusive* IoU
-  (``utils.metrics.box_iou(..., inclusive=True)``).
+  (``utils.evaluation.metrics.box_iou(..., inclusive=True)``).
 * A map with no foreground pixel yields the single box ``[0, 0, 0, 0]``: it is never dropped,
   and it counts as a miss against any ground-truth box of real size.
 
@@ -21,7 +21,7 @@ Two named box rules:
 * SPOL (``relative_to_max=False, quantize_uint8=False``): binary map = ``float map > t``; the
   largest *external* contour (``RETR_EXTERNAL``) gives the box. The box convention (x0 + w,
   clamped to W - 1) is kept identical to the rule above so that one IoU convention serves both.
-* The SPOL authors' own rule, exactly (their seg test; the ``spol`` protocols of utils.evaluate):
+* The SPOL authors' own rule, exactly (their seg test; the ``spol`` protocols of utils.evaluation.evaluate):
   :func:`spol_box` (float32 ``map > t``, RETR_TREE, box ``[x, y, x + w, y + h]``, None without contour).
 """
 from __future__ import annotations
@@ -207,7 +207,7 @@ def boxes_from_maps(maps: np.ndarray, threshold: float, *, relative_to_max: bool
 def single_thread_cv2():
     """Run OpenCV calls with one thread, restoring the count after: a parallel cv2 call (a connected
     components labelling, an upsampling resize) starts OpenCV's worker pool, and a process forked
-    after that (utils.evaluate's pool, DataLoader workers) hangs in its first cv2.setNumThreads."""
+    after that (utils.evaluation.evaluate's pool, DataLoader workers) hangs in its first cv2.setNumThreads."""
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:

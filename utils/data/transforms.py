@@ -1,9 +1,9 @@
 """Joint image/mask transforms of every stage: :func:`build_transform` (torchvision v2, the
 default) and :class:`SPOLTransform` (the SPOL authors' albumentations order, computed with numpy/cv2).
 
-Both take and return the sample dict of :class:`utils.data.WSOLDataset` (``"image"`` and, when
+Both take and return the sample dict of :class:`utils.data.dataset.WSOLDataset` (``"image"`` and, when
 present, ``"mask"`` / ``"pseudo_mask"``). Where an image lands for EVALUATION (resize, crop, the
-ground truth in that frame) is :mod:`utils.protocol`'s job; it builds its transforms here.
+ground truth in that frame) is :mod:`utils.evaluation.protocol`'s job; it builds its transforms here.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def build_transform(kind: str, *, resize: int | tuple, crop: int | None = None, 
     All end with ToImage, ToDtype(float32, scale=True) and ImageNet Normalize, which touch only
     the image: masks keep their dtype and values. With ``normalize=False`` the image stays uint8
     (the resize already runs on uint8) and :func:`normalize_images` does the last two steps on the
-    batch, on the device (``utils.inference.run_inference`` does so for every uint8 image batch):
+    batch, on the device (``utils.engine.inference.run_inference`` does so for every uint8 image batch):
     the same float operations in the same order, so the same bits, without per-image Python.
     """
     steps: list = [v2.ToImage(), v2.Resize(_pair(resize), antialias=True)]

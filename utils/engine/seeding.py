@@ -1,7 +1,7 @@
 """Seeding and the opening of every run: process group, seeds, determinism flags.
 
 ``setup_run(args)`` is the first call of every stage script (train and test): it detects torchrun
-(``utils.distributed.init_distributed``), seeds Python, NumPy and torch with ``seed + rank`` and
+(``utils.engine.distributed.init_distributed``), seeds Python, NumPy and torch with ``seed + rank`` and
 sets the determinism flags. ``PerSampleSeeded`` seeds each training sample's augmentation from
 (seed, epoch, index), so a sample is drawn identically whatever the worker count or resume point.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils import rundir
-from utils.distributed import DistContext, init_distributed
+from utils.engine import rundir
+from utils.engine.distributed import DistContext, init_distributed
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -44,7 +44,7 @@ def seed_everything(seed: int, ctx: DistContext | None = None, *, deterministic:
 
 def setup_run(args) -> DistContext:
     """``init_distributed(args.device)`` then ``seed_everything(args.seed, ...)``; for a test step
-    started by ``utils.config.run_cli``, ``utils.rundir.protect_stage_outputs``."""
+    started by ``utils.config.run_cli``, ``utils.engine.rundir.protect_stage_outputs``."""
     ctx = init_distributed(getattr(args, "device", "auto"))
     seed_everything(getattr(args, "seed", 0), ctx, deterministic=getattr(args, "deterministic", False))
     rundir.protect_stage_outputs(args, ctx)  # a test step run by run_cli: previous outputs kept until it ends

@@ -1,12 +1,12 @@
 """One training loop for every stage: devices, precision, torchrun, resume, logging.
 
-(The other parts of a run live beside it: ``utils.seeding`` (``setup_run``, seeds, per-sample
-augmentation seeds), ``utils.samplers`` (epoch orders, test shards), ``utils.device`` (batches to
-the device, autocast) and ``utils.inference`` (the test steps' loop).)
+(The other parts of a run live beside it: ``utils.engine.seeding`` (``setup_run``, seeds, per-sample
+augmentation seeds), ``utils.data.samplers`` (epoch orders, test shards), ``utils.engine.device`` (batches to
+the device, autocast) and ``utils.engine.inference`` (the test steps' loop).)
 
 A stage script does (MAE ``main_pretrain.py`` order)::
 
-    ctx = setup_run(args)                                  # utils.seeding: torchrun detection + seeds
+    ctx = setup_run(args)                                  # utils.engine.seeding: torchrun detection + seeds
     model = build_model(...)                               # after seeding: same init everywhere
     optimizer = build_optimizer(param_groups, args)
     trainer = Trainer(model, optimizer, args, ctx, lr_lambda=..., stage_name="cam")
@@ -26,7 +26,7 @@ so a sample is augmented identically whatever the worker count or the resume poi
 RNG used by the model (dropout) is restored from the checkpoint.
 
 The output folder is locked for the run, and each checkpoint also stores the run's identity
-(``utils.rundir.run_identity``: the options that change the result, the dataset's layout, root
+(``utils.engine.rundir.run_identity``: the options that change the result, the dataset's layout, root
 and annotations): a folder holding another run is refused with one line instead of resumed.
 """
 from __future__ import annotations
@@ -45,15 +45,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from utils.engine.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from utils.config import args_to_dict
-from utils.device import autocast, move_to_device
-from utils.distributed import DistContext, all_gather_object, all_reduce_sum, barrier
+from utils.engine.device import autocast, move_to_device
+from utils.engine.distributed import DistContext, all_gather_object, all_reduce_sum, barrier
 from utils.errors import DivergedError, RunError
 from utils.io import atomic_write_text
-from utils.samplers import ResumableSampler
-from utils.seeding import PerSampleSeeded, configure_determinism, seed_everything
-from utils import rundir
+from utils.data.samplers import ResumableSampler
+from utils.engine.seeding import PerSampleSeeded, configure_determinism, seed_everything
+from utils.engine import rundir
 
 
 def build_optimizer(param_groups: Iterable, args) -> torch.optim.Optimizer:
@@ -245,13 +245,13 @@ class Trainer:
         })
 
     def identity(self) -> dict:
-        """This run's identity (utils.rundir.run_identity), with the dataset once ``fit`` has it."""
+        """This run's identity (utils.engine.rundir.run_identity), with the dataset once ``fit`` has it."""
         return rundir.run_identity(self.args, self.stage_name, getattr(self, "_dataset", None))
 
     def resume(self) -> bool:
         """Restore everything from ``checkpoint.pth`` when ``args.resume`` and the file exists.
 
-        A checkpoint of another stage or of another run (utils.rundir.check_identity) is refused
+        A checkpoint of another stage or of another run (utils.engine.rundir.check_identity) is refused
         with one line, also with ``--no-resume`` (which would overwrite it)."""
         path = self.checkpoint_path
         if not path.is_file():

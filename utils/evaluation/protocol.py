@@ -78,14 +78,14 @@ class Protocol:
         return f"whole image at {self.input_size}"
 
     def transform(self, pipeline: str | None = None, *, normalize: bool = True):
-        """The evaluation transform (a :mod:`utils.transforms` object) of this geometry.
+        """The evaluation transform (a :mod:`utils.data.transforms` object) of this geometry.
 
-        ``pipeline``: "torchvision" (:func:`utils.transforms.build_transform`) or "spol" (the SPOL
-        authors' order, :class:`utils.transforms.SPOLTransform`); None = this protocol's own.
+        ``pipeline``: "torchvision" (:func:`utils.data.transforms.build_transform`) or "spol" (the SPOL
+        authors' order, :class:`utils.data.transforms.SPOLTransform`); None = this protocol's own.
         ``normalize=False`` ("torchvision" only): uint8 images, normalised on the batch by
-        ``utils.inference.run_inference`` (:func:`utils.transforms.normalize_images`).
+        ``utils.engine.inference.run_inference`` (:func:`utils.data.transforms.normalize_images`).
         """
-        from utils.transforms import build_spol_transform, build_transform
+        from utils.data.transforms import build_spol_transform, build_transform
 
         pipeline = pipeline or self.pipeline
         if pipeline not in ("torchvision", "spol"):
@@ -102,7 +102,7 @@ class Protocol:
         """The record's RGB uint8 image at this geometry (cv2 INTER_LINEAR resize, then the crop)."""
         import cv2
 
-        from utils.cam import single_thread_cv2
+        from utils.evaluation.boxes import single_thread_cv2
 
         geom = self.geometry
         with single_thread_cv2():   # no OpenCV worker pool in a process that forks later
@@ -180,7 +180,7 @@ class Resize(Protocol):
     def box(self, scoremap, threshold: float) -> np.ndarray:
         """Choe's box (largest contour) of one map, int64 ``[x0, y0, x1, y1]``; ``[0, 0, 0, 0]``
         when no pixel is above the threshold (their placeholder)."""
-        from utils.cam import boxes_from_maps
+        from utils.evaluation.boxes import boxes_from_maps
 
         return boxes_from_maps(np.asarray(scoremap)[None], threshold)[0][0]
 
@@ -188,7 +188,7 @@ class Resize(Protocol):
         return (np.asarray(box, dtype=np.float64) / float(self.input_size)).tolist()
 
     def score(self, pred_boxes, gt_boxes, flags=None, *, iou_threshold=0.5, iou_compare=">=", inclusive_iou=None):
-        from utils.metrics import LocalizationMeter
+        from utils.evaluation.metrics import LocalizationMeter
 
         inclusive = self.inclusive_iou if inclusive_iou is None else inclusive_iou
         meter = LocalizationMeter(iou_threshold, iou_compare, inclusive)
@@ -249,10 +249,10 @@ class CenterCrop(Protocol):
         return np.asarray(out, np.float64).reshape(-1, 4)
 
     def box(self, scoremap, threshold: float) -> np.ndarray:
-        """The SPOL authors' box (:func:`utils.cam.spol_box`), int64 ``[x, y, x + w, y + h]``;
+        """The SPOL authors' box (:func:`utils.evaluation.boxes.spol_box`), int64 ``[x, y, x + w, y + h]``;
         ``[0, 0, 0, 0]`` when the map has no contour (:meth:`score` counts such an image as a miss,
         or skips it in :class:`SpolOfficial`; it never reaches the IoU)."""
-        from utils.cam import spol_box
+        from utils.evaluation.boxes import spol_box
 
         box = spol_box(scoremap, threshold)
         return np.asarray(box if box is not None else [0, 0, 0, 0], np.int64)
@@ -262,12 +262,12 @@ class CenterCrop(Protocol):
 
         ``pred_boxes``: per image a box ``[x0, y0, x1, y1]``, None or ``[0, 0, 0, 0]`` (no contour);
         ``gt_boxes``: per image an ``(M, 4)`` array (:meth:`gt_boxes`). IoU is
-        :func:`utils.metrics.spol_iou` with this protocol's ``eps``, the max over the image's GT boxes.
+        :func:`utils.evaluation.metrics.spol_iou` with this protocol's ``eps``, the max over the image's GT boxes.
         Returns a list of dicts ``{"iou", "hit", "skipped"}``: with ``skips_images`` an image with no
         GT box left or no contour is SKIPPED (``skipped`` names why; their script leaves it out of
         every count), otherwise it is a miss.
         """
-        from utils.metrics import spol_iou
+        from utils.evaluation.metrics import spol_iou
 
         iou_compare = self.iou_compare or iou_compare
         if iou_compare not in (">=", ">"):
