@@ -163,7 +163,7 @@ def test_pretrained_path_of_another_architecture_is_refused_in_one_line(tmp_path
 
 def test_pretrained_path_refused_by_a_stage_with_one_error_line(tmp_path, capsys):
     from spol.cam import train as cam_train
-    from utils.config import run_cli
+    from utils.engine.rundir import run_cli
 
     path = tmp_path / "resnet18.pth"
     save_checkpoint(path, torchvision.models.resnet18().state_dict())

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from utils import config
-from utils.config import add_alias, add_common_args, args_to_dict, parse_args, renamed_keys, save_resolved_config
+from utils.config import add_alias, add_common_args, args_to_dict, parse_args, renamed_keys
+from utils.engine.rundir import save_resolved_config
 from utils.errors import DataError
 
 

@@ -66,9 +66,9 @@ def one_error(proc) -> str:
 
 
 def toy_cli(capsys, out, *extra) -> str:
-    """tests/toy_train.py through utils.config.run_cli in this process (no interpreter start):
+    """tests/toy_train.py through utils.engine.rundir.run_cli in this process (no interpreter start):
     the one error line it prints before exiting with status 2."""
-    from utils.config import run_cli
+    from utils.engine.rundir import run_cli
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
@@ -81,7 +81,7 @@ def toy_cli(capsys, out, *extra) -> str:
 
 # ----------------------------------------------------------------------------- run identity
 def test_another_run_in_the_folder_is_refused_and_overwrite_moves_it_aside(tmp_path, capsys):
-    from utils.config import run_cli
+    from utils.engine.rundir import run_cli
 
     out = tmp_path / "run"
     assert run_toy(out).returncode == 0
@@ -246,7 +246,7 @@ def test_sigkill_during_a_save_leaves_a_temp_file_removed_at_the_next_start(tmp_
     assert killed.returncode == -signal.SIGKILL
     stale = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint.pth.") and p.name.endswith(".tmp")]
     assert len(stale) == 1
-    from utils.config import run_cli
+    from utils.engine.rundir import run_cli
 
     capsys.readouterr()
     run_cli(toy.main, toy.get_args_parser, "toy", ["--output-dir", str(out), "--device", "cpu", "--epochs", "1",
@@ -348,7 +348,7 @@ def test_a_failed_test_step_keeps_the_previous_results_and_a_worker_error_is_the
     torch.manual_seed(0)
     save_checkpoint(out / "model.pth", CAMModel(2, pretrained="none").state_dict())
     from spol.cam import test as cam_test
-    from utils.config import run_cli
+    from utils.engine.rundir import run_cli
 
     argv = ["--data-root", str(tiny_cub), "--output-dir", str(out), "--device", "cpu", "--resize-size", "32",
             "--batch-size", "1", "--mask-workers", "1"]

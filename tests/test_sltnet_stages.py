@@ -243,7 +243,7 @@ def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tm
 
 def test_output_stride_on_a_backbone_without_it_is_one_error_line(birds, tmp_path, capsys):
     from sltnet.localizer import train
-    from utils.config import run_cli
+    from utils.engine.rundir import run_cli
 
     with pytest.raises(SystemExit) as info:
         run_cli(train.main, train.get_args_parser, "localizer_train",

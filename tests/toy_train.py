@@ -11,7 +11,7 @@ random) and a BatchNorm-free model with dropout, trained by utils.engine.trainer
 (K optimizer steps done), to test resuming. ``--trace-file F`` appends the index of
 every sample loaded (from any worker) to F. ``--pause-after-step K --pause-file F`` creates F
 when step K + 1 starts and then waits (for the lock test). ``--nan-after-step K`` makes the
-loss NaN from step K + 1 on. Runs through ``utils.config.run_cli`` like a stage script.
+loss NaN from step K + 1 on. Runs through ``utils.engine.rundir.run_cli`` like a stage script.
 """
 import argparse
 import os
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from utils.engine import rundir
-from utils.config import add_common_args, run_cli, save_resolved_config
+from utils.config import add_common_args
+from utils.engine.rundir import run_cli, save_resolved_config
 from utils.engine.distributed import cleanup
 from utils.engine.trainer import Trainer, build_optimizer
 from utils.engine.seeding import setup_run

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 
 from utils.config import HelpFormatter, add_alias
-from utils.evaluation.protocol import CHOICES as EVALUATE_PROTOCOLS
 
 ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
 # network.backbones.OUTPUT_STRIDES and RESNETS, the backbones that take another output stride than 32
 # (that module loads torch; tests/test_cli.py checks that they agree)
 OUTPUT_STRIDES = (8, 16, 32)
 OUTPUT_STRIDE_BACKBONES = ("resnet18", "resnet50")
+# utils.evaluation.protocol.CHOICES, the evaluation protocols by either name (the base imports no
+# wing; tests/test_cli.py checks that they agree)
+EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official", "resize", "center_crop", "spol_official")
 
 
 def check_output_stride(args) -> None:

@@ -24,7 +24,7 @@ from network import build_classifier
 from sltnet.options import PRODUCER, resolve_args
 from utils.engine.checkpoint import load_stage_weights
 from utils.engine.classify import eval_transform, write_classification
-from utils.config import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli, save_resolved_config
 from utils.data.layouts import load_records, num_classes
 from utils.engine.distributed import cleanup
 from utils.engine.seeding import setup_run

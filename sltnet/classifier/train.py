@@ -22,7 +22,7 @@ ARGS = parse_early(__name__, get_args_parser, "classifier_train")
 from network import build_classifier
 from sltnet.options import resolve_args
 from utils.engine.classify import train_classifier
-from utils.config import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli, save_resolved_config
 from utils.data.layouts import load_records, num_classes
 from utils.engine.distributed import cleanup
 from utils.engine.seeding import setup_run

@@ -35,7 +35,7 @@ from sltnet.model import build_branch
 from sltnet.options import PRODUCER, resolve_args
 from utils.evaluation.boxes import normalize_minmax, resize_maps
 from utils.engine.checkpoint import load_stage_weights
-from utils.config import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli, save_resolved_config
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
 from utils.evaluation.protocol import get_protocol

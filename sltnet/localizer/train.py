@@ -35,7 +35,7 @@ from sltnet.losses import box_regression_loss, localization_map, semantic_tolera
 from sltnet.model import build_branch
 from sltnet.options import resolve_args
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
-from utils.config import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli, save_resolved_config
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
 from utils.data.transforms import build_transform

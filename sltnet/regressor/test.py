@@ -34,7 +34,7 @@ from sltnet.boxes import box_divisor, denormalize_boxes, trained_box_encoding
 from sltnet.model import BoxRegressor, build_branch
 from sltnet.options import PRODUCER, resolve_args
 from utils.engine.checkpoint import load_stage_weights
-from utils.config import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli, save_resolved_config
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
 from utils.evaluation.protocol import canonical, get_protocol

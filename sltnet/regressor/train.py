@@ -40,7 +40,7 @@ from sltnet.boxes import box_divisor, boxes_to_image_fraction, normalize_boxes
 from sltnet.losses import box_regression_loss
 from sltnet.model import BoxRegressor
 from sltnet.options import resolve_args
-from utils.config import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli, save_resolved_config
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records
 from utils.data.transforms import build_transform

@@ -41,7 +41,7 @@ from spol import pseudo_mask as pm
 from spol.options import load_split, resolve_defaults
 from spol.model import CAMModel
 from utils.engine.checkpoint import load_stage_weights
-from utils.config import run_cli
+from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import num_classes
 from utils.data.transforms import build_spol_transform

@@ -28,7 +28,7 @@ from network.backbones import build_classifier
 from spol.options import load_split, resolve_defaults
 from utils.engine.checkpoint import load_stage_weights
 from utils.engine.classify import eval_transform, write_classification
-from utils.config import run_cli
+from utils.engine.rundir import run_cli
 from utils.data.layouts import num_classes
 from utils.engine.distributed import cleanup
 from utils.io import atomic_write_json

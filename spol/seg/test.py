@@ -50,7 +50,7 @@ from spol.options import dataset_name, default_path, load_split, resolve_default
 from spol.model import SegModel
 from spol.visualize import write_grid
 from utils.engine.checkpoint import load_stage_weights
-from utils.config import run_cli
+from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
 from utils.engine.distributed import all_gather_object, barrier, cleanup
 from utils.engine.inference import file_writers, run_inference

@@ -32,7 +32,7 @@ from pathlib import Path
 from spol.options import default_path, load_split, resolve_defaults
 from spol.losses import TARGET_THRESHOLD, seg_loss
 from spol.model import SegModel, drop_last_needed, spol_param_groups
-from utils.config import run_cli
+from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset, pseudo_mask_candidates
 from utils.data.transforms import build_spol_transform
 from utils.engine.trainer import Trainer, build_optimizer

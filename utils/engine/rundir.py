@@ -11,9 +11,13 @@
 * ``protect_outputs(dir, names)``: a test step's previous outputs are moved into a hidden folder
   while it runs and put back exactly as they were when it fails (also after a SIGKILL, at the
   next start); they are dropped only when it has finished.
+* ``save_resolved_config(args, dir)`` writes a stage's ``args.yaml`` once its own folder is claimed;
+  ``run_cli`` is a stage script's ``__main__``: one ``error:`` line for bad input, the protected
+  outputs put back on any failure, the folders released.
 """
 from __future__ import annotations
 
+import argparse
 import atexit
 import hashlib
 import os
@@ -24,8 +28,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from utils.config import renamed_keys
-from utils.errors import RunError
+import yaml
+
+from utils.config import args_to_dict, parse_args, renamed_keys, report_error
+from utils.errors import DataError, RunError
+from utils.io import atomic_write_text
 
 try:
     import fcntl
@@ -319,7 +326,7 @@ def protect_outputs(directory: str | os.PathLike, names: Iterable[str], ctx=None
     """Move this test step's previous outputs ``names`` (files or folders in ``directory``) aside.
 
     They come back exactly as they were if the step fails (``restore_protected``, called by
-    ``utils.config.run_cli`` and at exit after an uncaught exception, or ``recover_interrupted``
+    ``run_cli`` and at exit after an uncaught exception, or ``recover_interrupted``
     at the next start after a SIGKILL); ``commit_protected`` drops them once the step is done.
     Rank 0 moves them; every rank then waits for it (call it on every rank)."""
     from utils.engine.distributed import barrier
@@ -378,7 +385,7 @@ def _at_exit() -> None:
 
 
 # ----------------------------------------------------------------------------- stage hook
-# What each test step writes in its --output-dir (utils.config.run_cli names the stage,
+# What each test step writes in its --output-dir (run_cli names the stage,
 # utils.engine.seeding.setup_run protects the outputs): a function of the resolved options.
 def _seg_outputs(args) -> list[str]:
     from utils.evaluation.protocol import expand
@@ -486,3 +493,53 @@ def protect_stage_outputs(args, ctx) -> None:
     names = TEST_OUTPUTS.get(current_stage["name"] or "")
     if names is not None and getattr(args, "output_dir", None):
         protect_outputs(args.output_dir, names(args), ctx)
+
+
+# ----------------------------------------------------------------------------- stage scripts
+def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike) -> Path | None:
+    """Write every resolved option to ``output_dir/args.yaml`` (atomic); only rank 0 writes.
+
+    The file can be given back with ``--config`` to repeat the run (``config`` itself is left out).
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    own = getattr(args, "output_dir", None)
+    if own and os.path.realpath(output_dir) == os.path.realpath(own):
+        # the stage's own folder: lock it and refuse a folder that holds another run, before
+        # args.yaml would claim this run's settings
+        claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)))
+        checkpoint = Path(output_dir) / "checkpoint.pth"
+        if checkpoint.is_file():
+            check_folder_run(checkpoint, args)
+    values = args_to_dict(args)
+    values.pop("config", None)
+    path = Path(output_dir) / "args.yaml"
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
+    return path
+
+
+def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None, *,
+            args: argparse.Namespace | None = None):
+    """``__main__`` of a stage script: parse (YAML + command line) and call ``main``. Bad input
+    (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights,
+    also when a data loader worker met it) and faults of the run (``RunError``: output folder in
+    use, another run's checkpoint, diverged loss, full disk) end the run with one ``error:`` line
+    on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback. A test step's
+    outputs moved aside by ``protect_outputs`` are put back on any failure. ``args``:
+    the namespace ``parse_early`` made (then ``argv`` is not parsed again)."""
+    current_stage["name"] = stage
+    try:
+        result = main(args if args is not None else parse_args(get_args_parser(), argv, stage=stage))
+    except (DataError, FloatingPointError) as exc:  # FloatingPointError: a diverged model's output
+        restore_protected()
+        release_all()
+        report_error(exc)
+        raise SystemExit(2) from None
+    except BaseException:
+        restore_protected()
+        raise
+    finally:
+        current_stage["name"] = None
+    commit_protected()
+    release_all()  # the folders are free again (matters when run_cli is called in-process)
+    return result

@@ -44,7 +44,7 @@ def seed_everything(seed: int, ctx: DistContext | None = None, *, deterministic:
 
 def setup_run(args) -> DistContext:
     """``init_distributed(args.device)`` then ``seed_everything(args.seed, ...)``; for a test step
-    started by ``utils.config.run_cli``, ``utils.engine.rundir.protect_stage_outputs``."""
+    started by ``utils.engine.rundir.run_cli``, ``utils.engine.rundir.protect_stage_outputs``."""
     ctx = init_distributed(getattr(args, "device", "auto"))
     seed_everything(getattr(args, "seed", 0), ctx, deterministic=getattr(args, "deterministic", False))
     rundir.protect_stage_outputs(args, ctx)  # a test step run by run_cli: previous outputs kept until it ends

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 
-from utils.config import save_resolved_config
+from utils.engine.rundir import save_resolved_config
 from utils.engine.distributed import DistContext, cleanup
 from utils.engine.seeding import setup_run
 
 
 def start_run(args, config_dir: str | os.PathLike | None = None) -> DistContext:
     """``utils.engine.seeding.setup_run(args)``, then rank 0 writes ``<config_dir>/args.yaml``
-    (``utils.config.save_resolved_config``; default ``args.output_dir``, the stage's own folder,
+    (``utils.engine.rundir.save_resolved_config``; default ``args.output_dir``, the stage's own folder,
     which it claims). A test step passes a folder beside, not over, its train step's args.yaml."""
     ctx = setup_run(args)
     if ctx.is_main:
