@@ -1,11 +1,14 @@
-"""Import directions between the packages, read from the source with ``ast`` (nothing is imported).
+"""Import directions, read from the source with ``ast`` (nothing is imported).
 
-``utils`` (data, metrics, training loop) is the base; ``network`` (backbones, stand-in pretraining)
-builds on it; the methods ``spol`` and ``sltnet`` build on both and never on each other; the demo's
-package ``demo_birds`` sits on top (it may import all four) and nothing but ``demo.py`` and the
-tests imports it. Every
-import counts: module level, inside functions, relative, and ``importlib.import_module("...")``
-/ ``__import__("...")`` with a literal name.
+Between the packages: ``utils`` (data, metrics, training loop) is the base; ``network`` (backbones,
+stand-in pretraining) builds on it; the methods ``spol`` and ``sltnet`` build on both and never on
+each other; the demo's package ``demo_birds`` sits on top (it may import all four) and nothing but
+``demo.py`` and the tests imports it. Inside ``utils``: the base (``utils/*.py``: config, options,
+errors, io, paths) imports no wing; ``utils/data/`` imports only the base; ``utils/evaluation/``
+the base and data; ``utils/engine/`` the base, data and evaluation. And no file of the repository
+imports, directly or through others, a file that imports it back. Every import counts: module
+level, inside functions, relative, and ``importlib.import_module("...")`` / ``__import__("...")``
+with a literal name.
 """
 import ast
 from pathlib import Path
@@ -17,15 +20,22 @@ PACKAGES = ("utils", "network", "spol", "sltnet", "demo_birds")
 # what each package may import, besides itself
 ALLOWED = {"utils": set(), "network": {"utils"}, "spol": {"utils", "network"}, "sltnet": {"utils", "network"},
            "demo_birds": {"utils", "network", "spol", "sltnet"}}
+# the wings of utils and what each may import, besides itself ("base": the files directly in utils/)
+WINGS = ("base", "data", "evaluation", "engine")
+WING_ALLOWED = {"base": set(), "data": {"base"}, "evaluation": {"base", "data"},
+                "engine": {"base", "data", "evaluation"}}
+SKIP = {"dataset", "output"}  # data and run folders (they hold no source of the repository)
 
 
-def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
-    """Dotted names of every module ``source`` (the text of ``module``) imports, anywhere in it."""
-    names = set()
+def import_statements(source: str, module: str, is_package: bool = False) -> list[tuple[str, tuple[str, ...]]]:
+    """``(module, names)`` for every import in ``source`` (the text of ``module``), anywhere in it:
+    ``import a.b`` and ``import_module("a.b")`` / ``__import__("a.b")`` -> ``("a.b", ())``;
+    ``from a import b, c`` -> ``("a", ("b", "c"))``, a relative one resolved against the package."""
+    found = []
     package = module if is_package else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
+            found += [(a.name, ()) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolved against this module's package
                 base = package.split(".")
@@ -33,14 +43,22 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> set[
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module
-            names.add(prefix)
-            names.update(f"{prefix}.{a.name}" for a in node.names if a.name != "*")
+            found.append((prefix, tuple(a.name for a in node.names if a.name != "*")))
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
                 and isinstance(node.args[0].value, str):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
             if called in ("import_module", "__import__"):
-                names.add(node.args[0].value)
+                found.append((node.args[0].value, ()))
+    return found
+
+
+def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Dotted names of every module ``source`` (the text of ``module``) imports, anywhere in it."""
+    names = set()
+    for prefix, members in import_statements(source, module, is_package):
+        names.add(prefix)
+        names.update(f"{prefix}.{m}" for m in members)
     return names
 
 
@@ -121,3 +139,136 @@ def test_only_demo_py_and_the_tests_import_the_demo_package():
         if any(n.split(".")[0] == "demo_birds" for n in names):
             bad.append(str(rel))
     assert not bad, f"only demo.py and the tests may import demo_birds: {bad}"
+
+
+# ----------------------------------------------------------------------------- files
+def repository_modules() -> dict[str, Path]:
+    """Dotted name -> file, for every Python file of the repository (a package by its __init__.py)."""
+    modules = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in SKIP or any(part.startswith(".") for part in rel.parts):
+            continue
+        module = ".".join(rel.with_suffix("").parts)
+        modules[module.removesuffix(".__init__") if path.name == "__init__.py" else module] = path
+    return modules
+
+
+def _resolve(name: str, path: Path, modules: dict[str, Path]) -> Path | None:
+    """The file that imports ``name`` from ``path``: the longest prefix of ``name`` that is a module
+    here; else (a bare name no package holds) a file of that name in ``path``'s folder or a folder
+    above it (a script, a benchmark or a test puts its folder there on sys.path)."""
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in modules:
+            return modules[".".join(parts[:n])]
+    folder = path.parent
+    while folder != ROOT:
+        if (folder / f"{parts[0]}.py").is_file():
+            return folder / f"{parts[0]}.py"
+        folder = folder.parent
+    return None
+
+
+def imported_files(source: str, path: Path, modules: dict[str, Path]) -> set[Path]:
+    """The repository files ``source`` (the text of ``path``) imports, anywhere in it.
+
+    ``import a.b.c`` and ``import_module("a.b.c")``: the file of ``a.b.c`` (or of its longest
+    prefix that is a module); ``from a.b import c``: ``c``'s file when ``a.b.c`` is a module,
+    else ``a.b``'s (where ``c`` is defined)."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    is_package = path.name == "__init__.py"
+    if is_package:
+        module = module.rpartition(".")[0]
+    names = []
+    for prefix, members in import_statements(source, module, is_package):
+        names += [f"{prefix}.{m}" if f"{prefix}.{m}" in modules else prefix for m in members] or [prefix]
+    found = {_resolve(name, path, modules) for name in names}
+    return {f for f in found if f is not None and f != path}
+
+
+def file_graph() -> dict[Path, set[Path]]:
+    modules = repository_modules()
+    return {path: imported_files(path.read_text(encoding="utf-8"), path, modules) for path in modules.values()}
+
+
+def find_cycle(graph: dict) -> list | None:
+    """One import cycle of ``graph`` (node -> the nodes it imports) as a path ``[a, b, ..., a]``, or None."""
+    state: dict = {}  # 1 = on the current path, 2 = done
+    path: list = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ()), key=str):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph, key=str):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def wing_of(path: Path) -> str | None:
+    """``base``, ``data``, ``evaluation`` or ``engine`` for a file of ``utils``, else None."""
+    rel = path.relative_to(ROOT).parts
+    if rel[0] != "utils":
+        return None
+    return "base" if len(rel) == 2 else rel[1]
+
+
+def test_imported_files_resolve_modules_names_and_scripts(tmp_path):
+    modules = repository_modules()
+    path = ROOT / "utils" / "engine" / "stage.py"
+    source = ("from utils.engine.rundir import save_resolved_config\n"
+              "from utils.engine import distributed\n"
+              "from . import seeding\n"
+              "def f():\n"
+              "    import utils.data.layouts as layouts\n"
+              "    return importlib.import_module('utils.evaluation.protocol')\n")
+    rel = {str(p.relative_to(ROOT)) for p in imported_files(source, path, modules)}
+    assert rel == {"utils/engine/rundir.py", "utils/engine/distributed.py", "utils/engine/seeding.py",
+                   "utils/data/layouts.py", "utils/evaluation/protocol.py"}
+    bench = ROOT / "benchmarks" / "bench_train.py"  # puts benchmarks/ on sys.path: ``import timing``
+    assert imported_files("from timing import interleaved\n", bench, modules) == {ROOT / "benchmarks" / "timing.py"}
+
+
+def test_find_cycle_finds_one_and_only_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+
+
+def test_utils_has_its_wings_and_nothing_else():
+    folders = {p.name for p in (ROOT / "utils").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders == set(WINGS) - {"base"}
+    assert {wing_of(p) for p in (ROOT / "utils").rglob("*.py")} == set(WINGS)
+
+
+@pytest.mark.parametrize("wing", WINGS)
+def test_wing_direction(wing):
+    bad = {}
+    for path, imported in file_graph().items():
+        if wing_of(path) == wing:
+            wrong = sorted(str(f.relative_to(ROOT)) for f in imported
+                           if wing_of(f) not in (None, wing) and wing_of(f) not in WING_ALLOWED[wing])
+            if wrong:
+                bad[str(path.relative_to(ROOT))] = wrong
+    assert not bad, f"utils {wing} may import only {sorted(WING_ALLOWED[wing]) or 'no wing'} of utils: {bad}"
+
+
+def test_no_import_cycle_between_files():
+    graph = file_graph()
+    assert len(graph) > 100 and any(graph.values())
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(str(p.relative_to(ROOT)) for p in cycle)
