@@ -32,7 +32,7 @@ DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "imagenet": DATASET_DI
 # SPOL leaves this ImageNet val image out: its label is known to be wrong.
 IMAGENET_EXCLUDE = ("ILSVRC2012_val_00033202.JPEG",)
 
-# spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/test_cli.py checks the two agree)
+# spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/unit/test_cli.py checks the two agree)
 PSEUDO_MASK_WORK_SIZE = 256
 
 
@@ -136,7 +136,7 @@ def cam_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
                    help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
                         "names (ImageNet: lossy JPEG under the image's own name)")
-    # spol.pseudo_mask.BAND_LOW/BAND_HIGH/MIN_CONTOUR_AREA (that module loads torch; tests/test_cli.py checks them)
+    # spol.pseudo_mask.BAND_LOW/BAND_HIGH/MIN_CONTOUR_AREA (that module loads torch; tests/unit/test_cli.py checks them)
     g.add_argument("--band", type=float, nargs=2, default=[0.1, 0.5], metavar=("LOW", "HIGH"),
                    help="Gaussian channel: CAM values outside [LOW, HIGH] are set to 0 before the contours")
     g.add_argument("--min-contour-area", type=float, default=20, help="Gaussian channel: smaller contours are skipped")

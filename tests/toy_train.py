@@ -1,4 +1,4 @@
-"""Tiny training run used by tests/test_engine.py (not a stage of either method).
+"""Tiny training run used by tests/unit/engine/test_trainer.py (not a stage of either method).
 
 A synthetic dataset with random augmentation (crop, flip, noise from torch, numpy and
 random) and a BatchNorm-free model with dropout, trained by utils.engine.trainer.Trainer.

@@ -8,11 +8,11 @@ from utils.config import HelpFormatter, add_alias
 
 ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
 # network.backbones.OUTPUT_STRIDES and RESNETS, the backbones that take another output stride than 32
-# (that module loads torch; tests/test_cli.py checks that they agree)
+# (that module loads torch; tests/unit/test_cli.py checks that they agree)
 OUTPUT_STRIDES = (8, 16, 32)
 OUTPUT_STRIDE_BACKBONES = ("resnet18", "resnet50")
 # utils.evaluation.protocol.CHOICES, the evaluation protocols by either name (the base imports no
-# wing; tests/test_cli.py checks that they agree)
+# wing; tests/unit/test_cli.py checks that they agree)
 EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official", "resize", "center_crop", "spol_official")
 
 

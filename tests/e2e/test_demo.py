@@ -161,7 +161,7 @@ def test_demo_help_answers_before_torch_loads():
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     code = ("import contextlib, io, runpy, sys\n"
             "sys.argv = ['demo.py', '--help']\n"
             "out = io.StringIO()\n"

@@ -20,7 +20,7 @@ from utils.engine.distributed import DistContext
 from utils.engine.trainer import Trainer
 from utils.errors import NoSpaceError, RunError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOY = REPO / "tests" / "toy_train.py"
 sys.path.insert(0, str(REPO / "tests"))
 import toy_train as toy  # noqa: E402

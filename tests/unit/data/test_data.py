@@ -1,5 +1,5 @@
 """utils.data.layouts, utils.data.transforms, utils.data.dataset: the three layout readers, every bad-input error and
-the joint transforms (the evaluation geometry is tested in tests/test_protocol.py).
+the joint transforms (the evaluation geometry is tested in tests/unit/evaluation/test_protocol.py).
 
 All trees are written by tests/builders.py; expected numbers are worked out by hand from it.
 """

@@ -19,7 +19,7 @@ from utils.engine.trainer import Trainer
 from utils.data.samplers import ResumableSampler, ShardSampler, epoch_order
 from utils.engine.seeding import PerSampleSeeded
 
-TOY = Path(__file__).resolve().parent / "toy_train.py"
+TOY = Path(__file__).resolve().parents[2] / "toy_train.py"
 _spec = importlib.util.spec_from_file_location("toy_train", TOY)
 toy = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(toy)

@@ -29,7 +29,7 @@ from utils.evaluation.protocol import get_protocol
 from utils.evaluation.evaluate import evaluate_scoremaps
 from utils.evaluation.handoff import read_cls_results
 
-FIX = Path(__file__).parent / "fixtures" / "spol"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "spol"
 
 
 def recipe_state_dict(model):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("utils", "network", "spol", "sltnet", "demo_birds")
 # what each package may import, besides itself
 ALLOWED = {"utils": set(), "network": {"utils"}, "spol": {"utils", "network"}, "sltnet": {"utils", "network"},
