@@ -149,13 +149,15 @@ def test_option_names_shared_with_the_heavy_modules_agree():
     assert evaluate.get_args_parser is utils_options.evaluate_parser
 
 
-def test_evaluate_module_help_answers_before_torch_loads():
-    """``python -m utils.evaluation --help``: the program in the usage line, defaults, no torch."""
+@pytest.mark.parametrize("module", ["utils.evaluation", "utils.evaluation.evaluate"])
+def test_evaluate_module_help_answers_before_torch_loads(module):
+    """``python -m utils.evaluation --help`` (and ``python -m utils.evaluation.evaluate --help``): the
+    program in the usage line, defaults, no torch."""
     code = ("import contextlib, io, runpy, sys\n"
             "sys.argv = ['utils/evaluation/evaluate.py', '--help']\n"
             "out = io.StringIO()\n"
             "try:\n    with contextlib.redirect_stdout(out):\n"
-            "        runpy.run_module('utils.evaluation.evaluate', run_name='__main__', alter_sys=True)\n"
+            f"        runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
             "except SystemExit as exc:\n    print(out.getvalue()); print('EXIT', exc.code, 'torch' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True,
                           text=True, timeout=120)

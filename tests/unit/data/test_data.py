@@ -214,7 +214,7 @@ def test_missing_image_and_size_mismatch(tiny_metadata, tiny_ilsvrc):
     assert "a_0002.png: image is 32x24 but the annotation says 32x25" in message
 
 
-def test_box_outside_image(tiny_cub, tiny_metadata, tiny_ilsvrc):
+def test_box_outside_image_cub(tiny_cub):
     boxes = tiny_cub / "bounding_boxes.txt"
     edit_line(boxes, 4, "4 2.0 3.0 30.9 20.0")  # x1 = 32.9: within the 1 px tolerance
     assert load_records(tiny_cub, "cub", "test")[1].boxes[0, 2] == pytest.approx(32.9)
@@ -223,6 +223,15 @@ def test_box_outside_image(tiny_cub, tiny_metadata, tiny_ilsvrc):
     edit_line(boxes, 4, "4 -1.5 3.0 20.0 20.0")
     assert "outside the 32x24 image" in error_of(tiny_cub, "cub", "test")
 
+
+def test_box_outside_image_ilsvrc(tiny_ilsvrc):
+    xml = tiny_ilsvrc / "box/ILSVRC2012_val_00000002.xml"
+    xml.write_text(voc_xml("ILSVRC2012_val_00000002.JPEG", (40, 40), [("n02000002", (5, 6, 45, 38))]))
+    message = error_of(tiny_ilsvrc, "ilsvrc", "val")
+    assert "ILSVRC2012_val_00000002.xml: box" in message and "(object 1)" in message
+
+
+def test_box_outside_image_metadata(tiny_metadata):
     loc = tiny_metadata / "metadata/test/localization.txt"
     edit_line(loc, 3, "birds/b_0002.png,3,5,20,34")  # image is 24x32
     assert "test/localization.txt:3: box" in error_of(tiny_metadata, "metadata", "test")
@@ -230,20 +239,21 @@ def test_box_outside_image(tiny_cub, tiny_metadata, tiny_ilsvrc):
     assert "test/localization.txt:3: box [20.0, 5.0, 3.0, 30.0] has x1 < x0" in \
         error_of(tiny_metadata, "metadata", "test")
 
-    xml = tiny_ilsvrc / "box/ILSVRC2012_val_00000002.xml"
-    xml.write_text(voc_xml("ILSVRC2012_val_00000002.JPEG", (40, 40), [("n02000002", (5, 6, 45, 38))]))
-    message = error_of(tiny_ilsvrc, "ilsvrc", "val")
-    assert "ILSVRC2012_val_00000002.xml: box" in message and "(object 1)" in message
 
-
-def test_label_out_of_range(tiny_cub, tiny_ilsvrc, tiny_metadata):
+def test_label_out_of_range_cub(tiny_cub):
     labels = tiny_cub / "image_class_labels.txt"
     edit_line(labels, 3, "3 3")  # classes.txt names 2 classes
     assert "image_class_labels.txt:3: label 2 out of range [0, 2)" in error_of(tiny_cub, "cub", "train")
     edit_line(labels, 3, "3 0")  # CUB classes are 1-based
     assert "image_class_labels.txt:3: label -1 out of range" in error_of(tiny_cub, "cub", "train")
+
+
+def test_label_out_of_range_ilsvrc(tiny_ilsvrc):
     edit_line(tiny_ilsvrc / "val.txt", 1, "ILSVRC2012_val_00000001.JPEG 2")
     assert "val.txt:1: label 2 out of range [0, 2)" in error_of(tiny_ilsvrc, "ilsvrc", "val")
+
+
+def test_label_out_of_range_metadata(tiny_metadata):
     edit_line(tiny_metadata / "metadata/test/class_labels.txt", 1, "birds/a_0003.png,-1")
     assert "test/class_labels.txt:1: label -1 out of range" in error_of(tiny_metadata, "metadata", "test")
     (tiny_metadata / "metadata/class_names.txt").write_text("albatross\n")  # class 1 has no name
@@ -251,17 +261,20 @@ def test_label_out_of_range(tiny_cub, tiny_ilsvrc, tiny_metadata):
         error_of(tiny_metadata, "metadata", "train")
 
 
-def test_empty_split(tiny_cub, tiny_metadata):
+def test_empty_split_cub(tiny_cub):
     split = tiny_cub / "train_test_split.txt"
     split.write_text("1 1\n2 1\n3 1\n4 1\n")
     assert "train_test_split.txt: no image in split 'test'" in error_of(tiny_cub, "cub", "test")
     edit_line(split, 2, "2 2")
     assert "train_test_split.txt:2: is_train flag must be 0 or 1" in error_of(tiny_cub, "cub", "train")
+
+
+def test_empty_split_metadata(tiny_metadata):
     message = error_of(tiny_metadata, "metadata", "val", exclude_ids=["a_0002.png"])
     assert "val/image_ids.txt: no image in split 'val'" in message
 
 
-def test_ids_inconsistent_between_files(tiny_cub, tiny_metadata):
+def test_ids_inconsistent_between_files_cub(tiny_cub):
     drop_line(tiny_cub / "image_class_labels.txt", 2)
     message = error_of(tiny_cub, "cub", "test")
     assert "image_class_labels.txt: image id 2 (images.txt:2) has no line in image_class_labels.txt" in message
@@ -273,6 +286,8 @@ def test_ids_inconsistent_between_files(tiny_cub, tiny_metadata):
     edit_line(tiny_cub / "images.txt", 4, "3 002.Blue_bird/Blue_0002.jpg")
     assert "images.txt:4: image id 3 listed twice (first on line 3)" in error_of(tiny_cub, "cub", "test")
 
+
+def test_ids_inconsistent_between_files_metadata(tiny_metadata):
     drop_line(tiny_metadata / "metadata/test/image_sizes.txt", 2)
     assert "test/image_sizes.txt: image id birds/b_0002.png (image_ids.txt:2) has no line" in \
         error_of(tiny_metadata, "metadata", "test")

@@ -144,9 +144,8 @@ def test_checked_load_unwraps_full_checkpoint(tmp_path):
     assert torch.equal(target.fc.weight, source.fc.weight)
 
 
-def test_load_stage_weights_strict_with_prefix_and_one_missing_file_wording(tmp_path):
+def test_load_stage_weights_strict_with_prefix(tmp_path):
     from utils.engine.checkpoint import load_stage_weights
-    from utils.paths import require_output
 
     joint = nn.ModuleDict({"localizer": nn.Linear(3, 2), "regressor": nn.Linear(2, 4)})
     path = tmp_path / "model.pth"
@@ -159,7 +158,13 @@ def test_load_stage_weights_strict_with_prefix_and_one_missing_file_wording(tmp_
     assert torch.equal(whole.localizer.bias, joint.localizer.bias + 1)
     with pytest.raises(DataError, match=r"model\.pth: weights do not fit Linear: unexpected keys"):
         load_stage_weights(nn.Linear(2, 4), path, "sltnet/localizer/train.py")  # no prefix: refused
-    # the same wording for a missing weight file and a missing output of any other kind
+
+
+def test_a_missing_weight_file_has_the_wording_of_any_missing_output(tmp_path):
+    """The same wording for a missing weight file and a missing output of any other kind."""
+    from utils.engine.checkpoint import load_stage_weights
+    from utils.paths import require_output
+
     missing = tmp_path / "run" / "model.pth"
     with pytest.raises(MissingFileError) as by_loader:
         load_stage_weights(nn.Linear(2, 4), missing, "spol/cam/train.py")

@@ -106,12 +106,16 @@ def test_cli_wsol_end_to_end(cub_with_maps, tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
-def test_cli_wsol_fixed_threshold_and_spol_protocol(cub_with_maps, tmp_path):
+def test_cli_wsol_fixed_threshold(cub_with_maps, tmp_path):
     root, maps = cub_with_maps
     # fixed t = 0.8: A block (hit), B inner box (miss) -> 50; the sweep numbers do not change
     res, _ = run_cli(tmp_path, root, maps, "--protocol", "wsol", "--threshold", "0.8")
     assert res["gt_known_loc"] == 50.0 and res["threshold_used"] == 0.8 and res["maxboxacc"] == 100.0
     assert "top1_loc" not in res
+
+
+def test_cli_spol_protocol(cub_with_maps, tmp_path):
+    root, maps = cub_with_maps
     # spol: resize 36, centre crop 32 (offset 2): A's box -> [0, 0.25, 21.06, 18.25],
     # B's -> [0.25, 2.5, 31, 31] (clipped). Absolute thresholds, SPOL's box rule:
     #   t = 0.2: A whole map [0,0,31,31]: IoU 22.06*19 / 1024 = 0.41 (miss); B outer box:
