@@ -11,6 +11,7 @@ level, inside functions, relative, and ``importlib.import_module("...")`` / ``__
 with a literal name.
 """
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,7 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> set[
     return names
 
 
+@functools.cache  # read once for every test of this file
 def package_imports() -> dict[str, dict[str, set[str]]]:
     """package -> {file: the other project packages that file imports}."""
     out = {}
@@ -187,6 +189,7 @@ def imported_files(source: str, path: Path, modules: dict[str, Path]) -> set[Pat
     return {f for f in found if f is not None and f != path}
 
 
+@functools.cache
 def file_graph() -> dict[Path, set[Path]]:
     modules = repository_modules()
     return {path: imported_files(path.read_text(encoding="utf-8"), path, modules) for path in modules.values()}

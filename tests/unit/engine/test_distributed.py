@@ -53,6 +53,7 @@ cleanup(ctx)
 """
 
 
+@pytest.mark.slow
 def test_two_process_gloo_collectives(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER))

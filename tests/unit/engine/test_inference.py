@@ -130,6 +130,7 @@ cleanup(ctx)
 """
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_gathers_every_image_once_on_rank_0(tmp_path):
     script, out = tmp_path / "worker.py", tmp_path / "items.json"
     script.write_text(WORKER)

@@ -46,6 +46,7 @@ def read_log(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_to_identical_weights(tmp_path):
     common = ["--deterministic", "--epochs", "2", "--samples", "10", "--batch-size", "2",
               "--save-every-steps", "2", "--dropout", "0.5"]
@@ -90,6 +91,7 @@ def test_sigkill_mid_epoch_resumes_to_identical_weights(tmp_path):
     assert log[0]["lr"] == pytest.approx(0.5) and log[1]["lr"] == pytest.approx(0.5 / 1.1)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path):
     common = ["--samples", "8", "--epochs", "1", "--dropout", "0", "--max-steps-per-epoch", "2",
               "--log-every", "1", "--workers", "0"]

@@ -132,7 +132,7 @@ def test_cli_spol_protocol(cub_with_maps, tmp_path):
     assert res["gt_known_loc"] == 100.0 and res["iou_compare"] == ">" and res["resize_size"] == 36
 
 
-def test_in_process_sources_and_workers_agree(cub_with_maps):
+def test_in_process_sources_agree(cub_with_maps):
     root, maps = cub_with_maps
     records = load_records(root, "cub", "test")
     kw = dict(input_size=32, cam_curve_interval=0.01)
@@ -140,7 +140,21 @@ def test_in_process_sources_and_workers_agree(cub_with_maps):
     as_dict = {ID_A: map_a().astype(np.float32), ID_B: map_b().astype(np.float32)}
     assert evaluate_scoremaps(records, as_dict, "wsol", **kw) == from_dir
     assert evaluate_scoremaps(records, as_dict.__getitem__, "wsol", **kw) == from_dir
+
+
+@pytest.mark.slow
+def test_workers_agree_with_one_process(cub_with_maps):
+    root, maps = cub_with_maps
+    records = load_records(root, "cub", "test")
+    kw = dict(input_size=32, cam_curve_interval=0.01)
+    from_dir = evaluate_scoremaps(records, maps, "wsol", **kw)
     assert evaluate_scoremaps(records, str(maps), "wsol", workers=2, **kw) == from_dir
+
+
+def test_the_spol_protocol_needs_a_fixed_threshold(cub_with_maps):
+    root, maps = cub_with_maps
+    records = load_records(root, "cub", "test")
+    kw = dict(input_size=32, cam_curve_interval=0.01)
     with pytest.raises(ValueError, match="fixed threshold"):
         evaluate_scoremaps(records, maps, "spol", **kw)
 
@@ -178,6 +192,7 @@ def test_predictions_must_cover_the_split(cub_with_maps, tmp_path):
         evaluate_scoremaps(records, maps, "wsol", input_size=32, predictions=preds)
 
 
+@pytest.mark.slow
 def test_module_entry_point(cub_with_maps, tmp_path):
     root, maps = cub_with_maps
     out = tmp_path / "cli.json"

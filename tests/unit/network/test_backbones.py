@@ -67,6 +67,7 @@ def test_missing_weight_file_names_path_and_url(tmp_path):
         build_backbone("alexnet", "none")
 
 
+@pytest.mark.slow  # builds several full-size ImageNet networks
 def test_pretrained_resnet50_loads_legacy_file_exactly(tmp_path):
     torch.manual_seed(3)
     reference = torchvision.models.resnet50()
@@ -109,6 +110,7 @@ def test_densenet_legacy_keys_are_renamed():
     assert _rename_legacy_keys("resnet50", sd) is sd
 
 
+@pytest.mark.slow  # builds several full-size ImageNet networks
 def test_classifier_heads():
     model = build_classifier("inception_v3", 5, "none")
     assert model.fc.out_features == 5 and model.AuxLogits is None and not model.transform_input
@@ -123,6 +125,7 @@ def _save_resnet50_file(path, num_classes=36, seed=5):
     return reference
 
 
+@pytest.mark.slow  # builds several full-size ImageNet networks
 def test_pretrained_path_loads_every_builder_strictly(tmp_path):
     # a file in torchvision's layout with another head size (e.g. a stand-in pretraining's 36 classes)
     path = tmp_path / "mine.pth"
@@ -139,6 +142,7 @@ def test_pretrained_path_loads_every_builder_strictly(tmp_path):
     assert torch.equal(build_backbone("resnet50", str(tmp_path / "full.pth")).conv1.weight, reference.conv1.weight)
 
 
+@pytest.mark.slow  # builds several full-size ImageNet networks
 def test_pretrained_path_of_another_architecture_is_refused_in_one_line(tmp_path):
     from utils.errors import DataError
 
@@ -161,6 +165,7 @@ def test_pretrained_path_of_another_architecture_is_refused_in_one_line(tmp_path
         build_backbone("resnet50", str(tmp_path / "nowhere.pth"))
 
 
+@pytest.mark.slow
 def test_pretrained_path_refused_by_a_stage_with_one_error_line(tmp_path, capsys):
     from spol.cam import train as cam_train
     from utils.engine.rundir import run_cli

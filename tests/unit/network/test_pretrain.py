@@ -41,6 +41,7 @@ def test_weight_name_encodes_settings():
     assert P.weight_name({**P.DEFAULTS, "object_scale": [0.3, 0.9]}) != base
 
 
+@pytest.mark.slow  # a short pretraining run
 def test_short_pretraining_writes_a_strict_torchvision_state_dict(tmp_path):
     from network.backbones import build_classifier
 
