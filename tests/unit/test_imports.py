@@ -157,15 +157,16 @@ def repository_modules() -> dict[str, Path]:
 
 
 def _resolve(name: str, path: Path, modules: dict[str, Path]) -> Path | None:
-    """The file that imports ``name`` from ``path``: the longest prefix of ``name`` that is a module
-    here; else (a bare name no package holds) a file of that name in ``path``'s folder or a folder
-    above it (a script, a benchmark or a test puts its folder there on sys.path)."""
+    """The repository file that ``path`` loads when it imports ``name``: the longest prefix of
+    ``name`` that is a module here; else, for a file outside the packages (a benchmark, a test),
+    a file of that name in its folder or a folder above it that is no package either (such files
+    put their folders on sys.path); else None (the standard library, a third-party package)."""
     parts = name.split(".")
     for n in range(len(parts), 0, -1):
         if ".".join(parts[:n]) in modules:
             return modules[".".join(parts[:n])]
     folder = path.parent
-    while folder != ROOT:
+    while folder != ROOT and not (folder / "__init__.py").is_file():
         if (folder / f"{parts[0]}.py").is_file():
             return folder / f"{parts[0]}.py"
         folder = folder.parent
@@ -244,6 +245,10 @@ def test_imported_files_resolve_modules_names_and_scripts(tmp_path):
                    "utils/data/layouts.py", "utils/evaluation/protocol.py"}
     bench = ROOT / "benchmarks" / "bench_train.py"  # puts benchmarks/ on sys.path: ``import timing``
     assert imported_files("from timing import interleaved\n", bench, modules) == {ROOT / "benchmarks" / "timing.py"}
+    test = ROOT / "tests" / "e2e" / "test_faults.py"  # puts tests/ on sys.path: ``import toy_train``
+    assert imported_files("import toy_train\n", test, modules) == {ROOT / "tests" / "toy_train.py"}
+    # inside a package a bare name is a top-level module: the standard library's io, not utils/io.py
+    assert imported_files("import io\n", ROOT / "utils" / "evaluation" / "handoff.py", modules) == set()
 
 
 def test_find_cycle_finds_one_and_only_one():
