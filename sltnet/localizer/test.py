@@ -32,7 +32,7 @@ import torch
 from sltnet.boxes import maps_to_boxes
 from sltnet.losses import localization_map
 from sltnet.model import build_branch
-from sltnet.options import PRODUCER, resolve_args
+from sltnet.options import PRODUCER, check_top_k, resolve_args
 from utils.cam import normalize_minmax, resize_maps
 from utils.checkpoint import load_stage_weights
 from utils.config import run_cli, save_resolved_config
@@ -97,6 +97,7 @@ def main(args):
     out_dir = Path(args.output_dir)
 
     records = load_records(args.data_root, args.layout, args.split)
+    check_top_k(args, num_classes(records))
     protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
     # SLT-Net trains with torchvision's; uint8 images, normalised on the batch by run_inference
     dataset = WSOLDataset(records, protocol.transform(pipeline="torchvision", normalize=False))
