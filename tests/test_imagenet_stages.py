@@ -26,7 +26,7 @@ TRAIN = {"n01000001": [(f"n01000001_{i}.JPEG", (72, 64)) for i in range(3)],
 META = {"train": [(f"img/train_{i}.png", i % 2, (72, 64) if i % 2 else (64, 72), None) for i in range(6)],
         "test": [("img/test_0.png", 0, (72, 64), [(4, 4, 60, 50)]),
                  ("img/test_1.png", 1, (64, 72), [(10, 2, 50, 70)])]}
-COMMON = ["--device", "cpu", "--workers", "0", "--seed", "0", "--resize-size", "72", "--input-size", "64",
+COMMON = ["--device", "cpu", "--workers", "0", "--seed", "0", "--resize-size", "40", "--input-size", "32",
           "--backbone", "resnet18", "--batch-size", "2"]
 TRAIN_ARGS = ["--pretrained", "none", "--epochs", "1", "--max-steps-per-epoch", "2", "--save-every-steps", "1"]
 

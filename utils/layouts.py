@@ -187,8 +187,8 @@ def _warn_unseen(where, missing: list[int], n: int, names_file: str) -> None:
     if not missing:
         return
     shown = ", ".join(str(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
-    line = (f"warning: {where}: no {names_file}, so the {n} classes are counted from the largest label; "
-            f"{len(missing)} of them have no image ({shown}): add {names_file} to fix the class list")
+    line = (f"warning: {where}: no {names_file}: {n} classes counted up to the largest label, {len(missing)} "
+            f"without any image ({shown}): add {names_file} to fix the class list")
     if line not in _warned and int(os.environ.get("RANK", "0")) == 0:
         import sys
 

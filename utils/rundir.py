@@ -224,7 +224,7 @@ def interrupted(args, stage: str) -> RunError:
     out = getattr(args, "output_dir", None) if args is not None else None
     if out is None:
         return RunError("interrupted (Ctrl-C) before the run started: nothing was written")
-    if not stage.endswith("_train"):
+    if not hasattr(args, "overwrite"):  # utils.config.TRAIN_ONLY: the options only a training run has
         return RunError.at(out, None, "interrupted (Ctrl-C): this test step's previous outputs are back as they "
                            "were; the same command runs it again")
     checkpoint = Path(out) / "checkpoint.pth"
