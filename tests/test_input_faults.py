@@ -384,6 +384,23 @@ def test_an_output_folder_that_is_inside_or_around_the_data_is_refused(tmp_path,
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["CUB"]  # nothing moved aside
 
 
+def test_demo_output_folder_that_is_a_file_or_holds_its_data(tmp_path):
+    """demo.py checks its own folders before it generates, pretrains or trains anything."""
+    import demo
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a user's file")
+    for argv, message in (
+            (["--output-dir", str(blocker)], f"{blocker}: --output-dir: is a file, not a folder"),
+            (["--output-dir", str(tmp_path / "out"), "--data-out", str(tmp_path / "out" / "birds")],
+             f"{tmp_path / 'out'}: --output-dir holds the dataset folder --data-root {tmp_path / 'out' / 'birds'}")):
+        args = demo.get_args_parser().parse_args(["--tiny", "--device", "cpu", *argv])
+        with pytest.raises(DataError) as info:
+            demo.main(args)
+        assert str(info.value).startswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"] and blocker.read_text() == "a user's file"
+
+
 def test_overwrite_moves_aside_only_a_run_this_project_wrote(tiny_cub, tmp_path, capsys):
     mine = tmp_path / "models"
     mine.mkdir()

@@ -97,12 +97,12 @@ def main(args):
     out_dir = Path(args.output_dir)
 
     records = load_records(args.data_root, args.layout, args.split)
-    check_top_k(args, num_classes(records))
     protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
     # SLT-Net trains with torchvision's; uint8 images, normalised on the batch by run_inference
     dataset = WSOLDataset(records, protocol.transform(pipeline="torchvision", normalize=False))
     branch = build_branch(args, num_classes(records), pretrained="none")
     load_stage_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
+    check_top_k(args, num_classes(records))
     model = branch.localizer.to(ctx.device)
 
     has_gt = all(len(r.boxes) for r in records)
