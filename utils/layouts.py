@@ -52,9 +52,11 @@ the numeric id of images.txt), e.g.
 
 Every bad input raises :class:`utils.errors.DataError` naming the file (and the 1-based line):
 missing root or file, malformed line, unknown/duplicate/inconsistent ids, label out of range,
-box outside the image (beyond ``box_tolerance`` = 1 px), empty split, missing or bad XML,
-unreadable image (at load time with ``check_images=True``, otherwise in
-``utils.data.WSOLDataset``).
+box outside the image (beyond ``box_tolerance`` = 1 px), empty split, a split the layout does not
+have, missing or bad XML, a dataset root that is a loop of symbolic links, unreadable image (at load
+time with ``check_images=True``, otherwise in ``utils.data.WSOLDataset``), an image whose size is
+not the one its annotation states (``Record.size_source``; checked by ``check_sizes=True`` from the
+headers, ``check_images=True``, or ``utils.data.WSOLDataset`` on every image it decodes).
 """
 from __future__ import annotations
 
