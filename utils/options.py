@@ -50,7 +50,7 @@ class Range:
             value = self.kind(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}") from None
-        if self.kind is float and not math.isfinite(value) or not self.contains(value):
+        if (self.kind is float and not math.isfinite(value)) or not self.contains(value):
             raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}")
         return value
 
