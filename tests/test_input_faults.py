@@ -468,6 +468,37 @@ def test_ctrl_c_ends_with_one_line_naming_the_checkpoint_and_the_run_resumes(tmp
     assert resumed.returncode == 0 and f"from {out / 'checkpoint.pth'}: epoch 0 step 1" in resumed.stdout
 
 
+def test_ctrl_c_in_a_test_step_puts_its_previous_outputs_back(tiny_cub, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from spol.cam import test as cam_test
+    from spol.model import CAMModel
+    from utils.checkpoint import save_checkpoint
+
+    out = tmp_path / "cam"
+    torch.manual_seed(0)
+    save_checkpoint(out / "model.pth", CAMModel(2, pretrained="none").state_dict())
+    argv = ["--data-root", tiny_cub, "--output-dir", out, "--device", "cpu", "--workers", "0", "--resize-size", "32",
+            "--batch-size", "1", "--mask-workers", "1"]
+    stage_warnings(capsys, "spol.cam.test", "cam_test", argv)
+    before = tree_hash(out)
+    assert "pseudo_masks.json" in before
+    calls = {"n": 0}
+    real = cam_test.cam_step
+
+    def interrupted(model, batch):  # Ctrl-C on the second image, after the first mask was written
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    monkeypatch.setattr(cam_test, "cam_step", interrupted)
+    line = stage_error(capsys, "spol.cam.test", "cam_test", [*argv, "--seed", "3"], code=130)
+    assert line == (f"error: {out}: interrupted (Ctrl-C): this test step's previous outputs are back as they were; "
+                    "the same command runs it again")
+    assert tree_hash(out) == before
+
+
 def test_ctrl_c_while_generating_leaves_no_partial_dataset(tmp_path, capsys, monkeypatch):
     import utils.generate as G
 
