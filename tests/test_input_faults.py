@@ -20,10 +20,10 @@ from utils.config import run_cli
 from utils.errors import DataError
 
 try:
-    from tests.builders import make_tiny_cub, make_tiny_ilsvrc, make_tiny_metadata, voc_xml
+    from tests.builders import make_tiny_cub, make_tiny_metadata
     from tests.test_faults import TOY, env, one_error, run, tree_hash
 except ImportError:  # plain `pytest` puts tests/ itself on sys.path
-    from builders import make_tiny_cub, make_tiny_ilsvrc, make_tiny_metadata, voc_xml
+    from builders import make_tiny_cub, make_tiny_metadata
     from test_faults import TOY, env, one_error, run, tree_hash
 
 REPO = Path(__file__).resolve().parent.parent

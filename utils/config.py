@@ -133,7 +133,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class OptionParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors (an unknown option, a value out of its range, an invalid
     choice, a missing required option) are the project's one line, ``error: argument --epochs: must
-    be an integer >= 1, got '0' (see --help)``, and exit status 2: no usage block. Every entry point's
+    be an integer >= 1, got '0' (see spol/cls/train.py --help)``, and exit status 2: no usage block. Every entry point's
     parser is one (the stage scripts', ``utils.evaluate``, ``utils.generate``, ``network.pretrain``,
     ``demo.py``)."""
 
@@ -274,9 +274,6 @@ def load_yaml_with_lines(path: Path) -> tuple[dict, dict]:
     return data, lines
 
 
-_load_yaml_with_lines = load_yaml_with_lines
-
-
 class _AnchorKeepingLoader(yaml.SafeLoader):
     """A SafeLoader that keeps the document's anchors after composing it."""
 
@@ -333,7 +330,7 @@ def _checked(parser: argparse.ArgumentParser, action: argparse.Action, value: An
 
 
 def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> dict[str, Any]:
-    data, lines = _load_yaml_with_lines(path)
+    data, lines = load_yaml_with_lines(path)
     actions = {a.dest: a for a in parser._actions if not isinstance(a, (*_SKIP_ACTIONS, DeprecatedAlias))
                and a.dest not in ("config", argparse.SUPPRESS)}
     values: dict[str, Any] = {}
