@@ -25,10 +25,12 @@ never silently ignored (one exception: a top-level key in ``TRAIN_ONLY`` is skip
 which has no such option). A mapping at the top level must be the section of a known stage
 (``STAGES``, or the stage being parsed) or a YAML anchor declared as such (``name: &name``, merged
 into stage sections with ``<<: *name``): ``cma_train:`` or ``training:`` is an error, not ignored. The file's values become the parser's defaults (``parser.set_defaults``, as timm's ``train.py``
-does) after argparse itself has converted each one with the option's ``type`` and checked it
-against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML booleans;
+does) after argparse itself has converted each one with the option's ``type`` (which also checks
+its range: ``utils.options.Range``) and checked it against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML booleans;
 options with ``nargs`` take YAML lists. A key of ``RENAMED_OPTIONS`` (``arch``, ``resize``, ``crop``,
-``dataset_name``) is read as its new name with one deprecation line.
+``dataset_name``) is read as its new name with one deprecation line. A key or a stage section given
+twice (YAML would keep the last silently), one option under two spellings, invalid YAML or a file
+that is not UTF-8 is an error naming the file and the line.
 """
 from __future__ import annotations
 
