@@ -70,3 +70,10 @@ if __name__ == "__main__":
         restore_protected()  # a failed test step's previous outputs go back
         report_error(exc)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # outside a stage (a stage's own Ctrl-C line ends it with 130 already)
+        from utils.errors import RunError
+        from utils.engine.rundir import restore_protected
+        restore_protected()
+        report_error(RunError.at(parsed.output_dir, None, "interrupted (Ctrl-C): with --keep the same command "
+                                 "resumes every stage from its checkpoint; without it the demo starts again"))
+        raise SystemExit(130) from None

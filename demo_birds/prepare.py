@@ -60,6 +60,10 @@ def prepare_pretrained(args, s: dict, is_main: bool) -> tuple[str, dict | None]:
         return str(s["pretrained"]), None
     settings = pretrain_settings(s)
     resource_dir = Path(args.pretrain_dir) if args.pretrain_dir else RESOURCE_DIR
+    if args.pretrain_dir:
+        from utils.paths import check_output_path
+
+        check_output_path(resource_dir, "--pretrain-dir")
     path = weight_path(settings, resource_dir)
     if is_main:
         if path.is_file() and read_info(path) is not None:

@@ -95,11 +95,12 @@ def voc_xml(file_name: str, size: tuple[int, int], objects) -> str:
             f"</width><height>{size[1]}</height><depth>3</depth></size>{objs}</annotation>\n")
 
 
-def make_tiny_ilsvrc(root, *, with_train=True) -> Path:
-    """ILSVRC layout: 2 wnids, 3 train images, 2 val images (val 1: two boxes of its class, one other)."""
+def make_tiny_ilsvrc(root, *, with_train=True, train=None) -> Path:
+    """ILSVRC layout: 2 wnids, 3 train images (``train``: {wnid: [(file name, (w, h))]} instead),
+    2 val images (val 1: two boxes of its class, one other)."""
     root = Path(root)
     if with_train:
-        for wnid, files in ILSVRC_TRAIN.items():
+        for wnid, files in (ILSVRC_TRAIN if train is None else train).items():
             for name, size in files:
                 write_image(root / "train" / wnid / name, size)
     else:

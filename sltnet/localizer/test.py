@@ -32,7 +32,7 @@ import torch
 from sltnet.boxes import maps_to_boxes
 from sltnet.losses import localization_map
 from sltnet.model import build_branch
-from sltnet.options import PRODUCER, resolve_args
+from sltnet.options import PRODUCER, check_top_k, resolve_args
 from utils.evaluation.boxes import normalize_minmax, resize_maps
 from utils.engine.checkpoint import load_stage_weights
 from utils.engine.rundir import run_cli, save_resolved_config
@@ -102,6 +102,7 @@ def main(args):
     dataset = WSOLDataset(records, protocol.transform(pipeline="torchvision", normalize=False))
     branch = build_branch(args, num_classes(records), pretrained="none")
     load_stage_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
+    check_top_k(args, num_classes(records))
     model = branch.localizer.to(ctx.device)
 
     has_gt = all(len(r.boxes) for r in records)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from sltnet.boxes import box_divisor, normalize_boxes, pseudo_boxes
 from sltnet.losses import box_regression_loss, localization_map, semantic_tolerance_loss
 from sltnet.model import build_branch
-from sltnet.options import resolve_args
+from sltnet.options import check_top_k, resolve_args
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
 from utils.engine.rundir import run_cli, save_resolved_config
 from utils.data.dataset import WSOLDataset
@@ -92,6 +92,7 @@ def main(args):
     ctx = setup_run(args)
 
     records = load_records(args.data_root, args.layout, args.split)
+    check_top_k(args, num_classes(records))
     dataset = WSOLDataset(records, build_transform("train", resize=args.resize_size, crop=args.input_size,
                                                    flip=args.flip))
     model = build_branch(args, num_classes(records))

@@ -8,14 +8,36 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from utils.errors import DataError
-from utils.data.layouts import Record
+from utils.data.layouts import Record, check_image_size
 from utils.data.transforms import SoftMask
+
+# PIL modes converted to RGB / L by PIL itself: 8 bits per channel, palette, CMYK (JPEG's Adobe
+# inversion handled by PIL's decoder), YCbCr. 16-bit grey ("I;16*", and "I" holding 0..65535) keeps its
+# high byte, as OpenCV's imread and PIL's own reading of 16-bit RGB PNGs do (PIL's convert() would clip
+# every value above 255 to white); anything else is refused.
+_PIL_CONVERTS = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+
+
+def convert_image(im: Image.Image, mode: str, path, what: str = "image") -> Image.Image:
+    """``im`` as an 8-bit ``mode`` ("RGB" or "L") image with the values it shows (see
+    ``_PIL_CONVERTS``); an image mode it cannot convert is one ``DataError`` naming the file."""
+    if im.mode in _PIL_CONVERTS:
+        return im.convert(mode)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        array = np.asarray(im)
+        if array.size and (int(array.min()) < 0 or int(array.max()) > 65535):
+            raise DataError.at(path, msg=f"{what} of mode {im.mode} holds values outside 0..65535: save it as "
+                                         "an 8- or 16-bit image")
+        return Image.fromarray((array.astype(np.uint32) >> 8).astype(np.uint8), "L").convert(mode)
+    raise DataError.at(path, msg=f"{what} of PIL mode {im.mode} is not supported: save it as an 8- or 16-bit "
+                                 "RGB, grey or palette image")
 
 
 def _id_stem(image_id: str) -> str:
@@ -53,7 +75,9 @@ class WSOLDataset(torch.utils.data.Dataset):
     "pseudo_mask" float [3,H,W] in [0,1] (when ``pseudo_mask_dir``; the file of
     :func:`find_pseudo_mask`), / 255 in the file's B, G, R order as ``cv2.imread`` gives it (the
     SPOL authors' layout: 0 = CAM, 1 = Gaussian prior, 2 = 0); resampled bilinearly by
-    :func:`build_transform`, nearest by :class:`SPOLTransform`. Masks must have the image's size.
+    :func:`build_transform`, nearest by :class:`SPOLTransform`. Masks must have the image's size,
+    and the image the size its annotation states (``utils.data.layouts.check_image_size``); 16-bit,
+    palette and CMYK files are converted to 8-bit RGB / grey (:func:`convert_image`).
     """
 
     def __init__(self, records, transform, *, with_gt_mask=False, pseudo_mask_dir=None):
@@ -77,15 +101,18 @@ class WSOLDataset(torch.utils.data.Dataset):
     def _open(path, mode: str, what: str, hint: str = "") -> Image.Image:
         try:
             with Image.open(path) as im:
-                return im.convert(mode)
+                return convert_image(im, mode, path, what)
         except FileNotFoundError:
             raise DataError.at(path, msg=f"{what} not found{hint}") from None
+        except DataError:
+            raise
         except Exception as e:
             raise DataError.at(path, msg=f"unreadable or corrupt {what}: {e}") from None
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         image = self._open(record.path, "RGB", "image")
+        check_image_size(record, image.size)  # an XML <size> or image_sizes.txt that is not the image's
         sample = {"image": tv_tensors.Image(F.pil_to_tensor(image))}
         if self.with_gt_mask:
             mask = self._open(record.mask_path, "L", "GT mask")

@@ -265,6 +265,9 @@ def generate_dataset(out, *, num_classes: int, train_per_class: int, test_per_cl
     lo, hi = object_scale
     if not 0.1 <= lo <= hi <= 1.0:
         raise ValueError(f"object_scale must satisfy 0.1 <= lo <= hi <= 1, got {object_scale}")
+    from utils.paths import check_output_path
+
+    check_output_path(out, "--out")  # not a file, under no file, writable
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty: choose another folder, or pass "
                               "overwrite=True / --overwrite to replace it")
@@ -345,23 +348,24 @@ def read_generator_params(root) -> dict | None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from utils.config import HelpFormatter
+    from utils.config import HelpFormatter, OptionParser
+    from utils.ranges import Range, fraction, non_negative_float, non_negative_int, positive_int, probability
 
-    parser = argparse.ArgumentParser(prog="python -m utils.data.generate", formatter_class=HelpFormatter,
-                                     description="Generate a fine-grained 'birds' dataset in the CUB-200-2011 layout.")
+    parser = OptionParser(prog="python -m utils.data.generate", formatter_class=HelpFormatter,
+                          description="Generate a fine-grained 'birds' dataset in the CUB-200-2011 layout.")
     parser.add_argument("--out", required=True, help="output folder (created; must not exist unless --overwrite)")
-    parser.add_argument("--classes", type=int, default=6)
-    parser.add_argument("--train-per-class", type=int, default=60)
-    parser.add_argument("--test-per-class", type=int, default=25)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (square images)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clutter", type=float, default=0.5, help="0..1 background texture and shapes")
-    parser.add_argument("--distractors", type=float, default=0.6, help="mean number of headless bodies")
-    parser.add_argument("--body-evidence", type=float, default=1.0,
+    parser.add_argument("--classes", type=positive_int, default=6)
+    parser.add_argument("--train-per-class", type=non_negative_int, default=60)
+    parser.add_argument("--test-per-class", type=non_negative_int, default=25)
+    parser.add_argument("--size", type=Range(int, 16), default=64, help="image side in pixels (square images)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--clutter", type=probability, default=0.5, help="0..1 background texture and shapes")
+    parser.add_argument("--distractors", type=non_negative_float, default=0.6, help="mean number of headless bodies")
+    parser.add_argument("--body-evidence", type=probability, default=1.0,
                         help="probability that a bird's body wears its class colour")
-    parser.add_argument("--object-scale", type=float, nargs=2, default=(0.4, 0.9), metavar=("LO", "HI"),
+    parser.add_argument("--object-scale", type=fraction, nargs=2, default=(0.4, 0.9), metavar=("LO", "HI"),
                         help="bird length as a fraction of the image side")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--jpeg-quality", type=Range(int, 0, 100), default=95)
     parser.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -377,8 +381,9 @@ def main(args) -> Path:
 
 
 def cli(argv=None) -> Path:
-    """``python -m utils.data.generate``: an existing folder without ``--overwrite`` or impossible
-    settings end with one ``error:`` line and exit status 2."""
+    """``python -m utils.data.generate``: an existing folder without ``--overwrite``, an ``--out``
+    that cannot be written, impossible settings or an option out of range end with one ``error:``
+    line and exit status 2."""
     import sys
 
     parser = get_args_parser()
@@ -388,6 +393,10 @@ def cli(argv=None) -> Path:
     except (ValueError, FileExistsError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # the dataset is written into a temporary folder, removed on the way out
+        print(f"error: {args.out}: interrupted (Ctrl-C): nothing was written there; the same command generates "
+              "the dataset again", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

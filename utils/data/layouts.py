@@ -52,9 +52,11 @@ the numeric id of images.txt), e.g.
 
 Every bad input raises :class:`utils.errors.DataError` naming the file (and the 1-based line):
 missing root or file, malformed line, unknown/duplicate/inconsistent ids, label out of range,
-box outside the image (beyond ``box_tolerance`` = 1 px), empty split, missing or bad XML,
-unreadable image (at load time with ``check_images=True``, otherwise in
-``utils.data.dataset.WSOLDataset``).
+box outside the image (beyond ``box_tolerance`` = 1 px), empty split, a split the layout does not
+have, missing or bad XML, a dataset root that is a loop of symbolic links, unreadable image (at load
+time with ``check_images=True``, otherwise in ``utils.data.dataset.WSOLDataset``), an image whose
+size is not the one its annotation states (``Record.size_source``; checked by ``check_sizes=True``
+from the headers, ``check_images=True``, or ``utils.data.dataset.WSOLDataset`` on every image it decodes).
 """
 from __future__ import annotations
 
@@ -68,9 +70,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from utils.ranges import LAYOUT_SPLITS  # in the base: --split is checked before torch loads
 from utils.errors import DataError
 
 LAYOUTS = ("cub", "ilsvrc", "metadata")
+# The splits of the layouts whose splits are fixed (the metadata layout's are its split folders).
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
 BOX_TOLERANCE = 1.0  # px a box may stick out of the image (float CUB boxes, 1-based VOC corners)
 
@@ -85,6 +89,9 @@ class Record:
     boxes: np.ndarray
     size: tuple[int, int]  # (width, height)
     mask_path: str | None
+    # where ``size`` was read when not from the image itself: "box/x.xml" (ILSVRC val),
+    # "metadata/val/image_sizes.txt:3"; None: the image's own header (CUB, ILSVRC train)
+    size_source: str | None = None
 
 
 class RecordList(list):
@@ -173,6 +180,24 @@ def _check_label(label: int, n: int, path, lineno, names_from: str) -> None:
         raise DataError.at(path, lineno, f"label {label} out of range [0, {n}) ({names_from})")
 
 
+_warned: set[str] = set()
+
+
+def _warn_unseen(where, missing: list[int], n: int, names_file: str) -> None:
+    """Without a class list the class count is the largest label: labels no image has are classes
+    all the same (the network gets an output for each). One warning line per process, rank 0."""
+    if not missing:
+        return
+    shown = ", ".join(str(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+    line = (f"warning: {where}: no {names_file}: {n} classes counted up to the largest label, {len(missing)} "
+            f"without any image ({shown}): add {names_file} to fix the class list")
+    if line not in _warned and int(os.environ.get("RANK", "0")) == 0:
+        import sys
+
+        _warned.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
 # ----------------------------------------------------------------------------- images
 def _image_size(path: str) -> tuple[int, int]:
     """(width, height) from the image header only (PIL opens lazily; nothing is decoded)."""
@@ -195,6 +220,18 @@ def _image_sizes(paths: list[str]) -> list[tuple[int, int]]:
         return list(pool.map(_image_size, paths, chunksize=256))
 
 
+def check_image_size(record: Record, size) -> None:
+    """The size ``(w, h)`` of the record's image as read must be the size its boxes were made for
+    (``record.size``, from an XML ``<size>`` or ``image_sizes.txt``): a resized copy kept with the
+    original annotations would scale every box wrong. One ``DataError`` naming the image and the
+    annotation."""
+    if tuple(size) != tuple(record.size):
+        source = record.size_source or "the annotation"
+        raise DataError.at(record.path, msg=f"image is {size[0]}x{size[1]} but {source} says "
+                                            f"{record.size[0]}x{record.size[1]}: its boxes would be scaled "
+                                            "wrong; use the images the annotations were made for, or fix them")
+
+
 def _verify_image(record: Record) -> None:
     try:
         with Image.open(record.path) as im:
@@ -204,9 +241,7 @@ def _verify_image(record: Record) -> None:
         raise DataError.at(record.path, msg="image file not found") from None
     except Exception as e:
         raise DataError.at(record.path, msg=f"unreadable or corrupt image: {e}") from None
-    if tuple(size) != tuple(record.size):
-        raise DataError.at(record.path, msg=f"image is {size[0]}x{size[1]} but the annotation "
-                                            f"says {record.size[0]}x{record.size[1]}")
+    check_image_size(record, size)
 
 
 def _check_exist(paths: Sequence[str], listing_file: Path, lines: Sequence[int]) -> None:
@@ -221,6 +256,12 @@ def _check_exist(paths: Sequence[str], listing_file: Path, lines: Sequence[int])
                 listings[folder] = set()
         if name not in listings[folder]:
             raise DataError.at(listing_file, lineno, f"image {path} not found")
+
+
+def _check_split(layout: str, split: str, root: Path) -> None:
+    if split not in LAYOUT_SPLITS[layout]:
+        raise DataError.at(root, msg=f"no split '{split}': the '{layout}' layout has the splits "
+                                     f"{' and '.join(LAYOUT_SPLITS[layout])}")
 
 
 def _excluded(image_id: str, exclude: set[str]) -> bool:
@@ -256,8 +297,7 @@ def _cub_table(path: Path, form: str, nfields: int, rest: bool = False) -> dict[
 
 
 def _load_cub(root: Path, split: str, exclude: set[str], tolerance: float) -> RecordList:
-    if split not in ("train", "test"):
-        raise ValueError(f"cub layout: split must be 'train' or 'test', got {split!r}")
+    _check_split("cub", split, root)
     files = {key: _require(root / name, what, "cub") for key, name, what in (
         ("images", "images.txt", "image list"),
         ("labels", "image_class_labels.txt", "class label"),
@@ -274,8 +314,10 @@ def _load_cub(root: Path, split: str, exclude: set[str], tolerance: float) -> Re
                 raise DataError.at(files[key], lineno, f"image id {image_id} is not in images.txt")
     names = _cub_class_names(root)
     if names is None:  # no classes.txt: classes are the 1-based ids used anywhere
-        n = max((_int(files["labels"], ln, v[0], "class") for ln, v in labels.values()), default=0)
+        used = {_int(files["labels"], ln, v[0], "class") for ln, v in labels.values()}
+        n = max(used, default=0)
         names = [str(i) for i in range(1, n + 1)]
+        _warn_unseen(files["labels"], [i for i in range(1, n + 1) if i not in used], n, "classes.txt")
     names_from = f"{len(names)} classes in classes.txt" if (root / "classes.txt").is_file() \
         else "class ids of image_class_labels.txt"
     seg_dir = root / "segmentations"
@@ -385,8 +427,7 @@ def _voc_boxes(xml_path: Path, wnid: str, tolerance: float) -> tuple[np.ndarray,
 
 
 def _load_ilsvrc(root: Path, split: str, exclude: set[str], tolerance: float) -> RecordList:
-    if split not in ("train", "val"):
-        raise ValueError(f"ilsvrc layout: split must be 'train' or 'val', got {split!r}")
+    _check_split("ilsvrc", split, root)
     wnids = _ilsvrc_wnids(root)
     records = []
     if split == "train":
@@ -425,7 +466,7 @@ def _load_ilsvrc(root: Path, split: str, exclude: set[str], tolerance: float) ->
         for (name, label, _), path in zip(items, paths):
             xml_path = box_dir / (os.path.splitext(name)[0] + ".xml")
             boxes, size = _voc_boxes(xml_path, wnids[label], tolerance)
-            records.append(Record(f"val/{name}", path, label, boxes, size, None))
+            records.append(Record(f"val/{name}", path, label, boxes, size, None, str(xml_path)))
     return RecordList(records, wnids)
 
 
@@ -449,13 +490,16 @@ def _metadata_names(meta: Path) -> tuple[list[str], str]:
     names = _metadata_class_names(meta)
     if names is not None:
         return names, "class_names.txt"
-    n = -1
+    n, used = -1, set()
     for path in sorted(meta.glob("*/class_labels.txt")):
         for lineno, line in _lines(path):
             label = _fields(path, lineno, line, 2, ",", "<image_id>,<label>")[1]
+            used.add(_int(path, lineno, label, "label"))
             n = max(n, _int(path, lineno, label, "label"))
     if n < 0:
         raise DataError.at(meta, msg="no <split>/class_labels.txt to count the classes from")
+    _warn_unseen(meta / "*" / "class_labels.txt", [i for i in range(n + 1) if i not in used and i >= 0], n + 1,
+                 "class_names.txt")
     return [str(i) for i in range(n + 1)], "largest label of the split folders"
 
 
@@ -510,7 +554,7 @@ def _load_metadata(root: Path, meta: Path, split: str, exclude: set[str], tolera
             _check_box(box, size, loc_file, bl, tolerance)
             boxes.append(box)
         records.append(Record(image_id, str(root / image_id), label,
-                              np.asarray(boxes, np.float32).reshape(-1, 4), size, None))
+                              np.asarray(boxes, np.float32).reshape(-1, 4), size, None, f"{sizes_file}:{sl}"))
     if not records:
         raise DataError.at(ids_file, msg=f"no image in split '{split}'")
     _check_exist([r.path for r in records], ids_file, [ids[r.image_id] for r in records])
@@ -518,26 +562,48 @@ def _load_metadata(root: Path, meta: Path, split: str, exclude: set[str], tolera
 
 
 # ----------------------------------------------------------------------------- public readers
+def _root(path, layout: str, what: str = "dataset root", *, must_exist: bool = True) -> Path:
+    """``path`` resolved (symbolic links followed); a loop of links (or, ``must_exist``, a missing
+    folder) is one ``DataError`` naming it."""
+    path = Path(path).expanduser()
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # Python < 3.13: RuntimeError("Symlink loop ..."); later: OSError
+        raise DataError.at(path, msg=f"{what} is a loop of symbolic links (layout '{layout}')") from None
+    if must_exist and not resolved.is_dir():
+        if path.is_symlink() and not path.exists():
+            raise DataError.at(path, msg=f"{what} is a broken symbolic link or a loop of them (layout '{layout}')")
+        raise DataError.at(resolved, msg=f"{what} not found (layout '{layout}')")
+    return resolved
+
+
 def load_records(root, layout: str, split: str, *, metadata_root=None, exclude_ids=(),
-                 check_images: bool = False, box_tolerance: float = BOX_TOLERANCE) -> list[Record]:
+                 check_images: bool = False, check_sizes: bool = False,
+                 box_tolerance: float = BOX_TOLERANCE) -> list[Record]:
     """Read one split of a dataset (see the module docstring for the layouts and box conventions).
 
-    ``check_images=True`` also opens and decodes every image (slow) and checks its size against the
-    annotation. Returns a list (a :class:`RecordList` that remembers the class count and names).
+    ``check_sizes=True`` reads the header of every image whose size comes from an annotation (ILSVRC
+    val XMLs, metadata ``image_sizes.txt``; nothing is decoded) and checks it against that size
+    (:func:`check_image_size`): ``utils.evaluation.evaluate`` does, as it decodes no image. The stages need not:
+    ``utils.data.dataset.WSOLDataset`` checks every image it decodes. ``check_images=True`` also decodes every
+    image (slow) and checks its size. Returns a list (a :class:`RecordList` that remembers the class
+    count and names).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise DataError.at(root, msg=f"dataset root not found (layout '{layout}')")
+    root = _root(root, layout)
     exclude = {str(e) for e in exclude_ids}
     if layout == "cub":
         records = _load_cub(root, split, exclude, box_tolerance)
     elif layout == "ilsvrc":
         records = _load_ilsvrc(root, split, exclude, box_tolerance)
     else:
-        meta = Path(metadata_root).expanduser().resolve() if metadata_root else root / "metadata"
+        meta = _root(metadata_root, layout, "metadata folder", must_exist=False) if metadata_root else root / "metadata"
         records = _load_metadata(root, meta, split, exclude, box_tolerance)
+    if check_sizes and not check_images:
+        annotated = [r for r in records if r.size_source is not None]
+        for record, size in zip(annotated, _image_sizes([r.path for r in annotated])):
+            check_image_size(record, size)
     if check_images:
         for record in records:
             _verify_image(record)
@@ -549,9 +615,7 @@ def class_names(root, layout: str, *, metadata_root=None) -> list[str]:
     metadata class_names.txt (or "0".."N-1" from the labels of every split folder)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise DataError.at(root, msg=f"dataset root not found (layout '{layout}')")
+    root = _root(root, layout)
     if layout == "cub":
         names = _cub_class_names(root)
         if names is None:
@@ -564,6 +628,6 @@ def class_names(root, layout: str, *, metadata_root=None) -> list[str]:
         return names
     if layout == "ilsvrc":
         return _ilsvrc_wnids(root)
-    meta = Path(metadata_root).expanduser().resolve() if metadata_root else root / "metadata"
+    meta = _root(metadata_root, layout, "metadata folder", must_exist=False) if metadata_root else root / "metadata"
     _require(meta, "metadata", "metadata", folder=True)
     return _metadata_names(meta)[0]

@@ -4,7 +4,11 @@
   operating system when the process ends, even on SIGKILL); a second run into the same folder
   stops with one line naming the first one's PID. The temporary files an interrupted atomic
   write left behind (``.<name>.<8 random characters>.tmp``, ``utils.io``'s naming) are removed.
-  With ``--overwrite`` an existing run is first moved aside to ``<dir>.old-<time>`` (never deleted).
+  With ``--overwrite`` an existing run is first moved aside to ``<dir>.old-<time>`` (never deleted),
+  only when the folder holds a run this project wrote (``holds_project_run``): a training run never
+  moves aside, nor writes over, files it did not write.
+* ``check_output_dir(args)``: before any work, the output folder must be a folder that can be
+  written, and neither be nor lie inside a data root, nor hold one.
 * ``run_identity`` / ``check_identity``: the options that change a training run's result and its
   dataset (layout, root, a hash of the annotations as read) are stored in every checkpoint; a
   run resumes only when they match, else one line names the first difference and the ways out.
@@ -14,6 +18,7 @@
 * ``save_resolved_config(args, dir)`` writes a stage's ``args.yaml`` once its own folder is claimed;
   ``run_cli`` is a stage script's ``__main__``: one ``error:`` line for bad input, the protected
   outputs put back on any failure, the folders released.
+* ``interrupted(args, stage)``: the one line a Ctrl-C ends a stage with (where it resumes).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import yaml
 
 from utils.config import args_to_dict, parse_args, renamed_keys, report_error
@@ -72,9 +78,13 @@ def lock_dir(directory: str | os.PathLike) -> None:
     key = os.path.realpath(directory)
     if key in _held or fcntl is None:
         return
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # read-only folder or file system, a file in the way
+        raise RunError.at(directory, None, f"cannot write in this output folder ({exc.strerror or exc}): "
+                          "use another --output-dir") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -127,14 +137,44 @@ def _aside_name(directory: Path) -> Path:
     return candidate
 
 
-def claim_output_dir(directory: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
+def holds_project_run(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a training run this project wrote: a ``checkpoint.pth`` of
+    ``utils.engine.Trainer`` (a dict with its ``stage`` and ``epoch`` entries), or a ``model.pth``
+    beside the ``args.yaml`` a stage writes (a mapping of its options, ``output_dir`` among them)."""
+    import yaml
+
+    directory = Path(directory)
+    if (directory / "checkpoint.pth").is_file():
+        ck = _lazy_checkpoint(directory / "checkpoint.pth")
+        if ck is not None and "stage" in ck and "epoch" in ck:
+            return True
+    if (directory / "model.pth").is_file() and (directory / "args.yaml").is_file():
+        try:
+            options = yaml.safe_load((directory / "args.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False
+        return isinstance(options, dict) and "output_dir" in options
+    return False
+
+
+def claim_output_dir(directory: str | os.PathLike, *, overwrite: bool = False,
+                     training: bool = True) -> Path | None:
     """Lock ``directory`` for this run (rank 0 only), move an existing training run (a folder with
     ``RUN_FILES``) aside when ``overwrite``, remove stale temporary files. Returns where the old
-    run went, if moved."""
+    run went, if moved. A ``training`` run into a folder whose ``RUN_FILES`` this project did not
+    write (``holds_project_run``) is refused, with or without ``overwrite``: it would replace them,
+    or move the folder holding them."""
     directory = Path(directory)
     if not _is_main():
         return None
     first = os.path.realpath(directory) not in _held
+    present = [name for name in RUN_FILES if (directory / name).exists()]
+    if training and first and present and not holds_project_run(directory):
+        raise RunError.at(directory, None, f"holds {' and '.join(present)} that no run of this project wrote "
+                          f"(no training checkpoint, no args.yaml beside it): "
+                          + ("--overwrite moves aside only a run this project wrote; " if overwrite else
+                             "a training run would replace it; ")
+                          + "use another --output-dir")
     lock_dir(directory)
     moved = None
     if overwrite and first and any((directory / name).exists() for name in RUN_FILES):
@@ -148,6 +188,61 @@ def claim_output_dir(directory: str | os.PathLike, *, overwrite: bool = False) -
     return moved
 
 
+# Options that name a dataset folder: an output folder is never one of them, inside one, or around one.
+DATA_ROOT_OPTIONS = ("data_root", "metadata_root", "threshold_data_root")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_dir(args) -> None:
+    """Before any work (``utils.engine.seeding.setup_run``): ``--output-dir`` can be a folder this run
+    writes in (``utils.paths.check_output_path``: not a file, under no file, writable), and is not
+    a data root, inside one, or around one (``DATA_ROOT_OPTIONS``; compared after resolving
+    symbolic links). One ``RunError`` line naming both folders."""
+    from utils.paths import check_output_path
+
+    out = getattr(args, "output_dir", None)
+    if not out:
+        return
+    check_output_path(out, "--output-dir")
+    real = os.path.realpath(os.path.expanduser(out))
+    for name in DATA_ROOT_OPTIONS:
+        root = getattr(args, name, None)
+        if not root:
+            continue
+        option = "--" + name.replace("_", "-")
+        root_real = os.path.realpath(os.path.expanduser(root))
+        if _inside(real, root_real):
+            where = "is" if real == root_real else "lies inside"
+            raise RunError.at(out, None, f"--output-dir {where} the dataset folder {option} {root}: a run never "
+                              "writes into its data (and --overwrite would move it aside): use another --output-dir")
+        if _inside(root_real, real):
+            raise RunError.at(out, None, f"--output-dir holds the dataset folder {option} {root}: a run never "
+                              "writes around its data (and --overwrite would move it aside): use another --output-dir")
+
+
+def interrupted(args, stage: str) -> RunError:
+    """The one line a Ctrl-C ends a stage with: for a training stage, the checkpoint it resumes from
+    (epoch and step) with the same command, or that none was written yet; for a test step, that its
+    previous outputs are back."""
+    out = getattr(args, "output_dir", None) if args is not None else None
+    if out is None:
+        return RunError("interrupted (Ctrl-C) before the run started: nothing was written")
+    if not hasattr(args, "overwrite"):  # utils.config.TRAIN_ONLY: the options only a training run has
+        return RunError.at(out, None, "interrupted (Ctrl-C): this test step's previous outputs are back as they "
+                           "were; the same command runs it again")
+    checkpoint = Path(out) / "checkpoint.pth"
+    ck = _lazy_checkpoint(checkpoint) if checkpoint.is_file() else None
+    if ck is None or "epoch" not in ck:
+        return RunError.at(out, None, "interrupted (Ctrl-C) before the first checkpoint: the same command starts the "
+                           "run again from the beginning (--save-every-steps N saves within an epoch)")
+    return RunError.at(checkpoint, None, f"interrupted (Ctrl-C): the same command resumes the run from this "
+                       f"checkpoint (epoch {int(ck['epoch'])}, step {int(ck.get('step', 0))}, global step "
+                       f"{int(ck.get('global_step', 0))})")
+
+
 # ----------------------------------------------------------------------------- identity
 def records_hash(records) -> str:
     """A hash of a dataset's annotations as read: image ids, labels, boxes, sizes, class count."""
@@ -157,7 +252,8 @@ def records_hash(records) -> str:
         h.update(f"{r.image_id}\0{int(r.label)}\0{tuple(r.size)}\0".encode())
         boxes = getattr(r, "boxes", None)
         if boxes is not None:
-            h.update(bytes(memoryview(boxes).cast("B")) if hasattr(boxes, "tobytes") else str(boxes).encode())
+            # the array's bytes in C order (an ImageNet training image has none: shape (0, 4))
+            h.update(np.ascontiguousarray(boxes).tobytes() if hasattr(boxes, "tobytes") else str(boxes).encode())
     return h.hexdigest()
 
 
@@ -480,9 +576,10 @@ def inherit_training_options(args, folder, names: Iterable[str], explicit: set[s
 
 
 def protect_stage_outputs(args, ctx) -> None:
-    """Called by ``utils.engine.seeding.setup_run`` for the test step ``run_cli`` runs: the model options
-    not given come from the training run (``TEST_INHERITS``, unless other weights are given), and
-    the step's previous outputs are protected (``TEST_OUTPUTS``)."""
+    """Called by ``utils.engine.seeding.setup_run`` for every stage: for the test step ``run_cli``
+    runs, the model options not given come from the training run (``TEST_INHERITS``, unless other
+    weights are given); the options' cross checks (``utils.ranges.check_options``) on the final
+    values; then a test step's previous outputs are protected (``TEST_OUTPUTS``)."""
     inherits = TEST_INHERITS.get(current_stage["name"] or "")
     if inherits is not None:
         from utils.config import explicit_options
@@ -490,6 +587,9 @@ def protect_stage_outputs(args, ctx) -> None:
         folder_of, weights_option, option_names, soft = inherits
         if not getattr(args, weights_option, None) and folder_of(args):
             inherit_training_options(args, folder_of(args), option_names, explicit_options(args), soft)
+    from utils.ranges import check_options
+
+    check_options(args)  # every option now holds its final value: before anything is moved or written
     names = TEST_OUTPUTS.get(current_stage["name"] or "")
     if names is not None and getattr(args, "output_dir", None):
         protect_outputs(args.output_dir, names(args), ctx)
@@ -507,7 +607,8 @@ def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike
     if own and os.path.realpath(output_dir) == os.path.realpath(own):
         # the stage's own folder: lock it and refuse a folder that holds another run, before
         # args.yaml would claim this run's settings
-        claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)))
+        claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)),
+                         training=hasattr(args, "overwrite"))  # TRAIN_ONLY: a training stage
         checkpoint = Path(output_dir) / "checkpoint.pth"
         if checkpoint.is_file():
             check_folder_run(checkpoint, args)
@@ -524,17 +625,25 @@ def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None, *,
     (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights,
     also when a data loader worker met it) and faults of the run (``RunError``: output folder in
     use, another run's checkpoint, diverged loss, full disk) end the run with one ``error:`` line
-    on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback. A test step's
-    outputs moved aside by ``protect_outputs`` are put back on any failure. ``args``:
+    on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback; Ctrl-C ends
+    with one line saying where the run resumes (:func:`interrupted`) and exit status 130.
+    A test step's outputs moved aside by ``protect_outputs`` are put back on any failure. ``args``:
     the namespace ``parse_early`` made (then ``argv`` is not parsed again)."""
     current_stage["name"] = stage
     try:
-        result = main(args if args is not None else parse_args(get_args_parser(), argv, stage=stage))
+        if args is None:
+            args = parse_args(get_args_parser(), argv, stage=stage)
+        result = main(args)
     except (DataError, FloatingPointError) as exc:  # FloatingPointError: a diverged model's output
         restore_protected()
         release_all()
         report_error(exc)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: where the run can resume, no traceback; 128 + SIGINT
+        restore_protected()
+        release_all()
+        report_error(interrupted(args, stage))
+        raise SystemExit(130) from None
     except BaseException:
         restore_protected()
         raise

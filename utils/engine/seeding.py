@@ -43,8 +43,13 @@ def seed_everything(seed: int, ctx: DistContext | None = None, *, deterministic:
 
 
 def setup_run(args) -> DistContext:
-    """``init_distributed(args.device)`` then ``seed_everything(args.seed, ...)``; for a test step
-    started by ``utils.engine.rundir.run_cli``, ``utils.engine.rundir.protect_stage_outputs``."""
+    """Before any work, the output folder's checks (``utils.engine.rundir.check_output_dir``); then
+    ``init_distributed(args.device)`` and ``seed_everything(args.seed, ...)``; then
+    ``utils.engine.rundir.protect_stage_outputs``: for a test step started by
+    ``utils.engine.rundir.run_cli`` the options inherited from its training run, then every stage's
+    option cross checks with the derived defaults filled (``utils.ranges.check_options``), then a
+    test step's outputs protected."""
+    rundir.check_output_dir(args)
     ctx = init_distributed(getattr(args, "device", "auto"))
     seed_everything(getattr(args, "seed", 0), ctx, deterministic=getattr(args, "deterministic", False))
     rundir.protect_stage_outputs(args, ctx)  # a test step run by run_cli: previous outputs kept until it ends

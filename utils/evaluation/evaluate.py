@@ -218,6 +218,12 @@ def evaluate_scoremaps(records, scoremaps, protocol, *, cam_curve_interval: floa
         preds = read_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
         where = predictions if isinstance(predictions, (str, os.PathLike)) else "<predictions>"
         flags = []
+        unknown = set(preds) - {r.image_id for r in records}
+        if unknown:  # e.g. predictions of a whole split evaluated with --exclude-ids: not an error
+            import sys
+
+            print(f"warning: {where}: {len(unknown)} prediction(s) for images not in the evaluated split, not "
+                  f"scored (e.g. {min(unknown)})", file=sys.stderr, flush=True)
         for r in records:
             p = preds.get(r.image_id)
             if p is None:
@@ -323,12 +329,40 @@ def format_table(results: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
 
 
+def check_args(args) -> None:
+    """Before any work: folders and files that must exist, an ``--output`` that can be written
+    (a file, outside the dataset), a threshold where the protocol needs one, a crop that fits in
+    the resize. One ``DataError`` line each."""
+    from utils.paths import check_output_path
+
+    for name in ("data_root", "scoremaps"):
+        if not Path(getattr(args, name)).is_dir():
+            raise DataError.at(getattr(args, name), None, f"--{name.replace('_', '-')}: folder not found")
+    if args.predictions and not Path(args.predictions).is_file():
+        raise DataError.at(args.predictions, None, "--predictions: file not found (written by the "
+                           "classification stage's test step, e.g. spol/cls/test.py)")
+    protocol = get_protocol(args.protocol)
+    if protocol.needs_threshold and args.threshold is None:
+        raise DataError(f"--protocol {args.protocol} needs --threshold (SPOL's: 0.2 on CUB, 0.8 on ImageNet, "
+                        "configs/spol_*.yaml seg_test.spol_threshold)")
+    if protocol.crops and args.input_size > args.resize_size:
+        raise DataError(f"--input-size {args.input_size} is larger than --resize-size {args.resize_size}: protocol "
+                        f"{args.protocol} cuts the input from the resized image")
+    check_output_path(args.output, "--output", folder=False)
+    output = os.path.realpath(args.output)
+    for name in ("data_root", "metadata_root"):
+        root = getattr(args, name)
+        if root and (output + os.sep).startswith(os.path.realpath(root).rstrip(os.sep) + os.sep):
+            raise DataError.at(args.output, None, f"--output lies inside the dataset folder --{name.replace('_', '-')} "
+                               f"{root}: results are never written into the data; choose another --output")
+
+
 def main(args) -> dict:
-    if get_protocol(args.protocol).needs_threshold and args.threshold is None:
-        raise ValueError(f"--protocol {args.protocol} needs --threshold (SPOL's: 0.2 on CUB, 0.8 on ImageNet, "
-                         "configs/spol_*.yaml seg_test.spol_threshold)")
+    check_args(args)
+    # no image is decoded here: each image's header is read to check the size its boxes were made for
+    # (ILSVRC XML <size>, metadata image_sizes.txt) against the image itself
     records = load_records(args.data_root, args.layout, args.split, metadata_root=args.metadata_root,
-                           exclude_ids=args.exclude_ids)
+                           exclude_ids=args.exclude_ids, check_sizes=True)
     results = evaluate_scoremaps(
         records, args.scoremaps, args.protocol, cam_curve_interval=args.cam_curve_interval,
         threshold=args.threshold, predictions=args.predictions, iou_threshold=args.iou_threshold,
@@ -345,7 +379,8 @@ def main(args) -> dict:
 
 def cli(argv=None, args=None) -> dict:
     """``python -m utils.evaluation``: bad input (missing data root, score map or prediction, a
-    malformed file) ends with one ``error:`` line naming the file and exit status 2."""
+    malformed file, an option out of range, an ``--output`` that cannot be written) ends with one
+    ``error:`` line naming the file or option and exit status 2; Ctrl-C with one line and 130."""
     import sys
 
     from utils.errors import one_line
@@ -353,16 +388,14 @@ def cli(argv=None, args=None) -> dict:
     if args is None:
         args = get_args_parser().parse_args(argv)
     try:
-        for name in ("data_root", "scoremaps"):
-            if not Path(getattr(args, name)).is_dir():
-                raise DataError.at(getattr(args, name), None, f"--{name.replace('_', '-')}: folder not found")
-        if args.predictions and not Path(args.predictions).is_file():
-            raise DataError.at(args.predictions, None, "--predictions: file not found (written by the "
-                               "classification stage's test step, e.g. spol/cls/test.py)")
         return main(args)
     except (DataError, ValueError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"error: {args.output}: interrupted (Ctrl-C) before the results were written; the same command "
+              "evaluates again", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -120,8 +120,10 @@ class Protocol:
         return array[oy:oy + self.input_size, ox:ox + self.input_size]
 
     def gt_mask(self, record) -> np.ndarray | None:
-        """The record's GT mask, grayscale uint8 raw values (0..255), nearest-resized to this
-        geometry (input_size x input_size); None when the record has no mask."""
+        """The record's GT mask, grayscale uint8 raw values (0..255; a 16-bit file's high byte),
+        nearest-resized to this geometry (input_size x input_size); None when the record has no
+        mask. A mask of another size than its image is an error, as in ``utils.data.WSOLDataset``
+        (never stretched)."""
         if record.mask_path is None:
             return None
         import cv2
@@ -130,6 +132,10 @@ class Protocol:
         if mask is None:
             kind = "not found" if not os.path.isfile(record.mask_path) else "unreadable or corrupt"
             raise DataError.at(record.mask_path, msg=f"GT mask {kind}")
+        w, h = (int(v) for v in record.size)
+        if mask.shape[:2] != (h, w):
+            raise DataError.at(record.mask_path, msg=f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                                                     f"{w}x{h}")
         rh, rw = self.geometry["resize"]
         mask = cv2.resize(mask, (rw, rh), interpolation=cv2.INTER_NEAREST)
         return np.ascontiguousarray(self._crop(mask))

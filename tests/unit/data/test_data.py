@@ -211,7 +211,7 @@ def test_missing_image_and_size_mismatch(tiny_metadata, tiny_ilsvrc):
     sizes = tiny_metadata / "metadata/val/image_sizes.txt"
     edit_line(sizes, 1, "birds/a_0002.png,32,25")
     message = error_of(tiny_metadata, "metadata", "val", check_images=True)
-    assert "a_0002.png: image is 32x24 but the annotation says 32x25" in message
+    assert f"a_0002.png: image is 32x24 but {sizes}:1 says 32x25" in message
 
 
 def test_box_outside_image_cub(tiny_cub):
