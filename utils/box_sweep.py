@@ -52,6 +52,9 @@ NUM_VALUES = 256
 # cv2.findContours at every level.
 MAX_REGIONS = 1024
 _BIG = np.iinfo(np.int64).max
+_EXACT_FLOAT32 = 1 << 24  # cv2.calcHist counts in float32
+# Up to this many undecided levels, cv2 decides them (cheaper than counting holes at every level).
+_FEW_LEVELS = 4
 
 
 # ----------------------------------------------------------------------------- cv2 at one level
@@ -77,20 +80,64 @@ def _above(per_value: np.ndarray, ufunc, fill) -> np.ndarray:
     return out
 
 
-def _row_runs(u: np.ndarray) -> np.ndarray:
-    """Start flags (H, W) of the unimodal runs of every row: a run starts where the values rise
-    again after their last strict change was a fall (a plateau in a valley stays in one run)."""
-    height, width = u.shape
-    start = np.zeros((height, width), dtype=bool)
-    start[:, 0] = True
-    if width > 2:
+class _Steps:
+    """Where the rows of ``u`` change value, in raster order: ``pixel[k]`` is the left pixel
+    ``p`` (raveled) of a pair ``(p, p + 1)`` with ``code[k]`` 1 (rise), -1 (fall), or 2 at the
+    last pixel of every row. Shared by ``u`` and ``255 - u`` (rises and falls swapped)."""
+
+    def __init__(self, u: np.ndarray):
+        height, width = u.shape
+        code = np.empty((height, width), dtype=np.int8)
         left, right = u[:, :-1], u[:, 1:]
-        rise, fall = right > left, right < left
-        pos = np.arange(width - 1, dtype=np.int32)
-        last_rise = np.maximum.accumulate(np.where(rise, pos, -1), axis=1)
-        last_fall = np.maximum.accumulate(np.where(fall, pos, -1), axis=1)
-        start[:, 2:] = rise[:, 1:] & (last_fall[:, :-1] > last_rise[:, :-1])
-    return start
+        code[:, :-1] = (right > left).view(np.int8) - (right < left).view(np.int8)
+        code[:, -1] = 2
+        self.pixel = np.flatnonzero(code != 0)
+        self.code = code.ravel()[self.pixel]
+
+
+class _Scan:
+    """A map, its transpose, and where their rows change value (shared by ``u`` and ``255 - u``)."""
+
+    def __init__(self, u: np.ndarray):
+        self.u = u
+        self.ut = np.ascontiguousarray(u.T)
+        self.rows, self.columns = _Steps(u), _Steps(self.ut)
+
+
+class _Runs:
+    """The unimodal runs of every row (values rise, then fall), raveled pixel indices.
+
+    A run starts at each row start and where the values rise again after their last strict
+    change was a fall (a plateau in a valley stays with the run on its left). Above any level, a
+    run's pixels form one interval, whose left end is a row start or a pixel above its left
+    neighbour (``rises``) and whose right end is a run end or a pixel above its right neighbour
+    (``falls``). The run's peak, its largest pixel in (value, raster index) order, is the last
+    pixel before its first fall, or its end.
+    """
+
+    def __init__(self, u: np.ndarray, steps: _Steps, flip: bool = False):
+        n = u.size
+        self._steps = steps
+        self._rise, fall = (steps.code == -1, steps.code == 1) if flip else (steps.code == 1, steps.code == -1)
+        begins = self._rise | (steps.code == 2)   # a rise after a fall, or the row's end
+        begins[1:] &= fall[:-1] | ~self._rise[1:]
+        begins[0] &= ~self._rise[0]
+        self.falls = steps.pixel[fall]
+        self.starts = np.concatenate([[0], steps.pixel[begins][:-1] + 1])
+        self.ends = np.append(self.starts[1:] - 1, n - 1)
+        self.lengths = self.ends - self.starts + 1
+        k = np.searchsorted(self.falls, self.starts)
+        first_fall = np.append(self.falls, n)[k]
+        self.peaks = np.where(first_fall <= self.ends, first_fall, self.ends)
+        self.peak_keys = u.ravel()[self.peaks].astype(np.int64) * n + self.peaks
+
+    @property
+    def rises(self) -> np.ndarray:
+        return self._steps.pixel[self._rise] + 1
+
+    def of(self, pixels: np.ndarray) -> np.ndarray:
+        """Run index of each pixel."""
+        return np.searchsorted(self.starts, pixels, side="right") - 1
 
 
 def _offsets(connectivity: int):
@@ -99,58 +146,68 @@ def _offsets(connectivity: int):
     return [(-1, 0), (0, -1), (0, 1), (1, 0)]
 
 
-def _regions(u: np.ndarray, connectivity: int):
-    """Region label per pixel (int64, raveled) and the value of each region's peak.
+def _regions(u: np.ndarray, runs: _Runs, connectivity: int):
+    """Region of every run (int64) and each region's peak key (value * H * W + raster index).
 
-    Pixels are ordered by ``(value, raster index)``; a run's peak is its largest pixel in that
-    order and the run points to the run of the largest neighbour of the peak when that neighbour
-    is larger (so the pointers never cycle, and the neighbour's value is at least the peak's)."""
+    A run points to the run of its peak's largest neighbour in (value, raster index) order when
+    that neighbour is larger: the neighbour's value is at least the peak's, so it is above every
+    level the run is, and the pointers never cycle. A region is the runs that reach one root."""
     height, width = u.shape
     n = height * width
-    key = u.astype(np.int64).ravel() * n + np.arange(n, dtype=np.int64)
-    start = _row_runs(u).ravel()
-    run_of = np.cumsum(start) - 1
-    starts = np.flatnonzero(start)
-    peak_key = np.maximum.reduceat(key, starts)
-    peak = peak_key % n
-    py, px = np.divmod(peak, width)
-    best = np.full(len(starts), -1, dtype=np.int64)
-    for dy, dx in _offsets(connectivity):
-        qy, qx = py + dy, px + dx
-        inside = (qy >= 0) & (qy < height) & (qx >= 0) & (qx < width)
-        best = np.where(inside, np.maximum(best, key[np.where(inside, qy * width + qx, 0)]), best)
-    run_parent = np.where(best > peak_key, run_of[np.maximum(best, 0) % n], np.arange(len(starts)))
+    padded = np.full((height + 2, width + 2), -1, dtype=np.int16)
+    padded[1:-1, 1:-1] = u
+    padded = padded.ravel()
+    py, px = np.divmod(runs.peaks, width)
+    offsets = np.array([dy * (width + 2) + dx for dy, dx in _offsets(connectivity)])
+    neighbour = ((py + 1) * (width + 2) + px + 1)[:, None] + offsets
+    value = padded[neighbour].astype(np.int64)
+    pixel = runs.peaks[:, None] + np.array([dy * width + dx for dy, dx in _offsets(connectivity)])
+    keys = np.where(value >= 0, value * n + pixel, -1)
+    best = keys.max(axis=1)
+    num_runs = len(runs.starts)
+    parent = np.where(best > runs.peak_keys, runs.of(best % n), np.arange(num_runs))
     while True:  # pointer jumping: every run to the root of its tree
-        nxt = run_parent[run_parent]
-        if np.array_equal(nxt, run_parent):
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
             break
-        run_parent = nxt
-    is_root = run_parent == np.arange(len(starts))
-    region_of_run = (np.cumsum(is_root) - 1)[run_parent]
-    return region_of_run[run_of], u.ravel()[peak[is_root]]
+        parent = nxt
+    is_root = parent == np.arange(num_runs)
+    return (np.cumsum(is_root) - 1)[parent], runs.peak_keys[is_root]
 
 
-def _region_edges(u: np.ndarray, region: np.ndarray, num_regions: int, connectivity: int):
+def _region_edges(u: np.ndarray, runs: _Runs, region_of_run: np.ndarray, connectivity: int):
     """(a, b, w) per pair of adjacent regions: the largest ``min(u[p], u[q])`` over their
     adjacent pixel pairs; the regions are joined at the levels below ``w``."""
-    views = [((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-             ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))]
-    if connectivity == 8:
-        views += [((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
-                  ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1)))]
-    codes, weights = [], []
-    for sa, sb in views:
-        ra, rb = region[sa], region[sb]
-        differ = ra != rb
-        if not differ.any():
+    height, width = u.shape
+    num_regions = int(region_of_run.max()) + 1
+    # along a row, pixels of different regions meet only where a run ends and the next starts;
+    # the next run starts with a rise, so the pair's minimum is the end's value
+    inner = runs.starts[1:] % width != 0
+    ends_a = [region_of_run[:-1][inner]]
+    ends_b = [region_of_run[1:][inner]]
+    flat = u.ravel()
+    weights = [flat[runs.ends[:-1][inner]]]
+    label = np.uint8 if num_regions <= 256 else np.int32
+    region = np.repeat(region_of_run.astype(label), runs.lengths)
+    # (p, p + offset) pairs down, down-right, down-left; the diagonals must not wrap a row
+    for offset, bad_column in [(width, -1)] + ([(width + 1, width - 1), (width - 1, 0)] if connectivity == 8 else []):
+        if offset == 0 or offset >= len(region):
             continue
-        a, b = ra[differ], rb[differ]
-        codes.append(np.minimum(a, b) * num_regions + np.maximum(a, b))
-        weights.append(np.minimum(u[sa][differ], u[sb][differ]))
-    if not codes:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    code, w = np.concatenate(codes), np.concatenate(weights)
+        p = np.flatnonzero(region[:-offset] != region[offset:])
+        if bad_column >= 0:
+            p = p[p % width != bad_column]
+        q = p + offset
+        ends_a.append(region[p])
+        ends_b.append(region[q])
+        weights.append(np.minimum(flat[p], flat[q]))
+    return _strongest_edges(np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(weights),
+                            num_regions)
+
+
+def _strongest_edges(a: np.ndarray, b: np.ndarray, w: np.ndarray, num_regions: int):
+    """The largest weight per unordered pair (a, b), a != b; zero weights dropped."""
+    a, b = a.astype(np.int64), b.astype(np.int64)
+    code = np.minimum(a, b) * num_regions + np.maximum(a, b)
     if num_regions * num_regions <= 1 << 22:
         dense = np.zeros(num_regions * num_regions, dtype=np.uint8)
         np.maximum.at(dense, code, w)
@@ -163,6 +220,31 @@ def _region_edges(u: np.ndarray, region: np.ndarray, num_regions: int, connectiv
         code, w = code[last], w[last]
     a, b = np.divmod(code, num_regions)
     return a, b, w.astype(np.int64)
+
+
+def _merge_at_peaks(peak_key: np.ndarray, n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray):
+    """Join each region to a larger-peaked neighbour it meets at its own peak value.
+
+    An edge of weight equal to the lower region's peak value holds a pixel pair at that value:
+    whenever the lower region is above the level, so is the pair, and the union stays connected.
+    Returns the new label of every region, the new regions' peak keys and their edges."""
+    num_regions = len(peak_key)
+    low = np.where(peak_key[a] < peak_key[b], a, b)
+    high = a + b - low
+    equal = w == peak_key[low] // n
+    target = np.arange(num_regions)
+    target[low[equal]] = high[equal]  # each step goes to a larger peak key: no cycle
+    while True:
+        nxt = target[target]
+        if np.array_equal(nxt, target):
+            break
+        target = nxt
+    is_root = target == np.arange(num_regions)
+    new = (np.cumsum(is_root) - 1)[target]
+    na, nb = new[a], new[b]
+    keep = na != nb
+    merged = int(is_root.sum())
+    return (new, peak_key[is_root]) + _strongest_edges(na[keep], nb[keep], w[keep].astype(np.uint8), merged)
 
 
 def _kruskal(peak_value: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray):
@@ -216,22 +298,29 @@ def _kruskal(peak_value: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray
 class ComponentTree:
     """The connected components of ``u > L`` for every level ``L`` (0..254) of a uint8 map.
 
-    ``connectivity`` 8 or 4. After construction (unless ``too_large``): ``level`` (C,) the
+    ``connectivity`` 8 or 4; ``steps`` (optional) the :class:`_Steps` of ``u``, or of ``255 - u``
+    with ``flip=True``. After construction (unless ``too_large``): ``level`` (C,) the
     level of each component (one entry per component per level it exists at), ``x0, y0, x1, y1``
     (C,) its bounding box in pixels (inclusive), ``first`` (C,) the raster index of its first
     pixel, and ``count`` (256,) the number of components per level. :meth:`reduce` sums (or
     takes min / max of) any per (region, value) quantity over each component.
     """
 
-    def __init__(self, u: np.ndarray, connectivity: int, max_regions: int = MAX_REGIONS):
+    def __init__(self, scan: _Scan, connectivity: int, max_regions: int = MAX_REGIONS, flip: bool = False):
+        u = 255 - scan.u if flip else scan.u
         height, width = u.shape
-        region, peak_value = _regions(u, connectivity)
-        self.num_regions = len(peak_value)
-        self.too_large = self.num_regions > max_regions
+        n = height * width
+        runs = _Runs(u, scan.rows, flip)
+        region_of_run, peak_key = _regions(u, runs, connectivity)
+        self.too_large = len(peak_key) > max_regions
         if self.too_large:
             return
-        self.region = region.reshape(height, width)
-        a, b, w = _region_edges(u, self.region, self.num_regions, connectivity)
+        a, b, w = _region_edges(u, runs, region_of_run, connectivity)
+        new, peak_key, a, b, w = _merge_at_peaks(peak_key, n, a, b, w)
+        region_of_run = new[region_of_run]
+        peak_value = peak_key // n
+        self.num_regions = len(peak_key)
+        self.region = np.repeat(region_of_run.astype(np.int32), runs.lengths).reshape(height, width)
         level, parent, first_leaf, count, leaf_order = _kruskal(peak_value, a, b, w)
         # node n is one component at the levels level[parent] <= L < level[n]; the cells
         # (leaf, L) of those levels form a rectangle in leaf order, disjoint from every other
@@ -248,18 +337,33 @@ class ComponentTree:
             painted[first_leaf[node]:first_leaf[node] + count[node], lo[node]:hi[node]] = shift[node]
         cells = np.empty_like(painted)
         cells[leaf_order] = painted + np.arange(NUM_VALUES)
-        self._inside = cells >= 0
+        # a cell of a region at or above its peak is empty: min / max / sum ignore it
+        self._inside = (cells >= 0) & (np.arange(NUM_VALUES) < peak_value[:, None])
         self._cells = cells[self._inside]
-        # bounding box and first pixel: per (region, value), then above each level
+        # bounding box from the runs of the rows and of the columns: a run is above a level when
+        # its peak is, and then it lies in the component of its peak's region
         flat = u.ravel()
-        valid = np.flatnonzero(flat)
-        bins = region[valid] * NUM_VALUES + flat[valid]
-        xs = valid % width
-        self.x0 = self.reduce(_per_bin(np.minimum, bins, xs, self.num_regions), np.minimum, _BIG)
-        self.x1 = self.reduce(_per_bin(np.maximum, bins, xs, self.num_regions), np.maximum, -1)
-        self.first = self.reduce(_per_bin(np.minimum, bins, valid, self.num_regions), np.minimum, _BIG)
-        last = self.reduce(_per_bin(np.maximum, bins, valid, self.num_regions), np.maximum, -1)
-        self.y0, self.y1 = self.first // width, last // width
+        bins = region_of_run * NUM_VALUES + flat[runs.peaks]
+        rows = runs.starts // width
+        self.y0 = self.reduce(_per_bin(np.minimum, bins, rows, self.num_regions), np.minimum, _BIG)
+        self.y1 = self.reduce(_per_bin(np.maximum, bins, rows, self.num_regions), np.maximum, -1)
+        columns = _Runs(255 - scan.ut if flip else scan.ut, scan.columns, flip)
+        x, y = np.divmod(columns.peaks, height)
+        bins = self.region[y, x].astype(np.int64) * NUM_VALUES + u[y, x]
+        x = columns.starts // height
+        self.x0 = self.reduce(_per_bin(np.minimum, bins, x, self.num_regions), np.minimum, _BIG)
+        self.x1 = self.reduce(_per_bin(np.maximum, bins, x, self.num_regions), np.maximum, -1)
+        self._runs, self._flat, self._first = runs, flat, None
+
+    @property
+    def first(self) -> np.ndarray:
+        """Raster index of each component's first pixel: the left end of one of its runs'
+        intervals, a row start or a pixel above its left neighbour."""
+        if self._first is None:
+            left = np.concatenate([self._runs.starts, self._runs.rises])
+            bins = self.region.ravel()[left].astype(np.int64) * NUM_VALUES + self._flat[left]
+            self._first = self.reduce(_per_bin(np.minimum, bins, left, self.num_regions), np.minimum, _BIG)
+        return self._first
 
     def reduce(self, per_value: np.ndarray, ufunc, fill) -> np.ndarray:
         """Per component, ``ufunc`` over its regions of ``per_value`` (regions, 256) taken above
@@ -297,37 +401,44 @@ class _Windows:
     def euler_numbers(self) -> np.ndarray:
         """Euler number (components - holes) of ``u > L`` for L = 0..255: ``(Q1 - Q3 - 2 QD) / 4``
         (Gray 1971; 8-connected foreground), Q1 / Q3 = windows with exactly one / three pixels
-        above L, QD = windows with exactly the two diagonal ones."""
+        above L, QD = windows with exactly the two diagonal ones. A window has exactly k pixels
+        above L for ``s(k + 1) <= L < s(k)``: per value, the counts enter at the upper end of each
+        such range and leave at its lower end."""
         a, b, c, d = self.a, self.b, self.c, self.d
-        q1 = _count_above(self.s1) - _count_above(self.s2)
-        q3 = _count_above(self.s3) - _count_above(self.s4)
         lo_ad, hi_ad = np.minimum(a, d), np.maximum(a, d)
         lo_bc, hi_bc = np.minimum(b, c), np.maximum(b, c)
-        diag_ad, diag_bc = lo_ad > hi_bc, lo_bc > hi_ad
-        qd = (_count_above(lo_ad[diag_ad]) - _count_above(hi_bc[diag_ad])
-              + _count_above(lo_bc[diag_bc]) - _count_above(hi_ad[diag_bc]))
-        return (q1 - q3 - 2 * qd) // 4
+        diag_ad, diag_bc = lo_ad > hi_bc, lo_bc > hi_ad   # the two largest pixels are a diagonal
+        diag_top = lo_ad * diag_ad + lo_bc * diag_bc       # (at most one of the two holds)
+        diag_bottom = hi_bc * diag_ad + hi_ad * diag_bc
+        per_value = (_histogram(self.s1) - _histogram(self.s2) - _histogram(self.s3) + _histogram(self.s4)
+                     - 2 * (_histogram(diag_top) - _histogram(diag_bottom)))
+        return _above(per_value, np.add, 0) // 4
 
     def twice_areas(self, region: np.ndarray, num_regions: int) -> np.ndarray:
         """(regions, 256): per value v, the windows whose third (fourth) largest pixel is v,
-        counted in the region of the window's largest pixel; above level L this sums to twice
-        the window area (1/2 per window with three pixels above L, 1 with four)."""
-        padded = np.zeros((region.shape[0] + 2, region.shape[1] + 2), dtype=region.dtype)
+        counted in the region of the larger of the window's diagonal pixels a, d (above L
+        whenever three pixels are); above level L this sums to twice the window area (1/2 per
+        window with three pixels above L, 1 with four)."""
+        dtype = np.uint8 if num_regions <= 256 and self.s3.size < _EXACT_FLOAT32 else np.int64
+        padded = np.zeros((region.shape[0] + 2, region.shape[1] + 2), dtype=dtype)
         padded[1:-1, 1:-1] = region
-        ra, rb, rc, rd = padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
-        top = self.s1
-        owner = np.where(self.a == top, ra, np.where(self.b == top, rb, np.where(self.c == top, rc, rd)))
-        counted = self.s3 > 0
-        owner = owner[counted] * NUM_VALUES
+        owner = np.where(self.a >= self.d, padded[:-1, :-1], padded[1:, 1:])
+        if dtype is np.uint8:
+            hist = [cv2.calcHist([owner, s], [0, 1], None, [num_regions, NUM_VALUES], [0, num_regions, 0, NUM_VALUES])
+                    for s in (self.s3, self.s4)]
+            return (hist[0] + hist[1]).astype(np.int64)
+        owner = owner.ravel() * NUM_VALUES
         size = num_regions * NUM_VALUES
-        per_value = (np.bincount(owner + self.s3[counted], minlength=size)
-                     + np.bincount(owner + self.s4[counted], minlength=size))
-        return per_value.reshape(num_regions, NUM_VALUES)
+        return (np.bincount(owner + self.s3.ravel(), minlength=size)
+                + np.bincount(owner + self.s4.ravel(), minlength=size)).reshape(num_regions, NUM_VALUES)
 
 
-def _count_above(values: np.ndarray) -> np.ndarray:
-    """``out[L] = #{values > L}`` for L = 0..255."""
-    return _above(np.bincount(values.ravel(), minlength=NUM_VALUES), np.add, 0)
+def _histogram(values: np.ndarray) -> np.ndarray:
+    """Counts of each uint8 value (int64, 256). cv2's float32 counts are exact below 2 ** 24."""
+    if values.size >= _EXACT_FLOAT32:
+        return np.bincount(values.ravel(), minlength=NUM_VALUES)
+    hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [NUM_VALUES], [0, NUM_VALUES])
+    return hist.reshape(-1).astype(np.int64)
 
 
 def euler_numbers(u: np.ndarray) -> np.ndarray:
@@ -353,90 +464,128 @@ def level_boxes(u: np.ndarray, levels, modes, *, max_regions: int = MAX_REGIONS,
     """
     modes = tuple(dict.fromkeys(bool(m) for m in modes))
     levels = np.asarray(levels, dtype=np.int64).reshape(-1)
-    height, width = u.shape
-    n = height * width
-    index = np.arange(len(levels))
-    placeholder = np.zeros((1, 4), dtype=np.int64)
-    cv2_levels = []
+    sweep = _Sweep(u, levels, max_regions)
+    out = {}
+    for m in sorted(modes, reverse=True):  # every-contour mode first: its tree counts the holes
+        parts = sweep.every_contour() if m else sweep.largest_contour()
+        out[m] = (np.concatenate([b for b, _ in parts]).astype(np.int64).reshape(-1, 4),
+                  np.concatenate([i for _, i in parts]).astype(np.int64))
+    if stats is not None:
+        stats["contour_levels"] = stats.get("contour_levels", 0) + len(sweep.contours)
+    return out
 
-    def from_cv2(which, wanted=modes):
-        out = {m: ([], []) for m in wanted}
+
+class _Sweep:
+    """The trees of one map and the boxes read off them; cv2 for the levels they cannot settle."""
+
+    def __init__(self, u: np.ndarray, levels: np.ndarray, max_regions: int):
+        self.u, self.levels, self.max_regions = u, levels, max_regions
+        self.height, self.width = u.shape
+        self.contours = {}                              # level index -> cv2 contours
+        self.slot = np.full(NUM_VALUES, -1, dtype=np.int64)
+        self.slot[levels] = np.arange(len(levels))
+        self.blank = int(u.max()) == 0                  # no foreground at any level
+        if self.blank:
+            return
+        self.scan = _Scan(u)
+        self.fg = ComponentTree(self.scan, 8, max_regions)
+        self._bg = self._holes = self._windows = None
+        if not self.fg.too_large:
+            fg = self.fg
+            self.boxes = _choe_boxes(fg.x0, fg.y0, fg.x1, fg.y1, self.width, self.height)
+            self.empty = np.flatnonzero(fg.count[levels] == 0)
+
+    def _cv2(self, which, multi_contour: bool):
+        parts = []
         for i in which:
-            boxes = contour_boxes(contours_at(u, int(levels[i])), width, height, wanted)
-            for m in wanted:
-                out[m][0].append(boxes[m])
-                out[m][1].append(np.full(len(boxes[m]), i, dtype=np.int64))
-            cv2_levels.append(i)
-        return out
+            if i not in self.contours:
+                self.contours[i] = contours_at(self.u, int(self.levels[i]))
+            boxes = contour_boxes(self.contours[i], self.width, self.height, (multi_contour,))[multi_contour]
+            parts.append((boxes, np.full(len(boxes), i)))
+        return parts
 
-    def finish(parts):
-        if stats is not None:
-            stats["contour_levels"] = stats.get("contour_levels", 0) + len(set(cv2_levels))
-        return {m: (np.concatenate(parts[m][0]).astype(np.int64).reshape(-1, 4),
-                    np.concatenate(parts[m][1]).astype(np.int64)) for m in modes}
+    def _placeholders(self, which):
+        return [(np.zeros((len(which), 4), dtype=np.int64), np.asarray(which, dtype=np.int64))]
 
-    if int(u.max()) == 0:  # no foreground at any level
-        return finish({m: ([placeholder] * len(levels), [index]) for m in modes})
-    fg = ComponentTree(u, 8, max_regions)
-    if fg.too_large:
-        return finish(from_cv2(range(len(levels))))
-    slot = np.full(NUM_VALUES, -1, dtype=np.int64)
-    slot[levels] = index
-    parts = {m: ([], []) for m in modes}
-    boxes = _choe_boxes(fg.x0, fg.y0, fg.x1, fg.y1, width, height)
-    empty = fg.count[levels] == 0
-    windows = _Windows(u)
-    bg = ComponentTree(255 - u, 4, max_regions) if True in modes else None
-    if bg is not None and not bg.too_large:
-        fg_level = 254 - bg.level
-        hole = (bg.x0 > 0) & (bg.y0 > 0) & (bg.x1 < width - 1) & (bg.y1 < height - 1)
-        holes = np.bincount(fg_level[hole], minlength=NUM_VALUES)
-    else:
-        holes = fg.count - windows.euler_numbers()
-    if True in modes:
-        if bg is not None and not bg.too_large:
-            keep = slot[fg.level] >= 0
-            parts[True][0].append(boxes[keep])
-            parts[True][1].append(slot[fg.level[keep]])
-            keep_hole = hole & (slot[fg_level] >= 0)
-            parts[True][0].append(_choe_boxes(bg.x0[keep_hole] - 1, bg.y0[keep_hole] - 1,
-                                              bg.x1[keep_hole] + 1, bg.y1[keep_hole] + 1, width, height))
-            parts[True][1].append(slot[fg_level[keep_hole]])
-            parts[True][0].append(np.repeat(placeholder, int(empty.sum()), axis=0))
-            parts[True][1].append(index[empty])
+    @property
+    def windows(self) -> _Windows:
+        if self._windows is None:
+            self._windows = _Windows(self.u)
+        return self._windows
+
+    @property
+    def bg(self):
+        """The tree of the background ``u <= L`` (4-connected), None if it has too many regions."""
+        if self._bg is None:
+            tree = ComponentTree(self.scan, 4, self.max_regions, flip=True)
+            self._bg = False if tree.too_large else tree
+        return self._bg or None
+
+    def holes(self) -> np.ndarray:
+        """Number of holes of ``u > L`` for L = 0..255."""
+        if self._holes is None:
+            if self._bg is not None and self.bg is not None:
+                bg = self.bg
+                self._holes = np.bincount(254 - bg.level[self._hole(bg)], minlength=NUM_VALUES)
+            else:
+                self._holes = self.fg.count - self.windows.euler_numbers()
+        return self._holes
+
+    def _hole(self, bg) -> np.ndarray:
+        """Background components that do not touch the image border: the holes."""
+        return (bg.x0 > 0) & (bg.y0 > 0) & (bg.x1 < self.width - 1) & (bg.y1 < self.height - 1)
+
+    def every_contour(self):
+        """Every contour's box: the components' and the holes' (hole box grown by one pixel)."""
+        if self.blank:
+            return self._placeholders(range(len(self.levels)))
+        if self.fg.too_large:
+            return self._cv2(range(len(self.levels)), True)
+        fg, slot = self.fg, self.slot
+        keep = slot[fg.level] >= 0
+        parts = self._placeholders(self.empty)
+        bg = self.bg
+        if bg is None:  # holes from the Euler number; their boxes from cv2
+            holes = self.holes()
+            keep &= holes[fg.level] == 0
+            parts += self._cv2(np.flatnonzero(holes[self.levels] > 0).tolist(), True)
         else:
-            keep = (slot[fg.level] >= 0) & (holes[fg.level] == 0)
-            parts[True][0].append(boxes[keep])
-            parts[True][1].append(slot[fg.level[keep]])
-            parts[True][0].append(np.repeat(placeholder, int(empty.sum()), axis=0))
-            parts[True][1].append(index[empty])
-            extra = from_cv2(np.flatnonzero((holes[levels] > 0) & ~empty).tolist(), (True,))
-            parts[True][0].extend(extra[True][0])
-            parts[True][1].extend(extra[True][1])
-    if False in modes:
-        # the first contour of largest area in cv2's order: largest twice-area, then the last
-        # first pixel in raster order
-        twice_area = fg.reduce(windows.twice_areas(fg.region, fg.num_regions), np.add, 0)
-        rank = twice_area * n + fg.first
-        order = np.lexsort((rank, fg.level))
-        ends = np.flatnonzero(np.append(fg.level[order][1:] != fg.level[order][:-1], True))
-        winner = order[ends]                       # per level that has components
-        winner_level = fg.level[winner]
-        # a level with holes and several components: the winner's hole-free area must beat every
-        # other component's bounding-box area (2 (x1 - x0) (y1 - y0) in twice-area units)
+            fg_level = 254 - bg.level
+            hole = self._hole(bg) & (slot[fg_level] >= 0)
+            parts.append((_choe_boxes(bg.x0[hole] - 1, bg.y0[hole] - 1, bg.x1[hole] + 1, bg.y1[hole] + 1,
+                                      self.width, self.height), slot[fg_level[hole]]))
+        parts.append((self.boxes[keep], slot[fg.level[keep]]))
+        return parts
+
+    def largest_contour(self):
+        """The box of the first contour of largest ``cv2.contourArea`` in cv2's order."""
+        if self.blank:
+            return self._placeholders(range(len(self.levels)))
+        if self.fg.too_large:
+            return self._cv2(range(len(self.levels)), False)
+        fg, slot, n = self.fg, self.slot, self.u.size
+        twice_area = fg.reduce(self.windows.twice_areas(fg.region, fg.num_regions), np.add, 0)
+        # per level: largest twice-area, then (ties) the last first pixel in raster order
+        order = np.lexsort((twice_area, fg.level))
+        same_level = np.append(fg.level[order][1:] == fg.level[order][:-1], False)
+        ends = np.flatnonzero(~same_level)
+        below = np.maximum(ends - 1, 0)
+        if np.any(same_level[below] & (ends > 0) & (twice_area[order[below]] == twice_area[order[ends]])):
+            order = np.lexsort((twice_area * n + fg.first, fg.level))
+        winner = order[ends]
+        level = fg.level[winner]
+        wanted = slot[level] >= 0
+        winner, level = winner[wanted], level[wanted]
+        # exact unless the level has holes (a hole adds to its component's contour area): the
+        # winner then still wins if its hole-free area beats every other component's
+        # bounding-box area (2 (x1 - x0) (y1 - y0) in twice-area units)
         bound = 2 * (fg.x1 - fg.x0) * (fg.y1 - fg.y0)
         bound[winner] = -1
         others = np.full(NUM_VALUES, -1, dtype=np.int64)
         np.maximum.at(others, fg.level, bound)
-        certain = (holes[winner_level] == 0) | (fg.count[winner_level] == 1) | \
-                  (twice_area[winner] > others[winner_level])
-        use = certain & (slot[winner_level] >= 0)
-        parts[False][0].append(boxes[winner[use]])
-        parts[False][1].append(slot[winner_level[use]])
-        parts[False][0].append(np.repeat(placeholder, int(empty.sum()), axis=0))
-        parts[False][1].append(index[empty])
-        uncertain = slot[winner_level[~certain & (slot[winner_level] >= 0)]]
-        extra = from_cv2(uncertain.tolist(), (False,))
-        parts[False][0].extend(extra[False][0])
-        parts[False][1].extend(extra[False][1])
-    return finish(parts)
+        certain = (fg.count[level] == 1) | (twice_area[winner] > others[level])
+        if np.count_nonzero(~certain) > _FEW_LEVELS or (self._bg is not None and np.any(~certain)):
+            certain |= self.holes()[level] == 0
+        parts = self._placeholders(self.empty)
+        parts.append((self.boxes[winner[certain]], slot[level[certain]]))
+        return parts + self._cv2(slot[level[~certain]].tolist(), False)
