@@ -7,16 +7,16 @@ contour (MaxBoxAccV2), boxed as ``[x, y, min(x + w, W - 1), min(y + h, H - 1)]``
 ``cv2.boundingRect``. The foregrounds of all levels are nested, so their connected components
 form a tree (the component tree of the upper level sets; Salembier et al., IEEE TIP 1998; Najman
 & Couprie, IEEE TIP 2006). :class:`ComponentTree` builds it once and every level's components are
-read off it; :func:`level_boxes` turns them into Choe et al.'s boxes. What makes this exact:
+read off it; :func:`level_boxes` turns them into Choe et al.'s boxes. Why they are cv2's:
 
 * The contours of ``u > L`` are the outer borders of its 8-connected components and the borders
   of its holes, the bounded 4-connected components of ``u <= L`` (cv2 follows Suzuki & Abe 1985:
   8-connected foreground, 4-connected background). An outer border passes through the
   component's extreme pixels, so its ``boundingRect`` is the component's bounding box; a hole
   border runs through the foreground pixels 4-adjacent to the hole, so its ``boundingRect`` is the
-  hole's bounding box grown by one pixel on every side. Every-contour mode is these boxes, from a
-  tree over ``u`` (8-connected) and one over ``255 - u`` (4-connected: ``u <= L`` is
-  ``255 - u > 254 - L``).
+  hole's bounding box grown by one pixel on every side. Every-contour mode is these boxes, from the
+  tree of ``u`` (8-connected) and the tree of ``255 - u`` (4-connected: ``u <= L`` is
+  ``255 - u > 254 - L``), whose components that do not touch the image border are the holes.
 * ``cv2.contourArea`` of an outer border is the area of its polygon through pixel centres: over all
   2 x 2 pixel windows, 1 for a window whose 4 pixels lie inside the border and 1/2 for 3 inside
   (the border cuts that window along a diagonal). For a component without holes "inside" means
@@ -26,21 +26,24 @@ read off it; :func:`level_boxes` turns them into Choe et al.'s boxes. What makes
   its holes and the components nested in them; such an inner contour never has a larger area than
   the outer border around it. So Python's ``max`` (first of the largest) picks the outermost
   component of largest area, the one whose first pixel comes LAST in raster order on ties.
-* Hole counts come from the Euler number (components - holes), which is local: ``(Q1 - Q3 -
+* A hole adds its area to its component's contour, so the hole-free window areas decide the
+  largest contour only where the level has no hole, has one component, or the largest hole-free
+  area beats every other component's bounding-box area (which bounds any polygon through its
+  pixels). Elsewhere the level's hole count decides: from the tree of ``255 - u`` when every-contour
+  mode built it, else from the Euler number (components - holes), which is local: ``(Q1 - Q3 -
   2 QD) / 4`` over the 2 x 2 windows of the zero-padded binary map (Gray, IEEE Trans. Computers
-  1971). At a level without holes the areas above are exact. At a level with holes and several
-  components, the component of largest hole-free area wins whenever its area exceeds every other
-  component's bounding-box area (an upper bound of any polygon through its pixels, holes filled
-  or not); otherwise that level's largest contour comes from cv2 itself.
+  1971). A level with holes there takes its largest contour from cv2 itself.
 
-Building the tree: each row is cut into unimodal runs (values rise, then fall), so at any level
-the part of a run above the level is one interval. A run points to the run holding the highest
+Building a tree: each row is cut into unimodal runs (values rise, then fall), so at any level the
+part of a run above the level is one interval. A run points to the run holding the largest
 neighbour of its peak, which is above the level whenever the peak is; following the pointers
-gives regions whose part above any level is connected or empty. Two adjacent regions are joined
-below the largest ``min(u[p], u[q])`` over adjacent pixel pairs between them, and Kruskal's order
-over those region edges gives the tree. Per region and level, the bounding box, first pixel and
-window areas come from histograms over the values (reverse cumulative min / max / sum). A map
-whose tree has more than ``MAX_REGIONS`` regions (noise) is boxed level by level with cv2.
+gives regions whose part above any level is connected or empty. A region that meets a
+larger-peaked one at its own peak value joins it. Two adjacent regions are joined below the
+largest ``min(u[p], u[q])`` over adjacent pixel pairs between them, and Kruskal's order over those
+edges gives the tree. Per region and value, histograms (min / max / sum) give what lies above
+each level: rows from the row runs (a run lies in the component of its peak), columns from each region's largest value per column, first pixels from the left ends
+of the row runs' intervals, window areas from the windows. A map whose tree would have more than ``MAX_REGIONS`` regions is boxed level by level
+with cv2.
 """
 from __future__ import annotations
 
@@ -50,10 +53,8 @@ import numpy as np
 from utils.cam import boxes_from_contours
 
 NUM_VALUES = 256
-# A tree keeps a few (regions x 256) int64 tables: above this many regions (a large map of pure
-# noise) the map is boxed level by level with cv2 instead. The tree is the faster of the two on
-# every map measured, noise included (224 x 224 uniform noise, 5632 regions: 0.75 s against 2.1 s
-# for the 255 levels in largest-contour mode).
+# A tree keeps a few (regions x 256) int64 tables: above this many regions (large maps of pixel
+# noise) the map is boxed level by level with cv2 instead, in bounded memory.
 MAX_REGIONS = 16384
 _BIG = np.iinfo(np.int64).max
 _EXACT_FLOAT32 = 1 << 24  # cv2.calcHist counts in float32
@@ -108,12 +109,11 @@ class _Steps:
 
 
 class _Scan:
-    """A map, its transpose, and where their rows change value (shared by ``u`` and ``255 - u``)."""
+    """A map and where its rows change value (shared by ``u`` and ``255 - u``)."""
 
     def __init__(self, u: np.ndarray):
         self.u = u
-        self.ut = np.ascontiguousarray(u.T)
-        self.rows, self.columns = _Steps(u), _Steps(self.ut)
+        self.rows = _Steps(u)
 
 
 class _Runs:
@@ -354,17 +354,18 @@ class ComponentTree:
         self._cells = cells[inside]
         self._above_mask = np.zeros_like(inside)   # cell (r, L) reads column L + 1 of a reverse
         self._above_mask[:, 1:] = inside[:, :-1]    # accumulation (the values above L)
-        # bounding box from the runs of the rows and of the columns: a run is above a level when
-        # its peak is, and then it lies in the component of its peak's region
+        # bounding box: rows from the row runs (a run is above a level when its peak is, and then
+        # lies in the component of its peak's region), columns from each region's largest value
+        # per column (the region has a pixel above L in column x when that value is above L)
         flat = u.ravel()
         bins = region_of_run * NUM_VALUES + flat[runs.peaks]
         rows = runs.starts // width
         self.y0 = self.reduce(_per_bin(np.minimum, bins, rows, self.num_regions), np.minimum, _BIG)
         self.y1 = self.reduce(_per_bin(np.maximum, bins, rows, self.num_regions), np.maximum, -1)
-        columns = _Runs(255 - scan.ut if flip else scan.ut, scan.columns, flip)
-        x, y = np.divmod(columns.peaks, height)
-        bins = self.region[y, x].astype(np.int64) * NUM_VALUES + u[y, x]
-        x = columns.starts // height
+        column_max = np.zeros(self.num_regions * width, dtype=u.dtype)
+        np.maximum.at(column_max, (self.region * width + np.arange(width, dtype=np.int32)).ravel(), flat)
+        bins = np.arange(self.num_regions * width) // width * NUM_VALUES + column_max
+        x = np.tile(np.arange(width), self.num_regions)
         self.x0 = self.reduce(_per_bin(np.minimum, bins, x, self.num_regions), np.minimum, _BIG)
         self.x1 = self.reduce(_per_bin(np.maximum, bins, x, self.num_regions), np.maximum, -1)
         self._runs, self._flat, self._first = runs, flat, None
@@ -474,7 +475,7 @@ def level_boxes(u: np.ndarray, levels, modes, *, max_regions: int = MAX_REGIONS,
     ``{mode: (boxes (N, 4) int64, level_index (N,) int64)}``: the boxes of level ``levels[i]`` are
     the rows with ``level_index == i``, the same boxes (as a multiset) as
     ``boxes_from_contours(contours_at(u, L), W, H, mode)``: ``[[0, 0, 0, 0]]`` without contour.
-    ``stats`` (optional dict) counts the levels that needed cv2 (``"contour_levels"``).
+    ``stats`` (optional dict) counts the ``cv2.findContours`` calls (``"findcontours_calls"``).
     """
     modes = tuple(dict.fromkeys(bool(m) for m in modes))
     levels = np.asarray(levels, dtype=np.int64).reshape(-1)
@@ -489,7 +490,7 @@ def level_boxes(u: np.ndarray, levels, modes, *, max_regions: int = MAX_REGIONS,
         out[m] = (np.concatenate([b for b, _ in parts]).astype(np.int64).reshape(-1, 4),
                   np.concatenate([i for _, i in parts]).astype(np.int64))
     if stats is not None:
-        stats["contour_levels"] = stats.get("contour_levels", 0) + len(sweep.contours)
+        stats["findcontours_calls"] = stats.get("findcontours_calls", 0) + len(sweep.contours)
     return out
 
 
@@ -499,7 +500,7 @@ class _Sweep:
     def __init__(self, u: np.ndarray, levels: np.ndarray, max_regions: int):
         self.u, self.levels, self.max_regions = u, levels, max_regions
         self.height, self.width = u.shape
-        self.contours = {}                              # level index -> cv2 contours
+        self.contours = {}                              # binary map -> cv2's contours
         self.slot = np.full(NUM_VALUES, -1, dtype=np.int64)
         self.slot[levels] = np.arange(len(levels))
         self.blank = int(u.max()) == 0                  # no foreground at any level
