@@ -122,9 +122,7 @@ class _Runs:
     A run starts at each row start and where the values rise again after their last strict
     change was a fall (a plateau in a valley stays with the run on its left). Above any level, a
     run's pixels form one interval, whose left end is a row start or a pixel above its left
-    neighbour (``rises``) and whose right end is a run end or a pixel above its right neighbour
-    (``falls``). The run's peak, its largest pixel in (value, raster index) order, is the last
-    pixel before its first fall, or its end.
+    neighbour (``rises``).
     """
 
     def __init__(self, u: np.ndarray, steps: _Steps, flip: bool = False):
@@ -134,14 +132,8 @@ class _Runs:
         begins = rise | steps.end            # a rise after a fall, or the row's end
         begins[1:] &= fall[:-1] | steps.end[1:]
         begins[0] &= steps.end[0]
-        self.falls = steps.at(flip)
         self.starts = np.concatenate([[0], steps.pixel[begins][:-1] + 1])
-        self.ends = np.append(self.starts[1:] - 1, n - 1)
-        self.lengths = self.ends - self.starts + 1
-        k = np.searchsorted(self.falls, self.starts)
-        first_fall = np.append(self.falls, n)[k]
-        self.peaks = np.where(first_fall <= self.ends, first_fall, self.ends)
-        self.peak_keys = u.ravel()[self.peaks].astype(np.int64) * n + self.peaks
+        self.lengths = np.diff(np.append(self.starts, n))
 
     @property
     def rises(self) -> np.ndarray:
@@ -159,32 +151,33 @@ def _offsets(connectivity: int):
 
 
 def _regions(u: np.ndarray, runs: _Runs, connectivity: int):
-    """Region of every run (int64) and each region's peak key (value * H * W + raster index).
+    """Per run its region (int64) and peak (raveled pixel); per region its peak's key and value.
 
-    A run points to the run of its peak's largest neighbour in (value, raster index) order when
-    that neighbour is larger: the neighbour's value is at least the peak's, so it is above every
-    level the run is, and the pointers never cycle. A region is the runs that reach one root."""
+    Pixels are ordered by value, then the sum of the values in the 7 x 7 window around them (so
+    that inside a plateau the order climbs towards larger values), then raster index. A run's peak
+    is its largest pixel in that order; the run points to the run of the peak's largest neighbour
+    when that neighbour is larger: the neighbour's value is at least the peak's, so it is above
+    every level the run is, and the pointers never cycle. A region is the runs that reach one root."""
     height, width = u.shape
     n = height * width
-    padded = np.full((height + 2, width + 2), -1, dtype=np.int16)
-    padded[1:-1, 1:-1] = u
-    padded = padded.ravel()
-    py, px = np.divmod(runs.peaks, width)
+    around = cv2.boxFilter(u, cv2.CV_16U, (7, 7), normalize=False)  # <= 49 * 255 < 2 ** 16
+    key = ((u.astype(np.int64) << 16) | around).ravel() * n + np.arange(n, dtype=np.int64)
+    peak_key = np.maximum.reduceat(key, runs.starts)
+    peaks = peak_key % n
+    padded = np.full((height + 2, width + 2), -1, dtype=np.int64)
+    padded[1:-1, 1:-1] = key.reshape(height, width)
+    py, px = np.divmod(peaks, width)
     offsets = np.array([dy * (width + 2) + dx for dy, dx in _offsets(connectivity)])
-    neighbour = ((py + 1) * (width + 2) + px + 1)[:, None] + offsets
-    value = padded[neighbour].astype(np.int64)
-    pixel = runs.peaks[:, None] + np.array([dy * width + dx for dy, dx in _offsets(connectivity)])
-    keys = np.where(value >= 0, value * n + pixel, -1)
-    best = keys.max(axis=1)
+    best = padded.ravel()[((py + 1) * (width + 2) + px + 1)[:, None] + offsets].max(axis=1)
     num_runs = len(runs.starts)
-    parent = np.where(best > runs.peak_keys, runs.of(best % n), np.arange(num_runs))
+    parent = np.where(best > peak_key, runs.of(best % n), np.arange(num_runs))
     while True:  # pointer jumping: every run to the root of its tree
         nxt = parent[parent]
         if np.array_equal(nxt, parent):
             break
         parent = nxt
     is_root = parent == np.arange(num_runs)
-    return (np.cumsum(is_root) - 1)[parent], runs.peak_keys[is_root]
+    return (np.cumsum(is_root) - 1)[parent], peaks, peak_key[is_root], u.ravel()[peaks[is_root]]
 
 
 def _region_edges(u: np.ndarray, runs: _Runs, region_of_run: np.ndarray, connectivity: int):
@@ -198,7 +191,7 @@ def _region_edges(u: np.ndarray, runs: _Runs, region_of_run: np.ndarray, connect
     ends_a = [region_of_run[:-1][inner]]
     ends_b = [region_of_run[1:][inner]]
     flat = u.ravel()
-    weights = [flat[runs.ends[:-1][inner]]]
+    weights = [flat[runs.starts[1:][inner] - 1]]
     label = np.uint8 if num_regions <= 256 else np.int32
     region = np.repeat(region_of_run.astype(label), runs.lengths)
     # (p, p + offset) pairs down, down-right, down-left; the diagonals must not wrap a row
@@ -234,16 +227,16 @@ def _strongest_edges(a: np.ndarray, b: np.ndarray, w: np.ndarray, num_regions: i
     return a, b, w.astype(np.int64)
 
 
-def _merge_at_peaks(peak_key: np.ndarray, n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray):
+def _merge_at_peaks(peak_key: np.ndarray, peak_value: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray):
     """Join each region to a larger-peaked neighbour it meets at its own peak value.
 
     An edge of weight equal to the lower region's peak value holds a pixel pair at that value:
     whenever the lower region is above the level, so is the pair, and the union stays connected.
-    Returns the new label of every region, the new regions' peak keys and their edges."""
+    Returns the new label of every region, the new regions' peak values and their edges."""
     num_regions = len(peak_key)
     low = np.where(peak_key[a] < peak_key[b], a, b)
     high = a + b - low
-    equal = w == peak_key[low] // n
+    equal = w == peak_value[low]
     target = np.arange(num_regions)
     target[low[equal]] = high[equal]  # each step goes to a larger peak key: no cycle
     while True:
@@ -256,7 +249,7 @@ def _merge_at_peaks(peak_key: np.ndarray, n: int, a: np.ndarray, b: np.ndarray, 
     na, nb = new[a], new[b]
     keep = na != nb
     merged = int(is_root.sum())
-    return (new, peak_key[is_root]) + _strongest_edges(na[keep], nb[keep], w[keep].astype(np.uint8), merged)
+    return (new, peak_value[is_root]) + _strongest_edges(na[keep], nb[keep], w[keep].astype(np.uint8), merged)
 
 
 def _kruskal(peak_value: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray):
@@ -323,15 +316,14 @@ class ComponentTree:
         height, width = u.shape
         n = height * width
         runs = _Runs(u, scan.rows, flip)
-        region_of_run, peak_key = _regions(u, runs, connectivity)
+        region_of_run, run_peaks, peak_key, peak_value = _regions(u, runs, connectivity)
         self.too_large = len(peak_key) > max_regions
         if self.too_large:
             return
         a, b, w = _region_edges(u, runs, region_of_run, connectivity)
-        new, peak_key, a, b, w = _merge_at_peaks(peak_key, n, a, b, w)
+        new, peak_value, a, b, w = _merge_at_peaks(peak_key, peak_value, a, b, w)
         region_of_run = new[region_of_run]
-        peak_value = peak_key // n
-        self.num_regions = len(peak_key)
+        self.num_regions = len(peak_value)
         self.region = np.repeat(region_of_run.astype(np.int32), runs.lengths).reshape(height, width)
         level, parent, first_leaf, count, leaf_order = _kruskal(peak_value, a, b, w)
         # node n is one component at the levels level[parent] <= L < level[n]; the cells
@@ -358,7 +350,7 @@ class ComponentTree:
         # lies in the component of its peak's region), columns from each region's largest value
         # per column (the region has a pixel above L in column x when that value is above L)
         flat = u.ravel()
-        bins = region_of_run * NUM_VALUES + flat[runs.peaks]
+        bins = region_of_run * NUM_VALUES + flat[run_peaks]
         rows = runs.starts // width
         self.y0 = self.reduce(_per_bin(np.minimum, bins, rows, self.num_regions), np.minimum, _BIG)
         self.y1 = self.reduce(_per_bin(np.maximum, bins, rows, self.num_regions), np.maximum, -1)
