@@ -160,8 +160,11 @@ def _regions(u: np.ndarray, runs: _Runs, connectivity: int):
     every level the run is, and the pointers never cycle. A region is the runs that reach one root."""
     height, width = u.shape
     n = height * width
-    around = cv2.boxFilter(u, cv2.CV_16U, (7, 7), normalize=False)  # <= 49 * 255 < 2 ** 16
-    key = ((u.astype(np.int64) << 16) | around).ravel() * n + np.arange(n, dtype=np.int64)
+    key = u.astype(np.int64).ravel()
+    key <<= 16
+    key |= cv2.boxFilter(u, cv2.CV_16U, (7, 7), normalize=False).ravel()  # <= 49 * 255 < 2 ** 16
+    key *= n
+    key += np.arange(n, dtype=np.int64)
     peak_key = np.maximum.reduceat(key, runs.starts)
     peaks = peak_key % n
     padded = np.full((height + 2, width + 2), -1, dtype=np.int64)
