@@ -5,11 +5,15 @@ one pass over the map's level sets) vs Choe et al.'s per-threshold contour loop
 Maps are smooth blobs (1-3 Gaussians plus a bilinearly upsampled 14 x 14 random field, min-max
 normalised), like upsampled CAMs; each image gets 1-2 random GT boxes. For every cam-curve interval
 and mode (largest contour = MaxBoxAcc, every contour = MaxBoxAccV2, both together as
-``utils.evaluate`` asks), the reference loop and the sweep run on each of the first
-``--reference-images`` maps back to back (the order alternates from map to map, so both see the
-same machine load), and the per-threshold IoUs are compared exactly (``np.array_equal``). The
-ratio is the reference's total time over the sweep's on those maps. The sweep then runs alone on
-all ``--num-images`` maps (both modes, as ``utils.evaluate``) for its throughput and the scores.
+``utils.evaluate`` asks), ``--rounds`` rounds each run the reference loop and the sweep on each of
+the first ``--reference-images`` maps back to back (the order alternates from map to map and from
+round to round, so both see the same machine load) and compare the per-threshold IoUs exactly
+(``np.array_equal``). A round's ratio is the reference's total seconds over the sweep's on those
+maps (after one untimed call of each); the table gives the median over the rounds (min-max), and
+the ratio of the per-map best times (each map's fastest reference run over the rounds, summed,
+over its fastest sweep run, summed: the cost ratio with the load spikes of a shared machine left
+out). The sweep then runs alone on all ``--num-images`` maps (both modes, as ``utils.evaluate``)
+for its throughput and the scores.
 
     python benchmarks/bench_evaluator.py                                    # 5000 maps, 224 x 224
     python benchmarks/bench_evaluator.py --num-images 200 --reference-images 20 --json bench.json
@@ -60,6 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=5000, help="maps the sweep alone runs on")
     p.add_argument("--reference-images", type=int, default=50,
                    help="maps on which the reference loop and the sweep are timed side by side")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the side-by-side timing")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--intervals", type=float, nargs="+", default=[0.001, 0.01],
                    help="cam-curve intervals (Choe et al.'s default 0.001)")
@@ -69,20 +74,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _reference(scoremap, gt, thresholds, modes) -> dict:
-    return {m: reference_best_iou_per_threshold(scoremap, gt, thresholds, m) for m in modes}
-
-
 def side_by_side(maps, thresholds, modes, flip: bool) -> tuple[list, list, bool]:
     """Seconds of the reference and of the sweep on each map (run back to back, the order
     alternating from map to map), and whether every per-threshold IoU is identical."""
     ref_s, fast_s = [], []
     identical = True
     for k, (scoremap, gt) in enumerate(maps):
-        for which in ((0, 1) if (k + flip) % 2 == 0 else (1, 0)):
+        for which in (("ref", "sweep") if (k + flip) % 2 == 0 else ("sweep", "ref")):
             t0 = time.perf_counter()
-            if which == 0:
-                ref = _reference(scoremap, gt, thresholds, modes)
+            if which == "ref":
+                ref = {m: reference_best_iou_per_threshold(scoremap, gt, thresholds, m) for m in modes}
                 ref_s.append(time.perf_counter() - t0)
             else:
                 fast = best_iou_per_threshold(scoremap, gt, thresholds, modes)
@@ -96,16 +97,23 @@ def main(args) -> dict:
     n, k = args.num_images, min(args.reference_images, args.num_images)
     reference_maps = [synthetic_map(args.seed, i, args.size) for i in range(k)]
     rows, identical = [], True
+    warm_up = reference_maps[0]  # one untimed call of each first
+    best_iou_per_threshold(*warm_up, cam_threshold_list(args.intervals[0]), (False, True))
+    reference_best_iou_per_threshold(*warm_up, cam_threshold_list(args.intervals[0]), False)
     for interval in args.intervals:
         thresholds = cam_threshold_list(interval)
         for label, modes in MODES:
-            ref_s, fast_s, same = side_by_side(reference_maps, thresholds, modes, flip=label == "multi")
+            ref_s, fast_s, same = [], [], True
+            for r in range(args.rounds):
+                ref, fast, ok = side_by_side(reference_maps, thresholds, modes, flip=(r + (label == "multi")) % 2 == 1)
+                ref_s.append(ref)
+                fast_s.append(fast)
+                same &= ok
             identical &= same
-            per_map = spread(paired_ratios(fast_s, ref_s))  # reference s / sweep s, map by map
-            rows.append({"interval": interval, "mode": label, "images": k, "reference_seconds": sum(ref_s),
-                         "sweep_seconds": sum(fast_s), "ratio": sum(ref_s) / sum(fast_s),
-                         "per_map_ratio": per_map, "identical": same,
-                         "reference_seconds_per_map": ref_s, "sweep_seconds_per_map": fast_s})
+            rows.append({"interval": interval, "mode": label, "images": k, "rounds": args.rounds,
+                         "ratio_per_round": spread(paired_ratios([sum(f) for f in fast_s], [sum(r) for r in ref_s])),
+                         "ratio_best_per_map": float(np.min(ref_s, axis=0).sum() / np.min(fast_s, axis=0).sum()),
+                         "identical": same, "reference_seconds": ref_s, "sweep_seconds": fast_s})
     # the sweep alone on all maps, both modes at once (utils.evaluate), at the first interval
     thresholds = cam_threshold_list(args.intervals[0])
     acc = {m: BoxAccumulator(args.intervals[0], (30, 50, 70), m) for m in (False, True)}
@@ -126,16 +134,20 @@ def main(args) -> dict:
               "machine": f"{platform.processor() or platform.machine()}, cv2 {cv2.__version__} "
                          f"(1 thread), numpy {np.__version__}"}
 
-    print(f"{k} synthetic {args.size}x{args.size} maps, reference loop and sweep back to back per map "
-          f"({result['machine']});")
-    print("ratio = total reference seconds / total sweep seconds; per map = median (q1-q3) of the per-map ratios")
-    print(f"{'mode':<9}{'interval':>9}{'ref s':>9}{'sweep s':>9}{'ratio':>8}{'per map':>21}{'same':>6}")
+    print(f"{k} synthetic {args.size}x{args.size} maps, {args.rounds} rounds of the reference loop and the sweep "
+          f"back to back per map ({result['machine']})")
+    print("ratio = reference seconds / sweep seconds on the same maps: median over the rounds (min-max), "
+          "and from each map's best time over the rounds")
+    print(f"{'mode':<9}{'interval':>9}{'ref ms/map':>12}{'sweep ms/map':>14}{'ratio, rounds':>23}{'best':>8}{'same':>6}")
     for label, _ in MODES:
         for interval in args.intervals:
             r = next(x for x in rows if x["mode"] == label and x["interval"] == interval)
-            pm = r["per_map_ratio"]
-            print(f"{label:<9}{interval:>9}{r['reference_seconds']:>9.2f}{r['sweep_seconds']:>9.3f}"
-                  f"{r['ratio']:>7.1f}x{pm['median']:>8.1f}x ({pm['q1']:.1f}-{pm['q3']:.1f}){'yes' if r['identical'] else 'NO':>6}")
+            pr = r["ratio_per_round"]
+            ref_ms = np.median([sum(x) for x in r["reference_seconds"]]) / k * 1e3
+            sweep_ms = np.median([sum(x) for x in r["sweep_seconds"]]) / k * 1e3
+            print(f"{label:<9}{interval:>9}{ref_ms:>12.1f}{sweep_ms:>14.2f}"
+                  f"{pr['median']:>9.1f}x ({pr['min']:.1f}-{pr['max']:.1f}){r['ratio_best_per_map']:>7.1f}x"
+                  f"{'yes' if r['identical'] else 'NO':>6}")
     print(f"sweep alone, both modes, interval {args.intervals[0]}: {n} maps in {sweep_s:.1f} s "
           f"({n / sweep_s:.0f} maps/s); MaxBoxAcc {result['maxboxacc']:.2f}  MaxBoxAccV2 {result['maxboxacc_v2']:.2f}")
     if args.json:

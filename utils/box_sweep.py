@@ -240,15 +240,15 @@ def _merge_at_peaks(peak_key: np.ndarray, peak_value: np.ndarray, a: np.ndarray,
     low = np.where(peak_key[a] < peak_key[b], a, b)
     high = a + b - low
     equal = w == peak_value[low]
-    target = np.arange(num_regions)
-    target[low[equal]] = high[equal]  # each step goes to a larger peak key: no cycle
+    into = np.arange(num_regions)
+    into[low[equal]] = high[equal]  # each step goes to a larger peak key: no cycle
     while True:
-        nxt = target[target]
-        if np.array_equal(nxt, target):
+        nxt = into[into]
+        if np.array_equal(nxt, into):
             break
-        target = nxt
-    is_root = target == np.arange(num_regions)
-    new = (np.cumsum(is_root) - 1)[target]
+        into = nxt
+    is_root = into == np.arange(num_regions)
+    new = (np.cumsum(is_root) - 1)[into]
     na, nb = new[a], new[b]
     keep = na != nb
     merged = int(is_root.sum())
@@ -464,7 +464,7 @@ def _choe_boxes(x0, y0, x1, y1, width: int, height: int) -> np.ndarray:
 
 def level_boxes(u: np.ndarray, levels, modes, *, max_regions: int = MAX_REGIONS,
                 stats: dict | None = None) -> dict:
-    """Choe et al.'s boxes of ``u > L`` for every ``L`` in ``levels`` (distinct ints in 0..254).
+    """Choe et al.'s boxes of ``u > L`` for every ``L`` in ``levels`` (distinct ints in 0..255).
 
     ``modes``: bools, False = the largest contour, True = every contour. Returns
     ``{mode: (boxes (N, 4) int64, level_index (N,) int64)}``: the boxes of level ``levels[i]`` are
