@@ -1,18 +1,18 @@
-"""Benchmark: the MaxBoxAcc / MaxBoxAccV2 threshold sweep (``utils.metrics.best_iou_per_threshold``,
+"""Benchmark: the MaxBoxAcc / MaxBoxAccV2 threshold sweep (``utils.evaluation.metrics.best_iou_per_threshold``,
 one pass over the map's level sets) vs Choe et al.'s per-threshold contour loop
 (``reference_best_iou_per_threshold``), on the same synthetic score maps, as ratios.
 
 Maps are smooth blobs (1-3 Gaussians plus a bilinearly upsampled 14 x 14 random field, min-max
 normalised), like upsampled CAMs; each image gets 1-2 random GT boxes. For every cam-curve interval
 and mode (largest contour = MaxBoxAcc, every contour = MaxBoxAccV2, both together as
-``utils.evaluate`` asks), ``--rounds`` rounds each run the reference loop and the sweep on each of
+``utils.evaluation.evaluate`` asks), ``--rounds`` rounds each run the reference loop and the sweep on each of
 the first ``--reference-images`` maps back to back (the order alternates from map to map and from
 round to round, so both see the same machine load) and compare the per-threshold IoUs exactly
 (``np.array_equal``). A round's ratio is the reference's total seconds over the sweep's on those
 maps (after one untimed call of each); the table gives the median over the rounds (min-max), and
 the ratio of the per-map best times (each map's fastest reference run over the rounds, summed,
 over its fastest sweep run, summed: the cost ratio with the load spikes of a shared machine left
-out). The sweep then runs alone on all ``--num-images`` maps (both modes, as ``utils.evaluate``)
+out). The sweep then runs alone on all ``--num-images`` maps (both modes, as ``utils.evaluation.evaluate``)
 for its throughput and the scores.
 
     python benchmarks/bench_evaluator.py                                    # 5000 maps, 224 x 224
@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from utils.io import atomic_write_json
-from utils.metrics import (BoxAccumulator, best_iou_per_threshold, cam_threshold_list,
-                           reference_best_iou_per_threshold)
+from utils.evaluation.metrics import (BoxAccumulator, best_iou_per_threshold, cam_threshold_list,
+                                      reference_best_iou_per_threshold)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import paired_ratios, spread  # noqa: E402  (benchmarks/timing.py)
@@ -114,7 +114,7 @@ def main(args) -> dict:
                          "ratio_per_round": spread(paired_ratios([sum(f) for f in fast_s], [sum(r) for r in ref_s])),
                          "ratio_best_per_map": float(np.min(ref_s, axis=0).sum() / np.min(fast_s, axis=0).sum()),
                          "identical": same, "reference_seconds": ref_s, "sweep_seconds": fast_s})
-    # the sweep alone on all maps, both modes at once (utils.evaluate), at the first interval
+    # the sweep alone on all maps, both modes at once (utils.evaluation.evaluate), at the first interval
     thresholds = cam_threshold_list(args.intervals[0])
     acc = {m: BoxAccumulator(args.intervals[0], (30, 50, 70), m) for m in (False, True)}
     sweep_s = 0.0

@@ -17,9 +17,9 @@ from demo_birds.report import grid_samples, markdown_table, write_report
 from demo_birds.scoring import centre_box_map, choose_centre_fraction, score_row, train_threshold
 from demo_birds.settings import resolve_settings
 from utils.io import atomic_write_json
-from utils.layouts import load_records, num_classes
-from utils.predictions import read_boxes_csv, read_predictions
-from utils.protocol import get_protocol
+from utils.data.layouts import load_records, num_classes
+from utils.evaluation.handoff import read_boxes_csv, read_predictions
+from utils.evaluation.protocol import get_protocol
 
 CAM_ROW = "CAM, paper's recipe"
 AGGRESSIVE_ROW = "CAM, aggressive fine-tuning"

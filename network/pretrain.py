@@ -14,7 +14,7 @@ is reused while its settings are unchanged). What the images hold:
   the demo's head classes is learnt here; what transfers is generic: edges, colour, texture and
   "a compact object on clutter".
 * **cluttered backgrounds**: the birds generator's smooth coloured noise and random shapes
-  (``utils.generate``), plus smaller distractor objects of random shape and plain random colour.
+  (``utils.data.generate``), plus smaller distractor objects of random shape and plain random colour.
 * random size (``object_scale`` of the side), rotation and position.
 
 Training: the torchvision classifier (``network.backbones.build_classifier``, random init) sees
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.generate import SUPERSAMPLE, _background, _ellipse, _fill, _hsv_rgb, _random_colour
+from utils.data.generate import SUPERSAMPLE, _background, _ellipse, _fill, _hsv_rgb, _random_colour
 from utils.io import atomic_write_json
 from utils.paths import RESOURCE_DIR
 
@@ -131,7 +131,7 @@ def render_standin(rng, label: int, size: int, *, clutter: float, distractors: f
     shape, hue, texture = class_attributes(label)
     S = size * SUPERSAMPLE
     canvas = cv2.resize(_background(rng, size, clutter), (S, S), interpolation=cv2.INTER_LINEAR)
-    for _ in range(rng.poisson(8 * clutter)):  # random background shapes, as in utils.generate
+    for _ in range(rng.poisson(8 * clutter)):  # random background shapes, as in utils.data.generate
         c = rng.uniform(0, S, 2)
         r = rng.uniform(0.03, 0.12) * S
         _fill(canvas, None, _ellipse(c[0], c[1], r, r * rng.uniform(0.3, 1), rng.uniform(0, 180),
@@ -245,7 +245,7 @@ def finish(model, s: dict, out: Path, seconds: float, device, command: str | Non
     """Write the trained ``model``'s state dict to ``out`` (float16 tensors when ``s['half']``: half
     the bytes; the stages copy them into their float32 parameters) and the JSON beside it. The
     held-out accuracy is measured with the weights as written."""
-    from utils.checkpoint import save_checkpoint
+    from utils.engine.checkpoint import save_checkpoint
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if s["half"]:

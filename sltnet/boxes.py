@@ -1,7 +1,7 @@
 """Box conventions of SLT-Net's regressor and pseudo boxes from localization maps.
 
 * Pixel boxes are ``x0, y0, x1, y1`` in input-pixel coordinates of the image the network saw
-  (``utils.cam.boxes_from_maps`` convention: ``x1 = min(x0 + w, W - 1)``, scored with the inclusive
+  (``utils.evaluation.boxes.boxes_from_maps`` convention: ``x1 = min(x0 + w, W - 1)``, scored with the inclusive
   IoU of Choe et al.).
 * The regressor predicts ``p = (x1/m, y1/m, x2/m, y2/m)``; Sec. 3.1: "(x1, y1) are the top-left
   coordinate of the bounding box, (x2, y2) are the bottom-right coordinate of the bounding box,
@@ -13,9 +13,9 @@
 * Pseudo boxes (:func:`pseudo_boxes`): ``rule="zhou"`` (default) is CAM's rule, which the paper
   cites (Sec. 3.2: "segments the regions with the top 20% values and chose the bounding box that
   covers the largest connected component"): the raw map, values above 20 % of its max
-  (``utils.cam.boxes_from_maps_zhou``); ``rule="choe"`` min-max normalises first and applies Choe
-  et al.'s uint8 rule (``utils.cam.boxes_from_maps``), the rule of the evaluator's ``wsol`` protocol.
-* ``boxes.csv`` (hand-off file, read and written by ``utils.predictions``): header
+  (``utils.evaluation.boxes.boxes_from_maps_zhou``); ``rule="choe"`` min-max normalises first and applies Choe
+  et al.'s uint8 rule (``utils.evaluation.boxes.boxes_from_maps``), the rule of the evaluator's ``wsol`` protocol.
+* ``boxes.csv`` (hand-off file, read and written by ``utils.evaluation.handoff``): header
   ``image_id,x0,y0,x1,y1`` in input pixels of the protocol geometry; a sidecar ``boxes.json`` says
   which protocol / input size / threshold / box rule / downsampling factor produced them;
   :func:`boxes_to_image_fraction` reads a box back as fractions of the original image.
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from sltnet.options import BOX_RULES, BOX_SCALES  # the names the command line offers
-from utils.cam import boxes_from_maps, boxes_from_maps_zhou, normalize_minmax, resize_maps
+from utils.evaluation.boxes import boxes_from_maps, boxes_from_maps_zhou, normalize_minmax, resize_maps
 from utils.errors import DataError
-from utils.protocol import get_protocol
+from utils.evaluation.protocol import get_protocol
 
 
 def _size_vector(size, like):

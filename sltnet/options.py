@@ -21,7 +21,7 @@ from pathlib import Path
 from utils.config import add_alias, add_common_args, stage_parser
 from utils.options import add_classifier_train_args, add_output_stride_arg, check_output_stride
 from utils.paths import DATASET_DIR, stage_dir
-from utils.protocol import choices as protocol_choices
+from utils.evaluation.protocol import choices as protocol_choices
 
 BACKBONES = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161")
 BOX_RULES = ("zhou", "choe")
@@ -168,7 +168,7 @@ def localizer_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
     g.add_argument("--cam-curve-interval", type=float, default=0.001, help="MaxBoxAccV2 threshold step")
     g.add_argument("--maxboxacc", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate the saved score maps with utils.evaluate (needs --scoremaps)")
+                   help="evaluate the saved score maps with utils.evaluation.evaluate (needs --scoremaps)")
     g.add_argument("--scoremaps", action=argparse.BooleanOptionalAction, default=True,
                    help="save scoremaps/<id stem>.npy")
     parser.set_defaults(batch_size=32)

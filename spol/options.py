@@ -25,14 +25,14 @@ import os
 from utils.config import add_alias, add_common_args, stage_parser
 from utils.options import add_classifier_args, add_output_stride_arg
 from utils.paths import CONFIG_DIR, DATASET_DIR, stage_dir
-from utils.protocol import BOTH, choices as protocol_choices
+from utils.evaluation.protocol import BOTH, choices as protocol_choices
 
 DATASET_OF_LAYOUT = {"cub": "cub", "ilsvrc": "imagenet"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "imagenet": DATASET_DIR / "ILSVRC2012"}
 # SPOL leaves this ImageNet val image out: its label is known to be wrong.
 IMAGENET_EXCLUDE = ("ILSVRC2012_val_00033202.JPEG",)
 
-# spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/test_cli.py checks the two agree)
+# spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/unit/test_cli.py checks the two agree)
 PSEUDO_MASK_WORK_SIZE = 256
 
 
@@ -136,7 +136,7 @@ def cam_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
                    help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
                         "names (ImageNet: lossy JPEG under the image's own name)")
-    # spol.pseudo_mask.BAND_LOW/BAND_HIGH/MIN_CONTOUR_AREA (that module loads torch; tests/test_cli.py checks them)
+    # spol.pseudo_mask.BAND_LOW/BAND_HIGH/MIN_CONTOUR_AREA (that module loads torch; tests/unit/test_cli.py checks them)
     g.add_argument("--band", type=float, nargs=2, default=[0.1, 0.5], metavar=("LOW", "HIGH"),
                    help="Gaussian channel: CAM values outside [LOW, HIGH] are set to 0 before the contours")
     g.add_argument("--min-contour-area", type=float, default=20, help="Gaussian channel: smaller contours are skipped")
@@ -250,8 +250,8 @@ def default_path(value, args, stage: str, *parts) -> str:
 
 
 def load_split(args, split: str, *, layout=None, data_root=None):
-    """Records of one split (utils.layouts.load_records) with the stage's exclusions."""
-    from utils.layouts import load_records
+    """Records of one split (utils.data.layouts.load_records) with the stage's exclusions."""
+    from utils.data.layouts import load_records
 
     return load_records(data_root or args.data_root, layout or args.layout, split,
                         metadata_root=args.metadata_root, exclude_ids=tuple(args.exclude_ids or ()))

@@ -1,4 +1,4 @@
-"""Builders of tiny hand-made dataset trees (one per layout of utils.data), for any test.
+"""Builders of tiny hand-made dataset trees (one per layout of utils.data.layouts), for any test.
 
 Each builder writes a few small images and their annotation files under ``root`` and returns
 ``root``. The module constants give the exact annotations written, so tests can check the

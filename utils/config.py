@@ -3,8 +3,8 @@
 Every stage script takes its ``argparse`` parser (``get_args_parser()``) from a module that imports
 no torch (``spol/options.py``, ``sltnet/options.py``: ``stage_parser`` + ``add_common_args`` + the
 method's groups), parses with ``parse_early(__name__, get_args_parser, "cam_train")`` before its
-heavy imports, and hands the namespace to ``run_cli``; ``parse_args(parser, stage="cam_train")``
-does the parsing. ``--config FILE.yaml`` is added automatically.
+heavy imports, and hands the namespace to ``utils.engine.rundir.run_cli``; ``parse_args(parser,
+stage="cam_train")`` does the parsing. ``--config FILE.yaml`` is added automatically.
 
 Precedence, lowest to highest::
 
@@ -42,7 +42,6 @@ from typing import Any
 import yaml
 
 from utils.errors import DataError
-from utils.io import atomic_write_text
 from utils.paths import CONFIG_DIR, REPO_ROOT
 
 # The stage names the stage scripts pass to parse_args ("<stage>_<train|test>").
@@ -56,7 +55,7 @@ _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 
 
-# Common options that only a training run reads (utils.engine.Trainer): test steps leave them out.
+# Common options that only a training run reads (utils.engine.trainer.Trainer): test steps leave them out.
 # A config file's top-level key naming one of them is skipped by a test step (it is meant for the
 # training stages), not refused as unknown.
 TRAIN_ONLY = ("epochs", "resume", "overwrite", "log_every", "save_every_steps", "max_steps_per_epoch")
@@ -383,30 +382,6 @@ def args_to_dict(args: argparse.Namespace | dict) -> dict[str, Any]:
     return {k: plain(v) for k, v in items.items()}
 
 
-def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike) -> Path | None:
-    """Write every resolved option to ``output_dir/args.yaml`` (atomic); only rank 0 writes.
-
-    The file can be given back with ``--config`` to repeat the run (``config`` itself is left out).
-    """
-    if int(os.environ.get("RANK", "0")) != 0:
-        return None
-    own = getattr(args, "output_dir", None)
-    if own and os.path.realpath(output_dir) == os.path.realpath(own):
-        # the stage's own folder: lock it and refuse a folder that holds another run, before
-        # args.yaml would claim this run's settings (utils.rundir)
-        from utils import rundir
-
-        rundir.claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)))
-        checkpoint = Path(output_dir) / "checkpoint.pth"
-        if checkpoint.is_file():
-            rundir.check_folder_run(checkpoint, args)
-    values = args_to_dict(args)
-    values.pop("config", None)
-    path = Path(output_dir) / "args.yaml"
-    atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
-    return path
-
-
 def report_error(exc: BaseException) -> None:
     """Print ``error: <one line>`` for a fault that ends the run.
 
@@ -463,32 +438,3 @@ def parse_early(module_name: str, get_args_parser, stage: str, argv: list[str] |
     except DataError as exc:
         report_error(exc)
         raise SystemExit(2) from None
-
-
-def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None, *,
-            args: argparse.Namespace | None = None):
-    """``__main__`` of a stage script: parse (YAML + command line) and call ``main``. Bad input
-    (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights,
-    also when a data loader worker met it) and faults of the run (``RunError``: output folder in
-    use, another run's checkpoint, diverged loss, full disk) end the run with one ``error:`` line
-    on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback. A test step's
-    outputs moved aside by ``utils.rundir.protect_outputs`` are put back on any failure. ``args``:
-    the namespace ``parse_early`` made (then ``argv`` is not parsed again)."""
-    from utils import rundir
-
-    rundir.current_stage["name"] = stage
-    try:
-        result = main(args if args is not None else parse_args(get_args_parser(), argv, stage=stage))
-    except (DataError, FloatingPointError) as exc:  # FloatingPointError: a diverged model's output
-        rundir.restore_protected()
-        rundir.release_all()
-        report_error(exc)
-        raise SystemExit(2) from None
-    except BaseException:
-        rundir.restore_protected()
-        raise
-    finally:
-        rundir.current_stage["name"] = None
-    rundir.commit_protected()
-    rundir.release_all()  # the folders are free again (matters when run_cli is called in-process)
-    return result

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 
 from utils.config import HelpFormatter, add_alias
-from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
 
 ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
 # network.backbones.OUTPUT_STRIDES and RESNETS, the backbones that take another output stride than 32
-# (that module loads torch; tests/test_cli.py checks that they agree)
+# (that module loads torch; tests/unit/test_cli.py checks that they agree)
 OUTPUT_STRIDES = (8, 16, 32)
 OUTPUT_STRIDE_BACKBONES = ("resnet18", "resnet50")
+# utils.evaluation.protocol.CHOICES, the evaluation protocols by either name (the base imports no
+# wing; tests/unit/test_cli.py checks that they agree)
+EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official", "resize", "center_crop", "spol_official")
 
 
 def check_output_stride(args) -> None:
@@ -58,7 +60,7 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
 
 
 def add_classifier_train_args(group, *, lr: float, nesterov: bool | None = True) -> None:
-    """The optimiser and augmentation options of ``utils.classify.train_classifier`` (both methods'
+    """The optimiser and augmentation options of ``utils.engine.classify.train_classifier`` (both methods'
     classifier training): SGD, the new layer at ``--lr``, every other at ``--lr`` x
     ``--backbone-lr-mult``, linear decay per epoch, random flip. ``nesterov=None``: no --nesterov
     option (plain momentum)."""
@@ -74,8 +76,8 @@ def add_classifier_train_args(group, *, lr: float, nesterov: bool | None = True)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    """``python -m utils.evaluate`` (``utils.evaluate.get_args_parser``)."""
-    p = argparse.ArgumentParser(prog="python -m utils.evaluate", formatter_class=HelpFormatter,
+    """``python -m utils.evaluation`` (``utils.evaluation.evaluate.get_args_parser``)."""
+    p = argparse.ArgumentParser(prog="python -m utils.evaluation", formatter_class=HelpFormatter,
                                 description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
     p.add_argument("--data-root", required=True)
     p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata"))

@@ -35,19 +35,19 @@ from sltnet.losses import box_regression_loss, localization_map, semantic_tolera
 from sltnet.model import build_branch
 from sltnet.options import resolve_args
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
-from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset
-from utils.layouts import load_records, num_classes
-from utils.transforms import build_transform
-from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer
-from utils.seeding import setup_run
+from utils.engine.rundir import run_cli, save_resolved_config
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import load_records, num_classes
+from utils.data.transforms import build_transform
+from utils.engine.distributed import cleanup
+from utils.engine.trainer import Trainer, build_optimizer
+from utils.engine.seeding import setup_run
 
 STAGE = "localizer_train"
 
 
 def make_branch_loss(args, stride: int):
-    """loss_fn(model, batch) -> (loss, logs) for utils.engine.Trainer: L_SMT + beta L_VST + w L_REG.
+    """loss_fn(model, batch) -> (loss, logs) for utils.engine.trainer.Trainer: L_SMT + beta L_VST + w L_REG.
 
     The regressor's target is the box of the localizer's CURRENT map (Fig. 2a; detached), by
     ``args.box_rule`` at ``args.box_threshold`` of the map's max, divided by m = ``args.box_stride``
