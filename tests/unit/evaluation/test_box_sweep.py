@@ -199,22 +199,32 @@ def random_map(rng, kind):
 KINDS = ("noise", "plateaus", "smooth", "rings", "pixels", "constant", "binary")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_boxes_equal_cv2_at_every_level_on_random_maps(kind):
-    rng = np.random.default_rng(KINDS.index(kind))
-    for i in range(16):
+def check_random_maps(kind, count, seed):
+    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    for i in range(count):
         u = random_map(rng, kind)
         assert_same_as_cv2(u)
         if i % 4 == 0:
             assert_same_as_cv2(u, max_regions=0)  # the level-by-level path of large noisy maps
 
 
-def test_sweep_equals_reference_loop_on_random_score_maps():
+@pytest.mark.parametrize("kind", KINDS)
+def test_boxes_equal_cv2_at_every_level_on_random_maps(kind):
+    check_random_maps(kind, 3, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_boxes_equal_cv2_at_every_level_on_more_random_maps(kind):
+    check_random_maps(kind, 30, seed=1)
+
+
+def check_random_score_maps(count, seed):
     # float maps as the evaluator gets them: smooth blobs with and without noise, rings, plateaus,
     # non-square, a few values only, all zero; every threshold of Choe et al.'s default interval
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     thresholds = cam_threshold_list(0.001)
-    for i in range(12):
+    for i in range(count):
         h, w = (int(v) for v in rng.integers(8, 48, 2))
         yy, xx = np.mgrid[:h, :w]
         m = np.zeros((h, w))
@@ -234,3 +244,12 @@ def test_sweep_equals_reference_loop_on_random_score_maps():
         fast = best_iou_per_threshold(m, gt, thresholds, (False, True))
         for multi in (False, True):
             assert np.array_equal(fast[multi], reference_best_iou_per_threshold(m, gt, thresholds, multi)), (i, multi)
+
+
+def test_sweep_equals_reference_loop_on_random_score_maps():
+    check_random_score_maps(4, seed=7)
+
+
+@pytest.mark.slow
+def test_sweep_equals_reference_loop_on_more_random_score_maps():
+    check_random_score_maps(24, seed=8)
