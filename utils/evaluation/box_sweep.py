@@ -41,9 +41,10 @@ gives regions whose part above any level is connected or empty. A region that me
 larger-peaked one at its own peak value joins it. Two adjacent regions are joined below the
 largest ``min(u[p], u[q])`` over adjacent pixel pairs between them, and Kruskal's order over those
 edges gives the tree. Per region and value, histograms (min / max / sum) give what lies above
-each level: rows from the row runs (a run lies in the component of its peak), columns from each region's largest value per column, first pixels from the left ends
-of the row runs' intervals, window areas from the windows. A map whose tree would have more than ``MAX_REGIONS`` regions is boxed level by level
-with cv2.
+each level: rows from the row runs (a run lies in the component of its peak), columns from each
+region's largest value per column, first pixels from the left ends of the row runs' intervals,
+window areas from the windows. A map whose tree would have more than ``MAX_REGIONS`` regions is
+boxed level by level with cv2.
 """
 from __future__ import annotations
 
