@@ -210,9 +210,9 @@ def best_iou_per_threshold(scoremap: np.ndarray, gt_boxes, thresholds: Sequence[
 
     The binary map ``uint8 map > int(t * max)`` only depends on the level ``int(t * max)``, so the
     boxes are found once per distinct level, all levels in one pass over the map
-    (:func:`utils.evaluation.box_sweep.level_boxes`: the component trees of the map's level sets, identical
-    to cv2's contours level by level). ``multi_contour`` is a bool or a tuple of bools; one pass
-    serves every mode. Returns {multi_contour flag: float64 [T] best IoU}.
+    (:func:`utils.evaluation.box_sweep.level_boxes`: the component trees of the map's level sets,
+    identical to cv2's contours level by level). ``multi_contour`` is a bool or a tuple of bools;
+    one pass serves every mode. Returns {multi_contour flag: float64 [T] best IoU}.
     """
     modes = (multi_contour,) if isinstance(multi_contour, (bool, np.bool_)) else tuple(multi_contour)
     modes = tuple(bool(m) for m in modes)
