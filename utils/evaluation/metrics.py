@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 import torch
 
-from utils.evaluation.boxes import boxes_from_contours, choe_threshold_levels, quantize_scoremap
+from utils.evaluation.box_sweep import level_boxes
+from utils.evaluation.boxes import choe_threshold_levels, quantize_scoremap
 from utils.errors import DataError
 
 IOU_COMPARES = (">=", ">")
@@ -203,47 +204,31 @@ def _prepare_gt(gt_boxes) -> np.ndarray:
     return _as_boxes(gt_boxes)
 
 
-def _best_iou_of_level_boxes(level_boxes: list[np.ndarray], gt: np.ndarray) -> np.ndarray:
-    """Max inclusive IoU of each level's boxes against the GT boxes (0 when no GT box)."""
-    if len(gt) == 0:
-        return np.zeros(len(level_boxes))
-    counts = np.array([len(b) for b in level_boxes])
-    ious = box_iou(np.concatenate(level_boxes, axis=0), gt, inclusive=True).max(axis=1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return np.maximum.reduceat(ious, starts)
-
-
 def best_iou_per_threshold(scoremap: np.ndarray, gt_boxes, thresholds: Sequence[float],
                            multi_contour=(False,)) -> dict[bool, np.ndarray]:
     """Choe et al.'s per-threshold IoU (max over boxes x GT boxes), computed fast.
 
-    The binary map ``uint8 map > int(t * max)`` only depends on which uint8 values lie at or
-    below the level, so thresholds are grouped by ``searchsorted(unique values, level)`` and
-    contours are found once per group (at most 257 groups, whatever the number of thresholds).
-    ``multi_contour`` is a bool or a tuple of bools; the contours of each group serve every mode.
-    Returns {multi_contour flag: float64 [T] best IoU}.
+    The binary map ``uint8 map > int(t * max)`` only depends on the level ``int(t * max)``, so the
+    boxes are found once per distinct level, all levels in one pass over the map
+    (:func:`utils.evaluation.box_sweep.level_boxes`: the component trees of the map's level sets,
+    identical to cv2's contours level by level). ``multi_contour`` is a bool or a tuple of bools;
+    one pass serves every mode. Returns {multi_contour flag: float64 [T] best IoU}.
     """
     modes = (multi_contour,) if isinstance(multi_contour, (bool, np.bool_)) else tuple(multi_contour)
+    modes = tuple(bool(m) for m in modes)
     gt = _prepare_gt(gt_boxes)
     image = quantize_scoremap(scoremap)
-    height, width = image.shape
-    levels = choe_threshold_levels(int(image.max()), thresholds)
-    values = np.unique(image)
-    groups, inverse = np.unique(np.searchsorted(values, levels, side="right"), return_inverse=True)
+    levels, inverse = np.unique(choe_threshold_levels(int(image.max()), thresholds), return_inverse=True)
+    boxes = level_boxes(image, levels, modes)
     out = {}
-    boxes = {m: [] for m in modes}
-    for g in groups:
-        # group g = number of distinct uint8 values <= the level: the pixels above the level
-        # are exactly those with a value > values[g - 1] (all pixels for g == 0)
-        if g == 0:
-            binary = np.full_like(image, 255)
-        else:
-            binary = cv2.threshold(image, int(values[g - 1]), 255, cv2.THRESH_BINARY)[1]
-        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-        for m in modes:
-            boxes[m].append(boxes_from_contours(contours, width, height, m))
     for m in modes:
-        out[m] = _best_iou_of_level_boxes(boxes[m], gt)[inverse.reshape(-1)]
+        if len(gt) == 0:
+            out[m] = np.zeros(len(thresholds))
+            continue
+        level_box, level_index = boxes[m]
+        best = np.full(len(levels), -np.inf)
+        np.maximum.at(best, level_index, box_iou(level_box, gt, inclusive=True).max(axis=1))
+        out[m] = best[inverse.reshape(-1)]
     return out
 
 
