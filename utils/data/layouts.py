@@ -43,8 +43,29 @@ whose boxes are ``x0, y0, x1, y1`` in ORIGINAL image pixels (float32, shape (N, 
                               (without it: 1 + the largest label found in any split folder)
 
   Boxes as given (x0, y0, x1, y1; Choe's IoU counts edges inclusively). This layout carries no GT
-  masks (mask_path is None): PxAP needs the "cub" layout. Its "val" splits (CUBV2 / ImageNetV2)
-  are the fully supervised held-out sets on which thresholds are chosen.
+  masks (mask_path is None): PxAP needs the "cub" or "openimages" layout. Its "val" splits (CUBV2 /
+  ImageNetV2) are the fully supervised held-out sets on which thresholds are chosen.
+
+``"openimages"``: OpenImages30k as Choe et al. (CVPR 2020) distribute it: their metadata files
+(``metadata_root``, default ``root/metadata``, e.g. wsolevaluation's ``metadata/OpenImages``), images
+and masks under ``root`` (their ``dataset/OpenImages``)::
+
+    <split>/image_ids.txt     "<image_id>"                   images at root/<image_id>
+    <split>/class_labels.txt  "<image_id>,<label>"           0-based
+    <split>/localization.txt  "<image_id>,<mask_path>,<ignore_path>", one line per instance mask, masks at
+                              root/<mask_path>; an image's one ignore mask on its first line, the third
+                              field empty on its other lines (as their ``get_mask_paths`` requires); an
+                              empty ignore field on the first line = no ignore region. Required for every
+                              split but "train" (their train split has image-level labels only).
+    class_names.txt           optional, as for "metadata"
+
+  No image_sizes.txt: sizes come from the image headers. GT = the union of the image's instance
+  masks (each mask pixel > 0.5, after a nearest resize to the evaluated size), ignore = ignore mask
+  minus that union: Choe et al.'s ``get_mask``, computed by :mod:`utils.evaluation.masks`. A mask must
+  show the whole image: the image's size, or the image at another scale with each side rounded to
+  a pixel (OpenImages V5 masks are often larger than the images, with the same aspect ratio).
+  Records: ``instance_mask_paths``, ``ignore_mask_path``; boxes have shape (0, 4) (the protocol has no
+  boxes; the evaluator reports PxAP only) and ``mask_path`` is None.
 
 ``exclude_ids`` leaves images out: an entry matches an image_id or its file name (or, for "cub",
 the numeric id of images.txt), e.g.
@@ -54,7 +75,8 @@ Every bad input raises :class:`utils.errors.DataError` naming the file (and the 
 missing root or file, malformed line, unknown/duplicate/inconsistent ids, label out of range,
 box outside the image (beyond ``box_tolerance`` = 1 px), empty split, missing or bad XML,
 unreadable image (at load time with ``check_images=True``, otherwise in
-``utils.data.dataset.WSOLDataset``).
+``utils.data.dataset.WSOLDataset``); for "openimages" also a missing or unreadable mask, a mask
+that does not show its image (aspect ratio), an image without a mask line, a second ignore mask.
 """
 from __future__ import annotations
 
@@ -70,7 +92,7 @@ from PIL import Image
 
 from utils.errors import DataError
 
-LAYOUTS = ("cub", "ilsvrc", "metadata")
+LAYOUTS = ("cub", "ilsvrc", "metadata", "openimages")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
 BOX_TOLERANCE = 1.0  # px a box may stick out of the image (float CUB boxes, 1-based VOC corners)
 
@@ -85,6 +107,8 @@ class Record:
     boxes: np.ndarray
     size: tuple[int, int]  # (width, height)
     mask_path: str | None
+    instance_mask_paths: tuple[str, ...] = ()  # "openimages": the instance masks whose union is the GT
+    ignore_mask_path: str | None = None        # "openimages": the image's ignore mask (None: none)
 
 
 class RecordList(list):
@@ -517,6 +541,103 @@ def _load_metadata(root: Path, meta: Path, split: str, exclude: set[str], tolera
     return RecordList(records, names)
 
 
+# ----------------------------------------------------------------------------- layout: openimages
+def _mask_size(path: str, listing: Path, lineno: int, what: str) -> tuple[int, int]:
+    """(width, height) of a mask from its header; errors name the localization line."""
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except FileNotFoundError:
+        raise DataError.at(listing, lineno, f"{what} {path} not found") from None
+    except Exception as e:
+        raise DataError.at(listing, lineno, f"cannot read the header of {what} {path}: {e}") from None
+
+
+def _shows_whole_image(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """True when a mask of ``mask_size`` is the image at some scale, each side rounded to a pixel:
+    ``|mw * ih - mh * iw| <= (mw + mh + iw + ih) / 2`` (rounding moves each side by at most half a
+    pixel). The image's own size passes; a transposed mask or another aspect ratio does not."""
+    (mw, mh), (iw, ih) = mask_size, image_size
+    return abs(mw * ih - mh * iw) <= (mw + mh + iw + ih) / 2
+
+
+def _load_openimages(root: Path, meta: Path, split: str, exclude: set[str]) -> RecordList:
+    _require(meta, "metadata", "openimages", folder=True)
+    folder = _require(meta / split, f"split '{split}'", "openimages", folder=True)
+    ids_file = _require(folder / "image_ids.txt", "image id list", "openimages")
+    labels_file = _require(folder / "class_labels.txt", "class label", "openimages")
+    loc_file = folder / "localization.txt"
+    if split != "train":
+        _require(loc_file, "mask list (localization)", "openimages")
+    ids: dict[str, int] = {}
+    for lineno, line in _lines(ids_file):
+        if line in ids:
+            raise DataError.at(ids_file, lineno, f"image id {line} listed twice (first on line {ids[line]})")
+        ids[line] = lineno
+    labels: dict[str, tuple[int, str]] = {}
+    for lineno, line in _lines(labels_file):
+        image_id, label = _fields(labels_file, lineno, line, 2, ",", "<image_id>,<label>")
+        if image_id not in ids:
+            raise DataError.at(labels_file, lineno, f"image id {image_id} is not in {ids_file.name}")
+        if image_id in labels:
+            raise DataError.at(labels_file, lineno, f"image id {image_id} listed twice "
+                                                    f"(first on line {labels[image_id][0]})")
+        labels[image_id] = (lineno, label)
+    # image id -> [(line, mask path)], (line, ignore path or None)
+    masks: dict[str, list[tuple[int, str]]] = {}
+    ignores: dict[str, tuple[int, str | None]] = {}
+    form = "<image_id>,<mask_path>,<ignore_path>"
+    for lineno, line in (_lines(loc_file) if loc_file.is_file() else ()):
+        image_id, mask, ignore = _fields(loc_file, lineno, line, 3, ",", form)
+        if image_id not in ids:
+            raise DataError.at(loc_file, lineno, f"image id {image_id} is not in {ids_file.name}")
+        if not mask:
+            raise DataError.at(loc_file, lineno, f"empty mask path (expected '{form}')")
+        if image_id in masks and ignore:
+            raise DataError.at(loc_file, lineno, f"second ignore mask for {image_id}: the ignore mask goes on "
+                                                 f"the image's first line ({ignores[image_id][0]}), the third "
+                                                 f"field of its other lines stays empty")
+        if image_id not in masks:
+            ignores[image_id] = (lineno, ignore or None)
+        masks.setdefault(image_id, []).append((lineno, mask))
+    names, names_from = _metadata_names(meta)
+    selected = []
+    for image_id, id_line in ids.items():
+        if image_id not in labels:
+            raise DataError.at(labels_file, msg=f"image id {image_id} ({ids_file.name}:{id_line}) has no line "
+                                                f"in {labels_file.name}")
+        if split != "train" and image_id not in masks:
+            raise DataError.at(loc_file, msg=f"image id {image_id} ({ids_file.name}:{id_line}) has no mask "
+                                             f"line in {loc_file.name}")
+        if not _excluded(image_id, exclude):
+            selected.append(image_id)
+    if not selected:
+        raise DataError.at(ids_file, msg=f"no image in split '{split}'")
+    paths = [str(root / image_id) for image_id in selected]
+    _check_exist(paths, ids_file, [ids[i] for i in selected])
+    records = []
+    for image_id, path, size in zip(selected, paths, _image_sizes(paths)):
+        ll, label = labels[image_id]
+        label = _int(labels_file, ll, label, "label")
+        _check_label(label, len(names), labels_file, ll, names_from)
+        instance = []
+        checks = [(lineno, rel, "mask") for lineno, rel in masks.get(image_id, ())]
+        ignore_line, ignore = ignores.get(image_id, (None, None))
+        if ignore is not None:
+            checks.append((ignore_line, ignore, "ignore mask"))
+        for lineno, rel, what in checks:
+            mask_path = str(root / rel)
+            mask_size = _mask_size(mask_path, loc_file, lineno, what)
+            if not _shows_whole_image(mask_size, size):
+                raise DataError.at(loc_file, lineno, f"{what} {rel} is {mask_size[0]}x{mask_size[1]} but its image "
+                                                     f"{image_id} is {size[0]}x{size[1]} (not the image at any scale)")
+            if what == "mask":
+                instance.append(mask_path)
+        records.append(Record(image_id, path, label, np.zeros((0, 4), np.float32), size, None,
+                              tuple(instance), str(root / ignore) if ignore is not None else None))
+    return RecordList(records, names)
+
+
 # ----------------------------------------------------------------------------- public readers
 def load_records(root, layout: str, split: str, *, metadata_root=None, exclude_ids=(),
                  check_images: bool = False, box_tolerance: float = BOX_TOLERANCE) -> list[Record]:
@@ -535,6 +656,9 @@ def load_records(root, layout: str, split: str, *, metadata_root=None, exclude_i
         records = _load_cub(root, split, exclude, box_tolerance)
     elif layout == "ilsvrc":
         records = _load_ilsvrc(root, split, exclude, box_tolerance)
+    elif layout == "openimages":
+        meta = Path(metadata_root).expanduser().resolve() if metadata_root else root / "metadata"
+        records = _load_openimages(root, meta, split, exclude)
     else:
         meta = Path(metadata_root).expanduser().resolve() if metadata_root else root / "metadata"
         records = _load_metadata(root, meta, split, exclude, box_tolerance)
@@ -546,7 +670,7 @@ def load_records(root, layout: str, split: str, *, metadata_root=None, exclude_i
 
 def class_names(root, layout: str, *, metadata_root=None) -> list[str]:
     """Class names in label order: CUB classes.txt (or "1".."N"), ILSVRC sorted wnids,
-    metadata class_names.txt (or "0".."N-1" from the labels of every split folder)."""
+    metadata / openimages class_names.txt (or "0".."N-1" from the labels of every split folder)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     root = Path(root).expanduser().resolve()
@@ -565,5 +689,5 @@ def class_names(root, layout: str, *, metadata_root=None) -> list[str]:
     if layout == "ilsvrc":
         return _ilsvrc_wnids(root)
     meta = Path(metadata_root).expanduser().resolve() if metadata_root else root / "metadata"
-    _require(meta, "metadata", "metadata", folder=True)
+    _require(meta, "metadata", layout, folder=True)
     return _metadata_names(meta)[0]
