@@ -21,14 +21,20 @@ whose boxes are ``x0, y0, x1, y1`` in ORIGINAL image pixels (float32, shape (N, 
 
     train/<wnid>/*.JPEG     class index = position of <wnid> in the SORTED list of wnids
     wnids.txt               one wnid per line; used only when train/ is absent (sorted before use)
-    val/*.JPEG
+    val/*.JPEG              the val images, either flat (as distributed) ...
     val.txt                 "<file name> <class index>"  (same sorted-wnid indices)
+    val/<wnid>/*.JPEG       ... or in class folders (as TS-CAM and PSOL users keep them): labels from
+                            the folder names, val.txt not needed (if present, it still gives the
+                            labels and each image is looked for in its class's folder, then in val/)
     box/<val file stem>.xml Pascal-VOC, one per val image, with all its objects
+
+  The class order comes from train/, else wnids.txt, else the class folders of val/.
 
   Val boxes: every ``<object>`` whose ``<name>`` is the labelled class's wnid, xmin..ymax as given
   (GT-known takes the best of them); other classes' objects are ignored. Val image size comes from
   the XML ``<size>``; train sizes from the image headers. Train records have boxes of shape (0, 4).
-  ``image_id`` = "train/<wnid>/<file>" or "val/<file>" (the ids of Choe et al.'s metadata).
+  ``image_id`` = "train/<wnid>/<file>" or "val/<file>" (the ids of Choe et al.'s metadata), for a
+  val image in a class folder too (so its score maps and predictions keep one name).
   Splits: "train", "val".
 
 ``"metadata"``: Choe et al. (CVPR 2020, wsolevaluation) metadata, folder ``metadata_root`` (default
@@ -347,8 +353,11 @@ def _ilsvrc_wnids(root: Path) -> list[str]:
         return wnids
     path = root / "wnids.txt"
     if not path.is_file():
-        raise DataError.at(path, msg="missing: the 'ilsvrc' layout needs root/train/<wnid>/ folders "
-                                     "or root/wnids.txt to define the class order")
+        val_classes = _ilsvrc_val_class_folders(root / "val")
+        if val_classes:
+            return val_classes
+        raise DataError.at(path, msg="missing: the 'ilsvrc' layout needs root/train/<wnid>/ folders, "
+                                     "root/wnids.txt or root/val/<wnid>/ folders to define the class order")
     seen: dict[str, int] = {}
     for lineno, line in _lines(path):
         (wnid,) = _fields(path, lineno, line, 1, None, "<wnid>")
@@ -358,6 +367,31 @@ def _ilsvrc_wnids(root: Path) -> list[str]:
     if not seen:
         raise DataError.at(path, msg="no wnid listed")
     return sorted(seen)
+
+
+def _ilsvrc_val_class_folders(val_dir: Path) -> list[str]:
+    """The sorted class folders of a class-folder val tree (val/<wnid>/*.JPEG); [] for a flat val/."""
+    if not val_dir.is_dir():
+        return []
+    return sorted(e.name for e in os.scandir(val_dir) if e.is_dir())
+
+
+def _ilsvrc_val_from_folders(val_dir: Path, wnids: list[str], exclude: set[str]) -> list[tuple[str, int, str]]:
+    """(file name, label, path) of every image of a class-folder val tree, labels from the folders."""
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    items, seen = [], {}
+    for wnid in _ilsvrc_val_class_folders(val_dir):
+        if wnid not in index:
+            raise DataError.at(val_dir / wnid, msg=f"val class folder {wnid} is not one of the {len(wnids)} "
+                                                   "wnids (train/ folders or wnids.txt)")
+        for name in sorted(e.name for e in os.scandir(val_dir / wnid) if e.name.lower().endswith(IMAGE_EXTENSIONS)):
+            if name in seen:
+                raise DataError.at(val_dir / wnid / name, msg=f"val image {name} is also in {seen[name]}/ "
+                                                              "(its image id val/<file> must be unique)")
+            seen[name] = wnid
+            if not _excluded(f"val/{name}", exclude):
+                items.append((name, index[wnid], str(val_dir / wnid / name)))
+    return items
 
 
 def _voc_boxes(xml_path: Path, wnid: str, tolerance: float) -> tuple[np.ndarray, tuple[int, int]]:
@@ -428,24 +462,37 @@ def _load_ilsvrc(root: Path, split: str, exclude: set[str], tolerance: float) ->
         empty = np.zeros((0, 4), np.float32)
         records = [Record(i, p, lab, empty, s, None) for (i, lab), p, s in zip(items, paths, sizes)]
     else:
-        listing = _require(root / "val.txt", "val label list", "ilsvrc")
         val_dir = _require(root / "val", "val image", "ilsvrc", folder=True)
+        class_folders = set(_ilsvrc_val_class_folders(val_dir))
+        if class_folders and not (root / "val.txt").is_file():  # val/<wnid>/*.JPEG: labels from the folders
+            located = _ilsvrc_val_from_folders(val_dir, wnids, exclude)
+            if not located:
+                raise DataError.at(val_dir, msg="no image in split 'val' (class folders val/<wnid>/)")
+            items = [(name, label, None) for name, label, _ in located]
+            paths = [path for _, _, path in located]
+        else:
+            listing = root / "val.txt"
+            if not listing.is_file():
+                raise DataError.at(listing, msg="missing val label list file: the 'ilsvrc' layout needs root/val.txt "
+                                                "or val/<wnid>/ class folders")
+            seen: dict[str, int] = {}
+            items = []
+            for lineno, line in _lines(listing):
+                name, label = _fields(listing, lineno, line, 2, None, "<file name> <class index>")
+                label = _int(listing, lineno, label, "class index")
+                _check_label(label, len(wnids), listing, lineno, f"{len(wnids)} wnids")
+                if name in seen:
+                    raise DataError.at(listing, lineno, f"{name} listed twice (first on line {seen[name]})")
+                seen[name] = lineno
+                if not _excluded(f"val/{name}", exclude):
+                    items.append((name, label, lineno))
+            if not items:
+                raise DataError.at(listing, msg="no image in split 'val'")
+            # with class folders, an image is in its class's folder (else flat in val/)
+            paths = [str(val_dir / wnids[label] / n) if (val_dir / wnids[label] / n).is_file() else str(val_dir / n)
+                     for n, label, _ in items] if class_folders else [str(val_dir / n) for n, _, _ in items]
+            _check_exist(paths, listing, [ln for _, _, ln in items])
         box_dir = _require(root / "box", "val box XML", "ilsvrc", folder=True)
-        seen: dict[str, int] = {}
-        items = []
-        for lineno, line in _lines(listing):
-            name, label = _fields(listing, lineno, line, 2, None, "<file name> <class index>")
-            label = _int(listing, lineno, label, "class index")
-            _check_label(label, len(wnids), listing, lineno, f"{len(wnids)} wnids")
-            if name in seen:
-                raise DataError.at(listing, lineno, f"{name} listed twice (first on line {seen[name]})")
-            seen[name] = lineno
-            if not _excluded(f"val/{name}", exclude):
-                items.append((name, label, lineno))
-        if not items:
-            raise DataError.at(listing, msg="no image in split 'val'")
-        paths = [str(val_dir / n) for n, _, _ in items]
-        _check_exist(paths, listing, [ln for _, _, ln in items])
         for (name, label, _), path in zip(items, paths):
             xml_path = box_dir / (os.path.splitext(name)[0] + ".xml")
             boxes, size = _voc_boxes(xml_path, wnids[label], tolerance)
