@@ -120,6 +120,14 @@ def test_histograms_and_per_image_pxap_equal_theirs(reference, fixture_records):
     np.testing.assert_array_equal(total.gt_false_score_hist, reference["float64_i001_gt_false_score_hist"])
 
 
+@pytest.mark.slow
+def test_workers_agree_with_one_process(reference, fixture_records, tmp_path):
+    maps = write_choe_scoremaps(tmp_path / "maps", fixture_maps(), "float64")
+    one = evaluate_instance_masks(fixture_records, str(maps))
+    assert evaluate_instance_masks(fixture_records, str(maps), workers=2) == one
+    assert one["pxap"] == float(reference["float64_i001_auc"])
+
+
 # ----------------------------------------------------------------------------- by hand
 HAND_MAP = np.array([[.9, .8, .1, .95],
                      [.7, .6, .1, .95],
