@@ -86,8 +86,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p = OptionParser(prog="python -m utils.evaluation", formatter_class=HelpFormatter,
                      description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
     p.add_argument("--data-root", required=True)
-    p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata"))
-    p.add_argument("--metadata-root", default=None, help="for --layout metadata (default <data-root>/metadata)")
+    p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata", "openimages"),
+                   help="openimages: Choe et al.'s OpenImages30k metadata and masks, scored with PxAP only")
+    p.add_argument("--metadata-root", default=None,
+                   help="for --layout metadata / openimages (default <data-root>/metadata)")
     p.add_argument("--split", required=True)
     p.add_argument("--exclude-ids", nargs="*", default=(),
                    help="image ids / file names left out (SPOL leaves out ILSVRC2012_val_00033202.JPEG)")

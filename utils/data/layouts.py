@@ -21,14 +21,20 @@ whose boxes are ``x0, y0, x1, y1`` in ORIGINAL image pixels (float32, shape (N, 
 
     train/<wnid>/*.JPEG     class index = position of <wnid> in the SORTED list of wnids
     wnids.txt               one wnid per line; used only when train/ is absent (sorted before use)
-    val/*.JPEG
+    val/*.JPEG              the val images, either flat (as distributed) ...
     val.txt                 "<file name> <class index>"  (same sorted-wnid indices)
+    val/<wnid>/*.JPEG       ... or in class folders (as TS-CAM and PSOL users keep them): labels from
+                            the folder names, val.txt not needed (if present, it still gives the
+                            labels and each image is looked for in its class's folder, then in val/)
     box/<val file stem>.xml Pascal-VOC, one per val image, with all its objects
+
+  The class order comes from train/, else wnids.txt, else the class folders of val/.
 
   Val boxes: every ``<object>`` whose ``<name>`` is the labelled class's wnid, xmin..ymax as given
   (GT-known takes the best of them); other classes' objects are ignored. Val image size comes from
   the XML ``<size>``; train sizes from the image headers. Train records have boxes of shape (0, 4).
-  ``image_id`` = "train/<wnid>/<file>" or "val/<file>" (the ids of Choe et al.'s metadata).
+  ``image_id`` = "train/<wnid>/<file>" or "val/<file>" (the ids of Choe et al.'s metadata), for a
+  val image in a class folder too (so its score maps and predictions keep one name).
   Splits: "train", "val".
 
 ``"metadata"``: Choe et al. (CVPR 2020, wsolevaluation) metadata, folder ``metadata_root`` (default
@@ -43,8 +49,29 @@ whose boxes are ``x0, y0, x1, y1`` in ORIGINAL image pixels (float32, shape (N, 
                               (without it: 1 + the largest label found in any split folder)
 
   Boxes as given (x0, y0, x1, y1; Choe's IoU counts edges inclusively). This layout carries no GT
-  masks (mask_path is None): PxAP needs the "cub" layout. Its "val" splits (CUBV2 / ImageNetV2)
-  are the fully supervised held-out sets on which thresholds are chosen.
+  masks (mask_path is None): PxAP needs the "cub" or "openimages" layout. Its "val" splits (CUBV2 /
+  ImageNetV2) are the fully supervised held-out sets on which thresholds are chosen.
+
+``"openimages"``: OpenImages30k as Choe et al. (CVPR 2020) distribute it: their metadata files
+(``metadata_root``, default ``root/metadata``, e.g. wsolevaluation's ``metadata/OpenImages``), images
+and masks under ``root`` (their ``dataset/OpenImages``)::
+
+    <split>/image_ids.txt     "<image_id>"                   images at root/<image_id>
+    <split>/class_labels.txt  "<image_id>,<label>"           0-based
+    <split>/localization.txt  "<image_id>,<mask_path>,<ignore_path>", one line per instance mask, masks at
+                              root/<mask_path>; an image's one ignore mask on its first line, the third
+                              field empty on its other lines (as their ``get_mask_paths`` requires); an
+                              empty ignore field on the first line = no ignore region. Required for every
+                              split but "train" (their train split has image-level labels only).
+    class_names.txt           optional, as for "metadata"
+
+  No image_sizes.txt: sizes come from the image headers. GT = the union of the image's instance
+  masks (each mask pixel > 0.5, after a nearest resize to the evaluated size), ignore = ignore mask
+  minus that union: Choe et al.'s ``get_mask``, computed by :mod:`utils.evaluation.masks`. A mask must
+  show the whole image: the image's size, or the image at another scale with each side rounded to
+  a pixel (OpenImages V5 masks are often larger than the images, with the same aspect ratio).
+  Records: ``instance_mask_paths``, ``ignore_mask_path``; boxes have shape (0, 4) (the protocol has no
+  boxes; the evaluator reports PxAP only) and ``mask_path`` is None.
 
 ``exclude_ids`` leaves images out: an entry matches an image_id or its file name (or, for "cub",
 the numeric id of images.txt), e.g.
@@ -56,7 +83,9 @@ box outside the image (beyond ``box_tolerance`` = 1 px), empty split, a split th
 have, missing or bad XML, a dataset root that is a loop of symbolic links, unreadable image (at load
 time with ``check_images=True``, otherwise in ``utils.data.dataset.WSOLDataset``), an image whose
 size is not the one its annotation states (``Record.size_source``; checked by ``check_sizes=True``
-from the headers, ``check_images=True``, or ``utils.data.dataset.WSOLDataset`` on every image it decodes).
+from the headers, ``check_images=True``, or ``utils.data.dataset.WSOLDataset`` on every image it
+decodes); for "openimages" also a missing or unreadable mask, a mask that does not show its image
+(aspect ratio), an image without a mask line, a second ignore mask.
 """
 from __future__ import annotations
 
@@ -73,8 +102,7 @@ from PIL import Image
 from utils.ranges import LAYOUT_SPLITS  # in the base: --split is checked before torch loads
 from utils.errors import DataError
 
-LAYOUTS = ("cub", "ilsvrc", "metadata")
-# The splits of the layouts whose splits are fixed (the metadata layout's are its split folders).
+LAYOUTS = ("cub", "ilsvrc", "metadata", "openimages")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
 BOX_TOLERANCE = 1.0  # px a box may stick out of the image (float CUB boxes, 1-based VOC corners)
 
@@ -90,8 +118,10 @@ class Record:
     size: tuple[int, int]  # (width, height)
     mask_path: str | None
     # where ``size`` was read when not from the image itself: "box/x.xml" (ILSVRC val),
-    # "metadata/val/image_sizes.txt:3"; None: the image's own header (CUB, ILSVRC train)
+    # "metadata/val/image_sizes.txt:3"; None: the image's own header (CUB, ILSVRC train, OpenImages)
     size_source: str | None = None
+    instance_mask_paths: tuple[str, ...] = ()  # "openimages": the instance masks whose union is the GT
+    ignore_mask_path: str | None = None        # "openimages": the image's ignore mask (None: none)
 
 
 class RecordList(list):
@@ -365,8 +395,11 @@ def _ilsvrc_wnids(root: Path) -> list[str]:
         return wnids
     path = root / "wnids.txt"
     if not path.is_file():
-        raise DataError.at(path, msg="missing: the 'ilsvrc' layout needs root/train/<wnid>/ folders "
-                                     "or root/wnids.txt to define the class order")
+        val_classes = _ilsvrc_val_class_folders(root / "val")
+        if val_classes:
+            return val_classes
+        raise DataError.at(path, msg="missing: the 'ilsvrc' layout needs root/train/<wnid>/ folders, "
+                                     "root/wnids.txt or root/val/<wnid>/ folders to define the class order")
     seen: dict[str, int] = {}
     for lineno, line in _lines(path):
         (wnid,) = _fields(path, lineno, line, 1, None, "<wnid>")
@@ -376,6 +409,31 @@ def _ilsvrc_wnids(root: Path) -> list[str]:
     if not seen:
         raise DataError.at(path, msg="no wnid listed")
     return sorted(seen)
+
+
+def _ilsvrc_val_class_folders(val_dir: Path) -> list[str]:
+    """The sorted class folders of a class-folder val tree (val/<wnid>/*.JPEG); [] for a flat val/."""
+    if not val_dir.is_dir():
+        return []
+    return sorted(e.name for e in os.scandir(val_dir) if e.is_dir())
+
+
+def _ilsvrc_val_from_folders(val_dir: Path, wnids: list[str], exclude: set[str]) -> list[tuple[str, int, str]]:
+    """(file name, label, path) of every image of a class-folder val tree, labels from the folders."""
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    items, seen = [], {}
+    for wnid in _ilsvrc_val_class_folders(val_dir):
+        if wnid not in index:
+            raise DataError.at(val_dir / wnid, msg=f"val class folder {wnid} is not one of the {len(wnids)} "
+                                                   "wnids (train/ folders or wnids.txt)")
+        for name in sorted(e.name for e in os.scandir(val_dir / wnid) if e.name.lower().endswith(IMAGE_EXTENSIONS)):
+            if name in seen:
+                raise DataError.at(val_dir / wnid / name, msg=f"val image {name} is also in {seen[name]}/ "
+                                                              "(its image id val/<file> must be unique)")
+            seen[name] = wnid
+            if not _excluded(f"val/{name}", exclude):
+                items.append((name, index[wnid], str(val_dir / wnid / name)))
+    return items
 
 
 def _voc_boxes(xml_path: Path, wnid: str, tolerance: float) -> tuple[np.ndarray, tuple[int, int]]:
@@ -445,24 +503,37 @@ def _load_ilsvrc(root: Path, split: str, exclude: set[str], tolerance: float) ->
         empty = np.zeros((0, 4), np.float32)
         records = [Record(i, p, lab, empty, s, None) for (i, lab), p, s in zip(items, paths, sizes)]
     else:
-        listing = _require(root / "val.txt", "val label list", "ilsvrc")
         val_dir = _require(root / "val", "val image", "ilsvrc", folder=True)
+        class_folders = set(_ilsvrc_val_class_folders(val_dir))
+        if class_folders and not (root / "val.txt").is_file():  # val/<wnid>/*.JPEG: labels from the folders
+            located = _ilsvrc_val_from_folders(val_dir, wnids, exclude)
+            if not located:
+                raise DataError.at(val_dir, msg="no image in split 'val' (class folders val/<wnid>/)")
+            items = [(name, label, None) for name, label, _ in located]
+            paths = [path for _, _, path in located]
+        else:
+            listing = root / "val.txt"
+            if not listing.is_file():
+                raise DataError.at(listing, msg="missing val label list file: the 'ilsvrc' layout needs root/val.txt "
+                                                "or val/<wnid>/ class folders")
+            seen: dict[str, int] = {}
+            items = []
+            for lineno, line in _lines(listing):
+                name, label = _fields(listing, lineno, line, 2, None, "<file name> <class index>")
+                label = _int(listing, lineno, label, "class index")
+                _check_label(label, len(wnids), listing, lineno, f"{len(wnids)} wnids")
+                if name in seen:
+                    raise DataError.at(listing, lineno, f"{name} listed twice (first on line {seen[name]})")
+                seen[name] = lineno
+                if not _excluded(f"val/{name}", exclude):
+                    items.append((name, label, lineno))
+            if not items:
+                raise DataError.at(listing, msg="no image in split 'val'")
+            # with class folders, an image is in its class's folder (else flat in val/)
+            paths = [str(val_dir / wnids[label] / n) if (val_dir / wnids[label] / n).is_file() else str(val_dir / n)
+                     for n, label, _ in items] if class_folders else [str(val_dir / n) for n, _, _ in items]
+            _check_exist(paths, listing, [ln for _, _, ln in items])
         box_dir = _require(root / "box", "val box XML", "ilsvrc", folder=True)
-        seen: dict[str, int] = {}
-        items = []
-        for lineno, line in _lines(listing):
-            name, label = _fields(listing, lineno, line, 2, None, "<file name> <class index>")
-            label = _int(listing, lineno, label, "class index")
-            _check_label(label, len(wnids), listing, lineno, f"{len(wnids)} wnids")
-            if name in seen:
-                raise DataError.at(listing, lineno, f"{name} listed twice (first on line {seen[name]})")
-            seen[name] = lineno
-            if not _excluded(f"val/{name}", exclude):
-                items.append((name, label, lineno))
-        if not items:
-            raise DataError.at(listing, msg="no image in split 'val'")
-        paths = [str(val_dir / n) for n, _, _ in items]
-        _check_exist(paths, listing, [ln for _, _, ln in items])
         for (name, label, _), path in zip(items, paths):
             xml_path = box_dir / (os.path.splitext(name)[0] + ".xml")
             boxes, size = _voc_boxes(xml_path, wnids[label], tolerance)
@@ -561,6 +632,104 @@ def _load_metadata(root: Path, meta: Path, split: str, exclude: set[str], tolera
     return RecordList(records, names)
 
 
+# ----------------------------------------------------------------------------- layout: openimages
+def _mask_size(path: str, listing: Path, lineno: int, what: str) -> tuple[int, int]:
+    """(width, height) of a mask from its header; errors name the localization line."""
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except FileNotFoundError:
+        raise DataError.at(listing, lineno, f"{what} {path} not found") from None
+    except Exception as e:
+        raise DataError.at(listing, lineno, f"cannot read the header of {what} {path}: {e}") from None
+
+
+def _shows_whole_image(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """True when a mask of ``mask_size`` is the image at some scale, each side rounded to a pixel:
+    ``|mw * ih - mh * iw| <= (mw + mh + iw + ih) / 2`` (rounding moves each side by at most half a
+    pixel). The image's own size passes; a transposed mask or another aspect ratio does not."""
+    (mw, mh), (iw, ih) = mask_size, image_size
+    return abs(mw * ih - mh * iw) <= (mw + mh + iw + ih) / 2
+
+
+def _load_openimages(root: Path, meta: Path, split: str, exclude: set[str]) -> RecordList:
+    _require(meta, "metadata", "openimages", folder=True)
+    folder = _require(meta / split, f"split '{split}'", "openimages", folder=True)
+    ids_file = _require(folder / "image_ids.txt", "image id list", "openimages")
+    labels_file = _require(folder / "class_labels.txt", "class label", "openimages")
+    loc_file = folder / "localization.txt"
+    if split != "train":
+        _require(loc_file, "mask list (localization)", "openimages")
+    ids: dict[str, int] = {}
+    for lineno, line in _lines(ids_file):
+        if line in ids:
+            raise DataError.at(ids_file, lineno, f"image id {line} listed twice (first on line {ids[line]})")
+        ids[line] = lineno
+    labels: dict[str, tuple[int, str]] = {}
+    for lineno, line in _lines(labels_file):
+        image_id, label = _fields(labels_file, lineno, line, 2, ",", "<image_id>,<label>")
+        if image_id not in ids:
+            raise DataError.at(labels_file, lineno, f"image id {image_id} is not in {ids_file.name}")
+        if image_id in labels:
+            raise DataError.at(labels_file, lineno, f"image id {image_id} listed twice "
+                                                    f"(first on line {labels[image_id][0]})")
+        labels[image_id] = (lineno, label)
+    # image id -> [(line, mask path)], (line, ignore path or None)
+    masks: dict[str, list[tuple[int, str]]] = {}
+    ignores: dict[str, tuple[int, str | None]] = {}
+    form = "<image_id>,<mask_path>,<ignore_path>"
+    for lineno, line in (_lines(loc_file) if loc_file.is_file() else ()):
+        image_id, mask, ignore = _fields(loc_file, lineno, line, 3, ",", form)
+        if image_id not in ids:
+            raise DataError.at(loc_file, lineno, f"image id {image_id} is not in {ids_file.name}")
+        if not mask:
+            raise DataError.at(loc_file, lineno, f"empty mask path (expected '{form}')")
+        if image_id in masks and ignore:
+            raise DataError.at(loc_file, lineno, f"second ignore mask for {image_id}: the ignore mask goes on "
+                                                 f"the image's first line ({ignores[image_id][0]}), the third "
+                                                 f"field of its other lines stays empty")
+        if image_id not in masks:
+            ignores[image_id] = (lineno, ignore or None)
+        masks.setdefault(image_id, []).append((lineno, mask))
+    names, names_from = _metadata_names(meta)
+    selected = []
+    for image_id, id_line in ids.items():
+        if image_id not in labels:
+            raise DataError.at(labels_file, msg=f"image id {image_id} ({ids_file.name}:{id_line}) has no line "
+                                                f"in {labels_file.name}")
+        if split != "train" and image_id not in masks:
+            raise DataError.at(loc_file, msg=f"image id {image_id} ({ids_file.name}:{id_line}) has no mask "
+                                             f"line in {loc_file.name}")
+        if not _excluded(image_id, exclude):
+            selected.append(image_id)
+    if not selected:
+        raise DataError.at(ids_file, msg=f"no image in split '{split}'")
+    paths = [str(root / image_id) for image_id in selected]
+    _check_exist(paths, ids_file, [ids[i] for i in selected])
+    records = []
+    for image_id, path, size in zip(selected, paths, _image_sizes(paths)):
+        ll, label = labels[image_id]
+        label = _int(labels_file, ll, label, "label")
+        _check_label(label, len(names), labels_file, ll, names_from)
+        instance = []
+        checks = [(lineno, rel, "mask") for lineno, rel in masks.get(image_id, ())]
+        ignore_line, ignore = ignores.get(image_id, (None, None))
+        if ignore is not None:
+            checks.append((ignore_line, ignore, "ignore mask"))
+        for lineno, rel, what in checks:
+            mask_path = str(root / rel)
+            mask_size = _mask_size(mask_path, loc_file, lineno, what)
+            if not _shows_whole_image(mask_size, size):
+                raise DataError.at(loc_file, lineno, f"{what} {rel} is {mask_size[0]}x{mask_size[1]} but its image "
+                                                     f"{image_id} is {size[0]}x{size[1]} (not the image at any scale)")
+            if what == "mask":
+                instance.append(mask_path)
+        records.append(Record(image_id, path, label, np.zeros((0, 4), np.float32), size, None,
+                              instance_mask_paths=tuple(instance),
+                              ignore_mask_path=str(root / ignore) if ignore is not None else None))
+    return RecordList(records, names)
+
+
 # ----------------------------------------------------------------------------- public readers
 def _root(path, layout: str, what: str = "dataset root", *, must_exist: bool = True) -> Path:
     """``path`` resolved (symbolic links followed); a loop of links (or, ``must_exist``, a missing
@@ -597,6 +766,9 @@ def load_records(root, layout: str, split: str, *, metadata_root=None, exclude_i
         records = _load_cub(root, split, exclude, box_tolerance)
     elif layout == "ilsvrc":
         records = _load_ilsvrc(root, split, exclude, box_tolerance)
+    elif layout == "openimages":
+        meta = Path(metadata_root).expanduser().resolve() if metadata_root else root / "metadata"
+        records = _load_openimages(root, meta, split, exclude)
     else:
         meta = _root(metadata_root, layout, "metadata folder", must_exist=False) if metadata_root else root / "metadata"
         records = _load_metadata(root, meta, split, exclude, box_tolerance)
@@ -612,7 +784,7 @@ def load_records(root, layout: str, split: str, *, metadata_root=None, exclude_i
 
 def class_names(root, layout: str, *, metadata_root=None) -> list[str]:
     """Class names in label order: CUB classes.txt (or "1".."N"), ILSVRC sorted wnids,
-    metadata class_names.txt (or "0".."N-1" from the labels of every split folder)."""
+    metadata / openimages class_names.txt (or "0".."N-1" from the labels of every split folder)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     root = _root(root, layout)
@@ -629,5 +801,5 @@ def class_names(root, layout: str, *, metadata_root=None) -> list[str]:
     if layout == "ilsvrc":
         return _ilsvrc_wnids(root)
     meta = _root(metadata_root, layout, "metadata folder", must_exist=False) if metadata_root else root / "metadata"
-    _require(meta, "metadata", "metadata", folder=True)
+    _require(meta, "metadata", layout, folder=True)
     return _metadata_names(meta)[0]

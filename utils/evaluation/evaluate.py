@@ -35,6 +35,11 @@ Every protocol also reports MaxBoxAcc / MaxBoxAccV2 (Choe's sweep over the same 
 protocol's GT boxes) and PxAP when the records have GT masks (CUB segmentations: any pixel > 0
 is foreground, i.e. marked by at least one annotator).
 
+OpenImages30k (``--layout openimages``, records with instance masks): PxAP and its precision /
+recall curve only, computed as Choe et al.'s ``MaskEvaluator`` does (:func:`evaluate_instance_masks`:
+the ``resize`` protocol, GT = union of the instance masks, ignored pixels left out of the negatives);
+their protocol has no boxes there, so no box metric is computed and the results say so.
+
 A map with no pixel above a threshold: MaxBoxAcc / MaxBoxAccV2 keep Choe et al.'s placeholder box
 ``[0, 0, 0, 0]`` and compute its IoU like any box, so it is a HIT when a ground-truth box sits in the
 top-left corner (kept for equality with their numbers); GT-known / Top-k Loc count such an image as
@@ -70,6 +75,7 @@ from utils.io import atomic_write_json, atomic_write_text
 from utils.evaluation.metrics import (BoxAccumulator, PxAPAccumulator, best_iou_per_threshold,
                            cam_threshold_list, check_scoremap_validity)
 from utils.evaluation.handoff import read_cls_results, read_predictions
+from utils.evaluation.masks import instance_ground_truth
 from utils.evaluation.protocol import CHOICES as PROTOCOLS
 from utils.evaluation.protocol import get_protocol
 SCOREMAP_PRODUCER = "the localization stage's test step (it saves one .npy score map per image)"
@@ -202,6 +208,11 @@ def evaluate_scoremaps(records, scoremaps, protocol, *, cam_curve_interval: floa
     of the IoU-50 largest-contour sweep). ``predictions``: a ``read_predictions`` dict or a path to
     predictions.csv (adds top1_loc / top5_loc). ``workers`` > 1 uses processes (directory only).
     """
+    records = list(records)
+    if any(getattr(r, "instance_mask_paths", ()) for r in records):  # OpenImages30k: masks, no boxes
+        return evaluate_instance_masks(records, scoremaps, protocol, cam_curve_interval=cam_curve_interval,
+                                       threshold=threshold, predictions=predictions, input_size=input_size,
+                                       resize_size=resize_size, split=split, workers=workers)
     protocol = get_protocol(protocol, input_size, resize_size)
     input_size = protocol.input_size
     iou_compare = protocol.iou_compare or iou_compare  # spol_official: the authors' '>', whatever was asked
@@ -307,8 +318,91 @@ def evaluate_scoremaps(records, scoremaps, protocol, *, cam_curve_interval: floa
     return results
 
 
+BOX_METRICS_NOT_COMPUTED = ("not computed: OpenImages30k has instance masks and no boxes in Choe et al.'s "
+                            "protocol, which scores it with PxAP alone")
+
+
+class _MaskJob:
+    """Per-image PxAP histograms of an image with instance masks (picklable, for worker processes)."""
+
+    def __init__(self, source, input_size: int, cam_curve_interval: float):
+        self.source, self.input_size, self.cam_curve_interval = source, input_size, cam_curve_interval
+
+    def __call__(self, record) -> tuple[dict, bool, int]:
+        scoremap = load_scoremap(self.source, record.image_id, self.input_size)
+        foreground, ignore = instance_ground_truth(record, self.input_size)
+        px = PxAPAccumulator(self.cam_curve_interval)
+        px.accumulate(scoremap, foreground, ignore, path=record.instance_mask_paths[0])
+        return px.state(), bool(foreground.any()), int(ignore.sum())
+
+
+def evaluate_instance_masks(records, scoremaps, protocol="resize", *, cam_curve_interval: float = 0.001,
+                            threshold: float | None = None, predictions=None, input_size: int = 224,
+                            resize_size: int = 256, split: str = "", workers: int = 0, **box_options) -> dict:
+    """PxAP of score maps against instance masks (OpenImages30k), as Choe et al.'s ``MaskEvaluator``.
+
+    Every record needs ``instance_mask_paths`` (:mod:`utils.data.layouts`, "openimages"). Per image:
+    the map (``input_size`` square, scored as it is, like theirs: their ``normalize_scoremap`` runs
+    in their inference, not in the evaluator), the union of the instance masks and the ignore region
+    (:func:`utils.evaluation.masks.instance_ground_truth`) go into one
+    :class:`utils.evaluation.metrics.PxAPAccumulator` (histograms on ``np.arange(0, 1, interval)``
+    + [1, 2, 3]; AP = sum of precision x recall steps). Only the ``resize`` protocol (theirs: whole
+    image at ``input_size``) is accepted; ``threshold`` and ``predictions`` (box metrics) are refused;
+    ``box_options`` (IoU threshold, comparison, convention) are accepted and unused, so one call
+    serves every layout. Returns ``pxap`` (percent), ``box_metrics`` (why there are none) and the
+    curve: ``curves.pxap_thresholds[i]`` is the score threshold (``score >= t``) at which
+    ``pxap_precision[i]`` (None where nothing scores that high) and ``pxap_recall[i]`` hold.
+    """
+    protocol = get_protocol(protocol, input_size, resize_size)
+    if protocol.crops:
+        raise ValueError(f"protocol '{protocol.label}': PxAP on instance masks (OpenImages30k) is Choe et al.'s "
+                         "MaskEvaluator, on the whole image resized: use --protocol wsol (resize)")
+    if threshold is not None or predictions is not None:
+        raise ValueError("--threshold / --predictions are for box metrics (GT-known, Top-1/5 Loc), which are not "
+                         "computed on OpenImages30k: it has instance masks and no boxes in Choe et al.'s protocol")
+    records = list(records)
+    if not records:
+        raise ValueError("no records to evaluate")
+    for r in records:
+        if not getattr(r, "instance_mask_paths", ()):
+            raise DataError.at(r.path, msg=f"image {r.image_id} has no instance mask (split '{split}': PxAP needs "
+                                           "the masks of <split>/localization.txt; OpenImages30k's train split has "
+                                           "image-level labels only)")
+    if workers and workers > 1 and not isinstance(scoremaps, (str, os.PathLike)):
+        workers = 0  # in-memory maps stay in this process
+    job = _MaskJob(scoremaps, protocol.input_size, cam_curve_interval)
+    pxap = PxAPAccumulator(cam_curve_interval)
+    without_foreground, ignored = 0, 0
+    runner = _Runner(workers)
+    failed = True
+    try:
+        for state, has_foreground, num_ignored in runner.map(job, records):
+            pxap.merge(state)
+            without_foreground += not has_foreground
+            ignored += num_ignored
+        failed = False
+    finally:
+        runner.close(failed)
+    px = pxap.compute()
+    edges = pxap.threshold_list_right_edge  # thresholds + [1, 2, 3]; curve entry i counts scores >= edges[-2 - i]
+    return {
+        "protocol": protocol.label, "split": split, "num_images": len(records),
+        "pxap": px["pxap"], "box_metrics": BOX_METRICS_NOT_COMPUTED,
+        "num_images_without_foreground": without_foreground, "num_ignored_pixels": ignored,
+        "cam_curve_interval": cam_curve_interval, "input_size": protocol.input_size,
+        "curves": {"pxap_thresholds": [float(t) for t in edges[:-1][::-1]],
+                   "pxap_precision": [None if np.isnan(v) else float(v) for v in px["precision"]],
+                   "pxap_recall": px["recall"].tolist()},
+    }
+
+
 def format_table(results: dict) -> str:
     """A readable summary of :func:`evaluate_scoremaps`'s results."""
+    if "box_metrics" in results:  # instance masks (OpenImages30k): PxAP only
+        rows = [("protocol", results["protocol"]), ("split", results["split"]), ("images", results["num_images"]),
+                ("PxAP", f"{results['pxap']:.2f}"), ("box metrics", results["box_metrics"])]
+        width = max(len(r[0]) for r in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
     rows = [("protocol", results["protocol"]), ("split", results["split"]),
             ("images", results["num_images"])]
     if results.get("num_skipped"):
@@ -363,7 +457,8 @@ def main(args) -> dict:
     # (ILSVRC XML <size>, metadata image_sizes.txt) against the image itself
     records = load_records(args.data_root, args.layout, args.split, metadata_root=args.metadata_root,
                            exclude_ids=args.exclude_ids, check_sizes=True)
-    results = evaluate_scoremaps(
+    evaluate = evaluate_instance_masks if args.layout == "openimages" else evaluate_scoremaps
+    results = evaluate(
         records, args.scoremaps, args.protocol, cam_curve_interval=args.cam_curve_interval,
         threshold=args.threshold, predictions=args.predictions, iou_threshold=args.iou_threshold,
         iou_compare=args.iou_compare, inclusive_iou=args.iou_convention == "inclusive",
