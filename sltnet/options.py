@@ -88,8 +88,9 @@ def add_dataset_arg(group) -> None:
 def add_top_k_args(group, *, test: bool = False) -> None:
     """``--top-k`` and ``--top-k-ratio`` (K as a fraction of the class count, :func:`resolve_top_k`)."""
     group.add_argument("--top-k", type=int, default=30,
-                       help="K of SMT (Eq. 8), top-K ACAM (Eq. 9) and --vst-maps topk (CUB 30, ILSVRC 100)"
-                       + ("; test: default as trained (args.yaml), a value given here wins" if test else ""))
+                       help="K of the top-K ACAM (Eq. 9; CUB 30, ILSVRC 100); default as trained (args.yaml), a "
+                            "value given here wins" if test else
+                       "K of SMT (Eq. 8), top-K ACAM (Eq. 9) and --vst-maps topk (CUB 30, ILSVRC 100)")
     group.add_argument("--top-k-ratio", type=unit_fraction, default=None,
                        help="K as a fraction R of the dataset's class count C: K = max(1, R x C rounded half up), "
                             "computed once the dataset is loaded and written to args.yaml as top_k (the paper: "

@@ -216,7 +216,8 @@ def main(args):
                                                         "pxap") if k in results})
                 metrics["gt_known_loc_choe_rule"] = results["gt_known_loc"]   # same threshold, evaluator's rule
             atomic_write_json(out_dir / "metrics.json", metrics)
-            text = "\n".join(f"{k:>24s}  {v}" for k, v in metrics.items() if not isinstance(v, dict))
+            width = max(24, *(len(k) for k in metrics))
+            text = "\n".join(f"{k:>{width}s}  {v}" for k, v in metrics.items() if not isinstance(v, dict))
             atomic_write_text(out_dir / "metrics.txt", text + "\n")
             print(text, flush=True)
         elif args.box_threshold == "best":   # some images without GT boxes: the choice alone
