@@ -21,6 +21,8 @@
   :func:`boxes_to_image_fraction` reads a box back as fractions of the original image.
 * A trained regressor's encoding (box scale, m) is read from its run's ``args.yaml``
   (:func:`trained_box_encoding`).
+* :class:`ThresholdSweep`: GT-known Loc of maps boxed by one rule at every threshold of a grid
+  (:data:`BEST_THRESHOLDS`, 0.05 .. 0.95 step 0.01), for ``localizer/test.py --box-threshold best``.
 """
 from __future__ import annotations
 
@@ -32,7 +34,11 @@ import torch
 from sltnet.options import BOX_RULES, BOX_SCALES  # the names the command line offers
 from utils.cam import boxes_from_maps, boxes_from_maps_zhou, normalize_minmax, resize_maps
 from utils.errors import DataError
+from utils.metrics import LocalizationMeter
 from utils.protocol import get_protocol
+
+# the thresholds --box-threshold best chooses from (fractions of the map's max): 0.05, 0.06, ..., 0.95
+BEST_THRESHOLDS = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
 
 
 def _size_vector(size, like):
@@ -134,3 +140,43 @@ def boxes_to_image_fraction(box, meta: dict, path) -> list[float]:
     size = int(meta["input_size"])
     protocol = get_protocol(meta["protocol"], size, int(meta.get("resize_size") or size))
     return protocol.to_image_fraction(box)
+
+
+class ThresholdSweep:
+    """GT-known Loc of localization maps boxed by ``rule`` (:func:`maps_to_boxes`) at every threshold
+    of ``thresholds``: one ``utils.metrics.LocalizationMeter`` per threshold, so each value is scored
+    exactly as the reported GT-known Loc is. Streams: :meth:`update` per batch, :meth:`merge` the
+    other ranks' :meth:`state`, then :meth:`best`.
+
+    Every threshold boxes every map once (a connected-component labelling or a contour search each:
+    91 per image for :data:`BEST_THRESHOLDS`).
+    """
+
+    def __init__(self, thresholds=BEST_THRESHOLDS, *, rule: str = "zhou", iou_threshold: float = 0.5,
+                 iou_compare: str = ">=", inclusive_iou: bool = True):
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.rule = rule
+        self.meters = [LocalizationMeter(iou_threshold, iou_compare, inclusive_iou) for _ in self.thresholds]
+
+    def update(self, maps, gt_boxes) -> None:
+        """``maps`` [B, H, W] at the input size (raw), ``gt_boxes`` a list of B (n_i, 4) arrays."""
+        for t, meter in zip(self.thresholds, self.meters):
+            meter.update(np.stack([b[0] for b in maps_to_boxes(maps, t, self.rule)]), gt_boxes)
+
+    def state(self) -> list[dict]:
+        return [m.state() for m in self.meters]
+
+    def merge(self, state: list[dict]) -> "ThresholdSweep":
+        for meter, st in zip(self.meters, state):
+            meter.merge(st)
+        return self
+
+    def curve(self) -> list[float]:
+        """GT-known Loc (percent) at each threshold."""
+        return [m.compute()["gt_known_loc"] for m in self.meters]
+
+    def best(self) -> tuple[float, float]:
+        """(threshold, its GT-known Loc): the highest GT-known Loc, the lowest threshold on ties."""
+        curve = self.curve()
+        i = int(np.argmax(curve))
+        return self.thresholds[i], curve[i]

@@ -1,8 +1,11 @@
 """SLT-Net losses and the top-K averaged CAM (Guo et al., CVPR 2021, Sec. 3).
 
-* :func:`semantic_tolerance_loss` -- L_SMT, Eq. 8.
+* :func:`semantic_tolerance_loss` -- L_SMT, Eq. 8 (``variant="eq8"``); ``variant="exclude-topk"`` is
+  a named deviation (the other top-K classes left out of the softmax), not the paper's equation.
 * :func:`top_k_cam` -- top-K ACAM, Eq. 9; :func:`localization_map` -- it, or the ground-truth
-  class's CAM with ACAM off (the map the boxes are read from).
+  class's CAM with ACAM off, or (``teacher=``) the top-K ACAM with the label forced among the K
+  classes (:func:`top_k_cam_with_label`, not the paper's) or the labelled class's CAM: the map the
+  boxes are read from.
 * :func:`visual_stimulus_tolerance_loss` -- L_VST, Eq. 13 (the transform and its inverse,
   Eq. 10-12, live in :mod:`sltnet.vst`).
 * :func:`box_regression_loss` -- L_REG, Eq. 3-4.
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from sltnet.options import SMT_VARIANTS, TEACHER_MAPS  # the names the command line offers
 
 
 def label_in_top_k(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -28,18 +33,49 @@ def label_in_top_k(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.
     return (logits > true_score).sum(dim=1) < k
 
 
+def other_top_k_mask(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [B, C]: the classes other than the true one that score at least the K-th highest score.
+
+    Without ties these are the K-1 other classes of the top-K when the true class is among them (K
+    when it is not); a tie at the K-th score puts every tied class in (as :func:`label_in_top_k`
+    counts a tie as inside), whatever order ``torch.topk`` gives equal values.
+    """
+    k = max(1, min(int(k), logits.shape[1]))
+    kth = logits.topk(k, dim=1).values[:, k - 1:k]
+    mask = logits >= kth
+    return mask.scatter(1, labels[:, None], False)
+
+
 def semantic_tolerance_loss(logits: torch.Tensor, labels: torch.Tensor, *, alpha: float, k: int,
-                            reduction: str = "mean") -> torch.Tensor:
+                            reduction: str = "mean", variant: str = "eq8") -> torch.Tensor:
     """L_SMT (Eq. 8): ``alpha * CE`` for an image whose true class is in the top-K, else ``CE``.
 
     With ``k=1, alpha=1`` this is plain cross entropy (the paper's remark under Eq. 8).
     The top-K membership is a hard, non-differentiable switch decided on the current logits.
+
+    ``variant="exclude-topk"`` is NOT Eq. 8: for an image whose true class is in the top-K (the
+    same test, :func:`label_in_top_k`), the cross entropy is taken over a softmax from which the
+    other top-K classes (:func:`other_top_k_mask`) are left out, ``alpha * (-x_y + log sum_{c not
+    in top-K \\ {y}} exp x_c)``, so those classes get no gradient: the model is not pushed to tell
+    the true class from its K-1 most similar ones, which is what the paper's text motivates ("does
+    not need to distinguish one category from its K-1 most similar") and Eq. 8 does not do (inside
+    the top-K it is alpha times the full cross entropy, gradient direction unchanged). alpha scales
+    it as in Eq. 8; outside the top-K it is plain CE, as in Eq. 8.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"semantic_tolerance_loss: alpha must be in [0, 1], got {alpha}")
-    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    if variant not in SMT_VARIANTS:
+        raise ValueError(f"unknown L_SMT variant {variant!r} ({' | '.join(SMT_VARIANTS)})")
+    logits = logits.float()
+    ce = F.cross_entropy(logits, labels, reduction="none")
     inside = label_in_top_k(logits.detach(), labels, k)
-    loss = torch.where(inside, alpha * ce, ce)
+    if variant == "exclude-topk":
+        # the other top-K classes of an image whose label is inside leave its softmax (logit -> -inf)
+        left_out = other_top_k_mask(logits.detach(), labels, k) & inside[:, None]
+        tolerant = F.cross_entropy(logits.masked_fill(left_out, float("-inf")), labels, reduction="none")
+        loss = torch.where(inside, alpha * tolerant, ce)
+    else:
+        loss = torch.where(inside, alpha * ce, ce)
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
@@ -71,12 +107,44 @@ def top_k_cam(cams: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:
     return select_cams(cams, top_k_classes(logits, k)).mean(dim=1)
 
 
+def top_k_classes_with_label(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`top_k_classes` [B, k] with the label forced in: where the label is not among the K
+    indices ``torch.topk`` returns, it replaces the K-th (lowest-scoring) of them."""
+    classes = top_k_classes(logits, k).clone()
+    missing = ~(classes == labels[:, None]).any(dim=1)
+    classes[missing, -1] = labels[missing]
+    return classes
+
+
+def top_k_cam_with_label(cams: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-K ACAM (Eq. 9) whose K classes include the known label (:func:`top_k_classes_with_label`):
+    ``1/K * sum_j M_j`` over them, [B, C, h, w] -> [B, h, w]. Not the paper's map: it needs the label,
+    which training images (the standalone regressor's teacher boxes) carry."""
+    return select_cams(cams, top_k_classes_with_label(logits, labels, k)).mean(dim=1)
+
+
 def localization_map(cams: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, *,
-                     acam: bool, top_k: int) -> torch.Tensor:
-    """[B, h, w]: top-K ACAM (Eq. 9) or, with ``acam`` off, the CAM of the ground-truth class."""
-    if acam:
+                     acam: bool, top_k: int, teacher: str = "acam") -> torch.Tensor:
+    """[B, h, w]: the map the boxes are read from.
+
+    ``teacher="acam"`` (default): top-K ACAM (Eq. 9) or, with ``acam`` off, the CAM of the
+    ground-truth class (of the top-1 class when ``labels`` is None). ``"acam-label"``: top-K ACAM
+    with the label among the K classes (:func:`top_k_cam_with_label`; needs ``acam``). ``"gt"``:
+    the labelled class's CAM, whatever ``acam``.
+    """
+    if teacher not in TEACHER_MAPS:
+        raise ValueError(f"unknown teacher map {teacher!r} ({' | '.join(TEACHER_MAPS)})")
+    if teacher == "acam-label":
+        if not acam:
+            raise ValueError("teacher map acam-label is a top-K ACAM: it contradicts acam off")
+        if labels is None:
+            raise ValueError("teacher map acam-label needs the labels")
+        return top_k_cam_with_label(cams, logits, labels, top_k)
+    if teacher == "acam" and acam:
         return top_k_cam(cams, logits, top_k)
     if labels is None:
+        if teacher == "gt":
+            raise ValueError("teacher map gt needs the labels")
         labels = logits.argmax(dim=1)
     return select_cams(cams, labels)[:, 0]
 

@@ -6,11 +6,14 @@
   ``W . GAP(F) + b``, since GAP and W commute), so one pass gives both.
 * :class:`BoxRegressor` -- backbone, GAP, FC-ReLU-FC-ReLU ("two fully connected layers and
   corresponding ReLU layers", Sec. 3.1), 4 outputs: the box ``p = (x1/m, y1/m, x2/m, y2/m)``
-  (Sec. 3.1, Eq. 3-4; see :mod:`sltnet.boxes`).
-* :class:`LocalizationBranch` -- both networks in one module, so one optimizer (two param groups) and
-  one DDP wrapper train them jointly; ``forward(images, transformed=None)`` runs the localizer on the
-  images (and on the VST-transformed copy) and the regressor on the images; :func:`build_branch`
-  makes one from a stage's options (``sltnet.options``).
+  (Sec. 3.1, Eq. 3-4; see :mod:`sltnet.boxes`). ``pool="grid"`` (not in the paper) average-pools
+  to an N x N grid and flattens it instead of GAP, so that position survives pooling.
+* :class:`LocalizationBranch` -- both networks in one module, so one optimizer (param groups:
+  :meth:`LocalizationBranch.param_groups`) and one DDP wrapper train them jointly;
+  ``forward(images, transformed=None, vst_bn="update")`` runs the localizer on the images (and on
+  the VST-transformed copy; ``vst_bn="frozen"`` keeps that pass from updating the BatchNorm running
+  statistics, :func:`batchnorm_statistics_frozen`) and the regressor on the images;
+  :func:`build_branch` makes one from a stage's options (``sltnet.options``).
 
 Open choices (configuration values, defaults in :data:`CAM_FEATURE` / :data:`EXTRA_CONV`):
 VGG16 keeps conv5_3 (no pool5) and adds one 3x3 conv to 1024 channels before GAP (as in the CAM
@@ -24,12 +27,14 @@ networks' backbones then keep their last layers at that finer resolution. The re
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from network import build_backbone
-from sltnet.options import BACKBONES  # the names the command line offers
+from sltnet.options import BACKBONES, REGRESSOR_POOLS, VST_BN  # the names the command line offers
 
 CAM_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_6e", "resnet18": "layer4", "resnet50": "layer4", "densenet161": "features"}
 REGRESSOR_FEATURE = {"vgg16": "conv5", "inception_v3": "mixed_7c", "resnet18": "layer4", "resnet50": "layer4", "densenet161": "features"}
@@ -126,6 +131,26 @@ class CAMLocalizer(nn.Module):
         return out
 
 
+@contextmanager
+def batchnorm_statistics_frozen(module: nn.Module):
+    """Within the block, the BatchNorm layers of ``module`` update no running statistics.
+
+    In train mode each layer still normalises with the batch's own statistics, exactly as
+    before; only the update of ``running_mean``, ``running_var`` and ``num_batches_tracked`` is
+    left out (``track_running_stats`` off: ``nn.BatchNorm`` then passes no running buffers to
+    ``F.batch_norm`` and counts no batch). In eval mode nothing changes (the running statistics
+    are read as always). Plain module attributes, so it holds under DDP and autocast.
+    """
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
+
+
 class BoxRegressor(nn.Module):
     """Backbone (or shared features) -> GAP -> FC -> ReLU -> FC -> ReLU -> 4 box coordinates.
 
@@ -133,26 +158,51 @@ class BoxRegressor(nn.Module):
     (the box coordinates are never negative). ``final_relu=False`` makes the output layer linear
     (no ReLU stops the gradient of a coordinate predicted below 0). Boxes are clipped to the
     image when converted back to pixels at test time.
+
+    ``pool``: ``"gap"`` (the paper's global average pooling, one value per channel) or ``"grid"``
+    (not in the paper): adaptive average pooling to ``grid`` x ``grid`` cells, flattened channel by
+    channel, so that the first FC layer sees where the features are (``channels * grid**2`` inputs;
+    ``grid=1`` is GAP). The two heads' first layers differ in shape, so weights of one never load
+    into the other.
     """
 
     def __init__(self, backbone_name: str | None, *, pretrained: str = "imagenet", feature: str | None = None,
                  hidden: int = 512, in_channels: int | None = None, final_relu: bool = True,
-                 output_stride: int = 32):
+                 output_stride: int = 32, pool: str = "gap", grid: int = 4):
         super().__init__()
+        if pool not in REGRESSOR_POOLS:
+            raise ValueError(f"unknown regressor pooling {pool!r} ({' | '.join(REGRESSOR_POOLS)})")
+        if pool == "grid" and int(grid) < 1:
+            raise ValueError(f"regressor grid must be >= 1, got {grid}")
         if backbone_name is not None:
             self.features = FeatureExtractor(backbone_name, feature or REGRESSOR_FEATURE[backbone_name], pretrained,
                                              output_stride)
             in_channels = self.features.out_channels
         else:
             self.features = None            # shared: forward receives feature maps
-        layers = [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)]
+        self.pool, self.grid = pool, int(grid) if pool == "grid" else 1
+        layers = [nn.Linear(in_channels * self.grid ** 2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)]
         if final_relu:
             layers.append(nn.ReLU())
         self.fc = nn.Sequential(*layers)
 
+    def pooled(self, feats: torch.Tensor) -> torch.Tensor:
+        """[B, N, h, w] -> [B, N] (GAP) or [B, N * grid * grid] (grid cells, channel-major)."""
+        if self.pool == "gap":
+            return feats.mean(dim=(2, 3))
+        return F.adaptive_avg_pool2d(feats, self.grid).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.features(x) if self.features is not None else x
-        return self.fc(feats.mean(dim=(2, 3)))
+        return self.fc(self.pooled(feats))
+
+    def param_groups(self, lr: float, *, head_lr_mult: float = 1.0, name: str = "regressor") -> list[dict]:
+        """The pretrained backbone at ``lr``, the newly initialised FC head at ``lr * head_lr_mult``
+        (groups named ``name`` and ``name + "_head"``; a shared-features regressor has only the head)."""
+        groups = [{"params": list(self.features.parameters()) if self.features is not None else [],
+                   "lr": lr, "name": name},
+                  {"params": list(self.fc.parameters()), "lr": lr * head_lr_mult, "name": f"{name}_head"}]
+        return [g for g in groups if g["params"]]
 
 
 class LocalizationBranch(nn.Module):
@@ -166,42 +216,55 @@ class LocalizationBranch(nn.Module):
     def __init__(self, backbone_name: str, num_classes: int, *, pretrained: str = "imagenet",
                  cam_feature: str | None = None, extra_conv: int | None = None,
                  regressor_feature: str | None = None, regressor_hidden: int = 512,
-                 regressor_final_relu: bool = True, share_backbone: bool = False, output_stride: int = 32):
+                 regressor_final_relu: bool = True, share_backbone: bool = False, output_stride: int = 32,
+                 regressor_pool: str = "gap", regressor_grid: int = 4):
         super().__init__()
         self.localizer = CAMLocalizer(backbone_name, num_classes, pretrained=pretrained,
                                       feature=cam_feature, extra_conv=extra_conv, output_stride=output_stride)
         self.share_backbone = share_backbone
+        head = dict(hidden=regressor_hidden, final_relu=regressor_final_relu, pool=regressor_pool,
+                    grid=regressor_grid)
         if share_backbone:
-            self.regressor = BoxRegressor(None, in_channels=self.localizer.out_channels, hidden=regressor_hidden,
-                                          final_relu=regressor_final_relu)
+            self.regressor = BoxRegressor(None, in_channels=self.localizer.out_channels, **head)
         else:
             self.regressor = BoxRegressor(backbone_name, pretrained=pretrained, feature=regressor_feature,
-                                          hidden=regressor_hidden, final_relu=regressor_final_relu,
-                                          output_stride=output_stride)
+                                          output_stride=output_stride, **head)
 
-    def forward(self, images: torch.Tensor, transformed: torch.Tensor | None = None) -> dict:
+    def forward(self, images: torch.Tensor, transformed: torch.Tensor | None = None, vst_bn: str = "update") -> dict:
+        """``vst_bn``: ``"update"`` (the transformed copy's pass updates the BatchNorm running
+        statistics as the original pass does) or ``"frozen"`` (it updates none of them; it still
+        normalises with its own batch statistics, so its outputs and gradients are the same)."""
+        if vst_bn not in VST_BN:
+            raise ValueError(f"unknown vst_bn {vst_bn!r} ({' | '.join(VST_BN)})")
         out = self.localizer(images)
         feats = out.pop("features")
         out["boxes"] = self.regressor(feats if self.share_backbone else images)
         if transformed is not None:
-            out_t = self.localizer(transformed)
+            with batchnorm_statistics_frozen(self.localizer) if vst_bn == "frozen" else nullcontext():
+                out_t = self.localizer(transformed)
             out["logits_t"], out["cams_t"] = out_t["logits"], out_t["cams"]
         return out
 
     def param_groups(self, lr: float, *, regressor_lr: float | None = None, head_lr_mult: float = 1.0) -> list[dict]:
-        """Two param groups for one optimizer: localizer, regressor (``regressor_lr`` defaults to ``lr``).
+        """Param groups for one optimizer: every pretrained layer at its network's lr, every newly
+        initialised layer at that lr x ``head_lr_mult``.
 
-        ``head_lr_mult`` scales the lr of the newly initialised layers of the localizer (extra conv,
-        classifier); 1.0 (the paper names one lr) by default.
+        * ``localizer``: the localizer's backbone, at ``lr``;
+        * ``localizer_head``: its new layers (extra conv, classifier), at ``lr * head_lr_mult``;
+        * ``regressor``: the regressor's backbone, at ``regressor_lr`` (default ``lr``; absent with a
+          shared backbone);
+        * ``regressor_head``: its new FC layers, at ``regressor_lr * head_lr_mult``.
+
+        ``head_lr_mult`` is 1.0 by default (the paper names one lr).
         """
         new = list(self.localizer.extra.parameters()) + list(self.localizer.classifier.parameters())
         new_ids = {id(p) for p in new}
         old = [p for p in self.localizer.parameters() if id(p) not in new_ids]
         groups = [{"params": old, "lr": lr, "name": "localizer"},
-                  {"params": new, "lr": lr * head_lr_mult, "name": "localizer_head"},
-                  {"params": list(self.regressor.parameters()),
-                   "lr": lr if regressor_lr is None else regressor_lr, "name": "regressor"}]
-        return [g for g in groups if g["params"]]
+                  {"params": new, "lr": lr * head_lr_mult, "name": "localizer_head"}]
+        groups = [g for g in groups if g["params"]]
+        return groups + self.regressor.param_groups(lr if regressor_lr is None else regressor_lr,
+                                                    head_lr_mult=head_lr_mult)
 
 
 def build_branch(args, num_classes: int, pretrained: str | None = None) -> LocalizationBranch:
@@ -210,4 +273,6 @@ def build_branch(args, num_classes: int, pretrained: str | None = None) -> Local
                               cam_feature=args.cam_feature, extra_conv=args.extra_conv,
                               regressor_feature=args.regressor_feature, regressor_hidden=args.regressor_hidden,
                               regressor_final_relu=args.regressor_final_relu, share_backbone=args.share_backbone,
-                              output_stride=getattr(args, "output_stride", 32))
+                              output_stride=getattr(args, "output_stride", 32),
+                              regressor_pool=getattr(args, "regressor_pool", "gap"),
+                              regressor_grid=getattr(args, "regressor_grid", 4))

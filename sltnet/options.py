@@ -3,10 +3,13 @@
 Each ``sltnet/<stage>/<train|test>.py`` takes its parser from here and parses ``sys.argv`` before
 its heavy imports (``utils.config.parse_early``), so ``--help`` and a mistyped option are answered
 at once. The option groups the stages share are here too, the names the command line offers
-(``BACKBONES``, ``BOX_RULES``, ``BOX_SCALES``), which ``sltnet.model`` and ``sltnet.boxes`` import
-from here, and :func:`resolve_args`: the defaults derived from other options (per-backbone
-geometry, dataset name, data root, the stage folders; :data:`PRODUCER` names the script that
-writes each stage folder's model.pth).
+(``BACKBONES``, ``BOX_RULES``, ``BOX_SCALES``, ``SMT_VARIANTS``, ``TEACHER_MAPS``, ``VST_BN``,
+``REGRESSOR_POOLS``), which ``sltnet.model``, ``sltnet.losses`` and ``sltnet.boxes`` import from here,
+the ``type=`` checks of the new options' values (:func:`unit_fraction`, :func:`positive_int`,
+:func:`threshold_or_best`), :func:`resolve_top_k` (K from --top-k-ratio once the class count is
+known), :func:`check_map_options` and :func:`resolve_args`: the defaults derived from other options
+(per-backbone geometry, dataset name, data root, the stage folders; :data:`PRODUCER` names the
+script that writes each stage folder's model.pth).
 
 Stage folders (each with train.py / test.py): ``sltnet/localizer`` (localizer + regressor trained
 together, Fig. 2a), ``sltnet/regressor`` (optional standalone regressor training from saved pseudo
@@ -26,6 +29,10 @@ from utils.protocol import choices as protocol_choices
 BACKBONES = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161")
 BOX_RULES = ("zhou", "choe")
 BOX_SCALES = ("stride", "input")
+SMT_VARIANTS = ("eq8", "exclude-topk")
+TEACHER_MAPS = ("acam", "acam-label", "gt")
+VST_BN = ("update", "frozen")
+REGRESSOR_POOLS = ("gap", "grid")
 
 METHOD = "sltnet"
 # Sec. 4.1: VGG16 resize 256 crop 224, InceptionV3 resize 320 crop 299 (ResNet50 / DenseNet161: as VGG16)
@@ -38,12 +45,93 @@ PRODUCER = {"localizer": "sltnet/localizer/train.py", "regressor": "sltnet/regre
             "classifier": "sltnet/classifier/train.py"}
 
 
+def unit_fraction(text: str) -> float:
+    """``type=`` of --top-k-ratio: a number R with 0 < R <= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``type=`` of --regressor-grid: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def threshold_or_best(text: str) -> float | str:
+    """``type=`` of the localizer test's --box-threshold: a fraction of the map's max, or ``best``."""
+    if str(text).strip().lower() == "best":
+        return "best"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'best', got {text!r}") from None
+
+
 def add_dataset_arg(group) -> None:
     """``--dataset`` (``--dataset-name`` before, still accepted): names the default folders."""
     add_alias(group, "--dataset-name", group.add_argument(
         "--dataset", type=str, default=None,
         help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout; "
              "formerly --dataset-name)"))
+
+
+def add_top_k_args(group, *, test: bool = False) -> None:
+    """``--top-k`` and ``--top-k-ratio`` (K as a fraction of the class count, :func:`resolve_top_k`)."""
+    group.add_argument("--top-k", type=int, default=30,
+                       help="K of the top-K ACAM (Eq. 9; CUB 30, ILSVRC 100); default as trained (args.yaml), a "
+                            "value given here wins" if test else
+                       "K of SMT (Eq. 8), top-K ACAM (Eq. 9) and --vst-maps topk (CUB 30, ILSVRC 100)")
+    group.add_argument("--top-k-ratio", type=unit_fraction, default=None,
+                       help="K as a fraction R of the dataset's class count C: K = max(1, R x C rounded half up), "
+                            "computed once the dataset is loaded and written to args.yaml as top_k (the paper: "
+                            "30 / 200 = 0.15 CUB, 100 / 1000 = 0.10 ILSVRC); wins over --top-k (one notice line "
+                            "when both are given and differ)")
+
+
+def add_teacher_map_arg(group, *, test: bool) -> None:
+    """``--teacher-map``: the map the boxes are read from (the joint regressor's targets in training,
+    boxes.csv in the localizer test)."""
+    what = ("the map this step boxes (boxes.csv, scoremaps, the GT-known Loc), on any split; with --split "
+            "train these are the standalone regressor's targets; recorded in boxes.json") if test else \
+        "the map whose box is the jointly trained regressor's target (Fig. 2a)"
+    group.add_argument("--teacher-map", type=str, default="acam", choices=list(TEACHER_MAPS),
+                       help=f"{what}: acam (the map --acam names: top-K ACAM of the predicted classes, Eq. 9; "
+                            "with --no-acam the ground-truth class's CAM), acam-label (top-K ACAM whose K classes "
+                            "include the known label: it replaces the K-th predicted class when it is not among "
+                            "the top-K; not the paper's), gt (the CAM of the labelled class)")
+
+
+def resolve_top_k(args, num_classes: int, explicit: set[str] | None = None) -> int:
+    """``args.top_k`` from ``args.top_k_ratio`` when that is given: ``K = max(1, floor(R x C + 1/2))``
+    (R x C rounded half up) for the dataset's ``num_classes`` C; returns K.
+
+    The ratio wins over --top-k; when --top-k was given too (``explicit``: the options given on the
+    command line or in --config) with another value, one notice line says so.
+    """
+    import math
+    import os
+    import sys
+
+    ratio = getattr(args, "top_k_ratio", None)
+    if ratio is None:
+        return args.top_k
+    k = max(1, int(math.floor(float(ratio) * int(num_classes) + 0.5)))
+    if explicit is not None and "top_k" in explicit and args.top_k != k \
+            and int(os.environ.get("RANK", "0")) == 0:
+        print(f"notice: --top-k-ratio {ratio} gives K = {k} of {num_classes} classes; it wins over "
+              f"--top-k {args.top_k}", file=sys.stderr, flush=True)
+    args.top_k = k
+    return k
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -64,6 +152,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--regressor-final-relu", action=argparse.BooleanOptionalAction, default=True,
                    help="ReLU after the regressor's second FC layer as after the first (Sec. 3.1: FC-ReLU-FC-ReLU); "
                         "--no-regressor-final-relu: linear output")
+    g.add_argument("--regressor-pool", type=str, default="gap", choices=list(REGRESSOR_POOLS),
+                   help="pooling of the regressor's feature map before its FC layers: gap (global average, one "
+                        "value per channel; position is lost) or grid (adaptive average pooling to "
+                        "--regressor-grid x --regressor-grid cells, flattened, so that position survives; not in "
+                        "the paper). Test: default as trained (args.yaml)")
+    g.add_argument("--regressor-grid", type=positive_int, default=4,
+                   help="N of --regressor-pool grid (N x N cells; the first FC layer takes channels x N x N "
+                        "inputs); not read with gap. Test: default as trained (args.yaml)")
     g.add_argument("--box-scale", type=str, default=None, choices=list(BOX_SCALES),
                    help="what the regressor's box is divided by: stride (Sec. 3.1: m, the localizer's downsampling "
                         "factor; the training default) or input (the input size). Test: default as trained (args.yaml)")
@@ -91,8 +187,13 @@ def add_optim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=2e-4)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--head-lr-mult", type=float, default=1.0, help="lr multiplier of the new localizer layers")
-    g.add_argument("--regressor-lr", type=float, default=None, help="regressor lr (default: --lr)")
+    g.add_argument("--head-lr-mult", type=float, default=1.0,
+                   help="lr multiplier of the newly initialised layers: the localizer's extra conv and classifier "
+                        "(at --lr x this) and the regressor's FC head (at the regressor's lr x this); the paper "
+                        "names one lr (1.0)")
+    g.add_argument("--regressor-lr", type=float, default=None,
+                   help="lr of the regressor's pretrained backbone, its FC head at this x --head-lr-mult "
+                        "(default: --lr)")
     parser.set_defaults(batch_size=16, epochs=4)
     return parser
 
@@ -100,19 +201,36 @@ def add_optim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("SLT-Net losses (each on/off for the Table 5 ablation)")
     g.add_argument("--smt", action=argparse.BooleanOptionalAction, default=True, help="L_SMT (Eq. 8), else CE")
+    g.add_argument("--smt-variant", type=str, default="eq8", choices=list(SMT_VARIANTS),
+                   help="eq8: Eq. 8 as written (alpha x CE when the true class is in the top-K, else CE). "
+                        "exclude-topk: NOT the paper's equation: when the true class is in the top-K (the same "
+                        "test as Eq. 8, ties at the K-th score inside), alpha x the cross entropy of a softmax "
+                        "from which the other top-K classes are left out (every other class scoring at least "
+                        "the K-th score), so that the true class is not pushed away from its K-1 most similar "
+                        "classes (the paper's motivation); else CE")
     g.add_argument("--alpha", type=float, default=0.4, help="SMT factor (CUB 0.4, ILSVRC 0.2)")
-    g.add_argument("--top-k", type=int, default=30, help="K of SMT and ACAM (CUB 30, ILSVRC 100)")
+    add_top_k_args(g)
     g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True,
                    help="top-K ACAM map (Eq. 9); off: the CAM of the ground-truth class")
+    add_teacher_map_arg(g, test=False)
     g.add_argument("--vst", action=argparse.BooleanOptionalAction, default=True, help="L_VST (Eq. 10-13)")
     g.add_argument("--beta", type=float, default=10.0, help="weight of L_VST (Eq. 2)")
     g.add_argument("--vst-scale-min", type=float, default=0.75)
     g.add_argument("--vst-scale-max", type=float, default=1.25)
     g.add_argument("--vst-flip-prob", type=float, default=0.5)
-    g.add_argument("--vst-brightness", type=float, default=0.4)
-    g.add_argument("--vst-contrast", type=float, default=0.4)
-    g.add_argument("--vst-saturation", type=float, default=0.4)
-    g.add_argument("--vst-hue", type=float, default=0.1)
+    jitter = ("colour jitter strength of the transformed copy (torchvision ColorJitter, drawn per image); "
+              "--vst-brightness 0 --vst-contrast 0 --vst-saturation 0 --vst-hue 0 switch colour jitter off "
+              "(the batch is passed on untouched)")
+    g.add_argument("--vst-brightness", type=float, default=0.4, help=jitter)
+    g.add_argument("--vst-contrast", type=float, default=0.4, help=jitter)
+    g.add_argument("--vst-saturation", type=float, default=0.4, help=jitter)
+    g.add_argument("--vst-hue", type=float, default=0.1,
+                   help=jitter + "; hue 0: no hue shift (brightness, contrast and saturation keep each pixel's "
+                                 "hue, except where a channel is clipped to [0, 1])")
+    g.add_argument("--vst-bn", type=str, default="update", choices=list(VST_BN),
+                   help="BatchNorm running statistics in the transformed copy's pass: update (as the original "
+                        "pass does) or frozen (that pass still normalises with its batch statistics, but leaves "
+                        "running_mean / running_var / num_batches_tracked unchanged); the paper is silent")
     g.add_argument("--vst-normalize", type=str, default="none", choices=["none", "max", "minmax"],
                    help="CAM normalisation before the MSE of Eq. 13")
     g.add_argument("--vst-maps", type=str, default="all", choices=["all", "topk", "gt"],
@@ -159,8 +277,13 @@ def localizer_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocol", type=str, default="wsol", choices=protocol_choices("resize", "center_crop"),
                    help="wsol (= resize): whole image resized to input size; spol (= center_crop): resize then centre crop")
     g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--top-k", type=int, default=30)
-    g.add_argument("--box-threshold", type=float, default=0.2)
+    add_top_k_args(g, test=True)
+    add_teacher_map_arg(g, test=True)
+    g.add_argument("--box-threshold", type=threshold_or_best, default=0.2,
+                   help="box threshold, fraction of the map's max (CAM's 20%%); best (--split train only, needs "
+                        "its GT boxes): the threshold of 0.05, 0.06, ..., 0.95 with the highest GT-known Loc of "
+                        "this split's maps under --box-rule (recorded in metrics.json and boxes.json); it uses "
+                        "the training images' boxes, which weak supervision does not grant")
     g.add_argument("--box-rule", type=str, default="zhou", choices=list(BOX_RULES),
                    help="zhou: CAM's rule on the raw map (> t * max, largest connected component; the paper's); "
                         "choe: min-max normalised map, uint8 > int(t * max) (the wsol evaluator's rule)")
@@ -216,6 +339,9 @@ def regressor_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--iou-threshold", type=float, default=0.5)
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
     g.add_argument("--grid-images", type=int, default=16)
+    g.add_argument("--top-k-ratio", type=unit_fraction, default=None,
+                   help="not read: the final box is the regressor's, no top-K map is made here; accepted (and "
+                        "checked) so that one command line serves the localizer's and the final test steps")
     parser.set_defaults(batch_size=32)
     return parser
 
@@ -253,6 +379,21 @@ PARSERS = {"localizer_train": localizer_train_parser, "localizer_test": localize
            "classifier_train": classifier_train_parser, "classifier_test": classifier_test_parser}
 
 
+def check_map_options(args) -> None:
+    """One ``error:`` line (``DataError``) before anything is built for: --teacher-map acam-label with
+    --no-acam (a top-K ACAM with ACAM off), --box-threshold best on a split other than train (the
+    threshold may be chosen on the training split's boxes only, never on the split it is scored on)."""
+    from utils.errors import DataError
+
+    if getattr(args, "teacher_map", None) == "acam-label" and not getattr(args, "acam", True):
+        raise DataError("--teacher-map acam-label is a top-K ACAM, --no-acam turns ACAM off: drop one "
+                        "(--teacher-map gt is the labelled class's CAM)")
+    if getattr(args, "box_threshold", None) == "best" and getattr(args, "split", "train") != "train":
+        raise DataError(f"--box-threshold best chooses the threshold on the training split's GT boxes only, "
+                        f"this run is on split {args.split}: pass a number (e.g. the box_threshold that "
+                        "boxes.json of the train split records)")
+
+
 def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = None) -> argparse.Namespace:
     """Fill the defaults derived from other options (paths, per-backbone input geometry).
 
@@ -261,6 +402,7 @@ def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = 
     """
     if test_of is None:  # a test step's backbone may still come from its training run
         check_output_stride(args)
+    check_map_options(args)
     resize, crop = GEOMETRY[args.backbone]
     args.resize_size = args.resize_size or resize
     args.input_size = args.input_size or crop

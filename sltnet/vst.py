@@ -5,7 +5,8 @@ The transformed image (Eq. 10) is ``I^t = flip(scale(jitter(I)))``:
 * colour jitter (brightness, contrast, saturation, hue), drawn independently per image and
   applied in [0, 1] RGB space (the batch arrives ImageNet-normalised; it is de-normalised, jittered
   and normalised again). Colour is not inverted on the CAM (the paper inverts spatial transforms
-  only, Eq. 12).
+  only, Eq. 12). All four strengths 0 switch it off (the batch is passed on untouched); hue 0 shifts
+  no hue (the other three keep each pixel's hue up to clipping to [0, 1]).
 * scale: ONE factor per batch (so that the batch stays one tensor), drawn uniformly in
   ``[scale_min, scale_max]``; the scaled side is rounded to a multiple of ``size_multiple``
   (the CAM stride) so that the CAM grid of the scaled image covers exactly the same image extent
@@ -29,6 +30,8 @@ and hue 0.1 (the usual torchvision ColorJitter settings), raw CAMs in L_VST (no 
 R^{W x H x C}); the original CAMs are not detached (M^o gets gradient from L_VST as M^it does;
 ``detach_original=True`` stops it), the extrapolated border cells are masked (``border="mask"``),
 and L_VST is Eq. 13 as written (``reduction="eq13"``, sum over the C maps, mean over W x H).
+Whether the transformed copy's pass updates the BatchNorm running statistics is ``--vst-bn``
+(``update`` by default; ``frozen``: :func:`sltnet.model.batchnorm_statistics_frozen`).
 """
 from __future__ import annotations
 

@@ -330,3 +330,233 @@ def test_vst_loss_has_the_trivial_minima_the_demo_falls_into():
     assert visual_stimulus_tolerance_loss(a, b).item() == pytest.approx((0.75 ** 2 + 0.5 ** 2 + 0.25 ** 2) / 4, rel=1e-5)  # eps 1e-6 in / max
     a, b = vst_map_pair(-m_o, -2 * m_it, params, cfg)   # different maps, both negative: zero loss
     assert visual_stimulus_tolerance_loss(a, b).item() == 0.0
+
+
+# ----------------------------------------------------------------------------- SMT: the exclude-topk variant
+def test_smt_exclude_topk_leaves_the_other_top_k_classes_out_of_the_softmax():
+    """--smt-variant exclude-topk is NOT Eq. 8. 4 classes, K = 2, alpha = 0.4; scores
+    x = (ln 4, ln 2, 0, 0), so exp x = (4, 2, 1, 1), sum 8.
+
+    * label 1 (top-2 = {0, 1}: inside): class 0 leaves the softmax: -ln(2 / (2 + 1 + 1)) = ln 2,
+      times alpha: 0.4 ln 2. Eq. 8 gives alpha * CE = 0.4 * -ln(2 / 8) = 0.4 ln 4.
+    * label 3 (outside the top-2): plain CE, -ln(1 / 8) = ln 8, as Eq. 8.
+    * tie: x = (ln 2, ln 2, ln 2, 0), label 2, K = 2: no class scores strictly higher than the label,
+      so it is inside (Eq. 8's tie rule); the other classes at the K-th score (ln 2), 0 and 1, leave:
+      -ln(2 / (2 + 1)) = ln 1.5, times alpha.
+    Gradient of the first image (mean over 3 images): alpha (softmax - onehot) over the kept classes
+    {1, 2, 3} = 0.4 (0.5 - 1, 0.25, 0.25) / 3 and exactly 0 for the class left out.
+    """
+    ln = math.log
+    logits = torch.tensor([[ln(4), ln(2), 0.0, 0.0], [ln(4), ln(2), 0.0, 0.0], [ln(2), ln(2), ln(2), 0.0]],
+                          requires_grad=True)
+    labels = torch.tensor([1, 3, 2])
+    got = semantic_tolerance_loss(logits, labels, alpha=0.4, k=2, reduction="none", variant="exclude-topk")
+    assert got.tolist() == pytest.approx([0.4 * ln(2), ln(8), 0.4 * ln(1.5)], abs=1e-6)
+    eq8 = semantic_tolerance_loss(logits, labels, alpha=0.4, k=2, reduction="none")
+    assert eq8.tolist() == pytest.approx([0.4 * ln(4), ln(8), 0.4 * -ln(2 / 7)], abs=1e-6)
+    got.mean().backward()
+    assert logits.grad[0].tolist() == pytest.approx([0.0, 0.4 * -0.5 / 3, 0.4 * 0.25 / 3, 0.4 * 0.25 / 3], abs=1e-7)
+    assert logits.grad[0, 0].item() == 0.0 and logits.grad[2, :2].tolist() == [0.0, 0.0]
+    # K = 1: no other class inside -> the variant is Eq. 8 (and with alpha = 1 plain cross entropy)
+    assert semantic_tolerance_loss(LOGITS, LABELS, alpha=0.4, k=1, variant="exclude-topk").item() == \
+        pytest.approx(semantic_tolerance_loss(LOGITS, LABELS, alpha=0.4, k=1).item())
+    with pytest.raises(ValueError, match="variant"):
+        semantic_tolerance_loss(LOGITS, LABELS, alpha=0.4, k=2, variant="eq9")
+
+
+# ----------------------------------------------------------------------------- teacher maps
+def test_teacher_maps_acam_label_and_gt():
+    """--teacher-map: acam = Eq. 9 on the predicted top-K; acam-label = the same with the label forced
+    in (it replaces the K-th class when missing); gt = the label's CAM.
+
+    3 classes, maps constant 1, 2, 4; scores (0.9, 0.5, 0.1), K = 2: top-2 = {0, 1} -> ACAM (1 + 2) / 2 = 1.5.
+    Label 2 (not in the top-2): it replaces class 1 -> (1 + 4) / 2 = 2.5; label 1 (inside): 1.5 as ACAM.
+    gt: 4 and 2.
+    """
+    from sltnet.losses import localization_map, top_k_classes_with_label
+
+    cams = torch.tensor([1.0, 2.0, 4.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    logits = torch.tensor([[0.9, 0.5, 0.1]] * 2)
+    labels = torch.tensor([2, 1])
+    assert top_k_classes_with_label(logits, labels, 2).tolist() == [[0, 2], [0, 1]]
+    def at(teacher, acam=True):
+        return localization_map(cams, logits, labels, acam=acam, top_k=2, teacher=teacher)[:, 0, 0].tolist()
+    assert at("acam") == [1.5, 1.5]
+    assert at("acam-label") == [2.5, 1.5]
+    assert at("gt") == [4.0, 2.0] == at("gt", acam=False) == at("acam", acam=False)
+    with pytest.raises(ValueError, match="contradicts acam off"):
+        at("acam-label", acam=False)
+    with pytest.raises(ValueError, match="unknown teacher map"):
+        at("cam")
+
+
+# ----------------------------------------------------------------------------- VST options, each by hand
+def test_vst_colour_jitter_off_with_zero_strengths():
+    """--vst-brightness 0 --vst-contrast 0 --vst-saturation 0 --vst-hue 0: no colour jitter at all; with no
+    flip and scale 1 the transformed copy is the batch itself, bit for bit."""
+    from sltnet.vst import colour_jitter
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 8, 8)
+    off = VSTConfig(brightness=0, contrast=0, saturation=0, hue=0, flip_prob=0, scale_min=1, scale_max=1, size_multiple=4)
+    assert colour_jitter(images, off) is images
+    transformed, params = transform_batch(images, off, rng=random.Random(0))
+    assert torch.equal(transformed, images) and params.size == (8, 8) and not params.flip.any()
+    assert not torch.equal(colour_jitter(images, VSTConfig(brightness=0.4, contrast=0, saturation=0, hue=0)), images)
+
+
+def _hue(rgb):
+    """Hue in [0, 1) of [..., 3, H, W] RGB by the hexcone formula (max - min > 0 assumed)."""
+    r, g, b = rgb.unbind(-3)
+    mx, mn = rgb.amax(-3), rgb.amin(-3)
+    d = mx - mn
+    h = torch.where(mx == r, ((g - b) / d) % 6, torch.where(mx == g, (b - r) / d + 2, (r - g) / d + 4))
+    return h / 6
+
+
+def test_vst_hue_zero_keeps_every_pixels_hue():
+    """Brightness (x b), contrast (blend with the image's grey mean) and saturation (blend with the
+    pixel's grey) scale every channel difference of a pixel by the same positive factor, so with hue 0
+    each pixel's hue, (g - b) / (max - min) etc., is unchanged; hue 0.1 shifts it. Pixels are kept
+    in [0.3, 0.6] with distinct channels and factors in [0.8, 1.2], so no channel is clipped."""
+    from sltnet.vst import IMAGENET_MEAN, IMAGENET_STD, colour_jitter
+
+    torch.manual_seed(0)
+    rgb = torch.stack([0.5 + 0.1 * torch.rand(4, 6, 6), 0.4 + 0.05 * torch.rand(4, 6, 6),
+                       0.3 + 0.05 * torch.rand(4, 6, 6)], dim=1)             # r > g > b: hue well defined
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    normalised = (rgb - mean) / std
+    for hue, changed in ((0.0, False), (0.1, True)):
+        out = colour_jitter(normalised, VSTConfig(brightness=0.2, contrast=0.2, saturation=0.2, hue=hue)) * std + mean
+        assert not torch.allclose(out, rgb, atol=1e-3)                       # the jitter did act
+        shift = (_hue(out) - _hue(rgb)).abs()
+        shift = torch.minimum(shift, 1 - shift)                              # hue is circular
+        assert (shift.max().item() > 1e-3) == changed, shift.max().item()
+        if not changed:
+            assert shift.max().item() < 1e-4
+
+
+def test_vst_normalisation_none_max_minmax_by_hand():
+    """--vst-normalize: none = the raw CAMs (Eq. 13 on M of Eq. 7); max = ReLU then / max; minmax = (x - min) /
+    (max - min). One 2 x 2 map [[-1, 1], [3, 7]]: max: [[0, 1/7], [3/7, 1]]; minmax: [[0, 2/8], [4/8, 1]]."""
+    cams = torch.tensor([[[[-1.0, 1.0], [3.0, 7.0]]]])
+    params = SpatialParams(flip=torch.tensor([False]), size=(2, 2))
+    for how, expected in (("none", [-1.0, 1.0, 3.0, 7.0]), ("max", [0.0, 1 / 7, 3 / 7, 1.0]),
+                          ("minmax", [0.0, 0.25, 0.5, 1.0])):
+        m_o, m_it = vst_map_pair(cams, cams, params, VSTConfig(normalize=how))
+        assert m_o.flatten().tolist() == pytest.approx(expected, abs=1e-5), how
+        assert torch.equal(m_o, m_it)
+    with pytest.raises(ValueError, match="normalisation"):
+        vst_map_pair(cams, cams, params, VSTConfig(normalize="l2"))
+
+
+def test_vst_maps_all_topk_gt_by_hand():
+    """--vst-maps: all keeps the C maps (Eq. 11: M in R^{W x H x C}); topk the K classes of the ORIGINAL
+    image's logits; gt the label's map. Maps constant 0, 1, 2, 3 (class c = c); transformed copy 0.
+    L_VST (Eq. 13, one 1 x 1 cell): all: 0 + 1 + 4 + 9 = 14; topk, K = 2, scores (4, 3, 2, 1) -> classes
+    0, 1: 0 + 1 = 1; gt, label 3: 9."""
+    from sltnet.vst import vst_loss
+
+    cams = torch.arange(4.0).view(1, 4, 1, 1)
+    zeros = torch.zeros(1, 4, 1, 1)
+    params = SpatialParams(flip=torch.tensor([False]), size=(4, 4))
+    logits, labels = torch.tensor([[4.0, 3.0, 2.0, 1.0]]), torch.tensor([3])
+    for maps, expected in (("all", 14.0), ("topk", 1.0), ("gt", 9.0)):
+        cfg = VSTConfig(maps=maps)
+        assert vst_loss(cams, zeros, params, cfg, logits=logits, labels=labels, k=2).item() == expected, maps
+
+
+def test_vst_detach_original_gradient_by_hand():
+    """--vst-detach-original: M^o gets no gradient from L_VST, M^it the same as without it.
+    One map, 2 x 2, B = 1: L = 1/4 * sum (M^o - M^it)^2, dL/dM^it = -(M^o - M^it) / 2, dL/dM^o = +(M^o - M^it) / 2.
+    M^o = [[1, 2], [3, 4]], M^it = 0 -> dL/dM^it = [[-0.5, -1], [-1.5, -2]]."""
+    from sltnet.vst import vst_loss
+
+    params = SpatialParams(flip=torch.tensor([False]), size=(8, 8))
+    for detach in (False, True):
+        m_o = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], requires_grad=True)
+        m_it = torch.zeros(1, 1, 2, 2, requires_grad=True)
+        loss = vst_loss(m_o, m_it, params, VSTConfig(detach_original=detach))
+        assert loss.item() == pytest.approx(30 / 4)
+        loss.backward()
+        assert m_it.grad.flatten().tolist() == [-0.5, -1.0, -1.5, -2.0]
+        assert (m_o.grad is None) == detach
+        if not detach:
+            assert m_o.grad.flatten().tolist() == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_vst_reduction_eq13_and_mean_through_the_options():
+    """--vst-reduction eq13 | mean reach L_VST through VSTConfig.from_args (with every other VST option):
+    C = 2 maps of 1 x 1 with squared differences 1 and 9: eq13 (sum over C, / W x H) = 10, mean = 10 / 2."""
+    from sltnet.localizer.train import get_args_parser
+    from sltnet.vst import vst_loss
+    from utils.config import parse_args
+
+    argv = ["--vst-normalize", "minmax", "--vst-maps", "topk", "--vst-detach-original", "--vst-reduction", "mean",
+            "--vst-border", "keep", "--vst-brightness", "0", "--vst-hue", "0.05", "--vst-bn", "frozen"]
+    cfg = VSTConfig.from_args(parse_args(get_args_parser(), argv, stage="localizer_train"), size_multiple=8)
+    assert (cfg.normalize, cfg.maps, cfg.detach_original, cfg.reduction, cfg.border) == ("minmax", "topk", True, "mean", "keep")
+    assert (cfg.brightness, cfg.hue, cfg.size_multiple) == (0.0, 0.05, 8)
+    default = VSTConfig.from_args(parse_args(get_args_parser(), [], stage="localizer_train"), size_multiple=16)
+    assert (default.normalize, default.maps, default.detach_original, default.reduction) == ("none", "all", False, "eq13")
+    params = SpatialParams(flip=torch.tensor([False]), size=(16, 16))
+    m_o, m_it = torch.tensor([[[[1.0]], [[3.0]]]]), torch.zeros(1, 2, 1, 1)
+    assert vst_loss(m_o, m_it, params, default).item() == 10.0
+    assert vst_loss(m_o, m_it, params, VSTConfig(reduction="mean")).item() == 5.0
+
+
+# ----------------------------------------------------------------------------- K from the class count
+def test_top_k_ratio_resolves_k_from_the_class_count(capsys):
+    """--top-k-ratio R: K = max(1, R x C rounded half up). The paper's: 0.15 x 200 = 30 (CUB), 0.10 x 1000
+    = 100 (ILSVRC); 0.15 x 6 = 0.9 -> 1; 0.25 x 6 = 1.5 -> 2 (half up); 0.01 x 3 = 0.03 -> 0 -> 1."""
+    import argparse
+
+    from sltnet.options import resolve_top_k, unit_fraction
+
+    def k(ratio, classes, top_k=30, explicit=None):
+        args = argparse.Namespace(top_k=top_k, top_k_ratio=ratio)
+        return resolve_top_k(args, classes, explicit), args.top_k
+    assert k(0.15, 200) == (30, 30) and k(0.1, 1000) == (100, 100)
+    assert k(0.15, 6) == (1, 1) and k(0.25, 6) == (2, 2) and k(0.01, 3) == (1, 1) and k(1.0, 7) == (7, 7)
+    assert k(None, 200, top_k=12) == (12, 12)                       # no ratio: --top-k as given
+    assert capsys.readouterr().err == ""
+    assert k(0.5, 6, top_k=2, explicit={"top_k"}) == (3, 3)         # both given: the ratio wins, one notice
+    assert capsys.readouterr().err.strip() == ("notice: --top-k-ratio 0.5 gives K = 3 of 6 classes; it wins over "
+                                               "--top-k 2")
+    assert k(0.5, 6, top_k=3, explicit={"top_k"}) == (3, 3) and capsys.readouterr().err == ""
+    for bad in ("0", "1.5", "-0.1", "nan", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"in \(0, 1\]"):
+            unit_fraction(bad)
+    assert unit_fraction("1") == 1.0
+
+
+# ----------------------------------------------------------------------------- --box-threshold best
+def test_threshold_sweep_chooses_the_threshold_of_the_best_gt_known_loc():
+    """sltnet.boxes.ThresholdSweep, zhou rule (raw map > t * max, largest component). One 10 x 10 map:
+    1.0 on the 2 x 2 core (rows/cols 4-5), 0.5 on the 6 x 6 block around it (rows/cols 2-7), 0 elsewhere.
+    t < 0.5: the block's box (2, 2, 8, 8); t >= 0.5 (0.5 > 0.5 x 1 is false): the core's (4, 4, 6, 6).
+    Boxes are compared with the inclusive IoU (x1 = x0 + w: 7 x 7 and 3 x 3 pixels). GT (2, 2, 8, 8):
+    IoU 1 with the block's box, 9 / 49 with the core's; so GT-known Loc is 100 for t = 0.05 .. 0.49 and 0
+    from 0.50 on, and the best is the lowest, 0.05. A second image whose GT is (4, 4, 6, 6): 0 below 0.5,
+    100 from it (best 0.5); both together: 50 everywhere, the lowest threshold wins the tie."""
+    from sltnet.boxes import BEST_THRESHOLDS, ThresholdSweep
+
+    assert BEST_THRESHOLDS[:3] == (0.05, 0.06, 0.07) and BEST_THRESHOLDS[-1] == 0.95 and len(BEST_THRESHOLDS) == 91
+    m = torch.zeros(1, 10, 10)
+    m[0, 2:8, 2:8] = 0.5
+    m[0, 4:6, 4:6] = 1.0
+    assert pseudo_boxes(m, 10, 0.49)[0].tolist() == [2, 2, 8, 8] and pseudo_boxes(m, 10, 0.5)[0].tolist() == [4, 4, 6, 6]
+    sweep = ThresholdSweep(rule="zhou")
+    sweep.update(m, [np.array([[2, 2, 8, 8]])])
+    curve = sweep.curve()
+    assert curve[:45] == [100.0] * 45 and curve[45:] == [0.0] * 46                  # 0.05..0.49, 0.50..0.95
+    assert sweep.best() == (0.05, 100.0)
+    core = ThresholdSweep(rule="zhou").merge(ThresholdSweep(rule="zhou").state())     # merging an empty state
+    core.update(m, [np.array([[4, 4, 6, 6]])])
+    assert core.best() == (0.5, 100.0)
+    both = ThresholdSweep(rule="zhou").merge(sweep.state()).merge(core.state())
+    assert set(both.curve()) == {50.0} and both.best() == (0.05, 50.0)
+    # the choe rule (min-max, uint8) on the same map: the same two boxes, the same choice
+    choe = ThresholdSweep(rule="choe")
+    choe.update(m, [np.array([[2, 2, 8, 8]])])
+    assert choe.best() == (0.05, 100.0)

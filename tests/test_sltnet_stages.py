@@ -253,3 +253,140 @@ def test_output_stride_on_a_backbone_without_it_is_one_error_line(birds, tmp_pat
     assert capsys.readouterr().err.strip() == ("error: --output-stride 8: backbone vgg16 has output stride 32 only "
                                                "(16 and 8: resnet18, resnet50)")
     assert not (tmp_path / "loc").exists()
+
+
+def test_new_options_reach_args_yaml_and_the_test_steps(run_stage, birds, tmp_path, monkeypatch, capsys):
+    """Every SLT-Net option that is not the paper's letter through the stages on tiny data: the joint
+    training with all of them on (K from --top-k-ratio), the teacher boxes of the train split at the
+    threshold chosen there, a grid-pooled regressor trained on them and its final test, which reads the
+    head from args.yaml and refuses a contradicting one."""
+    import yaml
+
+    from sltnet.boxes import BEST_THRESHOLDS
+    from utils import rundir
+    from utils.errors import RunError
+    from utils.predictions import write_predictions
+
+    out = run_stage.out
+    # 3 classes x 0.5 = 1.5 -> K = 2 (half up), over the --top-k 1 also given (one notice line)
+    run_stage("sltnet.localizer.train", "localizer_train", *SIZE, "--top-k", "1", "--top-k-ratio", "0.5",
+              "--vst-bn", "frozen", "--smt-variant", "exclude-topk", "--teacher-map", "acam-label",
+              "--regressor-pool", "grid", "--regressor-grid", "2", "--head-lr-mult", "10",
+              "--epochs", "1", "--max-steps-per-epoch", "1")
+    assert "notice: --top-k-ratio 0.5 gives K = 2 of 3 classes; it wins over --top-k 1" in capsys.readouterr().err
+    trained = yaml.safe_load((out / "localizer" / "args.yaml").read_text())
+    assert {k: trained[k] for k in ("top_k", "top_k_ratio", "vst_bn", "smt_variant", "teacher_map", "regressor_pool",
+                                    "regressor_grid")} == {"top_k": 2, "top_k_ratio": 0.5, "vst_bn": "frozen",
+                                                           "smt_variant": "exclude-topk", "teacher_map": "acam-label",
+                                                           "regressor_pool": "grid", "regressor_grid": 2}
+    log = [json.loads(line) for line in (out / "localizer" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(log[-1][k]) for k in ("loss_cls", "loss_vst", "loss_reg"))
+    lrs = [g["lr"] for g in torch.load(out / "localizer" / "checkpoint.pth", weights_only=True)["optimizer"]["param_groups"]]
+    assert lrs == pytest.approx([2e-4, 2e-3, 2e-4, 2e-3])        # localizer, its head, regressor, its head (x 10)
+
+    # the teacher boxes: K read from the training run, the threshold chosen on the train split's boxes
+    monkeypatch.setitem(rundir.current_stage, "name", "localizer_test")
+    run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--split", "train", "--teacher-map", "acam-label",
+              "--box-threshold", "best", "--no-scoremaps", "--no-maxboxacc")
+    assert "--top-k 2" in capsys.readouterr().err                 # the notice of the inherited options
+    meta = json.loads((out / "localizer" / "train" / "boxes.json").read_text())
+    metrics = json.loads((out / "localizer" / "train" / "metrics.json").read_text())
+    assert meta["box_threshold"] in BEST_THRESHOLDS and meta["box_threshold"] == metrics["box_threshold"]
+    assert meta["box_threshold_source"].startswith("best GT-known Loc of split train over thresholds 0.05..0.95")
+    assert (meta["teacher_map"], meta["map"], meta["top_k"]) == ("acam-label", "top-2 ACAM, label forced among the K "
+                                                                 "classes", 2)
+    curve = metrics["box_threshold_sweep"]["gt_known_loc"]
+    assert len(curve) == 91 and max(curve) == metrics["box_threshold_gt_known_loc"] == metrics["gt_known_loc"]
+    assert curve.index(max(curve)) == BEST_THRESHOLDS.index(meta["box_threshold"])   # the lowest of the best
+    assert yaml.safe_load((out / "localizer" / "train" / "args.yaml").read_text())["box_threshold"] == "best"
+    # a test step may evaluate another K (not refused); --top-k-ratio resolves on this split's classes
+    run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--top-k-ratio", "0.34", "--no-scoremaps",
+              "--no-maxboxacc", "--teacher-map", "gt", "--box-threshold", "0.3")
+    meta = json.loads((out / "localizer" / "test" / "boxes.json").read_text())
+    assert (meta["top_k"], meta["map"], meta["teacher_map"], meta["box_threshold"]) == (1, "GT-class CAM", "gt", 0.3)
+    assert meta["box_threshold_source"] == "fixed (--box-threshold)"
+    with pytest.raises(DataError, match="--box-threshold best chooses the threshold on the training split's GT "
+                                        "boxes only, this run is on split test"):
+        run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--box-threshold", "best")
+
+    # the standalone regressor on those boxes: grid head, new FC layers at lr x 10
+    run_stage("sltnet.regressor.train", "regressor_train", *SIZE, "--regressor-pool", "grid", "--regressor-grid", "2",
+              "--head-lr-mult", "10", "--regressor-lr", "1e-3", "--epochs", "1", "--max-steps-per-epoch", "1")
+    ck = torch.load(out / "regressor" / "checkpoint.pth", weights_only=True)
+    assert [g["lr"] for g in ck["optimizer"]["param_groups"]] == pytest.approx([1e-3, 1e-2])
+    assert ck["model"]["fc.0.weight"].shape[1] == 512 * 4              # VGG16 conv5: 512 channels x 2 x 2 cells
+    test = load_records(birds, "cub", "test")
+    write_predictions(out / "classifier" / "test" / "predictions.csv", [r.image_id for r in test],
+                      [r.label for r in test], [[r.label] for r in test])
+    monkeypatch.setitem(rundir.current_stage, "name", "regressor_test")
+    run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor", "--grid-images", "0",
+              "--top-k-ratio", "0.15")
+    assert "--regressor-pool grid" in capsys.readouterr().err
+    assert yaml.safe_load((out / "regressor" / "test" / "args.yaml").read_text())["regressor_grid"] == 2
+    with pytest.raises(RunError, match="the training run used --regressor-pool grid, this test step was given "
+                                       "--regressor-pool gap"):
+        run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
+                  "--regressor-pool", "gap", "--output-dir", str(tmp_path / "refused"))
+    with pytest.raises(RunError, match="the training run used --regressor-grid 2"):
+        run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
+                  "--regressor-grid", "3", "--output-dir", str(tmp_path / "refused"))
+    # explicit weights skip args.yaml: a GAP head then refuses the grid head's weights (strict loading)
+    with pytest.raises(DataError, match=r"fc.0.weight \[512, 2048\] vs model \[512, 512\]"):
+        run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--weights", str(out / "regressor" / "model.pth"),
+                  "--box-scale", "stride", "--box-stride", "16", "--output-dir", str(tmp_path / "refused"))
+    # the joint regressor (grid, from the localizer's args.yaml) tests as well
+    run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--grid-images", "0",
+              "--output-dir", str(tmp_path / "joint"))
+    assert yaml.safe_load((tmp_path / "joint" / "args.yaml").read_text())["regressor_pool"] == "grid"
+
+
+def test_acam_label_with_acam_off_is_refused(run_stage):
+    with pytest.raises(DataError, match="--teacher-map acam-label is a top-K ACAM, --no-acam turns ACAM off"):
+        run_stage("sltnet.localizer.train", "localizer_train", *SIZE, "--teacher-map", "acam-label", "--no-acam")
+
+
+BAD_VALUES = [
+    ("sltnet/localizer/train.py", ["--vst-bn", "fixed"], "argument --vst-bn: invalid choice: 'fixed'"),
+    ("sltnet/localizer/train.py", ["--smt-variant", "eq9"], "argument --smt-variant: invalid choice: 'eq9'"),
+    ("sltnet/localizer/train.py", ["--teacher-map", "cam"], "argument --teacher-map: invalid choice: 'cam'"),
+    ("sltnet/localizer/train.py", ["--top-k-ratio", "0"], "argument --top-k-ratio: expected a number in (0, 1], got '0'"),
+    ("sltnet/localizer/train.py", ["--regressor-pool", "max"], "argument --regressor-pool: invalid choice: 'max'"),
+    ("sltnet/regressor/train.py", ["--regressor-grid", "0"], "argument --regressor-grid: expected an integer >= 1, got '0'"),
+    ("sltnet/localizer/test.py", ["--box-threshold", "bestest"],
+     "argument --box-threshold: expected a number or 'best', got 'bestest'"),
+    ("sltnet/localizer/test.py", ["--top-k-ratio", "1.5"], "argument --top-k-ratio: expected a number in (0, 1], got '1.5'"),
+    ("sltnet/regressor/test.py", ["--top-k-ratio", "x"], "argument --top-k-ratio: expected a number in (0, 1], got 'x'"),
+    ("sltnet/regressor/test.py", ["--regressor-grid", "two"], "argument --regressor-grid: expected an integer >= 1"),
+]
+
+
+def test_a_bad_value_of_a_new_option_is_an_error_line_naming_it(tmp_path):
+    """Each script answers a bad value before torch loads: exit status 2, the last line names the option
+    (argparse's usage line comes first); in a config file, one error line with the file and line."""
+    import subprocess
+    import sys
+
+    from sltnet.options import PARSERS
+    from utils.paths import REPO_ROOT
+
+    code = ("import contextlib, io, json, runpy, sys\n"
+            "out = []\n"
+            "for script, *argv in json.loads(sys.argv[1]):\n"
+            "    err = io.StringIO()\n"
+            "    sys.argv = [script, *argv]\n"
+            "    try:\n"
+            "        with contextlib.redirect_stderr(err):\n"
+            "            runpy.run_path(script, run_name='__main__')\n"
+            "    except SystemExit as exc:\n"
+            "        out.append([exc.code, err.getvalue(), 'torch' in sys.modules])\n"
+            "print('RESULTS ' + json.dumps(out))\n")
+    runs = json.dumps([[script, *argv] for script, argv, _ in BAD_VALUES])
+    proc = subprocess.run([sys.executable, "-c", code, runs], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    results = json.loads(proc.stdout.split("RESULTS ", 1)[1])
+    for (script, argv, message), (code_, err, torch_loaded) in zip(BAD_VALUES, results):
+        lines = err.strip().splitlines()
+        assert code_ == 2 and not torch_loaded and lines[-1].startswith(f"{script}: error: {message}"), (argv, lines)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("localizer_train:\n  top_k: 30\n  top_k_ratio: 1.5\n")
+    with pytest.raises(DataError, match=r"bad.yaml:3: option 'top_k_ratio': expected a number in \(0, 1\], got '1.5'"):
+        parse_args(PARSERS["localizer_train"](), ["--config", str(cfg)], stage="localizer_train")

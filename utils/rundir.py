@@ -400,14 +400,15 @@ TEST_OUTPUTS = {
 # they are not given: test step -> (training folder, weights option that bypasses it, option names,
 # input geometry taken when not given). SPOL's test steps read the training run in their own folder.
 _SLT_MODEL = ["backbone", "output_stride", "cam_feature", "extra_conv", "regressor_feature", "regressor_hidden",
-              "regressor_final_relu", "share_backbone"]
+              "regressor_final_relu", "regressor_pool", "regressor_grid", "share_backbone"]
 _GEOMETRY = ("resize_size", "input_size")
 TEST_INHERITS = {
     # cls: the test input is the whole image resized (no crop unless --input-size is given)
     "cls_test": (lambda a: a.output_dir, "checkpoint", ["backbone"], ("resize_size",)),
     "cam_test": (lambda a: a.output_dir, "checkpoint", ["backbone", "output_stride"], ("resize_size",)),
     "seg_test": (lambda a: a.output_dir, "checkpoint", ["backbone", "output_stride"], _GEOMETRY),
-    "localizer_test": (lambda a: a.localizer_dir, "weights", _SLT_MODEL, _GEOMETRY),
+    # K (--top-k, resolved from --top-k-ratio when that was given) is taken when not given, not refused
+    "localizer_test": (lambda a: a.localizer_dir, "weights", _SLT_MODEL, _GEOMETRY + ("top_k",)),
     "classifier_test": (lambda a: a.classifier_dir, "checkpoint", ["backbone"], _GEOMETRY),
     "regressor_test": (lambda a: getattr(a, f"{a.regressor_source}_dir", None), "weights", _SLT_MODEL, _GEOMETRY),
 }

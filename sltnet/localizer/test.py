@@ -1,11 +1,15 @@
 """Evaluate the SLT-Net localizer alone (Table 5 / Table 6: GT-known Loc) and write its boxes and maps.
 
-Per image: the localization map (top-K ACAM, Eq. 9; with --no-acam the ground-truth class's CAM) at
-the protocol input size; its box by CAM's rule on the raw map (--box-rule zhou: values above
---box-threshold of the max, largest connected component; --box-rule choe: Choe et al.'s rule on the
-min-max normalised map). The saved score maps are min-max normalised (the evaluator's input).
-Writes into <localizer dir>/<split>/: boxes.csv (+ boxes.json: protocol, input size, threshold, box
-rule, the localizer's downsampling factor), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
+Per image: the localization map (top-K ACAM, Eq. 9; with --no-acam the ground-truth class's CAM;
+--teacher-map acam-label: top-K ACAM with the label forced among the K classes, gt: the label's CAM;
+on any split) at the protocol input size; its box by CAM's rule on the raw map (--box-rule zhou:
+values above --box-threshold of the max, largest connected component; --box-rule choe: Choe et al.'s
+rule on the min-max normalised map). --box-threshold best (--split train only) first sweeps 0.05 ..
+0.95 (step 0.01) on the split's images with GT boxes and boxes every image at the threshold of the
+highest GT-known Loc (a second pass). K: --top-k, or --top-k-ratio x the class count; by default
+the training run's (args.yaml). The saved score maps are min-max normalised (the evaluator's input).
+Writes into <localizer dir>/<split>/: boxes.csv (+ boxes.json: protocol, input size, threshold and
+how it was chosen, box rule, map, the localizer's downsampling factor), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
 metrics.txt (GT-known Loc at the fixed threshold; with the saved maps also MaxBoxAcc, MaxBoxAccV2 and,
 on CUB, PxAP from utils.evaluate.evaluate_scoremaps, whose full output incl. curves goes to
 evaluate.json), when the split has GT boxes. The evaluator boxes the saved maps by Choe et al.'s rule
@@ -14,6 +18,8 @@ the boxes are the standalone regressor's training targets.
 
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc
+    python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc \
+        --teacher-map acam-label --box-threshold best
     torchrun --nproc_per_node 4 sltnet/localizer/test.py --config configs/sltnet_imagenet_vgg16.yaml --split val
 """
 from __future__ import annotations
@@ -29,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sltnet.boxes import maps_to_boxes
+from sltnet.boxes import BEST_THRESHOLDS, ThresholdSweep, maps_to_boxes
 from sltnet.losses import localization_map
 from sltnet.model import build_branch
-from sltnet.options import PRODUCER, resolve_args
+from sltnet.options import PRODUCER, resolve_args, resolve_top_k
 from utils.cam import normalize_minmax, resize_maps
 from utils.checkpoint import load_stage_weights
-from utils.config import run_cli, save_resolved_config
+from utils.config import explicit_options, run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
 from utils.protocol import get_protocol
@@ -43,6 +49,7 @@ from utils.distributed import all_gather_object, cleanup
 from utils.inference import file_writers, gather_lists, run_inference
 from utils.seeding import setup_run
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
+from utils.errors import DataError
 from utils.evaluate import evaluate_scoremaps
 from utils.metrics import LocalizationMeter
 from utils.predictions import write_boxes_csv
@@ -50,12 +57,24 @@ from utils.predictions import write_boxes_csv
 STAGE = "localizer_test"
 
 
-def localizer_step(model, batch, *, acam: bool, top_k: int, size) -> tuple[torch.Tensor, torch.Tensor]:
+def localizer_step(model, batch, *, acam: bool, top_k: int, size,
+                   teacher: str = "acam") -> tuple[torch.Tensor, torch.Tensor]:
     """One batch on the device -> ``(dataset indices [B], raw localization maps [B, H, W] at the input
     size)``: the map of :func:`sltnet.losses.localization_map`, resized bilinearly on the device."""
     out = model(batch["image"])
-    maps = localization_map(out["cams"].float(), out["logits"].float(), batch["label"], acam=acam, top_k=top_k)
+    maps = localization_map(out["cams"].float(), out["logits"].float(), batch["label"], acam=acam, top_k=top_k,
+                            teacher=teacher)
     return torch.as_tensor(batch["index"]), resize_maps(maps, size)
+
+
+def map_name(args) -> str:
+    """What boxes.json's ``map`` says of the map ``args`` select."""
+    teacher = getattr(args, "teacher_map", "acam")
+    if teacher == "acam-label":
+        return f"top-{args.top_k} ACAM, label forced among the K classes"
+    if teacher == "gt" or not args.acam:
+        return "GT-class CAM"
+    return f"top-{args.top_k} ACAM"
 
 
 def boxes_and_scoremaps(result, *, threshold: float, rule: str = "zhou") -> dict:
@@ -68,27 +87,58 @@ def boxes_and_scoremaps(result, *, threshold: float, rule: str = "zhou") -> dict
     return {"index": index.cpu().numpy(), "maps": maps, "boxes": boxes}
 
 
-def localize(model, dataset, ctx, args, *, consume=None) -> list[tuple[int, np.ndarray]]:
+def _step(args):
+    size = (args.input_size, args.input_size)
+    teacher = getattr(args, "teacher_map", "acam")
+    return lambda m, batch: localizer_step(m, batch, acam=args.acam, top_k=args.top_k, size=size, teacher=teacher)
+
+
+def localize(model, dataset, ctx, args, *, consume=None, threshold: float | None = None) -> list[tuple[int, np.ndarray]]:
     """The localizer over this rank's shard (``utils.inference.run_inference``): [(dataset index, box)]
-    in shard order.
+    in shard order, boxes at ``threshold`` (default ``args.box_threshold``).
 
     ``consume(result)`` is called on every batch's host result (maps, boxes, see
     :func:`boxes_and_scoremaps`) before the maps are dropped, e.g. to save score maps or accumulate
     metrics, so memory stays a few batches; it runs on the loop's host thread, batch after batch.
     """
-    size = (args.input_size, args.input_size)
+    threshold = args.box_threshold if threshold is None else threshold
 
     def on_host(result):
-        result = boxes_and_scoremaps(result, threshold=args.box_threshold, rule=args.box_rule)
+        result = boxes_and_scoremaps(result, threshold=threshold, rule=args.box_rule)
         if consume is not None:
             consume(result)
         return list(zip(result["index"].tolist(), result["boxes"]))
 
-    batches = run_inference(model, dataset, lambda m, batch: localizer_step(m, batch, acam=args.acam,
-                                                                           top_k=args.top_k, size=size),
-                            ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp, desc=STAGE,
-                            consume=on_host)
+    batches = run_inference(model, dataset, _step(args), ctx, batch_size=args.batch_size, workers=args.workers,
+                            amp=args.amp, desc=STAGE, consume=on_host)
     return [item for batch in batches for item in batch]
+
+
+def best_threshold(model, records, transform, protocol, ctx, args) -> ThresholdSweep:
+    """``--box-threshold best``: the maps of ``records`` that have GT boxes, boxed by ``args.box_rule``
+    at every threshold of :data:`sltnet.boxes.BEST_THRESHOLDS` (every rank its shard, merged): the
+    sweep, whose :meth:`~sltnet.boxes.ThresholdSweep.best` is the threshold of the highest GT-known Loc."""
+    boxed = [r for r in records if len(r.boxes)]
+    if not boxed:
+        raise DataError(f"--box-threshold best: no image of split {args.split} has a GT box to choose it with; "
+                        "pass a number")
+
+    def new_sweep():
+        return ThresholdSweep(BEST_THRESHOLDS, rule=args.box_rule, iou_threshold=args.iou_threshold,
+                              iou_compare=args.iou_compare, inclusive_iou=protocol.inclusive_iou)
+
+    sweep = new_sweep()
+
+    def on_host(result):
+        index, raw = result
+        sweep.update(raw.cpu(), [protocol.gt_boxes(boxed[int(i)].boxes, boxed[int(i)].size) for i in index])
+
+    run_inference(model, WSOLDataset(boxed, transform), _step(args), ctx, batch_size=args.batch_size,
+                  workers=args.workers, amp=args.amp, desc=f"{STAGE} (threshold sweep)", consume=on_host)
+    merged = new_sweep()
+    for state in all_gather_object(sweep.state(), ctx):   # every rank's shard
+        merged.merge(state)
+    return merged
 
 
 def main(args):
@@ -97,12 +147,26 @@ def main(args):
     out_dir = Path(args.output_dir)
 
     records = load_records(args.data_root, args.layout, args.split)
+    resolve_top_k(args, num_classes(records), explicit_options(args))   # --top-k-ratio: K of this dataset
     protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
     # SLT-Net trains with torchvision's; uint8 images, normalised on the batch by run_inference
-    dataset = WSOLDataset(records, protocol.transform(pipeline="torchvision", normalize=False))
+    transform = protocol.transform(pipeline="torchvision", normalize=False)
+    dataset = WSOLDataset(records, transform)
     branch = build_branch(args, num_classes(records), pretrained="none")
     load_stage_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.to(ctx.device)
+
+    threshold, chosen = args.box_threshold, {"box_threshold_source": "fixed (--box-threshold)"}
+    if args.box_threshold == "best":   # chosen on this (training) split's GT boxes, then every image boxed at it
+        sweep = best_threshold(model, records, transform, protocol, ctx, args)
+        threshold, best_loc = sweep.best()
+        chosen = {"box_threshold_source": f"best GT-known Loc of split {args.split} over thresholds "
+                                          f"{BEST_THRESHOLDS[0]}..{BEST_THRESHOLDS[-1]} step 0.01, box rule "
+                                          f"{args.box_rule}, {sweep.meters[0].num_images} images with GT boxes",
+                  "box_threshold_gt_known_loc": best_loc}
+        if ctx.is_main:
+            print(f"{STAGE}: --box-threshold best = {threshold} (GT-known Loc {best_loc:.2f} on split {args.split})",
+                  flush=True)
 
     has_gt = all(len(r.boxes) for r in records)
     meter = LocalizationMeter(args.iou_threshold, args.iou_compare, protocol.inclusive_iou)
@@ -121,15 +185,16 @@ def main(args):
                     meter.update(box[None], [protocol.gt_boxes(record.boxes, record.size)])
             list(saved)
 
-        located = localize(model, dataset, ctx, args, consume=consume)
+        located = localize(model, dataset, ctx, args, consume=consume, threshold=threshold)
     items = gather_lists(located, ctx)
     meters = all_gather_object(meter.state(), ctx)
     if ctx.is_main:
         items.sort(key=lambda t: t[0])
         assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
-        meta = {**protocol.meta(), "output_size": list(protocol.geometry["output_size"]), "box_threshold": args.box_threshold,
-                "box_rule": args.box_rule, "downsampling_factor": float(model.stride), "backbone": args.backbone,
-                "map": f"top-{args.top_k} ACAM" if args.acam else "GT-class CAM", "split": args.split,
+        meta = {**protocol.meta(), "output_size": list(protocol.geometry["output_size"]), "box_threshold": threshold,
+                **chosen, "box_rule": args.box_rule, "downsampling_factor": float(model.stride),
+                "backbone": args.backbone, "map": map_name(args), "teacher_map": args.teacher_map,
+                "top_k": args.top_k, "split": args.split,
                 "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.cam)"}
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], [b for _, b in items], meta=meta)
         save_resolved_config(args, out_dir)
@@ -137,11 +202,13 @@ def main(args):
             for state in meters[1:]:
                 meter.merge(state)
             metrics = {"split": args.split, "protocol": protocol.label, **meter.compute(),
-                       "box_threshold": args.box_threshold, "box_rule": args.box_rule}
+                       "box_threshold": threshold, **chosen, "box_rule": args.box_rule, "map": map_name(args)}
+            if args.box_threshold == "best":
+                metrics["box_threshold_sweep"] = {"thresholds": list(sweep.thresholds), "gt_known_loc": sweep.curve()}
             if args.maxboxacc and args.scoremaps:
                 results = evaluate_scoremaps(records, out_dir / "scoremaps", protocol,
                                              cam_curve_interval=args.cam_curve_interval,
-                                             threshold=args.box_threshold, iou_threshold=args.iou_threshold,
+                                             threshold=threshold, iou_threshold=args.iou_threshold,
                                              iou_compare=args.iou_compare, input_size=args.input_size,
                                              resize_size=args.resize_size, split=args.split, workers=args.workers)
                 atomic_write_json(out_dir / "evaluate.json", results)
@@ -149,9 +216,15 @@ def main(args):
                                                         "pxap") if k in results})
                 metrics["gt_known_loc_choe_rule"] = results["gt_known_loc"]   # same threshold, evaluator's rule
             atomic_write_json(out_dir / "metrics.json", metrics)
-            text = "\n".join(f"{k:>24s}  {v}" for k, v in metrics.items() if not isinstance(v, dict))
+            width = max(24, *(len(k) for k in metrics))
+            text = "\n".join(f"{k:>{width}s}  {v}" for k, v in metrics.items() if not isinstance(v, dict))
             atomic_write_text(out_dir / "metrics.txt", text + "\n")
             print(text, flush=True)
+        elif args.box_threshold == "best":   # some images without GT boxes: the choice alone
+            atomic_write_json(out_dir / "metrics.json", {
+                "split": args.split, "protocol": protocol.label, "box_threshold": threshold, **chosen,
+                "box_rule": args.box_rule, "map": map_name(args),
+                "box_threshold_sweep": {"thresholds": list(sweep.thresholds), "gt_known_loc": sweep.curve()}})
         print(f"{STAGE}: {len(records)} boxes -> {out_dir / 'boxes.csv'}", flush=True)
     cleanup(ctx)
     return out_dir

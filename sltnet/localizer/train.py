@@ -1,10 +1,13 @@
 """Train the SLT-Net localizer and its box regressor together (Guo et al., CVPR 2021, Fig. 2a).
 
 Loss per batch: L_SMT (Eq. 8) + beta * L_VST (Eq. 10-13) + reg_weight * L_REG (Eq. 3-4), where the
-regressor's target is the box of the localizer's current top-K ACAM map (Eq. 9), by CAM's rule
+regressor's target is the box of the localizer's current top-K ACAM map (Eq. 9; --teacher-map
+acam-label / gt: the top-K ACAM with the label forced in / the label's CAM), by CAM's rule
 (--box-rule zhou), divided by the localizer's downsampling factor m (--box-scale stride, Sec. 3.1).
 Each component can be switched off (--no-smt, --no-acam, --no-vst): the rows of the paper's Table 5
-are configs, see sltnet/README.md. The configs of Tables 1-4 and 7 then train the regressors they
+are configs, see sltnet/README.md. Options that are not the paper's letter (all off by default):
+--smt-variant exclude-topk, --vst-bn frozen, --teacher-map acam-label, --regressor-pool grid;
+--top-k-ratio sets K from the class count. The configs of Tables 1-4 and 7 then train the regressors they
 report alone, on one localizer's boxes (sltnet/regressor/train.py, Table 6). Writes output/sltnet/<cub|imagenet>/<backbone>/localizer/{model.pth, checkpoint.pth,
 log.jsonl, args.yaml}; model.pth holds both networks ("localizer.*", "regressor.*").
 
@@ -33,9 +36,9 @@ import torch.nn.functional as F
 from sltnet.boxes import box_divisor, normalize_boxes, pseudo_boxes
 from sltnet.losses import box_regression_loss, localization_map, semantic_tolerance_loss
 from sltnet.model import build_branch
-from sltnet.options import resolve_args
+from sltnet.options import resolve_args, resolve_top_k
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
-from utils.config import run_cli, save_resolved_config
+from utils.config import explicit_options, run_cli, save_resolved_config
 from utils.data import WSOLDataset
 from utils.layouts import load_records, num_classes
 from utils.transforms import build_transform
@@ -49,23 +52,28 @@ STAGE = "localizer_train"
 def make_branch_loss(args, stride: int):
     """loss_fn(model, batch) -> (loss, logs) for utils.engine.Trainer: L_SMT + beta L_VST + w L_REG.
 
-    The regressor's target is the box of the localizer's CURRENT map (Fig. 2a; detached), by
-    ``args.box_rule`` at ``args.box_threshold`` of the map's max, divided by m = ``args.box_stride``
-    (``--box-scale stride``, Sec. 3.1; default the localizer's ``stride``) or by the input size.
+    The regressor's target is the box of the localizer's CURRENT map (Fig. 2a; detached;
+    ``args.teacher_map``, :func:`sltnet.losses.localization_map`), by ``args.box_rule`` at
+    ``args.box_threshold`` of the map's max, divided by m = ``args.box_stride`` (``--box-scale
+    stride``, Sec. 3.1; default the localizer's ``stride``) or by the input size. The VST copy's
+    pass updates the BatchNorm running statistics or not (``args.vst_bn``).
     """
     box_scale = args.box_scale or "stride"
     box_stride = args.box_stride or stride
     vst_cfg = VSTConfig.from_args(args, size_multiple=stride)
+    smt_variant = getattr(args, "smt_variant", "eq8")
+    teacher = getattr(args, "teacher_map", "acam")
+    vst_bn = getattr(args, "vst_bn", "update")
 
     def loss_fn(model, batch):
         images, labels = batch["image"], batch["label"]
         transformed = params = None
         if args.vst:
             transformed, params = transform_batch(images, vst_cfg)
-        out = model(images, transformed)
+        out = model(images, transformed, vst_bn=vst_bn)
         logits, cams = out["logits"].float(), out["cams"].float()
         if args.smt:
-            loss_cls = semantic_tolerance_loss(logits, labels, alpha=args.alpha, k=args.top_k)
+            loss_cls = semantic_tolerance_loss(logits, labels, alpha=args.alpha, k=args.top_k, variant=smt_variant)
         else:
             loss_cls = F.cross_entropy(logits, labels)
         loss, logs = loss_cls, {"loss_cls": loss_cls.item()}
@@ -74,7 +82,8 @@ def make_branch_loss(args, stride: int):
                                 labels=labels, k=args.top_k)
             loss = loss + args.beta * loss_vst
             logs["loss_vst"] = loss_vst.item()
-        maps = localization_map(cams.detach(), logits.detach(), labels, acam=args.acam, top_k=args.top_k)
+        maps = localization_map(cams.detach(), logits.detach(), labels, acam=args.acam, top_k=args.top_k,
+                                teacher=teacher)
         height, width = images.shape[-2:]
         boxes = torch.from_numpy(pseudo_boxes(maps, (height, width), args.box_threshold, args.box_rule))
         target = normalize_boxes(boxes, box_divisor(box_scale, (width, height), box_stride)).to(images.device)
@@ -92,6 +101,7 @@ def main(args):
     ctx = setup_run(args)
 
     records = load_records(args.data_root, args.layout, args.split)
+    resolve_top_k(args, num_classes(records), explicit_options(args))   # --top-k-ratio: K of this dataset
     dataset = WSOLDataset(records, build_transform("train", resize=args.resize_size, crop=args.input_size,
                                                    flip=args.flip))
     model = build_branch(args, num_classes(records))
@@ -105,8 +115,9 @@ def main(args):
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
         print(f"{STAGE}: {len(records)} images, {num_classes(records)} classes, backbone {args.backbone}, "
-              f"SMT {args.smt} (alpha {args.alpha}, K {args.top_k}), ACAM {args.acam}, "
-              f"VST {args.vst} (beta {args.beta}) -> {args.output_dir}", flush=True)
+              f"SMT {args.smt} (alpha {args.alpha}, K {args.top_k}, {args.smt_variant}), ACAM {args.acam}, "
+              f"VST {args.vst} (beta {args.beta}, BN {args.vst_bn}), teacher map {args.teacher_map} "
+              f"-> {args.output_dir}", flush=True)
 
     trainer = Trainer(model, optimizer, args, ctx, stage_name=STAGE)
     trainer.fit(dataset, make_branch_loss(args, model.localizer.stride))

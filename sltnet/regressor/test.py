@@ -12,6 +12,10 @@ Regressor weights: --regressor-source localizer (the jointly trained regressor o
 sltnet/regressor/train.py; what the configs of Tables 1-4 and 7 select, see sltnet/README.md).
 The prediction p is converted back to pixels as it was trained (args.yaml beside the weights):
 p * m (--box-scale stride, Sec. 3.1) or p * input size (--box-scale input), then clipped to the image.
+The network is built as trained too: the model options not given (backbone, output stride, head
+width, final ReLU, --regressor-pool / --regressor-grid, ...) come from the training run's args.yaml, and
+one given with another value is refused (utils.rundir.TEST_INHERITS); --top-k-ratio is accepted and
+not read (the box is the regressor's).
 
     python3 sltnet/regressor/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
     torchrun --nproc_per_node 4 sltnet/regressor/test.py --config configs/sltnet_imagenet_inception_v3.yaml --split val
@@ -67,7 +71,7 @@ def build_predictor(args, num_classes_: int):
         return model, lambda m, x: m(x)["boxes"]
     model = BoxRegressor(args.backbone, pretrained="none", feature=args.regressor_feature,
                          hidden=args.regressor_hidden, final_relu=args.regressor_final_relu,
-                         output_stride=args.output_stride)
+                         output_stride=args.output_stride, pool=args.regressor_pool, grid=args.regressor_grid)
     load_stage_weights(model, path, producer, prefix="regressor.")
     return model, lambda m, x: m(x)
 

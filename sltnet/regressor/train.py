@@ -12,6 +12,10 @@ of the crop, divided by m (--box-scale stride, Sec. 3.1; m = the downsampling fa
 localizer that made the boxes, from boxes.json, unless --box-stride) or by the crop size
 (--box-scale input). The resolved scale goes to args.yaml for sltnet/regressor/test.py.
 
+Optimiser: SGD (Sec. 4.1); the regressor's pretrained backbone at --regressor-lr (default --lr), its
+newly initialised FC head at that lr x --head-lr-mult (the rule of the joint path). Head: GAP (the
+paper's) or, with --regressor-pool grid, an N x N average-pooled grid (not in the paper).
+
 Geometry: each image is resized to --resize-size; a random --input-size crop and a random
 horizontal flip are then cut from the batch on the device, and the box moves with the image
 (continuous coordinates: shift by the crop offset, clip to the crop, x -> W - x on a flip;
@@ -123,8 +127,10 @@ def main(args):
     dataset = WSOLDataset(records, build_transform("resize", resize=args.resize_size))
     model = BoxRegressor(args.backbone, pretrained=args.pretrained, feature=args.regressor_feature,
                          hidden=args.regressor_hidden, final_relu=args.regressor_final_relu,
-                         output_stride=args.output_stride)
-    optimizer = build_optimizer(model.parameters(), args)
+                         output_stride=args.output_stride, pool=args.regressor_pool, grid=args.regressor_grid)
+    # the pretrained backbone at --regressor-lr (default --lr), the new FC head at that x --head-lr-mult
+    optimizer = build_optimizer(model.param_groups(args.lr if args.regressor_lr is None else args.regressor_lr,
+                                                   head_lr_mult=args.head_lr_mult), args)
     if ctx.is_main:
         save_resolved_config(args, args.output_dir)
         print(f"{STAGE}: {len(records)} images, boxes from {boxes_path} ({meta.get('backbone', '?')} localizer), "
