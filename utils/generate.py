@@ -113,55 +113,56 @@ def all_head_designs() -> list[HeadDesign]:
     return designs
 
 
-def check_class_counts(num_classes: int, families: int | None, head_designs: int | None) -> tuple[int, int, int]:
-    """(families, species per family, head designs) for valid counts, else a one-line ``ValueError``."""
+def check_class_counts(num_classes: int, families: int | None) -> tuple[int, int]:
+    """(families, species per family) for valid counts, else a one-line ``ValueError``."""
     if not 1 <= num_classes <= MAX_CLASSES:
         raise ValueError(f"the number of classes must be in 1..{MAX_CLASSES}, got {num_classes}")
-    if families is None:                      # every class a family of its own, with a head of its own
-        return num_classes, 1, num_classes if head_designs is None else head_designs
+    if families is None:                      # every class a family of its own
+        return num_classes, 1
     if not 1 <= families <= num_classes or num_classes % families:
         raise ValueError(f"{num_classes} classes cannot be split into {families} families of equal size")
     species = num_classes // families
-    pool = species if head_designs is None else head_designs
-    if not species <= pool <= len(all_head_designs()):
-        raise ValueError(f"head designs must be in {species}..{len(all_head_designs())} (at least the "
-                         f"{species} species of a family), got {pool}")
-    return families, species, pool
+    if species > len(HEAD_COLOURS):
+        raise ValueError(f"at most {len(HEAD_COLOURS)} species per family (one head colour each), got {species}")
+    return families, species
 
 
 def _pick_head_designs(rng, count: int) -> list[HeadDesign]:
-    """``count`` distinct designs whose head colours repeat as little as possible (10 colours)."""
-    by_colour = {h: [d for d in all_head_designs() if d.head == h] for h in HEAD_COLOURS}
-    colours = [HEAD_COLOURS[i] for i in rng.permutation(len(HEAD_COLOURS))]
+    """``count`` distinct designs whose head colours (10), then crest shapes, repeat as little as possible."""
+    designs = all_head_designs()
+    order = [designs[i] for i in rng.permutation(len(designs))]
     picked: list[HeadDesign] = []
-    for i in range(count):
-        options = [d for d in by_colour[colours[i % len(colours)]] if d not in picked]
-        picked.append(options[int(rng.integers(len(options)))])
+    for _ in range(count):
+        def repeats(d):
+            return (sum(p.head == d.head for p in picked), sum(p.crest_shape == d.crest_shape for p in picked))
+        picked.append(min((d for d in order if d not in picked), key=repeats))
     return picked
 
 
-def make_classes(num_classes: int, seed: int, *, families: int | None = None,
-                 head_designs: int | None = None) -> list[BirdClass]:
+def make_classes(num_classes: int, seed: int, *, families: int | None = None) -> list[BirdClass]:
     """The classes of a dataset, deterministic by ``seed``: ``families`` families of
     ``num_classes // families`` species (default: every class a family of its own).
 
-    Families take evenly spread body hues (muted, in a random order) and a wing pattern and tail
-    shape each; the species of one family take distinct head designs from a pool of
-    ``head_designs`` designs (default: the species count, so that every family uses the whole
-    pool) shared by all families. Classes are numbered family by family."""
-    num_families, species, pool_size = check_class_counts(num_classes, families, head_designs)
+    A family takes an evenly spread body hue (in a random order) and a wing pattern and tail shape
+    (the 9 combinations cycled, so up to 9 families differ there too). With families, the species
+    heads come from one pool of as many head designs as a family has species (head colours all
+    different, crests as varied as possible), each family using the whole pool in its own order:
+    the head tells a bird's species within its family, never its family. Without ``families`` every
+    class is a family of its own with a head design of its own (head colours spread, every design
+    distinct). Classes are numbered family by family."""
+    num_families, species = check_class_counts(num_classes, families)
     rng = np.random.default_rng([seed, 0x5EED])
-    pool = _pick_head_designs(rng, pool_size)
     hues = (np.arange(num_families) / num_families + rng.random()) % 1.0
     hues = hues[rng.permutation(num_families)]
-    classes = []
-    looks = list(itertools.product(WING_PATTERNS, TAIL_SHAPES))   # up to 9 families look different
+    looks = list(itertools.product(WING_PATTERNS, TAIL_SHAPES))
     looks = [looks[i] for i in rng.permutation(len(looks))]
+    pool = _pick_head_designs(rng, num_classes if families is None else species)
+    classes = []
     for f in range(num_families):
         body = _hsv_rgb(hues[f], 0.8, 0.85)
         wing, tail = looks[f % len(looks)]
-        heads = [pool[i] for i in rng.choice(pool_size, size=species, replace=False)]
-        for j, design in enumerate(heads):
+        designs = [pool[f]] if families is None else [pool[i] for i in rng.permutation(species)]
+        for j, design in enumerate(designs):
             k = len(classes)
             name = design.name if families is None else f"F{f + 1}_{wing}_{tail}_{design.name}"
             classes.append(BirdClass(k, f"{k + 1:03d}.{name}", f, j, design.head, design.crest_shape, design.crest,
@@ -245,7 +246,7 @@ def bird_polygons(rng, cls: BirdClass | None, body_rgb, *, with_head=True, wing_
     parts.extend(_wing_marks(rng, wing_pattern, aspect, wing_rgb))
     if not with_head:
         return parts, None
-    hr = rng.uniform(0.30, 0.38)                           # head radius
+    hr = rng.uniform(0.375, 0.475)                         # head radius
     hx, hy = 0.88 + rng.uniform(-0.05, 0.05), -aspect * rng.uniform(0.55, 0.9)
     head_rgb = _jitter(rng, PART_COLOURS[cls.head], 10)
     if cls.crest_shape != "Bald":
@@ -342,7 +343,7 @@ def render_image(rng, cls: BirdClass, size: int, *, clutter: float, distractors:
 
 # ----------------------------------------------------------------------------- dataset
 def generate_dataset(out, *, num_classes: int, train_per_class: int, test_per_class: int,
-                     image_size: int, seed: int, families: int | None = None, head_designs: int | None = None,
+                     image_size: int, seed: int, families: int | None = None,
                      clutter: float = 0.5, distractors: float = 0.6,
                      body_evidence: float = 1.0, object_scale: tuple[float, float] = (0.4, 0.9),
                      jpeg_quality: int = 95, overwrite: bool = False, progress: bool = False) -> Path:
@@ -352,8 +353,6 @@ def generate_dataset(out, *, num_classes: int, train_per_class: int, test_per_cl
         families: split the ``num_classes`` classes into this many families of equal size (species
             of a family share the body, wing pattern and tail, and differ in the head); None: every
             class is a family of its own.
-        head_designs: size of the pool of head designs shared by the families (default: the number
-            of species per family; see :func:`make_classes`).
         clutter: 0..1, amount of background texture and random shapes (Poisson mean 8 * clutter).
         distractors: Poisson mean of headless bird bodies in the background.
         body_evidence: probability that a bird's body wears its family colour (else a random one).
@@ -363,7 +362,7 @@ def generate_dataset(out, *, num_classes: int, train_per_class: int, test_per_cl
     Impossible settings raise a one-line ``ValueError`` before anything is written.
     """
     out = Path(out)
-    check_class_counts(num_classes, families, head_designs)
+    check_class_counts(num_classes, families)
     if train_per_class < 0 or test_per_class < 0 or train_per_class + test_per_class < 1:
         raise ValueError(f"{out}: need at least 1 image per class (got {train_per_class} train + "
                          f"{test_per_class} test per class)")
@@ -381,11 +380,11 @@ def generate_dataset(out, *, num_classes: int, train_per_class: int, test_per_cl
         raise FileExistsError(f"{out}: exists and is not empty: choose another folder, or pass "
                               "overwrite=True / --overwrite to replace it")
     params = dict(version=GENERATOR_VERSION, num_classes=num_classes, families=families,
-                  head_designs=head_designs, train_per_class=train_per_class,
+                  train_per_class=train_per_class,
                   test_per_class=test_per_class, image_size=image_size, seed=seed, clutter=clutter,
                   distractors=distractors, body_evidence=body_evidence, object_scale=[lo, hi],
                   jpeg_quality=jpeg_quality)
-    classes = make_classes(num_classes, seed, families=families, head_designs=head_designs)
+    classes = make_classes(num_classes, seed, families=families)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -469,8 +468,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="split the classes into this many families (default: one family per class)")
     parser.add_argument("--species", type=int, default=None,
                         help="species per family (with --families: classes = families x species)")
-    parser.add_argument("--head-designs", type=int, default=None,
-                        help="head designs shared by the families (default: species per family)")
     parser.add_argument("--train-per-class", type=int, default=60)
     parser.add_argument("--test-per-class", type=int, default=25)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (square images)")
@@ -507,7 +504,7 @@ def class_counts(args) -> tuple[int, int | None]:
 
 def main(args) -> Path:
     num_classes, families = class_counts(args)
-    out = generate_dataset(args.out, num_classes=num_classes, families=families, head_designs=args.head_designs,
+    out = generate_dataset(args.out, num_classes=num_classes, families=families,
                            train_per_class=args.train_per_class,
                            test_per_class=args.test_per_class, image_size=args.size, seed=args.seed,
                            clutter=args.clutter, distractors=args.distractors, body_evidence=args.body_evidence,
