@@ -16,7 +16,7 @@ What it does, in order (settings in configs/demo.yaml; command-line options of t
    none of them is a bird); the ResNet-18 file of configs/demo.yaml ships in ``resource/``, any other
    is made once into ``resource/`` (``--pretrain-dir``) when missing and reused afterwards; its held-out
    accuracy goes into the report. ``imagenet`` / ``none`` / a path are passed to the stages as they are.
-1. Generates a fine-grained "birds" dataset in the CUB-200-2011 layout (``utils.generate``; the class
+1. Generates a fine-grained "birds" dataset in the CUB-200-2011 layout (``utils.data.generate``; the class
    is decided by the head) into ``dataset/demo_birds`` unless ``--data-root`` is given; a folder
    already generated with the same settings is reused.
 2. Runs the stage scripts in-process (``main(parse_args(get_args_parser(), argv, stage=...))``, the
@@ -26,7 +26,7 @@ What it does, in order (settings in configs/demo.yaml; command-line options of t
    fine-tuned aggressively (``aggressive_lr`` / ``aggressive_epochs``: part domination);
    SPOL cls -> cam -> seg (train and test of each); SLT-Net localizer(+regressor) -> classifier ->
    final regressor test. Outputs: ``output/demo/runs/<method>/<stage>``.
-3. Scores every row with the same evaluator (``utils.evaluate.evaluate_scoremaps``, WSOL protocol: the
+3. Scores every row with the same evaluator (``utils.evaluation.evaluate.evaluate_scoremaps``, WSOL protocol: the
    whole image resized to the input size, Choe et al.'s box rule, inclusive IoU >= 0.5) on the test
    split, plus two trivial baselines (whole-image box; a centred box whose side fraction is chosen on
    the TRAINING split's boxes) and the upper bound of boxes from the true masks. GT-known / Top-1 Loc
@@ -66,7 +66,14 @@ if __name__ == "__main__":
     try:
         main(parsed)
     except DataError as exc:  # bad input, a stage's fault: one line, exit 2
-        from utils.rundir import restore_protected
+        from utils.engine.rundir import restore_protected
         restore_protected()  # a failed test step's previous outputs go back
         report_error(exc)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # outside a stage (a stage's own Ctrl-C line ends it with 130 already)
+        from utils.errors import RunError
+        from utils.engine.rundir import restore_protected
+        restore_protected()
+        report_error(RunError.at(parsed.output_dir, None, "interrupted (Ctrl-C): with --keep the same command "
+                                 "resumes every stage from its checkpoint; without it the demo starts again"))
+        raise SystemExit(130) from None

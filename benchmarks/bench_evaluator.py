@@ -1,27 +1,42 @@
-"""Benchmark: fast MaxBoxAcc sweep (contours once per distinct uint8 level) vs the straightforward
-per-threshold contour loop of Choe et al.'s evaluator, on the same synthetic score maps.
+"""Benchmark: the MaxBoxAcc / MaxBoxAccV2 threshold sweep (``utils.evaluation.metrics.best_iou_per_threshold``,
+one pass over the map's level sets) vs Choe et al.'s per-threshold contour loop
+(``reference_best_iou_per_threshold``), on the same synthetic score maps, as ratios.
 
 Maps are smooth blobs (1-3 Gaussians plus a bilinearly upsampled 14 x 14 random field, min-max
-normalised), like upsampled CAMs; each image gets 1-2 random GT boxes. The reference loop is slow
-(one cv2.findContours per threshold: 1000 per image at interval 0.001), so it is timed on the
-first ``--reference-images`` maps and its time for all maps is extrapolated (printed as such).
-On those maps the per-threshold IoUs of both paths are compared exactly (np.array_equal).
+normalised), like upsampled CAMs; each image gets 1-2 random GT boxes. For every cam-curve interval
+and mode (largest contour = MaxBoxAcc, every contour = MaxBoxAccV2, both together as
+``utils.evaluation.evaluate`` asks), ``--rounds`` rounds each run the reference loop and the sweep on each of
+the first ``--reference-images`` maps back to back (the order alternates from map to map and from
+round to round, so both see the same machine load) and compare the per-threshold IoUs exactly
+(``np.array_equal``). A round's ratio is the reference's total seconds over the sweep's on those
+maps (after one untimed call of each); the table gives the median over the rounds (min-max), and
+the ratio of the per-map best times (each map's fastest reference run over the rounds, summed,
+over its fastest sweep run, summed: the cost ratio with the load spikes of a shared machine left
+out). The sweep then runs alone on all ``--num-images`` maps (both modes, as ``utils.evaluation.evaluate``)
+for its throughput and the scores.
 
-    python benchmarks/bench_evaluator.py                      # 5000 maps, 224 x 224, interval 0.001
+    python benchmarks/bench_evaluator.py                                    # 5000 maps, 224 x 224
     python benchmarks/bench_evaluator.py --num-images 200 --reference-images 20 --json bench.json
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from utils.io import atomic_write_json
-from utils.metrics import (BoxAccumulator, best_iou_per_threshold, cam_threshold_list,
-                           reference_best_iou_per_threshold)
+from utils.evaluation.metrics import (BoxAccumulator, best_iou_per_threshold, cam_threshold_list,
+                                      reference_best_iou_per_threshold)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import paired_ratios, spread  # noqa: E402  (benchmarks/timing.py)
+
+MODES = (("largest", (False,)), ("multi", (True,)), ("both", (False, True)))
 
 
 def synthetic_map(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,98 +61,99 @@ def synthetic_map(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-images", type=int, default=5000)
+    p.add_argument("--num-images", type=int, default=5000, help="maps the sweep alone runs on")
     p.add_argument("--reference-images", type=int, default=50,
-                   help="maps on which the slow reference loop is timed and compared (extrapolated to all)")
+                   help="maps on which the reference loop and the sweep are timed side by side")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the side-by-side timing")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--cam-curve-interval", type=float, default=0.001)
+    p.add_argument("--intervals", type=float, nargs="+", default=[0.001, 0.01],
+                   help="cam-curve intervals (Choe et al.'s default 0.001)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=100, help="maps generated per chunk (generation is not timed)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p
 
 
+def side_by_side(maps, thresholds, modes, flip: bool) -> tuple[list, list, bool]:
+    """Seconds of the reference and of the sweep on each map (run back to back, the order
+    alternating from map to map), and whether every per-threshold IoU is identical."""
+    ref_s, fast_s = [], []
+    identical = True
+    for k, (scoremap, gt) in enumerate(maps):
+        for which in (("ref", "sweep") if (k + flip) % 2 == 0 else ("sweep", "ref")):
+            t0 = time.perf_counter()
+            if which == "ref":
+                ref = {m: reference_best_iou_per_threshold(scoremap, gt, thresholds, m) for m in modes}
+                ref_s.append(time.perf_counter() - t0)
+            else:
+                fast = best_iou_per_threshold(scoremap, gt, thresholds, modes)
+                fast_s.append(time.perf_counter() - t0)
+        identical &= all(np.array_equal(fast[m], ref[m]) for m in modes)
+    return ref_s, fast_s, identical
+
+
 def main(args) -> dict:
     cv2.setNumThreads(1)
-    thresholds = cam_threshold_list(args.cam_curve_interval)
     n, k = args.num_images, min(args.reference_images, args.num_images)
-    fast = {m: BoxAccumulator(args.cam_curve_interval, (30, 50, 70), m) for m in (False, True)}
-    shared = {m: BoxAccumulator(args.cam_curve_interval, (30, 50, 70), m) for m in (False, True)}
-    ref = {m: BoxAccumulator(args.cam_curve_interval, (30, 50, 70), m) for m in (False, True)}
-    fast_sub = {m: BoxAccumulator(args.cam_curve_interval, (30, 50, 70), m) for m in (False, True)}
-    seconds = {"fast_largest": 0.0, "fast_multi": 0.0, "fast_both_shared": 0.0,
-               "reference_largest": 0.0, "reference_multi": 0.0,
-               "fast_largest_on_reference_maps": 0.0, "fast_multi_on_reference_maps": 0.0}
-    identical = True
+    reference_maps = [synthetic_map(args.seed, i, args.size) for i in range(k)]
+    rows, identical = [], True
+    warm_up = reference_maps[0]  # one untimed call of each first
+    best_iou_per_threshold(*warm_up, cam_threshold_list(args.intervals[0]), (False, True))
+    reference_best_iou_per_threshold(*warm_up, cam_threshold_list(args.intervals[0]), False)
+    for interval in args.intervals:
+        thresholds = cam_threshold_list(interval)
+        for label, modes in MODES:
+            ref_s, fast_s, same = [], [], True
+            for r in range(args.rounds):
+                ref, fast, ok = side_by_side(reference_maps, thresholds, modes, flip=(r + (label == "multi")) % 2 == 1)
+                ref_s.append(ref)
+                fast_s.append(fast)
+                same &= ok
+            identical &= same
+            rows.append({"interval": interval, "mode": label, "images": k, "rounds": args.rounds,
+                         "ratio_per_round": spread(paired_ratios([sum(f) for f in fast_s], [sum(r) for r in ref_s])),
+                         "ratio_best_per_map": float(np.min(ref_s, axis=0).sum() / np.min(fast_s, axis=0).sum()),
+                         "identical": same, "reference_seconds": ref_s, "sweep_seconds": fast_s})
+    # the sweep alone on all maps, both modes at once (utils.evaluation.evaluate), at the first interval
+    thresholds = cam_threshold_list(args.intervals[0])
+    acc = {m: BoxAccumulator(args.intervals[0], (30, 50, 70), m) for m in (False, True)}
+    sweep_s = 0.0
     for start in range(0, n, args.chunk):
         batch = [synthetic_map(args.seed, i, args.size) for i in range(start, min(start + args.chunk, n))]
-        for mode, name in ((False, "fast_largest"), (True, "fast_multi")):
-            t0 = time.perf_counter()
-            for m, gt in batch:
-                fast[mode].accumulate_ious(best_iou_per_threshold(m, gt, thresholds, mode)[mode])
-            seconds[name] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        for m, gt in batch:  # what utils.evaluate does: one contour pass serves both modes
-            both = best_iou_per_threshold(m, gt, thresholds, (False, True))
-            for mode in (False, True):
-                shared[mode].accumulate_ious(both[mode])
-        seconds["fast_both_shared"] += time.perf_counter() - t0
-        for i, (m, gt) in enumerate(batch, start):
-            if i >= k:
-                break
-            for mode, name in ((False, "reference_largest"), (True, "reference_multi")):
-                t0 = time.perf_counter()
-                r = reference_best_iou_per_threshold(m, gt, thresholds, mode)
-                seconds[name] += time.perf_counter() - t0
-                ref[mode].accumulate_ious(r)
-                t0 = time.perf_counter()
-                f = best_iou_per_threshold(m, gt, thresholds, mode)[mode]
-                seconds[f"fast_{name.split('_')[1]}_on_reference_maps"] += time.perf_counter() - t0
-                fast_sub[mode].accumulate_ious(f)
-                identical &= bool(np.array_equal(f, r))
-    for mode in (False, True):
-        for iou in (30, 50, 70):
-            identical &= bool(np.array_equal(ref[mode].num_correct[iou], fast_sub[mode].num_correct[iou]))
-            identical &= bool(np.array_equal(fast[mode].num_correct[iou], shared[mode].num_correct[iou]))
+        for scoremap, gt in batch:
+            both = best_iou_per_threshold(scoremap, gt, thresholds, (False, True))
+            for m in (False, True):
+                acc[m].accumulate_ious(both[m])
+        sweep_s += time.perf_counter() - t0
+    result = {"num_images": n, "reference_images": k, "size": args.size, "rows": rows,
+              "identical_on_reference_images": identical,
+              "sweep_all_maps": {"interval": args.intervals[0], "seconds": sweep_s, "images_per_s": n / sweep_s},
+              "maxboxacc": acc[False].compute()["max_box_acc"][50],
+              "maxboxacc_v2": acc[True].compute()["mean_max_box_acc"],
+              "machine": f"{platform.processor() or platform.machine()}, cv2 {cv2.__version__} "
+                         f"(1 thread), numpy {np.__version__}"}
 
-    rows = []
-    for mode, label in ((False, "largest"), (True, "multi")):
-        ref_ips = k / seconds[f"reference_{label}"]
-        fast_ips = n / seconds[f"fast_{label}"]
-        rows.append({"path": f"reference loop ({label} contour)", "images": k, "seconds": seconds[f"reference_{label}"],
-                     "images_per_s": ref_ips, "extrapolated_seconds_all": n / ref_ips, "speedup": 1.0})
-        same_ips = k / seconds[f"fast_{label}_on_reference_maps"]
-        rows.append({"path": f"fast sweep ({label} contour), same {k} maps", "images": k,
-                     "seconds": seconds[f"fast_{label}_on_reference_maps"], "images_per_s": same_ips,
-                     "speedup": same_ips / ref_ips})
-        rows.append({"path": f"fast sweep ({label} contour), all maps", "images": n, "seconds": seconds[f"fast_{label}"],
-                     "images_per_s": fast_ips, "speedup": fast_ips / ref_ips})
-    both_ips = n / seconds["fast_both_shared"]
-    ref_both_ips = k / (seconds["reference_largest"] + seconds["reference_multi"])
-    rows.append({"path": "fast sweep, both modes sharing contours (utils.evaluate)", "images": n,
-                 "seconds": seconds["fast_both_shared"], "images_per_s": both_ips, "speedup": both_ips / ref_both_ips})
-    v2 = fast[True].compute()
-    v1 = fast[False].compute()
-    result = {"num_images": n, "reference_images": k, "size": args.size, "cam_curve_interval": args.cam_curve_interval,
-              "num_thresholds": len(thresholds), "identical_on_reference_images": identical,
-              "maxboxacc": v1["max_box_acc"][50], "maxboxacc_v2": v2["mean_max_box_acc"], "rows": rows,
-              "machine": f"{platform.processor() or platform.machine()}, cv2 {cv2.__version__}, 1 cv2 thread"}
-
-    print(f"{n} synthetic {args.size}x{args.size} maps, {len(thresholds)} thresholds (interval "
-          f"{args.cam_curve_interval}); reference loop timed on the first {k} maps and extrapolated;")
-    print("speed-ups are relative to the reference's images/s on those maps (rows 'same maps' compare like with like)")
-    print(f"{'path':<62} {'images':>7} {'seconds':>9} {'img/s':>8} {'speed-up':>9}")
-    for r in rows:
-        print(f"{r['path']:<62} {r['images']:>7} {r['seconds']:>9.2f} {r['images_per_s']:>8.2f} {r['speedup']:>8.1f}x")
-    for label in ("largest", "multi"):
-        r = next(x for x in rows if x["path"] == f"reference loop ({label} contour)")
-        print(f"reference loop ({label}) on all {n} maps, extrapolated: {r['extrapolated_seconds_all']:.0f} s")
-    print(f"MaxBoxAcc {result['maxboxacc']:.2f}  MaxBoxAccV2 {result['maxboxacc_v2']:.2f}  "
-          f"fast == reference on the {k} compared maps: {identical}")
+    print(f"{k} synthetic {args.size}x{args.size} maps, {args.rounds} rounds of the reference loop and the sweep "
+          f"back to back per map ({result['machine']})")
+    print("ratio = reference seconds / sweep seconds on the same maps: median over the rounds (min-max), "
+          "and from each map's best time over the rounds")
+    print(f"{'mode':<9}{'interval':>9}{'ref ms/map':>12}{'sweep ms/map':>14}{'ratio, rounds':>23}{'best':>8}{'same':>6}")
+    for label, _ in MODES:
+        for interval in args.intervals:
+            r = next(x for x in rows if x["mode"] == label and x["interval"] == interval)
+            pr = r["ratio_per_round"]
+            ref_ms = np.median([sum(x) for x in r["reference_seconds"]]) / k * 1e3
+            sweep_ms = np.median([sum(x) for x in r["sweep_seconds"]]) / k * 1e3
+            print(f"{label:<9}{interval:>9}{ref_ms:>12.1f}{sweep_ms:>14.2f}"
+                  f"{pr['median']:>9.1f}x ({pr['min']:.1f}-{pr['max']:.1f}){r['ratio_best_per_map']:>7.1f}x"
+                  f"{'yes' if r['identical'] else 'NO':>6}")
+    print(f"sweep alone, both modes, interval {args.intervals[0]}: {n} maps in {sweep_s:.1f} s "
+          f"({n / sweep_s:.0f} maps/s); MaxBoxAcc {result['maxboxacc']:.2f}  MaxBoxAccV2 {result['maxboxacc_v2']:.2f}")
     if args.json:
         atomic_write_json(args.json, result)
     if not identical:
-        raise SystemExit("fast and reference results differ")
+        raise SystemExit("sweep and reference results differ")
     return result
 
 

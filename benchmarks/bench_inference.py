@@ -4,31 +4,31 @@ For each loop, images/s of the stage's own code (data loading, forward, post-pro
 its outputs, as the test step does) next to images/s of the bare ``model(images)`` on the same
 batches already in memory; the ratio of the two throughputs (stage img/s over bare img/s; target
 >= 0.9 on CPU and on a GPU) shows what everything but the network costs. The bare pass runs under
-``torch.no_grad``, the stage loops under ``torch.inference_mode`` (``utils.inference``); both after
+``torch.no_grad``, the stage loops under ``torch.inference_mode`` (``utils.engine.inference``); both after
 ``--warmup`` untimed runs each, then interleaved for ``--repeats`` rounds (``benchmarks/timing.py``);
 the table gives the medians and the median of the per-round ratios with its spread (min-max), so
 a load change between two runs cannot pass for a speed difference.
 
-    cls test        utils.classify.write_classification (top-5 -> predictions.csv; SPOL cls and SLT-Net
+    cls test        utils.engine.classify.write_classification (top-5 -> predictions.csv; SPOL cls and SLT-Net
                     classifier test)                                                 vs the classifier
     spol cam/test   spol.cam.test.write_pseudo_masks  (CAMs -> max-norm -> Gaussian prior -> PNG) vs CAMModel.cam
     spol seg/test   spol.seg.test.write_scoremaps     (sigmoid maps -> .npy)                     vs SegModel
     sltnet loc/test sltnet.localizer.test.localize    (top-K ACAM maps -> boxes)                 vs CAMLocalizer
     sltnet reg/test sltnet.regressor.test.regressor_step + regressor_on_host (boxes, grid images) vs BoxRegressor
-    utils.evaluate  evaluate_scoremaps on the seg maps (MaxBoxAcc, MaxBoxAccV2, PxAP sweep)     (no model)
+    utils.evaluation.evaluate  evaluate_scoremaps on the seg maps (MaxBoxAcc, MaxBoxAccV2, PxAP sweep)     (no model)
 
-Every stage loop is ``utils.inference.run_inference``: the host work of a batch (copy to the host,
+Every stage loop is ``utils.engine.inference.run_inference``: the host work of a batch (copy to the host,
 boxes, writing files) runs on its consumer thread while the next batch is loaded and run, and with
 ``--workers 0`` one thread loads the next batch. The table also gives, per stage run (medians),
 the seconds the consumer worked on its thread and the seconds the loop waited for it or for a
-batch (``utils.inference.last_stats``): where the time goes beyond the network.
+batch (``utils.engine.inference.last_stats``): where the time goes beyond the network.
 
 The classifier and SLT-Net stages read uint8 images and normalise them on the batch (as their
 test steps do: ``build_transform(normalize=False)``); the SPOL stages use the SPOL authors'
 per-image pipeline (normalise, then resize). The bare pass gets batches already normalised.
 
 Models are randomly initialised (speed does not depend on the weights). Data: generated birds
-(``utils.generate``) in a temporary folder.
+(``utils.data.generate``) in a temporary folder.
 
     python benchmarks/bench_inference.py                                  # CPU, 64 images, 64 px
     python benchmarks/bench_inference.py --device cuda --amp bf16 --num-images 2048 --size 224 --batch-size 64
@@ -46,13 +46,13 @@ from types import SimpleNamespace
 
 import torch
 
-from utils.data import WSOLDataset
-from utils.layouts import load_records, num_classes
-from utils.transforms import build_transform
-from utils.distributed import DistContext
-from utils.device import autocast
-from utils.generate import generate_dataset
-from utils.inference import last_stats
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import load_records, num_classes
+from utils.data.transforms import build_transform
+from utils.engine.distributed import DistContext
+from utils.engine.device import autocast
+from utils.data.generate import generate_dataset
+from utils.engine.inference import last_stats
 from utils.io import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -135,7 +135,7 @@ def main(args) -> list[dict]:
 
         if "cls" in only:
             from network.backbones import build_classifier
-            from utils.classify import write_classification
+            from utils.engine.classify import write_classification
             model = build_classifier("resnet50", k, "none").to(device).eval()
             cls_args = SimpleNamespace(input_size=args.size, ten_crop=False, batch_size=args.batch_size,
                                        workers=args.workers, amp=args.amp)
@@ -175,7 +175,7 @@ def main(args) -> list[dict]:
 
             from sltnet.model import BoxRegressor
             from sltnet.regressor.test import regressor_on_host, regressor_step
-            from utils.inference import run_inference
+            from utils.engine.inference import run_inference
             model = BoxRegressor("resnet50", pretrained="none").to(device).eval()
             dataset = WSOLDataset(records, build_transform("resize", resize=args.size, normalize=False))
             step = partial(regressor_step, predict=lambda m, x: m(x), divisor=8.0, input_size=args.size)
@@ -184,8 +184,8 @@ def main(args) -> list[dict]:
                                           amp=args.amp, consume=partial(regressor_on_host, grid_images=8)),
                     bare_forward(model, batches, ctx, args.amp), "boxes + grid images vs BoxRegressor")
         if "evaluate" in only:
-            from utils.evaluate import evaluate_scoremaps
-            measure("utils.evaluate (interval 0.001)",
+            from utils.evaluation.evaluate import evaluate_scoremaps
+            measure("utils.evaluation.evaluate (interval 0.001)",
                     lambda: evaluate_scoremaps(records, tmp / "seg_maps", "wsol", input_size=args.size), None,
                     "GT-known, MaxBoxAcc(V2), PxAP per image")
     print_table(rows, args)

@@ -1,6 +1,6 @@
 """Benchmark: a stage's training step against the bare forward + backward of the same model.
 
-The stage step is ``utils.engine.Trainer.train_step`` with the stage's own loss function, built
+The stage step is ``utils.engine.trainer.Trainer.train_step`` with the stage's own loss function, built
 from the stage script's own options (``parse_args(get_args_parser(), argv, stage=...)``); the bare
 step is zero_grad -> forward -> cross entropy on the logits -> backward -> optimizer step, on the
 same batches already in memory. The throughput ratio (stage img/s over bare img/s; target >= 0.9)
@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from utils.config import parse_args
-from utils.data import WSOLDataset
-from utils.layouts import load_records, num_classes
-from utils.transforms import build_transform
-from utils.distributed import DistContext
-from utils.device import autocast, move_to_device
-from utils.engine import Trainer, build_optimizer
-from utils.generate import generate_dataset
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import load_records, num_classes
+from utils.data.transforms import build_transform
+from utils.engine.distributed import DistContext
+from utils.engine.device import autocast, move_to_device
+from utils.engine.trainer import Trainer, build_optimizer
+from utils.data.generate import generate_dataset
 from utils.io import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

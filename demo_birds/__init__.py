@@ -9,5 +9,5 @@
 * ``report``: ``results.json``, ``report.md`` and its pictures (``python -m demo_birds.report``).
 
 May import ``utils``, ``network``, ``spol`` and ``sltnet``; nothing imports it but ``demo.py`` and
-the tests (tests/test_imports.py).
+the tests (tests/unit/test_imports.py).
 """

@@ -1,5 +1,5 @@
 """The demo's stage plan: every stage script, in order, with the arguments the demo passes it, and
-running one in-process through ``utils.config.run_cli``, as ``python3 <stage>/train.py`` does (a test
+running one in-process through ``utils.engine.rundir.run_cli``, as ``python3 <stage>/train.py`` does (a test
 step then reads its training run's model options and keeps its previous outputs until it ends; a
 stage's bad input is one ``error:`` line)."""
 from __future__ import annotations
@@ -8,7 +8,8 @@ import importlib
 import time
 from pathlib import Path
 
-from utils.config import parse_args, run_cli
+from utils.config import parse_args
+from utils.engine.rundir import run_cli
 
 # a smoke run (--tiny): one optimiser step per training stage
 TINY_TRAIN_ARGS = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "4"]
@@ -17,7 +18,7 @@ TINY_TEST_ARGS = ["--batch-size", "4"]
 
 def run_stage(module_name: str, stage: str, argv: list[str]) -> float:
     """Import a stage script and run its ``main`` on ``argv`` through ``run_cli`` (the stage's
-    context: ``utils.rundir``'s test-step inheritance and output protection, its folders released
+    context: ``utils.engine.rundir``'s test-step inheritance and output protection, its folders released
     after); returns the seconds ``main`` took."""
     module = importlib.import_module(module_name)
     args = parse_args(module.get_args_parser(), [str(a) for a in argv], stage=stage)

@@ -8,26 +8,26 @@ from pathlib import Path
 import torch
 
 from utils.config import parse_args
-from utils.layouts import num_classes
+from utils.data.layouts import num_classes
 
 
 def cam_predictions(argv: list, records, out_path: Path) -> Path:
     """predictions.csv of the plain CAM network (its own GAP logits), with the localizer test's
     options (``argv``, its --config included: device, AMP, batch size, workers) and model code (``sltnet.model.build_branch``
-    + ``load_stage_weights``), through ``utils.inference.run_inference`` in this one process (the
+    + ``load_stage_weights``), through ``utils.engine.inference.run_inference`` in this one process (the
     demo calls it on rank 0 only, so the whole split is this process's shard)."""
     from sltnet.localizer import test as localizer_test
     from sltnet.model import build_branch
     from sltnet.options import PRODUCER, resolve_args
-    from utils.checkpoint import load_stage_weights
-    from utils.classify import top_k_step
+    from utils.engine.checkpoint import load_stage_weights
+    from utils.engine.classify import top_k_step
     from utils.config import explicit_options
-    from utils.data import WSOLDataset
-    from utils.distributed import DistContext, resolve_device
-    from utils.inference import run_inference
-    from utils.predictions import write_predictions
-    from utils.rundir import TEST_INHERITS, inherit_training_options
-    from utils.transforms import build_transform
+    from utils.data.dataset import WSOLDataset
+    from utils.engine.distributed import DistContext, resolve_device
+    from utils.engine.inference import run_inference
+    from utils.evaluation.handoff import write_predictions
+    from utils.engine.rundir import TEST_INHERITS, inherit_training_options
+    from utils.data.transforms import build_transform
 
     args = resolve_args(parse_args(localizer_test.get_args_parser(), [str(a) for a in argv],
                                    stage="localizer_test"), "localizer", test_of="localizer")

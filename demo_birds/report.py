@@ -18,7 +18,7 @@
 
 Pictures (matplotlib, Agg backend, written atomically): the GT-known-vs-threshold curve of every
 row that has score maps, the training-loss curves read from the stages' ``log.jsonl`` files
-(``utils.engine.Trainer``: one JSON object per line, with ``global_step`` and ``loss``; the lines
+(``utils.engine.trainer.Trainer``: one JSON object per line, with ``global_step`` and ``loss``; the lines
 of ``"event": "epoch_end"`` are epoch summaries and are not plotted), and a grid of test images
 with each method's score map, its box (red) and the ground-truth box (green).
 """
@@ -224,9 +224,9 @@ def _image_at(record, size: int) -> np.ndarray:
 def grid_samples(records, size: int, methods: dict, n: int) -> list[dict]:
     """``n`` test images spread evenly over the split (so over the classes), with each method's map
     and box (see :func:`draw_grid`)."""
-    from utils.cam import boxes_from_maps
-    from utils.evaluate import load_scoremap
-    from utils.protocol import get_protocol
+    from utils.evaluation.boxes import boxes_from_maps
+    from utils.evaluation.evaluate import load_scoremap
+    from utils.evaluation.protocol import get_protocol
 
     samples = []
     picks = np.unique(np.linspace(0, len(records) - 1, num=min(n, len(records))).round().astype(int))

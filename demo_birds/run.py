@@ -17,12 +17,27 @@ from demo_birds.report import grid_samples, markdown_table, write_report
 from demo_birds.scoring import centre_box_map, choose_centre_fraction, score_row, train_threshold
 from demo_birds.settings import resolve_settings
 from utils.io import atomic_write_json
-from utils.layouts import load_records, num_classes
-from utils.predictions import read_boxes_csv, read_predictions
-from utils.protocol import get_protocol
+from utils.data.layouts import load_records, num_classes
+from utils.evaluation.handoff import read_boxes_csv, read_predictions
+from utils.evaluation.protocol import get_protocol
 
 CAM_ROW = "CAM, paper's recipe"
 AGGRESSIVE_ROW = "CAM, aggressive fine-tuning"
+
+
+def check_folders(args) -> None:
+    """Before any work: ``--output-dir`` and ``--data-out`` can be written (``utils.paths.check_output_path``),
+    and the output folder is not the dataset's folder, inside it or around it (``utils.engine.rundir.check_output_dir``)."""
+    import argparse
+
+    from utils.paths import DATASET_DIR, check_output_path
+    from utils.engine.rundir import check_output_dir
+
+    check_output_path(args.output_dir, "--output-dir")
+    if args.data_out:
+        check_output_path(args.data_out, "--data-out")
+    data = args.data_root or args.data_out or DATASET_DIR / ("demo_birds_tiny" if args.tiny else "demo_birds")
+    check_output_dir(argparse.Namespace(output_dir=args.output_dir, data_root=str(data)))
 
 
 def main(args) -> dict | None:
@@ -31,6 +46,7 @@ def main(args) -> dict | None:
 
     start = time.perf_counter()
     s = resolve_settings(args)
+    check_folders(args)
     rank = int(os.environ.get("RANK", "0"))
     data_root = prepare_data(args, s, rank == 0)
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The demo's table rows: every map scored by the shared evaluator (``utils.evaluate``, WSOL
+"""The demo's table rows: every map scored by the shared evaluator (``utils.evaluation.evaluate``, WSOL
 protocol), the threshold chosen on the TRAINING split's boxes, and the centred-box baseline."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from utils.evaluate import evaluate_scoremaps
-from utils.protocol import get_protocol
+from utils.evaluation.evaluate import evaluate_scoremaps
+from utils.evaluation.protocol import get_protocol
 
 
 def centre_box_map(size: int, fraction: float) -> np.ndarray:
@@ -21,8 +21,8 @@ def centre_box_map(size: int, fraction: float) -> np.ndarray:
 def choose_centre_fraction(train_records, size: int) -> tuple[float, float]:
     """The side fraction (0.30 .. 1.00, step 0.05) of the centred box with the best GT-known Loc
     on the TRAINING split's boxes (never the test split); returns (fraction, train accuracy)."""
-    from utils.cam import boxes_from_maps
-    from utils.metrics import LocalizationMeter
+    from utils.evaluation.boxes import boxes_from_maps
+    from utils.evaluation.metrics import LocalizationMeter
 
     gts = [get_protocol("resize", size).gt_boxes(r.boxes, r.size) for r in train_records]
     best = (1.0, -1.0)
@@ -48,11 +48,11 @@ def train_threshold(train_records, maps, size: int, interval: float) -> tuple[fl
 def score_row(name: str, kind: str, records, maps, size: int, *, threshold: float | None, predictions=None,
               top1_cls=None, notes: str = "", output_dir=None, threshold_source: str = "",
               interval: float = 0.001) -> dict:
-    """One table row from score maps through utils.evaluate (WSOL protocol at ``size``)."""
+    """One table row from score maps through utils.evaluation.evaluate (WSOL protocol at ``size``)."""
     res = evaluate_scoremaps(records, maps, "wsol", threshold=0.5 if threshold is None else threshold,
                              predictions=predictions, input_size=size, cam_curve_interval=interval, split="test")
     if predictions is not None and top1_cls is None:
-        from utils.predictions import read_predictions
+        from utils.evaluation.handoff import read_predictions
 
         preds = read_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
         top1_cls = 100.0 * float(np.mean([preds[r.image_id].top1_correct for r in records]))

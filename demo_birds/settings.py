@@ -4,10 +4,10 @@ parses before anything heavy is loaded."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-import yaml
-
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, OptionParser, load_yaml_with_lines
+from utils.errors import DataError
 from utils.paths import CONFIG_DIR, OUTPUT_ROOT
 
 DEFAULTS = dict(classes=8, train_per_class=60, test_per_class=25, image_size=64, seed=0, clutter=0.6,
@@ -28,9 +28,23 @@ TINY = dict(classes=5, train_per_class=2, test_per_class=2, image_size=64, input
             pretrain_val_images=4)
 
 
+def _setting_types() -> dict:
+    """The valid range of each numeric setting (``utils.options``), as its option's ``type``."""
+    from utils.ranges import (Range, fraction, non_negative_float, non_negative_int, positive_float,
+                              positive_int, probability)
+
+    return dict(classes=positive_int, train_per_class=positive_int, test_per_class=positive_int,
+                image_size=Range(int, 16), seed=non_negative_int, clutter=probability, distractors=non_negative_float,
+                body_evidence=probability, object_scale=fraction, input_size=positive_int, resize_size=positive_int,
+                box_threshold=probability, grid_images=non_negative_int, cam_curve_interval=fraction,
+                pretrain_steps=positive_int, pretrain_batch_size=positive_int, pretrain_lr=positive_float,
+                pretrain_seed=non_negative_int, pretrain_val_images=positive_int, aggressive_lr=positive_float,
+                aggressive_epochs=non_negative_int)  # 0 epochs: the aggressive row is left out
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="demo.py", formatter_class=HelpFormatter,
-                                description="WSOL demo on generated data: CAM, SPOL, SLT-Net through their stage scripts")
+    p = OptionParser(prog="demo.py", formatter_class=HelpFormatter,
+                     description="WSOL demo on generated data: CAM, SPOL, SLT-Net through their stage scripts")
     p.add_argument("--config", type=str, default=str(CONFIG_DIR / "demo.yaml"),
                    help="stage settings (per-stage mappings) and this script's own ('demo:' mapping)")
     p.add_argument("--data-root", type=str, default=None,
@@ -45,12 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="where the stand-in pretraining's weights are read / written (default resource/)")
     p.add_argument("--keep", action="store_true",
                    help="keep earlier stage outputs (the stages then resume from their checkpoints)")
+    types = _setting_types()
     for key, value in DEFAULTS.items():
         if isinstance(value, bool):
             p.add_argument("--" + key.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None,
                            help=f"(default from the config's demo: mapping, else {value})")
             continue
-        kind = type(value[0]) if isinstance(value, list) else type(value)
+        kind = types.get(key) or (type(value[0]) if isinstance(value, list) else type(value))
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                        nargs=len(value) if isinstance(value, list) else None,
                        help=f"(default from the config's demo: mapping, else {value})")
@@ -58,20 +73,36 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args) -> dict:
-    """DEFAULTS < config 'demo:' (< 'demo_tiny:' and TINY with --tiny) < command line."""
+    """DEFAULTS < config 'demo:' (< 'demo_tiny:' and TINY with --tiny) < command line. A config value
+    is converted and range-checked as the same option on the command line; an unknown key, a value
+    out of range, invalid YAML or a key given twice is one ``DataError`` naming the file and line."""
+    from utils.config import _checked
+
     settings = dict(DEFAULTS)
-    config = {}
+    config, lines = ({}, {})
     if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-    settings.update(config.get("demo") or {})
-    if args.tiny:
-        settings.update(TINY)
-        settings.update(config.get("demo_tiny") or {})
+        config, lines = load_yaml_with_lines(Path(args.config))
+    parser = get_args_parser()
+    actions = {a.dest: a for a in parser._actions}
+    sections = ["demo"] + (["demo_tiny"] if args.tiny else [])
+    for section in sections:
+        values = config.get(section) or {}
+        if not isinstance(values, dict):
+            raise DataError.at(args.config, lines.get((section,)), f"'{section}:' must be a mapping of settings")
+        if section == "demo_tiny":
+            settings.update(TINY)
+        for key, value in values.items():
+            line = lines.get((section, key))
+            if key not in DEFAULTS:
+                raise DataError.at(args.config, line, f"unknown key '{key}' in '{section}:' (the demo's settings: "
+                                   f"{', '.join(DEFAULTS)})")
+            settings[key] = _checked(parser, actions[key], value, Path(args.config), line, key)
+            if isinstance(settings[key], tuple):
+                settings[key] = list(settings[key])
     for key in DEFAULTS:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"{args.config}: unknown key(s) in demo: {sorted(unknown)}")
+    lo, hi = settings["object_scale"]
+    if lo > hi:
+        raise DataError(f"--object-scale {lo} {hi}: the first value must not be larger than the second")
     return settings

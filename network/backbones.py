@@ -46,7 +46,7 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torchvision.models.vgg import cfgs as _vgg_cfgs, make_layers as _vgg_make_layers
 
-from utils.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
+from utils.engine.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
 from utils.errors import DataError
 from utils.paths import RESOURCE_DIR
 
@@ -135,7 +135,7 @@ def is_weight_path(pretrained) -> bool:
 def load_weight_file(module: nn.Module, name: str, path, drop_prefixes: tuple[str, ...] = ()) -> Path:
     """Load a state dict in torchvision's layout for ``name`` from ``path`` into ``module``.
 
-    ``weights_only`` loading (``utils.checkpoint.load_checkpoint``; a full checkpoint's
+    ``weights_only`` loading (``utils.engine.checkpoint.load_checkpoint``; a full checkpoint's
     ``model`` / ``state_dict`` entry is used); the head (``HEAD_PREFIXES``) and ``drop_prefixes``
     are left out; every other key of ``module`` must be in the file with its shape and the file
     may hold nothing else, else one ``DataError`` line naming the file."""

@@ -14,7 +14,7 @@ is reused while its settings are unchanged). What the images hold:
   the demo's head classes is learnt here; what transfers is generic: edges, colour, texture and
   "a compact object on clutter".
 * **cluttered backgrounds**: the birds generator's smooth coloured noise and random shapes
-  (``utils.generate``), plus smaller distractor objects of random shape and plain random colour.
+  (``utils.data.generate``), plus smaller distractor objects of random shape and plain random colour.
 * random size (``object_scale`` of the side), rotation and position.
 
 Training: the torchvision classifier (``network.backbones.build_classifier``, random init) sees
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.generate import SUPERSAMPLE, _background, _ellipse, _fill, _hsv_rgb, _random_colour
+from utils.data.generate import SUPERSAMPLE, _background, _ellipse, _fill, _hsv_rgb, _random_colour
 from utils.io import atomic_write_json
 from utils.paths import RESOURCE_DIR
 
@@ -131,7 +131,7 @@ def render_standin(rng, label: int, size: int, *, clutter: float, distractors: f
     shape, hue, texture = class_attributes(label)
     S = size * SUPERSAMPLE
     canvas = cv2.resize(_background(rng, size, clutter), (S, S), interpolation=cv2.INTER_LINEAR)
-    for _ in range(rng.poisson(8 * clutter)):  # random background shapes, as in utils.generate
+    for _ in range(rng.poisson(8 * clutter)):  # random background shapes, as in utils.data.generate
         c = rng.uniform(0, S, 2)
         r = rng.uniform(0.03, 0.12) * S
         _fill(canvas, None, _ellipse(c[0], c[1], r, r * rng.uniform(0.3, 1), rng.uniform(0, 180),
@@ -203,10 +203,13 @@ def pretrain(settings: dict | None = None, *, resource_dir=RESOURCE_DIR, device:
 
     from network.backbones import build_classifier
 
+    from utils.paths import check_output_path
+
     s = {**DEFAULTS, **(settings or {})}
     unknown = set(s) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown pretraining setting(s): {sorted(unknown)}")
+    check_output_path(resource_dir, "--resource-dir")  # before training, not when the file is written
     out = Path(resource_dir) / weight_name(s)
     torch.manual_seed(s["seed"])
     dev = torch.device(device)
@@ -245,7 +248,7 @@ def finish(model, s: dict, out: Path, seconds: float, device, command: str | Non
     """Write the trained ``model``'s state dict to ``out`` (float16 tensors when ``s['half']``: half
     the bytes; the stages copy them into their float32 parameters) and the JSON beside it. The
     held-out accuracy is measured with the weights as written."""
-    from utils.checkpoint import save_checkpoint
+    from utils.engine.checkpoint import save_checkpoint
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if s["half"]:
@@ -272,12 +275,23 @@ def read_info(path) -> dict | None:
     return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else None
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    from utils.config import HelpFormatter, add_alias
+def _option_types() -> dict:
+    """The valid range of each numeric setting (``utils.options``), as its option's ``type``."""
+    from utils.ranges import (fraction, non_negative_float, non_negative_int, positive_float, positive_int,
+                              probability)
 
-    p = argparse.ArgumentParser(prog="python -m network.pretrain", formatter_class=HelpFormatter,
-                                description="Pretrain a torchvision backbone on generated generic objects "
-                                            "(stand-in for ImageNet)")
+    return dict(size=positive_int, steps=positive_int, batch_size=positive_int, lr=positive_float,
+                weight_decay=non_negative_float, seed=non_negative_int, clutter=probability,
+                distractors=non_negative_float, object_scale=fraction, val_images=positive_int)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    from utils.config import HelpFormatter, OptionParser, add_alias
+
+    p = OptionParser(prog="python -m network.pretrain", formatter_class=HelpFormatter,
+                     description="Pretrain a torchvision backbone on generated generic objects "
+                                 "(stand-in for ImageNet)")
+    types = _option_types()
     for key, value in DEFAULTS.items():
         if key == "arch":  # the settings key keeps its name (file names, JSON); the option is --backbone
             add_alias(p, "--arch", p.add_argument("--backbone", dest="arch", type=str, default=value,
@@ -287,7 +301,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             p.add_argument("--" + key, action="store_true",
                            help="store the weights as float16 (half the file; loaded into float32)")
             continue
-        kind = type(value[0]) if isinstance(value, list) else type(value)
+        kind = types.get(key) or (type(value[0]) if isinstance(value, list) else type(value))
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=value,
                        nargs=len(value) if isinstance(value, list) else None)
     p.add_argument("--resource-dir", type=str, default=str(RESOURCE_DIR))
@@ -298,9 +312,30 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
     settings = {k: getattr(args, k) for k in DEFAULTS}
+    lo, hi = settings["object_scale"]
+    if lo > hi:
+        from utils.errors import DataError
+        raise DataError(f"--object-scale {lo} {hi}: the first value must not be larger than the second")
     return pretrain(settings, resource_dir=args.resource_dir, device=args.device,
                     command="python3 -m network.pretrain " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
+def cli(argv=None) -> Path:
+    """``python -m network.pretrain``: an option out of range, a ``--resource-dir`` that cannot be
+    written, end with one ``error:`` line and exit status 2; Ctrl-C (nothing is written before the
+    training ends) with one line and 130."""
+    from utils.errors import DataError, one_line
+
+    try:
+        return main(argv)
+    except (DataError, ValueError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C): nothing was written (the weights are written when the training "
+              "ends); the same command trains again", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

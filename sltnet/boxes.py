@@ -1,7 +1,7 @@
 """Box conventions of SLT-Net's regressor and pseudo boxes from localization maps.
 
 * Pixel boxes are ``x0, y0, x1, y1`` in input-pixel coordinates of the image the network saw
-  (``utils.cam.boxes_from_maps`` convention: ``x1 = min(x0 + w, W - 1)``, scored with the inclusive
+  (``utils.evaluation.boxes.boxes_from_maps`` convention: ``x1 = min(x0 + w, W - 1)``, scored with the inclusive
   IoU of Choe et al.).
 * The regressor predicts ``p = (x1/m, y1/m, x2/m, y2/m)``; Sec. 3.1: "(x1, y1) are the top-left
   coordinate of the bounding box, (x2, y2) are the bottom-right coordinate of the bounding box,
@@ -13,9 +13,9 @@
 * Pseudo boxes (:func:`pseudo_boxes`): ``rule="zhou"`` (default) is CAM's rule, which the paper
   cites (Sec. 3.2: "segments the regions with the top 20% values and chose the bounding box that
   covers the largest connected component"): the raw map, values above 20 % of its max
-  (``utils.cam.boxes_from_maps_zhou``); ``rule="choe"`` min-max normalises first and applies Choe
-  et al.'s uint8 rule (``utils.cam.boxes_from_maps``), the rule of the evaluator's ``wsol`` protocol.
-* ``boxes.csv`` (hand-off file, read and written by ``utils.predictions``): header
+  (``utils.evaluation.boxes.boxes_from_maps_zhou``); ``rule="choe"`` min-max normalises first and applies Choe
+  et al.'s uint8 rule (``utils.evaluation.boxes.boxes_from_maps``), the rule of the evaluator's ``wsol`` protocol.
+* ``boxes.csv`` (hand-off file, read and written by ``utils.evaluation.handoff``): header
   ``image_id,x0,y0,x1,y1`` in input pixels of the protocol geometry; a sidecar ``boxes.json`` says
   which protocol / input size / threshold / box rule / downsampling factor produced them;
   :func:`boxes_to_image_fraction` reads a box back as fractions of the original image.
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from sltnet.options import BOX_RULES, BOX_SCALES  # the names the command line offers
-from utils.cam import boxes_from_maps, boxes_from_maps_zhou, normalize_minmax, resize_maps
+from utils.evaluation.boxes import boxes_from_maps, boxes_from_maps_zhou, normalize_minmax, resize_maps
 from utils.errors import DataError
-from utils.metrics import LocalizationMeter
-from utils.protocol import get_protocol
+from utils.evaluation.metrics import LocalizationMeter
+from utils.evaluation.protocol import get_protocol
 
 # the thresholds --box-threshold best chooses from (fractions of the map's max): 0.05, 0.06, ..., 0.95
 BEST_THRESHOLDS = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
@@ -144,7 +144,7 @@ def boxes_to_image_fraction(box, meta: dict, path) -> list[float]:
 
 class ThresholdSweep:
     """GT-known Loc of localization maps boxed by ``rule`` (:func:`maps_to_boxes`) at every threshold
-    of ``thresholds``: one ``utils.metrics.LocalizationMeter`` per threshold, so each value is scored
+    of ``thresholds``: one ``utils.evaluation.metrics.LocalizationMeter`` per threshold, so each value is scored
     exactly as the reported GT-known Loc is. Streams: :meth:`update` per batch, :meth:`merge` the
     other ranks' :meth:`state`, then :meth:`best`.
 

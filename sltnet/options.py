@@ -5,8 +5,8 @@ its heavy imports (``utils.config.parse_early``), so ``--help`` and a mistyped o
 at once. The option groups the stages share are here too, the names the command line offers
 (``BACKBONES``, ``BOX_RULES``, ``BOX_SCALES``, ``SMT_VARIANTS``, ``TEACHER_MAPS``, ``VST_BN``,
 ``REGRESSOR_POOLS``), which ``sltnet.model``, ``sltnet.losses`` and ``sltnet.boxes`` import from here,
-the ``type=`` checks of the new options' values (:func:`unit_fraction`, :func:`positive_int`,
-:func:`threshold_or_best`), :func:`resolve_top_k` (K from --top-k-ratio once the class count is
+:func:`threshold_or_best` (the localizer test's ``--box-threshold``: a number or ``best``; every
+other range is a ``type=`` of :mod:`utils.ranges`), :func:`resolve_top_k` (K from --top-k-ratio once the class count is
 known), :func:`check_map_options` and :func:`resolve_args`: the defaults derived from other options
 (per-backbone geometry, dataset name, data root, the stage folders; :data:`PRODUCER` names the
 script that writes each stage folder's model.pth).
@@ -23,8 +23,10 @@ from pathlib import Path
 
 from utils.config import add_alias, add_common_args, stage_parser
 from utils.options import add_classifier_train_args, add_output_stride_arg, check_output_stride
+from utils.ranges import (Range, fraction, momentum, non_negative_float, non_negative_int, open_fraction,
+                          positive_float, positive_int, probability)
 from utils.paths import DATASET_DIR, stage_dir
-from utils.protocol import choices as protocol_choices
+from utils.evaluation.protocol import choices as protocol_choices
 
 BACKBONES = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161")
 BOX_RULES = ("zhou", "choe")
@@ -45,36 +47,11 @@ PRODUCER = {"localizer": "sltnet/localizer/train.py", "regressor": "sltnet/regre
             "classifier": "sltnet/classifier/train.py"}
 
 
-def unit_fraction(text: str) -> float:
-    """``type=`` of --top-k-ratio: a number R with 0 < R <= 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """``type=`` of --regressor-grid: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def threshold_or_best(text: str) -> float | str:
-    """``type=`` of the localizer test's --box-threshold: a fraction of the map's max, or ``best``."""
+    """``type=`` of the localizer test's --box-threshold: a fraction of the map's max in [0, 1], or ``best``."""
     if str(text).strip().lower() == "best":
         return "best"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'best', got {text!r}") from None
+    return probability(text)
 
 
 def add_dataset_arg(group) -> None:
@@ -87,11 +64,11 @@ def add_dataset_arg(group) -> None:
 
 def add_top_k_args(group, *, test: bool = False) -> None:
     """``--top-k`` and ``--top-k-ratio`` (K as a fraction of the class count, :func:`resolve_top_k`)."""
-    group.add_argument("--top-k", type=int, default=30,
+    group.add_argument("--top-k", type=positive_int, default=30,
                        help="K of the top-K ACAM (Eq. 9; CUB 30, ILSVRC 100); default as trained (args.yaml), a "
                             "value given here wins" if test else
                        "K of SMT (Eq. 8), top-K ACAM (Eq. 9) and --vst-maps topk (CUB 30, ILSVRC 100)")
-    group.add_argument("--top-k-ratio", type=unit_fraction, default=None,
+    group.add_argument("--top-k-ratio", type=fraction, default=None,
                        help="K as a fraction R of the dataset's class count C: K = max(1, R x C rounded half up), "
                             "computed once the dataset is loaded and written to args.yaml as top_k (the paper: "
                             "30 / 200 = 0.15 CUB, 100 / 1000 = 0.10 ILSVRC); wins over --top-k (one notice line "
@@ -138,17 +115,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("sltnet model")
     g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES))
     add_dataset_arg(g)
-    g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
-    g.add_argument("--input-size", type=int, default=None, help="crop / test size: 224 (299 InceptionV3)")
+    g.add_argument("--resize-size", type=positive_int, default=None, help="default per backbone: 256 (320 InceptionV3)")
+    g.add_argument("--input-size", type=positive_int, default=None, help="crop / test size: 224 (299 InceptionV3)")
     g.add_argument("--cam-feature", type=str, default=None,
                    help="backbone block the localizer ends at (default: vgg16 conv5, inception_v3 mixed_6e, "
                         "resnet50 layer4, densenet161 features)")
     add_output_stride_arg(g, test=True)
-    g.add_argument("--extra-conv", type=int, default=None,
+    g.add_argument("--extra-conv", type=non_negative_int, default=None,
                    help="channels of the 3x3 conv + ReLU before GAP, 0 = none (default 1024 VGG16/InceptionV3, 0 others)")
     g.add_argument("--regressor-feature", type=str, default=None,
                    help="regressor backbone block (default: the backbone's last block)")
-    g.add_argument("--regressor-hidden", type=int, default=512, help="width of the regressor's first FC layer")
+    g.add_argument("--regressor-hidden", type=positive_int, default=512, help="width of the regressor's first FC layer")
     g.add_argument("--regressor-final-relu", action=argparse.BooleanOptionalAction, default=True,
                    help="ReLU after the regressor's second FC layer as after the first (Sec. 3.1: FC-ReLU-FC-ReLU); "
                         "--no-regressor-final-relu: linear output")
@@ -163,7 +140,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--box-scale", type=str, default=None, choices=list(BOX_SCALES),
                    help="what the regressor's box is divided by: stride (Sec. 3.1: m, the localizer's downsampling "
                         "factor; the training default) or input (the input size). Test: default as trained (args.yaml)")
-    g.add_argument("--box-stride", type=float, default=None,
+    g.add_argument("--box-stride", type=positive_float, default=None,
                    help="m for --box-scale stride (default: the stride of the localizer whose maps give the boxes; "
                         "test: as trained)")
     g.add_argument("--share-backbone", action=argparse.BooleanOptionalAction, default=False,
@@ -177,21 +154,21 @@ def add_classifier_stage_args(parser: argparse.ArgumentParser) -> argparse.Argum
     g.add_argument("--backbone", type=str, default="vgg16", choices=list(BACKBONES),
                    help="classifier network (the paper uses the regressor's backbone type)")
     add_dataset_arg(g)
-    g.add_argument("--resize-size", type=int, default=None, help="default per backbone: 256 (320 InceptionV3)")
-    g.add_argument("--input-size", type=int, default=None, help="crop size: 224 (299 InceptionV3)")
+    g.add_argument("--resize-size", type=positive_int, default=None, help="default per backbone: 256 (320 InceptionV3)")
+    g.add_argument("--input-size", type=positive_int, default=None, help="crop size: 224 (299 InceptionV3)")
     return parser
 
 
 def add_optim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("optimizer (Sec. 4.1: SGD, momentum 0.9, wd 5e-4, lr 2e-4, batch 16)")
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--head-lr-mult", type=float, default=1.0,
+    g.add_argument("--lr", type=positive_float, default=2e-4)
+    g.add_argument("--momentum", type=momentum, default=0.9)
+    g.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    g.add_argument("--head-lr-mult", type=non_negative_float, default=1.0,
                    help="lr multiplier of the newly initialised layers: the localizer's extra conv and classifier "
                         "(at --lr x this) and the regressor's FC head (at the regressor's lr x this); the paper "
                         "names one lr (1.0)")
-    g.add_argument("--regressor-lr", type=float, default=None,
+    g.add_argument("--regressor-lr", type=positive_float, default=None,
                    help="lr of the regressor's pretrained backbone, its FC head at this x --head-lr-mult "
                         "(default: --lr)")
     parser.set_defaults(batch_size=16, epochs=4)
@@ -208,23 +185,23 @@ def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "from which the other top-K classes are left out (every other class scoring at least "
                         "the K-th score), so that the true class is not pushed away from its K-1 most similar "
                         "classes (the paper's motivation); else CE")
-    g.add_argument("--alpha", type=float, default=0.4, help="SMT factor (CUB 0.4, ILSVRC 0.2)")
+    g.add_argument("--alpha", type=probability, default=0.4, help="SMT factor (CUB 0.4, ILSVRC 0.2)")
     add_top_k_args(g)
     g.add_argument("--acam", action=argparse.BooleanOptionalAction, default=True,
                    help="top-K ACAM map (Eq. 9); off: the CAM of the ground-truth class")
     add_teacher_map_arg(g, test=False)
     g.add_argument("--vst", action=argparse.BooleanOptionalAction, default=True, help="L_VST (Eq. 10-13)")
-    g.add_argument("--beta", type=float, default=10.0, help="weight of L_VST (Eq. 2)")
-    g.add_argument("--vst-scale-min", type=float, default=0.75)
-    g.add_argument("--vst-scale-max", type=float, default=1.25)
-    g.add_argument("--vst-flip-prob", type=float, default=0.5)
+    g.add_argument("--beta", type=non_negative_float, default=10.0, help="weight of L_VST (Eq. 2)")
+    g.add_argument("--vst-scale-min", type=positive_float, default=0.75)
+    g.add_argument("--vst-scale-max", type=positive_float, default=1.25)
+    g.add_argument("--vst-flip-prob", type=probability, default=0.5)
     jitter = ("colour jitter strength of the transformed copy (torchvision ColorJitter, drawn per image); "
               "--vst-brightness 0 --vst-contrast 0 --vst-saturation 0 --vst-hue 0 switch colour jitter off "
               "(the batch is passed on untouched)")
-    g.add_argument("--vst-brightness", type=float, default=0.4, help=jitter)
-    g.add_argument("--vst-contrast", type=float, default=0.4, help=jitter)
-    g.add_argument("--vst-saturation", type=float, default=0.4, help=jitter)
-    g.add_argument("--vst-hue", type=float, default=0.1,
+    g.add_argument("--vst-brightness", type=non_negative_float, default=0.4, help=jitter)
+    g.add_argument("--vst-contrast", type=non_negative_float, default=0.4, help=jitter)
+    g.add_argument("--vst-saturation", type=non_negative_float, default=0.4, help=jitter)
+    g.add_argument("--vst-hue", type=Range(float, 0, 0.5), default=0.1,
                    help=jitter + "; hue 0: no hue shift (brightness, contrast and saturation keep each pixel's "
                                  "hue, except where a channel is clipped to [0, 1])")
     g.add_argument("--vst-bn", type=str, default="update", choices=list(VST_BN),
@@ -242,8 +219,8 @@ def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "mean: also divided by C (per-map mean)")
     g.add_argument("--vst-border", type=str, default="mask", choices=["mask", "keep"],
                    help="cells that the inverse of a down-scaled copy extrapolates: left out of L_VST (mask) or kept")
-    g.add_argument("--reg-weight", type=float, default=1.0, help="weight of L_REG (Eq. 1 uses 1)")
-    g.add_argument("--box-threshold", type=float, default=0.2,
+    g.add_argument("--reg-weight", type=non_negative_float, default=1.0, help="weight of L_REG (Eq. 1 uses 1)")
+    g.add_argument("--box-threshold", type=probability, default=0.2,
                    help="pseudo-box threshold, fraction of the map's max (CAM's 20%%)")
     g.add_argument("--box-rule", type=str, default="zhou", choices=list(BOX_RULES),
                    help="pseudo-box rule: zhou (CAM's: raw map > t * max, largest connected component) or "
@@ -287,11 +264,11 @@ def localizer_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--box-rule", type=str, default="zhou", choices=list(BOX_RULES),
                    help="zhou: CAM's rule on the raw map (> t * max, largest connected component; the paper's); "
                         "choe: min-max normalised map, uint8 > int(t * max) (the wsol evaluator's rule)")
-    g.add_argument("--iou-threshold", type=float, default=0.5)
+    g.add_argument("--iou-threshold", type=open_fraction, default=0.5)
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
-    g.add_argument("--cam-curve-interval", type=float, default=0.001, help="MaxBoxAccV2 threshold step")
+    g.add_argument("--cam-curve-interval", type=fraction, default=0.001, help="MaxBoxAccV2 threshold step")
     g.add_argument("--maxboxacc", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate the saved score maps with utils.evaluate (needs --scoremaps)")
+                   help="evaluate the saved score maps with utils.evaluation.evaluate (needs --scoremaps)")
     g.add_argument("--scoremaps", action=argparse.BooleanOptionalAction, default=True,
                    help="save scoremaps/<id stem>.npy")
     parser.set_defaults(batch_size=32)
@@ -336,10 +313,10 @@ def regressor_test_parser() -> argparse.ArgumentParser:
                    help="localizer boxes for grid.png (default: <localizer-dir>/<split>/boxes.csv if present)")
     g.add_argument("--protocol", type=str, default="wsol", choices=protocol_choices("resize", "center_crop"),
                    help="wsol (= resize): whole image resized to input size; spol (= center_crop): resize then centre crop")
-    g.add_argument("--iou-threshold", type=float, default=0.5)
+    g.add_argument("--iou-threshold", type=open_fraction, default=0.5)
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
-    g.add_argument("--grid-images", type=int, default=16)
-    g.add_argument("--top-k-ratio", type=unit_fraction, default=None,
+    g.add_argument("--grid-images", type=non_negative_int, default=16)
+    g.add_argument("--top-k-ratio", type=fraction, default=None,
                    help="not read: the final box is the regressor's, no top-K map is made here; accepted (and "
                         "checked) so that one command line serves the localizer's and the final test steps")
     parser.set_defaults(batch_size=32)
@@ -372,6 +349,19 @@ def classifier_test_parser() -> argparse.ArgumentParser:
                    help="average the softmax of ten crops (else one centre crop)")
     parser.set_defaults(batch_size=32)
     return parser
+
+
+def check_top_k(args, num_classes: int) -> None:
+    """K (``--top-k``) of SMT (Eq. 8), top-K ACAM (Eq. 9) and L_VST's top-K maps is at most the
+    dataset's class count, checked once the class count is known: one ``DataError`` line (never
+    clipped silently)."""
+    uses = (getattr(args, "smt", False) or getattr(args, "acam", False)
+            or (getattr(args, "vst", False) and getattr(args, "vst_maps", "") == "topk"))
+    if uses and args.top_k > num_classes:
+        from utils.errors import DataError
+
+        raise DataError(f"--top-k {args.top_k} is larger than the dataset's {num_classes} classes: K of SMT and "
+                        f"top-K ACAM must be at most {num_classes}")
 
 
 PARSERS = {"localizer_train": localizer_train_parser, "localizer_test": localizer_test_parser,

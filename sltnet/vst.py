@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from sltnet.losses import select_cams, top_k_classes, visual_stimulus_tolerance_loss
-from utils.cam import normalize_max, normalize_minmax
+from utils.evaluation.boxes import normalize_max, normalize_minmax
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -22,7 +22,7 @@ Both share one body (Wei et al., CVPR 2021, Sec. 3.1-3.2):
 
 The attribute names are exactly those of the released checkpoints (368 keys each, listed with their
 shapes in the reference JSON), so a released state dict loads with strict key and shape checking
-(``utils.checkpoint.load_stage_weights``).
+(``utils.engine.checkpoint.load_stage_weights``).
 
 Outputs (all at stride 8, e.g. 28x28 for a 224x224 input):
 

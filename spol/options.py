@@ -24,15 +24,17 @@ import os
 
 from utils.config import add_alias, add_common_args, stage_parser
 from utils.options import add_classifier_args, add_output_stride_arg
+from utils.ranges import (fraction, momentum, non_negative_float, non_negative_int, open_fraction,
+                          positive_float, positive_int, probability)
 from utils.paths import CONFIG_DIR, DATASET_DIR, stage_dir
-from utils.protocol import BOTH, choices as protocol_choices
+from utils.evaluation.protocol import BOTH, choices as protocol_choices
 
 DATASET_OF_LAYOUT = {"cub": "cub", "ilsvrc": "imagenet"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "imagenet": DATASET_DIR / "ILSVRC2012"}
 # SPOL leaves this ImageNet val image out: its label is known to be wrong.
 IMAGENET_EXCLUDE = ("ILSVRC2012_val_00033202.JPEG",)
 
-# spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/test_cli.py checks the two agree)
+# spol.pseudo_mask.WORK_SIZE (that module loads torch and cv2; tests/unit/test_cli.py checks the two agree)
 PSEUDO_MASK_WORK_SIZE = 256
 
 
@@ -62,20 +64,20 @@ def add_spol_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_sgd_args(parser: argparse.ArgumentParser, *, lr: float, backbone_lr_mult: float):
     g = parser.add_argument_group("optimiser (SGD)")
-    g.add_argument("--lr", type=float, default=lr, help="lr of the layers outside the backbone")
-    g.add_argument("--backbone-lr-mult", type=float, default=backbone_lr_mult,
+    g.add_argument("--lr", type=positive_float, default=lr, help="lr of the layers outside the backbone")
+    g.add_argument("--backbone-lr-mult", type=non_negative_float, default=backbone_lr_mult,
                    help="lr multiplier of the ResNet backbone")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--momentum", type=momentum, default=0.9)
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
     return parser
 
 
 def add_geometry_args(group, *, resize_help: str, crop_help: str, resize: int = 256, crop: int = 224):
     """``--resize-size`` / ``--input-size`` (SPOL's ``--resize`` / ``--crop`` before, still accepted)."""
-    add_alias(group, "--resize", group.add_argument("--resize-size", type=int, default=resize,
+    add_alias(group, "--resize", group.add_argument("--resize-size", type=positive_int, default=resize,
                                                     help=f"{resize_help} (formerly --resize)"))
-    add_alias(group, "--crop", group.add_argument("--input-size", type=int, default=crop,
+    add_alias(group, "--crop", group.add_argument("--input-size", type=positive_int, default=crop,
                                                   help=f"{crop_help} (formerly --crop)"))
 
 
@@ -129,17 +131,17 @@ def cam_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", type=str, default=None,
                    help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
     g.add_argument("--split", type=str, default="train", help="images to write pseudo masks for")
-    add_alias(g, "--resize", g.add_argument("--resize-size", type=int, default=PSEUDO_MASK_WORK_SIZE,
+    add_alias(g, "--resize", g.add_argument("--resize-size", type=positive_int, default=PSEUDO_MASK_WORK_SIZE,
                                             help="images are resized to N x N: the CAM input and pseudo-mask "
                                                  "working size (reference: 256; formerly --resize)"))
-    g.add_argument("--mask-workers", type=int, default=4, help="CPU threads fitting the Gaussians")
+    g.add_argument("--mask-workers", type=non_negative_int, default=4, help="CPU threads fitting the Gaussians")
     g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
                    help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
                         "names (ImageNet: lossy JPEG under the image's own name)")
-    # spol.pseudo_mask.BAND_LOW/BAND_HIGH/MIN_CONTOUR_AREA (that module loads torch; tests/test_cli.py checks them)
-    g.add_argument("--band", type=float, nargs=2, default=[0.1, 0.5], metavar=("LOW", "HIGH"),
+    # spol.pseudo_mask.BAND_LOW/BAND_HIGH/MIN_CONTOUR_AREA (that module loads torch; tests/unit/test_cli.py checks them)
+    g.add_argument("--band", type=probability, nargs=2, default=[0.1, 0.5], metavar=("LOW", "HIGH"),
                    help="Gaussian channel: CAM values outside [LOW, HIGH] are set to 0 before the contours")
-    g.add_argument("--min-contour-area", type=float, default=20, help="Gaussian channel: smaller contours are skipped")
+    g.add_argument("--min-contour-area", type=non_negative_float, default=20, help="Gaussian channel: smaller contours are skipped")
     g.add_argument("--degenerate-contours", type=str, default="skip", choices=["skip", "nan"],
                    help="skip: a contour whose Gaussian is not finite adds nothing; nan: the authors' "
                         "NaN channel")
@@ -160,7 +162,7 @@ def seg_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", type=str, default="train")
     add_geometry_args(g, resize_help="resize to N x N", crop_help="random crop")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--target-threshold", type=float, default=0.25,  # spol.losses.TARGET_THRESHOLD
+    g.add_argument("--target-threshold", type=probability, default=0.25,  # spol.losses.TARGET_THRESHOLD
                    help="seg target: pseudo-mask CAM or Gaussian channel above it is foreground")
     parser.set_defaults(batch_size=128, epochs=8)
     return parser
@@ -184,7 +186,7 @@ def seg_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocol", type=str, default=BOTH, choices=protocol_choices() + [BOTH],
                    help="spol (= center_crop): the authors' computation + fixes; spol-official (= spol_official): "
                         "theirs exactly (skips images, IoU > 0.5); wsol (= resize): Choe et al.; both: spol and wsol")
-    g.add_argument("--spol-threshold", type=float, default=None,
+    g.add_argument("--spol-threshold", type=probability, default=None,
                    help="box threshold of the SPOL protocols (default: configs/spol_<dataset>.yaml "
                         "seg_test.spol_threshold, 0.2 CUB, 0.8 ImageNet)")
     add_geometry_args(g, resize_help="center_crop/spol protocols: resize before the centre crop",
@@ -194,14 +196,14 @@ def seg_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold-layout", type=str, default=None, choices=["cub", "ilsvrc", "metadata"],
                    help="layout of the threshold split (default --layout)")
     g.add_argument("--threshold-data-root", type=str, default=None, help="its data root (default --data-root)")
-    g.add_argument("--iou-threshold", type=float, default=0.5)
+    g.add_argument("--iou-threshold", type=open_fraction, default=0.5)
     g.add_argument("--iou-compare", type=str, default=None, choices=[">=", ">"],
                    help="spol and wsol protocols (default '>='); spol-official always uses the authors' '>'")
     g.add_argument("--iou-convention", type=str, default="inclusive", choices=["inclusive", "exclusive"],
                    help="wsol protocol only (the SPOL protocols use the authors' exclusive IoU)")
-    g.add_argument("--cam-curve-interval", type=float, default=0.001)
-    g.add_argument("--eval-workers", type=int, default=0, help="processes scoring the maps")
-    g.add_argument("--grid-images", type=int, default=16)
+    g.add_argument("--cam-curve-interval", type=fraction, default=0.001)
+    g.add_argument("--eval-workers", type=non_negative_int, default=0, help="processes scoring the maps")
+    g.add_argument("--grid-images", type=non_negative_int, default=16)
     parser.set_defaults(batch_size=64, pretrained="none")
     return parser
 
@@ -250,8 +252,8 @@ def default_path(value, args, stage: str, *parts) -> str:
 
 
 def load_split(args, split: str, *, layout=None, data_root=None):
-    """Records of one split (utils.layouts.load_records) with the stage's exclusions."""
-    from utils.layouts import load_records
+    """Records of one split (utils.data.layouts.load_records) with the stage's exclusions."""
+    from utils.data.layouts import load_records
 
     return load_records(data_root or args.data_root, layout or args.layout, split,
                         metadata_root=args.metadata_root, exclude_ids=tuple(args.exclude_ids or ()))

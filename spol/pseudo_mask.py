@@ -4,7 +4,7 @@ The computation is the authors' (``cub200-cam/test.py`` / ``imagenet-cam/test.py
 operation for operation, so that the same CAM gives the same PNG bytes (checked against fixtures
 made by running their code: ``tests/fixtures/spol/``). Per training image:
 
-1. The image is resized to ``work_size x work_size`` (256, no crop; :class:`utils.transforms.SPOLTransform`)
+1. The image is resized to ``work_size x work_size`` (256, no crop; :class:`utils.data.transforms.SPOLTransform`)
    and goes through the CAM model; the map of the ground-truth class, as float32 numpy, is divided
    by ``max + 1e-6`` and resized to 256 x 256 with ``cv2.resize`` INTER_LINEAR
    (:func:`normalize_cam`).

@@ -1,4 +1,4 @@
-"""Builders of tiny hand-made dataset trees (one per layout of utils.data), for any test.
+"""Builders of tiny hand-made dataset trees (one per layout of utils.data.layouts), for any test.
 
 Each builder writes a few small images and their annotation files under ``root`` and returns
 ``root``. The module constants give the exact annotations written, so tests can check the
@@ -41,6 +41,14 @@ META_SPLITS = {
     "val": [("birds/a_0002.png", 0, (32, 24), [(1, 2, 30, 20)])],
     "test": [("birds/a_0003.png", 0, (32, 24), [(0, 0, 10, 10), (12, 4, 31, 23)]),
              ("birds/b_0002.png", 1, (24, 32), [(3, 5, 20, 30)])],
+}
+
+# OpenImages30k (Choe et al.'s format): split -> [(image_id, label, (w, h), instance boxes, ignore box)];
+# masks are written by box_mask at the image's size, an ignore box None = empty ignore field
+OPENIMAGES_SPLITS = {
+    "train": [("train/0a/t_0001.jpg", 0, (8, 6), None, None), ("train/1b/t_0002.jpg", 1, (6, 8), None, None)],
+    "val": [("val/0a/v_0001.jpg", 0, (8, 6), [(1, 1, 4, 4), (5, 0, 8, 3)], (0, 3, 8, 6)),
+            ("val/1b/v_0002.jpg", 1, (6, 8), [(0, 0, 6, 2)], None)],
 }
 
 
@@ -95,11 +103,12 @@ def voc_xml(file_name: str, size: tuple[int, int], objects) -> str:
             f"</width><height>{size[1]}</height><depth>3</depth></size>{objs}</annotation>\n")
 
 
-def make_tiny_ilsvrc(root, *, with_train=True) -> Path:
-    """ILSVRC layout: 2 wnids, 3 train images, 2 val images (val 1: two boxes of its class, one other)."""
+def make_tiny_ilsvrc(root, *, with_train=True, train=None) -> Path:
+    """ILSVRC layout: 2 wnids, 3 train images (``train``: {wnid: [(file name, (w, h))]} instead),
+    2 val images (val 1: two boxes of its class, one other)."""
     root = Path(root)
     if with_train:
-        for wnid, files in ILSVRC_TRAIN.items():
+        for wnid, files in (ILSVRC_TRAIN if train is None else train).items():
             for name, size in files:
                 write_image(root / "train" / wnid / name, size)
     else:
@@ -132,4 +141,39 @@ def make_tiny_metadata(root, *, splits=None) -> Path:
         (folder / "image_sizes.txt").write_text("\n".join(sizes) + "\n")
         if any(b is not None for *_, b in items):
             (folder / "localization.txt").write_text("\n".join(locs) + "\n")
+    return root
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(mask, np.uint8)).save(path)
+
+
+def make_tiny_openimages(root, *, splits=None) -> Path:
+    """OpenImages30k layout (Choe et al.): metadata under root/metadata/<split>/, images and masks at
+    root/<path>. Entries as :data:`OPENIMAGES_SPLITS`; instance masks and ignore masks may also be
+    given as uint8 arrays instead of boxes (then at their own size). No image_sizes.txt."""
+    root = Path(root)
+    splits = OPENIMAGES_SPLITS if splits is None else splits
+    for split, items in splits.items():
+        folder = root / "metadata" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        ids, labels, loc = [], [], []
+        for image_id, label, size, instances, ignore in items:
+            write_image(root / image_id, size)
+            ids.append(image_id)
+            labels.append(f"{image_id},{label}")
+            stem = image_id.rsplit(".", 1)[0]
+            ignore_rel = ""
+            if ignore is not None:
+                ignore_rel = f"{stem}_ignore.png"
+                write_mask(root / ignore_rel, box_mask(size, ignore) if len(np.shape(ignore)) == 1 else ignore)
+            for k, inst in enumerate(instances or ()):
+                rel = f"{stem}_m{k}.png"
+                write_mask(root / rel, box_mask(size, inst) if len(np.shape(inst)) == 1 else inst)
+                loc.append(f"{image_id},{rel},{ignore_rel if k == 0 else ''}")
+        (folder / "image_ids.txt").write_text("\n".join(ids) + "\n")
+        (folder / "class_labels.txt").write_text("\n".join(labels) + "\n")
+        if loc:
+            (folder / "localization.txt").write_text("\n".join(loc) + "\n")
     return root

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 try:  # `python -m pytest` from the repository root puts the root on sys.path
-    from tests.builders import make_tiny_cub, make_tiny_ilsvrc, make_tiny_metadata
+    from tests.builders import make_tiny_cub, make_tiny_ilsvrc, make_tiny_metadata, make_tiny_openimages
 except ImportError:  # plain `pytest`: pytest puts tests/ itself on sys.path
-    from builders import make_tiny_cub, make_tiny_ilsvrc, make_tiny_metadata
+    from builders import make_tiny_cub, make_tiny_ilsvrc, make_tiny_metadata, make_tiny_openimages
 
 torch.set_num_threads(1)
 
@@ -26,6 +26,13 @@ def tiny_ilsvrc(tmp_path):
 def tiny_metadata(tmp_path):
     """A Choe et al. metadata tree: splits train (no boxes), val, test (one image with 2 boxes)."""
     return make_tiny_metadata(tmp_path / "meta_ds")
+
+
+@pytest.fixture
+def tiny_openimages(tmp_path):
+    """An OpenImages30k tree (Choe et al.'s format): train (labels only), val (2 images, 3 instance masks,
+    one ignore mask)."""
+    return make_tiny_openimages(tmp_path / "OpenImages")
 
 
 @pytest.fixture

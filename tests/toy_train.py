@@ -1,7 +1,7 @@
-"""Tiny training run used by tests/test_engine.py (not a stage of either method).
+"""Tiny training run used by tests/unit/engine/test_trainer.py (not a stage of either method).
 
 A synthetic dataset with random augmentation (crop, flip, noise from torch, numpy and
-random) and a BatchNorm-free model with dropout, trained by utils.engine.Trainer.
+random) and a BatchNorm-free model with dropout, trained by utils.engine.trainer.Trainer.
 
     python3 tests/toy_train.py --output-dir /tmp/toy --device cpu --workers 0
     OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node 2 \
@@ -11,7 +11,7 @@ random) and a BatchNorm-free model with dropout, trained by utils.engine.Trainer
 (K optimizer steps done), to test resuming. ``--trace-file F`` appends the index of
 every sample loaded (from any worker) to F. ``--pause-after-step K --pause-file F`` creates F
 when step K + 1 starts and then waits (for the lock test). ``--nan-after-step K`` makes the
-loss NaN from step K + 1 on. Runs through ``utils.config.run_cli`` like a stage script.
+loss NaN from step K + 1 on. Runs through ``utils.engine.rundir.run_cli`` like a stage script.
 """
 import argparse
 import os
@@ -26,11 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from utils import rundir
-from utils.config import add_common_args, run_cli, save_resolved_config
-from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer
-from utils.seeding import setup_run
+from utils.engine import rundir
+from utils.config import add_common_args
+from utils.engine.rundir import run_cli, save_resolved_config
+from utils.engine.distributed import cleanup
+from utils.engine.trainer import Trainer, build_optimizer
+from utils.engine.seeding import setup_run
 
 
 class ToyDataset(Dataset):

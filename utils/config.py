@@ -3,8 +3,8 @@
 Every stage script takes its ``argparse`` parser (``get_args_parser()``) from a module that imports
 no torch (``spol/options.py``, ``sltnet/options.py``: ``stage_parser`` + ``add_common_args`` + the
 method's groups), parses with ``parse_early(__name__, get_args_parser, "cam_train")`` before its
-heavy imports, and hands the namespace to ``run_cli``; ``parse_args(parser, stage="cam_train")``
-does the parsing. ``--config FILE.yaml`` is added automatically.
+heavy imports, and hands the namespace to ``utils.engine.rundir.run_cli``; ``parse_args(parser,
+stage="cam_train")`` does the parsing. ``--config FILE.yaml`` is added automatically.
 
 Precedence, lowest to highest::
 
@@ -25,10 +25,12 @@ never silently ignored (one exception: a top-level key in ``TRAIN_ONLY`` is skip
 which has no such option). A mapping at the top level must be the section of a known stage
 (``STAGES``, or the stage being parsed) or a YAML anchor declared as such (``name: &name``, merged
 into stage sections with ``<<: *name``): ``cma_train:`` or ``training:`` is an error, not ignored. The file's values become the parser's defaults (``parser.set_defaults``, as timm's ``train.py``
-does) after argparse itself has converted each one with the option's ``type`` and checked it
-against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML booleans;
+does) after argparse itself has converted each one with the option's ``type`` (which also checks
+its range: ``utils.ranges.Range``) and checked it against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML booleans;
 options with ``nargs`` take YAML lists. A key of ``RENAMED_OPTIONS`` (``arch``, ``resize``, ``crop``,
-``dataset_name``) is read as its new name with one deprecation line.
+``dataset_name``) is read as its new name with one deprecation line. A key or a stage section given
+twice (YAML would keep the last silently), one option under two spellings, invalid YAML or a file
+that is not UTF-8 is an error naming the file and the line.
 """
 from __future__ import annotations
 
@@ -42,7 +44,6 @@ from typing import Any
 import yaml
 
 from utils.errors import DataError
-from utils.io import atomic_write_text
 from utils.paths import CONFIG_DIR, REPO_ROOT
 
 # The stage names the stage scripts pass to parse_args ("<stage>_<train|test>").
@@ -56,7 +57,7 @@ _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 
 
-# Common options that only a training run reads (utils.engine.Trainer): test steps leave them out.
+# Common options that only a training run reads (utils.engine.trainer.Trainer): test steps leave them out.
 # A config file's top-level key naming one of them is skipped by a test step (it is meant for the
 # training stages), not refused as unknown.
 TRAIN_ONLY = ("epochs", "resume", "overwrite", "log_every", "save_every_steps", "max_steps_per_epoch")
@@ -130,10 +131,23 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return (text + " " if text else "") + "(default: %(default)s)"
 
 
+class OptionParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors (an unknown option, a value out of its range, an invalid
+    choice, a missing required option) are the project's one line, ``error: argument --epochs: must
+    be an integer >= 1, got '0' (see spol/cls/train.py --help)``, and exit status 2: no usage block. Every entry point's
+    parser is one (the stage scripts', ``utils.evaluation.evaluate``, ``utils.data.generate``, ``network.pretrain``,
+    ``demo.py``)."""
+
+    def error(self, message: str):
+        report_error(DataError(f"{message} (see {self.prog} --help)"))
+        raise SystemExit(2)
+
+
 def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The parser of a stage script: ``prog`` (the script, e.g. ``spol/cam/train.py``) starts the
-    usage line, the description follows it, defaults are shown (``HelpFormatter``)."""
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    usage line, the description follows it, defaults are shown (``HelpFormatter``); its errors are
+    one line (``OptionParser``)."""
+    return OptionParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, train: bool = True) -> argparse.ArgumentParser:
@@ -142,6 +156,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, train: bool = True) -> a
     Stage scripts change defaults with ``parser.set_defaults(batch_size=..., epochs=...)``
     and derive ``output_dir`` / ``data_root`` when left as ``None``.
     """
+    from utils.ranges import non_negative_int, positive_int
+
     g = parser.add_argument_group("common")
     g.add_argument("--output-dir", type=str, default=None,
                    help="stage output folder (default: output/<method>/<dataset>/<stage> under the repository)")
@@ -156,10 +172,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, train: bool = True) -> a
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
                    help="deterministic algorithms (slower); with the same seed a run is repeatable")
-    g.add_argument("--workers", type=int, default=2, help="data loader worker processes per GPU")
-    g.add_argument("--batch-size", type=int, default=32, help="images per GPU (per process)")
+    g.add_argument("--workers", type=non_negative_int, default=2, help="data loader worker processes per GPU")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="images per GPU (per process)")
     if train:
-        g.add_argument("--epochs", type=int, default=1)
+        g.add_argument("--epochs", type=positive_int, default=1)
     g.add_argument("--pretrained", type=str, default="imagenet", metavar="imagenet|none|PATH",
                    help="backbone initialisation: ImageNet weights from resource/, random (none), or "
                         "PATH = a state dict in torchvision's layout for the backbone (checked strictly)"
@@ -172,10 +188,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, train: bool = True) -> a
     g.add_argument("--overwrite", action="store_true",
                    help="move a previous run in --output-dir aside (to <output-dir>.old-<time>, never deleted) "
                         "and start afresh; without it a folder holding another run is refused")
-    g.add_argument("--log-every", type=int, default=10, help="steps between log.jsonl lines")
-    g.add_argument("--save-every-steps", type=int, default=0,
+    g.add_argument("--log-every", type=non_negative_int, default=10, help="steps between log.jsonl lines")
+    g.add_argument("--save-every-steps", type=non_negative_int, default=0,
                    help="also checkpoint every N optimizer steps (0: only at epoch ends)")
-    g.add_argument("--max-steps-per-epoch", type=int, default=0,
+    g.add_argument("--max-steps-per-epoch", type=non_negative_int, default=0,
                    help="cap the steps of each epoch (0: no cap; for smoke runs)")
     return parser
 
@@ -191,11 +207,55 @@ def _find_config(path_text: str) -> Path:
                        f"{REPO_ROOT} and {CONFIG_DIR})")
 
 
-def _load_yaml_with_lines(path: Path) -> tuple[dict, dict]:
-    """Return (mapping, lines) where lines maps key tuples to 1-based line numbers."""
+def read_config_text(path: Path) -> str:
+    """The text of a config file; not UTF-8 (or unreadable) is one ``DataError`` naming the file
+    and the line of the first bad byte."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError.at(path, None, f"unreadable config file ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError.at(path, line, f"not a UTF-8 text file (byte 0x{data[exc.start]:02x}): save it as "
+                           "UTF-8") from None
+
+
+def _duplicate_keys(node, path: Path, top: bool = True, seen_nodes: set | None = None) -> None:
+    """A key given twice in one mapping (YAML would keep the last one silently) is an error naming the
+    file and the line of the second; at the top level a repeated stage section is named as such.
+    Merge keys (``<<: *anchor``) are YAML's own and may repeat."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of a node already checked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key, line = str(key_node.value), key_node.start_mark.line + 1
+                if key in first:
+                    what = "section" if top and isinstance(value_node, yaml.MappingNode) else "key"
+                    raise DataError.at(path, line, f"{what} '{key}' appears twice (first on line {first[key]}): "
+                                       "YAML would keep the last one only; merge them into one")
+                first[key] = line
+            _duplicate_keys(value_node, path, False, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _duplicate_keys(item, path, False, seen_nodes)
+
+
+def load_yaml_with_lines(path: Path) -> tuple[dict, dict]:
+    """Read a config file: (mapping, lines) where lines maps key tuples (``(key,)``, ``(section, key)``)
+    to 1-based line numbers. Not UTF-8, invalid YAML, a key or section given twice, or a document that
+    is not a mapping: one ``DataError`` naming the file and the line."""
+    path = Path(path)
+    text = read_config_text(path)
+    try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _duplicate_keys(node, path)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -228,7 +288,7 @@ class _AnchorKeepingLoader(yaml.SafeLoader):
 
 def _anchored_sections(path: Path) -> set[str]:
     """Top-level keys whose mapping value carries a YAML anchor (``name: &name``)."""
-    loader = _AnchorKeepingLoader(path.read_text(encoding="utf-8"))
+    loader = _AnchorKeepingLoader(read_config_text(path))
     try:
         root = loader.get_single_node()
     finally:
@@ -271,10 +331,11 @@ def _checked(parser: argparse.ArgumentParser, action: argparse.Action, value: An
 
 
 def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> dict[str, Any]:
-    data, lines = _load_yaml_with_lines(path)
+    data, lines = load_yaml_with_lines(path)
     actions = {a.dest: a for a in parser._actions if not isinstance(a, (*_SKIP_ACTIONS, DeprecatedAlias))
                and a.dest not in ("config", argparse.SUPPRESS)}
     values: dict[str, Any] = {}
+    given: dict[tuple, tuple[str, int | None]] = {}  # (section, dest) -> (key, line): one spelling each
 
     def apply(key: Any, value: Any, where: tuple) -> None:
         line = lines.get(where)
@@ -282,6 +343,11 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> d
         if dest not in actions and RENAMED_OPTIONS.get(dest) in actions:
             _warn_once(f"warning: {path}:{line}: key '{key}' is deprecated; use '{RENAMED_OPTIONS[dest]}'")
             dest = RENAMED_OPTIONS[dest]
+        slot = (where[:-1], dest)
+        if slot in given:
+            raise DataError.at(path, line, f"key '{key}' sets the same option as '{given[slot][0]}' on line "
+                               f"{given[slot][1]}: give it once")
+        given[slot] = (str(key), line)
         if dest not in actions and dest in TRAIN_ONLY and len(where) == 1:
             return  # a training option at the top level: for the training stages, not this test step
         if dest not in actions:
@@ -354,6 +420,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *
         if any(opt in words for opt in action.option_strings):
             given.add(action.dest)
     EXPLICIT[id(args)] = given
+    from utils.ranges import check_options
+
+    # the ranges one option cannot check alone (crop <= resize, a split of the layout), among the
+    # options given; utils.engine.seeding.setup_run checks them all once the derived defaults are filled
+    check_options(args, only=given | {"layout", "threshold_layout"})
     return args
 
 
@@ -381,30 +452,6 @@ def args_to_dict(args: argparse.Namespace | dict) -> dict[str, Any]:
 
     items = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     return {k: plain(v) for k, v in items.items()}
-
-
-def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike) -> Path | None:
-    """Write every resolved option to ``output_dir/args.yaml`` (atomic); only rank 0 writes.
-
-    The file can be given back with ``--config`` to repeat the run (``config`` itself is left out).
-    """
-    if int(os.environ.get("RANK", "0")) != 0:
-        return None
-    own = getattr(args, "output_dir", None)
-    if own and os.path.realpath(output_dir) == os.path.realpath(own):
-        # the stage's own folder: lock it and refuse a folder that holds another run, before
-        # args.yaml would claim this run's settings (utils.rundir)
-        from utils import rundir
-
-        rundir.claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)))
-        checkpoint = Path(output_dir) / "checkpoint.pth"
-        if checkpoint.is_file():
-            rundir.check_folder_run(checkpoint, args)
-    values = args_to_dict(args)
-    values.pop("config", None)
-    path = Path(output_dir) / "args.yaml"
-    atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
-    return path
 
 
 def report_error(exc: BaseException) -> None:
@@ -463,32 +510,3 @@ def parse_early(module_name: str, get_args_parser, stage: str, argv: list[str] |
     except DataError as exc:
         report_error(exc)
         raise SystemExit(2) from None
-
-
-def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None, *,
-            args: argparse.Namespace | None = None):
-    """``__main__`` of a stage script: parse (YAML + command line) and call ``main``. Bad input
-    (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights,
-    also when a data loader worker met it) and faults of the run (``RunError``: output folder in
-    use, another run's checkpoint, diverged loss, full disk) end the run with one ``error:`` line
-    on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback. A test step's
-    outputs moved aside by ``utils.rundir.protect_outputs`` are put back on any failure. ``args``:
-    the namespace ``parse_early`` made (then ``argv`` is not parsed again)."""
-    from utils import rundir
-
-    rundir.current_stage["name"] = stage
-    try:
-        result = main(args if args is not None else parse_args(get_args_parser(), argv, stage=stage))
-    except (DataError, FloatingPointError) as exc:  # FloatingPointError: a diverged model's output
-        rundir.restore_protected()
-        rundir.release_all()
-        report_error(exc)
-        raise SystemExit(2) from None
-    except BaseException:
-        rundir.restore_protected()
-        raise
-    finally:
-        rundir.current_stage["name"] = None
-    rundir.commit_protected()
-    rundir.release_all()  # the folders are free again (matters when run_cli is called in-process)
-    return result

@@ -1,17 +1,24 @@
 """Option groups that scripts of both methods share, importable without torch (``--help`` answers
-before the heavy imports; see ``utils.config.parse_early``)."""
+before the heavy imports; see ``utils.config.parse_early``). The valid range of each option is a
+``type=`` of :mod:`utils.ranges`."""
 from __future__ import annotations
 
 import argparse
+import math
 
-from utils.config import HelpFormatter, add_alias
-from utils.protocol import CHOICES as EVALUATE_PROTOCOLS
+from utils.config import HelpFormatter, OptionParser, add_alias
+from utils.ranges import (fraction, momentum, non_negative_float, non_negative_int, open_fraction,
+                          positive_float, positive_int, probability)
+
 
 ARCHS = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161", "efficientnet_b7")
 # network.backbones.OUTPUT_STRIDES and RESNETS, the backbones that take another output stride than 32
-# (that module loads torch; tests/test_cli.py checks that they agree)
+# (that module loads torch; tests/unit/test_cli.py checks that they agree)
 OUTPUT_STRIDES = (8, 16, 32)
 OUTPUT_STRIDE_BACKBONES = ("resnet18", "resnet50")
+# utils.evaluation.protocol.CHOICES, the evaluation protocols by either name (the base imports no
+# wing; tests/unit/test_cli.py checks that they agree)
+EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official", "resize", "center_crop", "spol_official")
 
 
 def check_output_stride(args) -> None:
@@ -41,9 +48,9 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
     add_alias(g, "--arch", g.add_argument("--backbone", type=str, default="efficientnet_b7", choices=ARCHS,
                                           help="torchvision classifier (formerly --arch)"))
     g.add_argument("--split", type=str, default="train" if train else "test", help="dataset split")
-    add_alias(g, "--resize", g.add_argument("--resize-size", type=int, default=256,
+    add_alias(g, "--resize", g.add_argument("--resize-size", type=positive_int, default=256,
                                             help="images are resized to N x N (formerly --resize)"))
-    add_alias(g, "--crop", g.add_argument("--input-size", type=int, default=None,
+    add_alias(g, "--crop", g.add_argument("--input-size", type=positive_int, default=None,
                                           help="crop size (train: random crop; test: centre crop, or the ten-crop "
                                                "size; none: the resized image is the input; formerly --crop)"))
     if train:
@@ -58,44 +65,48 @@ def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argp
 
 
 def add_classifier_train_args(group, *, lr: float, nesterov: bool | None = True) -> None:
-    """The optimiser and augmentation options of ``utils.classify.train_classifier`` (both methods'
+    """The optimiser and augmentation options of ``utils.engine.classify.train_classifier`` (both methods'
     classifier training): SGD, the new layer at ``--lr``, every other at ``--lr`` x
     ``--backbone-lr-mult``, linear decay per epoch, random flip. ``nesterov=None``: no --nesterov
     option (plain momentum)."""
-    group.add_argument("--lr", type=float, default=lr, help="lr of the new classification layer")
-    group.add_argument("--backbone-lr-mult", type=float, default=0.1, help="lr multiplier of every other layer")
+    group.add_argument("--lr", type=positive_float, default=lr, help="lr of the new classification layer")
+    group.add_argument("--backbone-lr-mult", type=non_negative_float, default=0.1,
+                       help="lr multiplier of every other layer")
     group.add_argument("--lr-schedule", type=str, default="linear", choices=["linear", "constant"],
                        help="linear: lr * (1 - epoch / epochs), stepped per epoch")
-    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--momentum", type=momentum, default=0.9)
     if nesterov is not None:
         group.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=nesterov)
-    group.add_argument("--weight-decay", type=float, default=1e-4)
+    group.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
     group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flip")
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    """``python -m utils.evaluate`` (``utils.evaluate.get_args_parser``)."""
-    p = argparse.ArgumentParser(prog="python -m utils.evaluate", formatter_class=HelpFormatter,
-                                description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
+    """``python -m utils.evaluation`` (``utils.evaluation.evaluate.get_args_parser``)."""
+    p = OptionParser(prog="python -m utils.evaluation", formatter_class=HelpFormatter,
+                     description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
     p.add_argument("--data-root", required=True)
-    p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata"))
-    p.add_argument("--metadata-root", default=None, help="for --layout metadata (default <data-root>/metadata)")
+    p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata", "openimages"),
+                   help="openimages: Choe et al.'s OpenImages30k metadata and masks, scored with PxAP only")
+    p.add_argument("--metadata-root", default=None,
+                   help="for --layout metadata / openimages (default <data-root>/metadata)")
     p.add_argument("--split", required=True)
     p.add_argument("--exclude-ids", nargs="*", default=(),
                    help="image ids / file names left out (SPOL leaves out ILSVRC2012_val_00033202.JPEG)")
     p.add_argument("--scoremaps", required=True, help="folder of score maps: <image id stem>.npy (ours) or <image id>.npy (Choe et al.'s)")
     p.add_argument("--protocol", required=True, choices=EVALUATE_PROTOCOLS)
-    p.add_argument("--cam-curve-interval", type=float, default=0.001)
-    p.add_argument("--threshold", type=float, default=None,
-                   help="fixed box threshold (resize/wsol: default = best of the sweep; the SPOL protocols need it: "
-                        "0.2 CUB, 0.8 ImageNet, configs/spol_*.yaml)")
+    p.add_argument("--cam-curve-interval", type=fraction, default=0.001, help="sweep step, in (0, 1]")
+    p.add_argument("--threshold", type=probability, default=None,
+                   help="fixed box threshold in [0, 1] (resize/wsol: default = best of the sweep; the SPOL protocols "
+                        "need it: 0.2 CUB, 0.8 ImageNet, configs/spol_*.yaml)")
     p.add_argument("--predictions", default=None,
                    help="predictions.csv of the classification stage, or the SPOL authors' top1top5.npy")
-    p.add_argument("--iou-threshold", type=float, default=0.5)
+    p.add_argument("--iou-threshold", type=open_fraction, default=0.5, help="in (0, 1)")
     p.add_argument("--iou-compare", choices=(">=", ">"), default=">=")
     p.add_argument("--iou-convention", choices=("inclusive", "exclusive"), default="inclusive")
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--resize-size", type=int, default=256, help="center_crop/spol protocols: resize before the centre crop")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--input-size", type=positive_int, default=224)
+    p.add_argument("--resize-size", type=positive_int, default=256,
+                   help="center_crop/spol protocols: resize before the centre crop")
+    p.add_argument("--workers", type=non_negative_int, default=0)
     p.add_argument("--output", required=True, help="results JSON; the table goes next to it as .txt")
     return p

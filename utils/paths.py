@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from utils.errors import MissingFileError
+from utils.errors import DataError, MissingFileError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_ROOT = REPO_ROOT / "output"
@@ -35,4 +35,29 @@ def require_output(path: str | os.PathLike, producer: str, what: str = "") -> Pa
     path = Path(path)
     if not path.exists():
         raise missing_output(path, producer, what)
+    return path
+
+
+def check_output_path(path: str | os.PathLike, option: str, *, folder: bool = True) -> Path:
+    """Before any work: ``path`` can be written as the folder (``folder=True``) or the file an
+    ``option`` names: it is not a file where a folder is meant (or a folder where a file is), no part
+    of it is a file, it is no broken symbolic link or loop, and the folder that holds it (or the
+    nearest one that exists) is writable. One ``DataError`` line naming the path and the option."""
+    path = Path(path).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise DataError.at(path, None, f"{option}: a broken symbolic link or a symbolic link loop")
+    if path.exists():
+        if folder and not path.is_dir():
+            raise DataError.at(path, None, f"{option}: is a file, not a folder")
+        if not folder and path.is_dir():
+            raise DataError.at(path, None, f"{option}: is a folder; {option} names a file")
+    probe = path if folder else path.parent
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if probe.is_symlink() and not probe.exists():
+        raise DataError.at(probe, None, f"{option} {path}: lies under a broken symbolic link or a symbolic link loop")
+    if not probe.is_dir():
+        raise DataError.at(probe, None, f"{option} {path}: lies under this file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DataError.at(probe, None, f"{option}: this folder is not writable (permission denied)")
     return path

@@ -1,8 +1,8 @@
 """SLT-Net classifier predictions (Fig. 2c: the class comes from the classifier), ten-crop by default.
 
-Writes <classifier dir>/<split>/predictions.csv (utils.predictions format, read by
+Writes <classifier dir>/<split>/predictions.csv (utils.evaluation.handoff format, read by
 sltnet/regressor/test.py) and metrics.json (Top-1/Top-5 CLS). Ten-crop (Sec. 4.1): the image is
-resized to --resize-size and the softmax of its ten --input-size crops is averaged (utils.classify).
+resized to --resize-size and the softmax of its ten --input-size crops is averaged (utils.engine.classify).
 
 CUB (weights of sltnet/classifier/train.py):
     python3 sltnet/classifier/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
@@ -22,12 +22,12 @@ from pathlib import Path
 
 from network import build_classifier
 from sltnet.options import PRODUCER, resolve_args
-from utils.checkpoint import load_stage_weights
-from utils.classify import eval_transform, write_classification
-from utils.config import run_cli, save_resolved_config
-from utils.layouts import load_records, num_classes
-from utils.distributed import cleanup
-from utils.seeding import setup_run
+from utils.engine.checkpoint import load_stage_weights
+from utils.engine.classify import eval_transform, write_classification
+from utils.engine.rundir import run_cli, save_resolved_config
+from utils.data.layouts import load_records, num_classes
+from utils.engine.distributed import cleanup
+from utils.engine.seeding import setup_run
 from utils.io import atomic_write_json
 
 STAGE = "classifier_test"

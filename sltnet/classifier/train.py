@@ -4,7 +4,7 @@ CUB: an ImageNet-pretrained network of the same type as the regressor, its outpu
 200 classes (Sec. 4.3). ILSVRC needs no training: sltnet/classifier/test.py uses torchvision's
 pretrained weights as they are (--checkpoint pretrained). Training geometry as the other stages:
 resize to --resize-size, random --input-size crop, random flip. The new layer learns at --lr, the
-rest at --lr x --backbone-lr-mult; the lr decays linearly per epoch (utils.classify). The paper
+rest at --lr x --backbone-lr-mult; the lr decays linearly per epoch (utils.engine.classify). The paper
 gives no classifier schedule: the defaults here (30 epochs, lr 0.01, x0.1, wd 1e-4) are ours.
 Writes output/sltnet/<dataset>/<backbone>/classifier/{model.pth, checkpoint.pth, log.jsonl, args.yaml}.
 
@@ -21,11 +21,11 @@ ARGS = parse_early(__name__, get_args_parser, "classifier_train")
 
 from network import build_classifier
 from sltnet.options import resolve_args
-from utils.classify import train_classifier
-from utils.config import run_cli, save_resolved_config
-from utils.layouts import load_records, num_classes
-from utils.distributed import cleanup
-from utils.seeding import setup_run
+from utils.engine.classify import train_classifier
+from utils.engine.rundir import run_cli, save_resolved_config
+from utils.data.layouts import load_records, num_classes
+from utils.engine.distributed import cleanup
+from utils.engine.seeding import setup_run
 
 STAGE = "classifier_train"
 

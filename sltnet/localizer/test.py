@@ -11,7 +11,7 @@ the training run's (args.yaml). The saved score maps are min-max normalised (the
 Writes into <localizer dir>/<split>/: boxes.csv (+ boxes.json: protocol, input size, threshold and
 how it was chosen, box rule, map, the localizer's downsampling factor), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
 metrics.txt (GT-known Loc at the fixed threshold; with the saved maps also MaxBoxAcc, MaxBoxAccV2 and,
-on CUB, PxAP from utils.evaluate.evaluate_scoremaps, whose full output incl. curves goes to
+on CUB, PxAP from utils.evaluation.evaluate.evaluate_scoremaps, whose full output incl. curves goes to
 evaluate.json), when the split has GT boxes. The evaluator boxes the saved maps by Choe et al.'s rule
 (its ``wsol`` protocol), so its GT-known Loc equals ours only with --box-rule choe. With --split train
 the boxes are the standalone regressor's training targets.
@@ -38,21 +38,22 @@ import torch
 from sltnet.boxes import BEST_THRESHOLDS, ThresholdSweep, maps_to_boxes
 from sltnet.losses import localization_map
 from sltnet.model import build_branch
-from sltnet.options import PRODUCER, resolve_args, resolve_top_k
-from utils.cam import normalize_minmax, resize_maps
-from utils.checkpoint import load_stage_weights
-from utils.config import explicit_options, run_cli, save_resolved_config
-from utils.data import WSOLDataset
-from utils.layouts import load_records, num_classes
-from utils.protocol import get_protocol
-from utils.distributed import all_gather_object, cleanup
-from utils.inference import file_writers, gather_lists, run_inference
-from utils.seeding import setup_run
+from sltnet.options import PRODUCER, check_top_k, resolve_args, resolve_top_k
+from utils.evaluation.boxes import normalize_minmax, resize_maps
+from utils.engine.checkpoint import load_stage_weights
+from utils.config import explicit_options
+from utils.engine.rundir import run_cli, save_resolved_config
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import load_records, num_classes
+from utils.evaluation.protocol import get_protocol
+from utils.engine.distributed import all_gather_object, cleanup
+from utils.engine.inference import file_writers, gather_lists, run_inference
+from utils.engine.seeding import setup_run
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from utils.errors import DataError
-from utils.evaluate import evaluate_scoremaps
-from utils.metrics import LocalizationMeter
-from utils.predictions import write_boxes_csv
+from utils.evaluation.evaluate import evaluate_scoremaps
+from utils.evaluation.metrics import LocalizationMeter
+from utils.evaluation.handoff import write_boxes_csv
 
 STAGE = "localizer_test"
 
@@ -94,7 +95,7 @@ def _step(args):
 
 
 def localize(model, dataset, ctx, args, *, consume=None, threshold: float | None = None) -> list[tuple[int, np.ndarray]]:
-    """The localizer over this rank's shard (``utils.inference.run_inference``): [(dataset index, box)]
+    """The localizer over this rank's shard (``utils.engine.inference.run_inference``): [(dataset index, box)]
     in shard order, boxes at ``threshold`` (default ``args.box_threshold``).
 
     ``consume(result)`` is called on every batch's host result (maps, boxes, see
@@ -154,6 +155,7 @@ def main(args):
     dataset = WSOLDataset(records, transform)
     branch = build_branch(args, num_classes(records), pretrained="none")
     load_stage_weights(branch, args.weights or Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])
+    check_top_k(args, num_classes(records))
     model = branch.localizer.to(ctx.device)
 
     threshold, chosen = args.box_threshold, {"box_threshold_source": "fixed (--box-threshold)"}
@@ -195,7 +197,7 @@ def main(args):
                 **chosen, "box_rule": args.box_rule, "downsampling_factor": float(model.stride),
                 "backbone": args.backbone, "map": map_name(args), "teacher_map": args.teacher_map,
                 "top_k": args.top_k, "split": args.split,
-                "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.cam)"}
+                "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.evaluation.boxes)"}
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], [b for _, b in items], meta=meta)
         save_resolved_config(args, out_dir)
         if has_gt:

@@ -36,21 +36,22 @@ import torch.nn.functional as F
 from sltnet.boxes import box_divisor, normalize_boxes, pseudo_boxes
 from sltnet.losses import box_regression_loss, localization_map, semantic_tolerance_loss
 from sltnet.model import build_branch
-from sltnet.options import resolve_args, resolve_top_k
+from sltnet.options import check_top_k, resolve_args, resolve_top_k
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
-from utils.config import explicit_options, run_cli, save_resolved_config
-from utils.data import WSOLDataset
-from utils.layouts import load_records, num_classes
-from utils.transforms import build_transform
-from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer
-from utils.seeding import setup_run
+from utils.config import explicit_options
+from utils.engine.rundir import run_cli, save_resolved_config
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import load_records, num_classes
+from utils.data.transforms import build_transform
+from utils.engine.distributed import cleanup
+from utils.engine.trainer import Trainer, build_optimizer
+from utils.engine.seeding import setup_run
 
 STAGE = "localizer_train"
 
 
 def make_branch_loss(args, stride: int):
-    """loss_fn(model, batch) -> (loss, logs) for utils.engine.Trainer: L_SMT + beta L_VST + w L_REG.
+    """loss_fn(model, batch) -> (loss, logs) for utils.engine.trainer.Trainer: L_SMT + beta L_VST + w L_REG.
 
     The regressor's target is the box of the localizer's CURRENT map (Fig. 2a; detached;
     ``args.teacher_map``, :func:`sltnet.losses.localization_map`), by ``args.box_rule`` at
@@ -102,6 +103,7 @@ def main(args):
 
     records = load_records(args.data_root, args.layout, args.split)
     resolve_top_k(args, num_classes(records), explicit_options(args))   # --top-k-ratio: K of this dataset
+    check_top_k(args, num_classes(records))
     dataset = WSOLDataset(records, build_transform("train", resize=args.resize_size, crop=args.input_size,
                                                    flip=args.flip))
     model = build_branch(args, num_classes(records))

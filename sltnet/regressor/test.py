@@ -14,7 +14,7 @@ The prediction p is converted back to pixels as it was trained (args.yaml beside
 p * m (--box-scale stride, Sec. 3.1) or p * input size (--box-scale input), then clipped to the image.
 The network is built as trained too: the model options not given (backbone, output stride, head
 width, final ReLU, --regressor-pool / --regressor-grid, ...) come from the training run's args.yaml, and
-one given with another value is refused (utils.rundir.TEST_INHERITS); --top-k-ratio is accepted and
+one given with another value is refused (utils.engine.rundir.TEST_INHERITS); --top-k-ratio is accepted and
 not read (the box is the regressor's).
 
     python3 sltnet/regressor/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
@@ -37,22 +37,22 @@ import torch
 from sltnet.boxes import box_divisor, denormalize_boxes, trained_box_encoding
 from sltnet.model import BoxRegressor, build_branch
 from sltnet.options import PRODUCER, resolve_args
-from utils.checkpoint import load_stage_weights
-from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset
-from utils.layouts import load_records, num_classes
-from utils.protocol import canonical, get_protocol
-from utils.transforms import to_uint8_images
-from utils.distributed import cleanup
-from utils.inference import gather_lists, run_inference
-from utils.seeding import setup_run
-from utils.evaluate import load_scoremap, scoremap_path
+from utils.engine.checkpoint import load_stage_weights
+from utils.engine.rundir import run_cli, save_resolved_config
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import load_records, num_classes
+from utils.evaluation.protocol import canonical, get_protocol
+from utils.data.transforms import to_uint8_images
+from utils.engine.distributed import cleanup
+from utils.engine.inference import gather_lists, run_inference
+from utils.engine.seeding import setup_run
+from utils.evaluation.evaluate import load_scoremap, scoremap_path
 from utils.errors import DataError
 from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
-from utils.metrics import LocalizationMeter
+from utils.evaluation.metrics import LocalizationMeter
 from utils.paths import missing_output, require_output
-from utils.predictions import read_boxes_csv, read_predictions, write_boxes_csv
-from utils.visualize import BLUE, GREEN, RED, box_grid
+from utils.evaluation.handoff import read_boxes_csv, read_predictions, write_boxes_csv
+from utils.evaluation.visualize import BLUE, GREEN, RED, box_grid
 
 STAGE = "regressor_test"
 
@@ -146,7 +146,7 @@ def main(args):
 
 def write_grid(path, shown, records, boxes, gts, args) -> None:
     """grid.png: GT (green), localizer (blue, when its boxes.csv for this split exists, with its score
-    map overlaid when scoremaps/ beside it holds it), regressor (red); see utils.visualize.stage_picture."""
+    map overlaid when scoremaps/ beside it holds it), regressor (red); see utils.evaluation.visualize.stage_picture."""
     loc_path = Path(args.localizer_boxes) if args.localizer_boxes else Path(args.localizer_dir) / args.split / "boxes.csv"
     loc_boxes = {}
     if loc_path.is_file():

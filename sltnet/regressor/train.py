@@ -44,15 +44,15 @@ from sltnet.boxes import box_divisor, boxes_to_image_fraction, normalize_boxes
 from sltnet.losses import box_regression_loss
 from sltnet.model import BoxRegressor
 from sltnet.options import resolve_args
-from utils.config import run_cli, save_resolved_config
-from utils.data import WSOLDataset
-from utils.layouts import load_records
-from utils.transforms import build_transform
-from utils.distributed import cleanup
-from utils.engine import Trainer, build_optimizer
-from utils.seeding import setup_run
+from utils.engine.rundir import run_cli, save_resolved_config
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import load_records
+from utils.data.transforms import build_transform
+from utils.engine.distributed import cleanup
+from utils.engine.trainer import Trainer, build_optimizer
+from utils.engine.seeding import setup_run
 from utils.errors import DataError
-from utils.predictions import read_boxes_csv
+from utils.evaluation.handoff import read_boxes_csv
 
 STAGE = "regressor_train"
 

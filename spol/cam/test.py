@@ -5,7 +5,7 @@
     python3 spol/cam/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_cam.pth
 
 Each image is resized to 256 x 256 (no crop; the authors' normalise-then-resize,
-``utils.transforms.SPOLTransform``) and goes through the CAM model in batches on the device; the
+``utils.data.transforms.SPOLTransform``) and goes through the CAM model in batches on the device; the
 ground-truth class's map is max-normalised, resized to 256 x 256 and turned into a pseudo mask on
 the CPU (``--mask-workers`` threads) exactly as the authors' script does (``spol/pseudo_mask.py``).
 Output, in this stage's output folder (never in the dataset)::
@@ -40,16 +40,16 @@ import torch
 from spol import pseudo_mask as pm
 from spol.options import load_split, resolve_defaults
 from spol.model import CAMModel
-from utils.checkpoint import load_stage_weights
-from utils.config import run_cli
-from utils.data import WSOLDataset
-from utils.layouts import num_classes
-from utils.transforms import build_spol_transform
-from utils.distributed import barrier, cleanup
-from utils.inference import run_inference
+from utils.engine.checkpoint import load_stage_weights
+from utils.engine.rundir import run_cli
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import num_classes
+from utils.data.transforms import build_spol_transform
+from utils.engine.distributed import barrier, cleanup
+from utils.engine.inference import run_inference
 from utils.io import atomic_save_png, atomic_write, atomic_write_json
 from utils.paths import require_output
-from utils.stage import start_run
+from utils.engine.stage import start_run
 
 
 def cam_step(model, batch) -> tuple[torch.Tensor, torch.Tensor]:

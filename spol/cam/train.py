@@ -27,12 +27,12 @@ ARGS = parse_early(__name__, get_args_parser, "cam_train")
 from spol.options import load_split, resolve_defaults
 from spol.losses import cub_cam_loss, imagenet_cam_loss, map_logits
 from spol.model import CAMModel, drop_last_needed, spol_param_groups
-from utils.config import run_cli
-from utils.data import WSOLDataset
-from utils.layouts import num_classes
-from utils.transforms import build_spol_transform
-from utils.engine import Trainer, build_optimizer
-from utils.stage import finish_run, start_run
+from utils.engine.rundir import run_cli
+from utils.data.dataset import WSOLDataset
+from utils.data.layouts import num_classes
+from utils.data.transforms import build_spol_transform
+from utils.engine.trainer import Trainer, build_optimizer
+from utils.engine.stage import finish_run, start_run
 
 
 def cam_loss_fn(loss: str):

@@ -9,7 +9,7 @@ ImageNet-1K (torchvision's pretrained EfficientNet-B7 as it is, no training)::
 
     python3 spol/cls/test.py --config configs/spol_imagenet.yaml --checkpoint pretrained
 
-Writes ``output/spol/<dataset>/cls/predictions.csv`` (``utils/predictions.py`` format: image_id,
+Writes ``output/spol/<dataset>/cls/predictions.csv`` (``utils/evaluation/handoff.py`` format: image_id,
 label, pred_top5, top1_correct, top5_correct), read by ``spol/seg/test.py`` for Top-1/Top-5 Loc,
 and ``cls_metrics.json`` (Top-1/Top-5 accuracy). ``--ten-crop --input-size C`` averages the softmax
 of ten crops of size C of the image resized to ``--resize-size``.
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from network.backbones import build_classifier
 from spol.options import load_split, resolve_defaults
-from utils.checkpoint import load_stage_weights
-from utils.classify import eval_transform, write_classification
-from utils.config import run_cli
-from utils.layouts import num_classes
-from utils.distributed import cleanup
+from utils.engine.checkpoint import load_stage_weights
+from utils.engine.classify import eval_transform, write_classification
+from utils.engine.rundir import run_cli
+from utils.data.layouts import num_classes
+from utils.engine.distributed import cleanup
 from utils.io import atomic_write_json
-from utils.stage import start_run
+from utils.engine.stage import start_run
 
 
 def load_classifier(args, classes: int):

@@ -22,10 +22,10 @@ ARGS = parse_early(__name__, get_args_parser, "cls_train")
 
 from network.backbones import build_classifier
 from spol.options import load_split, resolve_defaults
-from utils.classify import train_classifier
-from utils.config import run_cli
-from utils.layouts import num_classes
-from utils.stage import finish_run, start_run
+from utils.engine.classify import train_classifier
+from utils.engine.rundir import run_cli
+from utils.data.layouts import num_classes
+from utils.engine.stage import finish_run, start_run
 
 
 def main(args):

@@ -5,12 +5,12 @@
     python3 spol/seg/test.py --config configs/spol_cub.yaml --checkpoint PATH/TO/released_cub_seg.pth
     python3 spol/seg/test.py --config configs/spol_imagenet.yaml --checkpoint PATH/TO/released_imagenet_seg.pth
 
-Protocols (``utils.protocol``; ``--protocol spol|spol-official|wsol|both`` or the neutral names
+Protocols (``utils.evaluation.protocol``; ``--protocol spol|spol-official|wsol|both`` or the neutral names
 ``center_crop|spol_official|resize``; both = spol + wsol), each in its own folder ``<output>/<protocol
 as given>/``:
 
 * ``spol`` = ``center_crop``: the authors' accuracy computation with our fixes. Input as theirs
-  (normalise, resize 256 x 256 INTER_LINEAR, centre crop 224: ``utils.transforms.SPOLTransform``),
+  (normalise, resize 256 x 256 INTER_LINEAR, centre crop 224: ``utils.data.transforms.SPOLTransform``),
   sigmoid map > 0.2 (CUB) / 0.8 (ImageNet; ``configs/spol_*.yaml`` seg_test.spol_threshold),
   RETR_TREE, largest contour, box ``[x, y, x + w, y + h]``; GT boxes clipped to W - 1 / H - 1, then
   to [0, 224] in the crop; their exclusive IoU. Fixes: every image counts (no contour or no GT box
@@ -26,7 +26,7 @@ Top-1/Top-5 Loc use ``--cls-results PATH``: our ``predictions.csv`` (default
 ``<--cls-dir>/predictions.csv``, from spol/cls/test.py) or the authors' published ``top1top5.npy``
 (``cub200-cls/top1top5.npy``, ``imagenet-cls/top1top5.npy``); it must cover every image of the
 split (matched by name). Writes per protocol
-``scoremaps/<id stem>.npy`` (sigmoid maps at 224 x 224: ``python -m utils.evaluate`` re-scores them,
+``scoremaps/<id stem>.npy`` (sigmoid maps at 224 x 224: ``python -m utils.evaluation`` re-scores them,
 the exact command is in metrics.json), ``metrics.json``/``metrics.txt``, ``boxes.csv``/``boxes.json``,
 ``grid.png``; and ``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's numbers.
 """
@@ -49,19 +49,19 @@ import torch.nn.functional as F
 from spol.options import dataset_name, default_path, load_split, resolve_defaults, spol_config
 from spol.model import SegModel
 from spol.visualize import write_grid
-from utils.checkpoint import load_stage_weights
-from utils.config import run_cli
-from utils.data import WSOLDataset
-from utils.distributed import all_gather_object, barrier, cleanup
-from utils.inference import file_writers, run_inference
+from utils.engine.checkpoint import load_stage_weights
+from utils.engine.rundir import run_cli
+from utils.data.dataset import WSOLDataset
+from utils.engine.distributed import all_gather_object, barrier, cleanup
+from utils.engine.inference import file_writers, run_inference
 from utils.errors import DataError
-from utils.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
+from utils.evaluation.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from utils.paths import require_output
-from utils.predictions import read_cls_results, write_boxes_csv
-from utils.protocol import expand as expand_protocols
-from utils.protocol import get_protocol
-from utils.stage import start_run
+from utils.evaluation.handoff import read_cls_results, write_boxes_csv
+from utils.evaluation.protocol import expand as expand_protocols
+from utils.evaluation.protocol import get_protocol
+from utils.engine.stage import start_run
 
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
@@ -75,7 +75,7 @@ def scoremap_step(model, batch, *, size: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def protocol_of(args, protocol: str):
-    """The :mod:`utils.protocol` object of ``protocol`` at this run's sizes."""
+    """The :mod:`utils.evaluation.protocol` object of ``protocol`` at this run's sizes."""
     return get_protocol(protocol, args.input_size, args.resize_size)
 
 
@@ -100,7 +100,7 @@ def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> 
 
 def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold: float, output: Path,
                     predictions_path: str) -> str:
-    cmd = ["python", "-m", "utils.evaluate", "--data-root", os.path.abspath(args.data_root), "--layout",
+    cmd = ["python", "-m", "utils.evaluation", "--data-root", os.path.abspath(args.data_root), "--layout",
            args.layout, "--split", split, "--scoremaps", os.path.abspath(scoremaps), "--protocol", protocol,
            "--threshold", repr(float(threshold)), "--input-size", str(args.input_size),
            "--resize-size", str(args.resize_size), "--iou-threshold", str(args.iou_threshold),

@@ -9,7 +9,7 @@ ImageNet-1K (1 epoch)::
 
     torchrun --nproc_per_node 8 spol/seg/train.py --config configs/spol_imagenet.yaml --batch-size 16
 
-Image and pseudo mask are augmented jointly as the authors do (``utils.transforms.SPOLTransform``: the
+Image and pseudo mask are augmented jointly as the authors do (``utils.data.transforms.SPOLTransform``: the
 image normalised then resized 256 x 256 INTER_LINEAR, the mask resized INTER_NEAREST; random crop
 224, horizontal flip). Masks written by the authors' own script are read too (their names and
 channel layout are ours). Target: ``(fore > 0.25) | (gauss > 0.25)``; ignored pixels:
@@ -32,13 +32,13 @@ from pathlib import Path
 from spol.options import default_path, load_split, resolve_defaults
 from spol.losses import TARGET_THRESHOLD, seg_loss
 from spol.model import SegModel, drop_last_needed, spol_param_groups
-from utils.config import run_cli
-from utils.data import WSOLDataset, pseudo_mask_candidates
-from utils.transforms import build_spol_transform
-from utils.engine import Trainer, build_optimizer
+from utils.engine.rundir import run_cli
+from utils.data.dataset import WSOLDataset, pseudo_mask_candidates
+from utils.data.transforms import build_spol_transform
+from utils.engine.trainer import Trainer, build_optimizer
 from utils.errors import MissingFileError
 from utils.paths import require_output
-from utils.stage import finish_run, start_run
+from utils.engine.stage import finish_run, start_run
 
 
 def seg_loss_fn(model, batch, threshold: float = TARGET_THRESHOLD):
