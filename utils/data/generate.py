@@ -5,21 +5,19 @@
     python -m utils.data.generate --out dataset/flat_birds --classes 6 --size 64 --seed 0   # one species per family
 
 Every image shows one bird (body ellipse, wing, tail, head, eye, beak, crest) on a cluttered
-background. Classes come in **families of species**, as in CUB-200-2011: ``families`` x
-``species`` classes. A family shares the large parts (body colour, wing pattern, tail shape);
-the species of a family differ only in a small part, the head (head colour, crest shape and
-colour, beak colour). Head designs are drawn from a pool of ``head_designs`` designs (default:
-the number of species per family) shared by every family, so the head tells a bird's species
-within its family but not its family: a classifier has to read the body for the family and the
-head for the species (part domination within a family), while the maps of one family's species
-share the body. Without ``families`` every class is a family of its own with a head design of
-its own (the class is then decided by the head alone, or by the body where it carries the
-class colour). Size, aspect, pose (rotation, facing left/right) and position vary at random;
-``body_evidence`` is the probability that a bird wears its family's body colour (muted hues
-spread around the colour circle, jittered) rather than a random one; wing pattern and tail shape
-are always the family's. The background holds smooth coloured noise, random shapes and
-distractors: headless bird bodies of random colour, pattern and tail (object-like, but without
-the class part). Segmentation masks cover the bird only.
+background. Classes come in **families of species**, as in CUB-200-2011 (``--families F --species
+S``: F x S classes). A family shares the large parts: body colour (saturated hues spread around the
+colour circle), wing pattern and tail shape. The species of a family differ only in a small part,
+the head (head colour, crest shape and colour, beak colour), and the S head designs are one pool
+shared by every family, so the head tells a bird's species within its family, never its family: a
+classifier has to read the body for the family and the head for the species, and the class maps of
+one family's species share the body. Without ``--families`` every class is a family of its own with
+a head design of its own (``--classes C``). Size, aspect, pose (rotation, facing left/right) and
+position vary at random; ``body_evidence`` is the probability that a bird wears its family's body
+colour rather than a random one (wing pattern and tail shape are always the family's). The
+background holds smooth coloured noise, random shapes and distractors: headless bird bodies of
+random colour, pattern and tail (object-like, but without the head). Segmentation masks cover the
+bird only.
 
 Layout written (the same files and formats as CUB-200-2011, so ``utils.data.layouts.load_records(root,
 "cub", split)`` reads it like the real dataset)::
@@ -128,14 +126,19 @@ def check_class_counts(num_classes: int, families: int | None) -> tuple[int, int
 
 
 def _pick_head_designs(rng, count: int) -> list[HeadDesign]:
-    """``count`` distinct designs whose head colours (10), then crest shapes, repeat as little as possible."""
+    """``count`` distinct designs, in a random order, whose head colours (10), then crest shapes,
+    repeat as little as possible."""
     designs = all_head_designs()
     order = [designs[i] for i in rng.permutation(len(designs))]
+    heads, crests = dict.fromkeys(HEAD_COLOURS, 0), dict.fromkeys(CREST_SHAPES, 0)
     picked: list[HeadDesign] = []
+    taken: set[HeadDesign] = set()
     for _ in range(count):
-        def repeats(d):
-            return (sum(p.head == d.head for p in picked), sum(p.crest_shape == d.crest_shape for p in picked))
-        picked.append(min((d for d in order if d not in picked), key=repeats))
+        best = min((d for d in order if d not in taken), key=lambda d: (heads[d.head], crests[d.crest_shape]))
+        picked.append(best)
+        taken.add(best)
+        heads[best.head] += 1
+        crests[best.crest_shape] += 1
     return picked
 
 
