@@ -51,7 +51,10 @@ def threshold_or_best(text: str) -> float | str:
     """``type=`` of the localizer test's --box-threshold: a fraction of the map's max in [0, 1], or ``best``."""
     if str(text).strip().lower() == "best":
         return "best"
-    return probability(text)
+    try:
+        return probability(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] or 'best', got {text!r}") from None
 
 
 def add_dataset_arg(group) -> None:
