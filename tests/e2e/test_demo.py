@@ -14,10 +14,10 @@ from utils.evaluation.protocol import get_protocol
 from utils.evaluation.metrics import box_iou
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ROWS = ["CAM, paper's recipe", "CAM, aggressive fine-tuning", "SPOL", "SLT-Net localizer map", "SLT-Net (final)",
-        "Whole-image box"]
+ROWS = ["CAM, new optimization (SLT-Net's recipe)", "CAM, aggressive fine-tuning", "SLT-Net map (SMT + top-K ACAM + VST)",
+        "SLT-Net final (regressor box, classifier class)", "SPOL", "Whole-image box"]
 TRAIN_STAGES = ["cam/localizer", "cam_aggressive/localizer", "spol/cls", "spol/cam", "spol/seg",
-                "sltnet/localizer", "sltnet/classifier"]
+                "sltnet/localizer", "sltnet/regressor", "sltnet/classifier"]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,14 @@ def test_tiny_demo_writes_every_row_and_picture(tiny_run):
     # the stages themselves ran: their own outputs and training logs are there
     runs = out / "runs"
     for path in ("cam/localizer/model.pth", "spol/cls/predictions.csv", "spol/cam/pseudo_masks.json",
-                 "spol/seg/model.pth", "sltnet/classifier/test/predictions.csv", "sltnet/regressor/test/metrics.json"):
+                 "spol/seg/model.pth", "sltnet/classifier/test/predictions.csv", "sltnet/regressor/test/metrics.json",
+                 "sltnet/localizer/teacher/boxes.csv", "sltnet/regressor/model.pth"):
         assert (runs / path).is_file(), path
-    assert len(saved["loss_logs"]) == 7
+    assert len(saved["loss_logs"]) == 8
+    # what each GT-known row boxes, and the families of the generated set
+    maps = {r["method"]: r["map"] for r in saved["rows"]}
+    assert maps[ROWS[0]] == maps[ROWS[1]] == "GT-class CAM" and maps[ROWS[2]].startswith("top-2 ACAM")
+    assert saved["dataset"]["families"] == 2 and saved["dataset"]["species"] == 2 and saved["dataset"]["classes"] == 4
     for log in saved["loss_logs"].values():
         assert Path(log).is_file() and Path(log).name == "log.jsonl"
 
@@ -79,13 +84,55 @@ def test_centre_box_map_and_fraction_by_hand():
 
 def test_unknown_demo_setting_is_an_error(tmp_path):
     cfg = tmp_path / "demo.yaml"
-    cfg.write_text("demo:\n  classes: 3\n  colour: red\n")
+    cfg.write_text("demo:\n  families: 3\n  colour: red\n")
     args = demo.get_args_parser().parse_args(["--config", str(cfg)])
     with pytest.raises(ValueError, match="colour"):
         resolve_settings(args)
-    cfg.write_text("demo:\n  classes: 3\n")
-    args = demo.get_args_parser().parse_args(["--config", str(cfg), "--classes", "7"])
-    assert resolve_settings(args)["classes"] == 7      # command line wins over the config
+    cfg.write_text("demo:\n  families: 3\n")
+    args = demo.get_args_parser().parse_args(["--config", str(cfg), "--families", "7"])
+    assert resolve_settings(args)["families"] == 7      # command line wins over the config
+
+
+def test_presets_and_seeds(tmp_path):
+    """--preset full adds the config's demo_full: mapping (seeds, ablation rows) on top of demo:;
+    --seed alone runs that one seed; a seed given twice is refused."""
+    from utils.errors import DataError
+
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("demo:\n  families: 3\n  seed: 4\ndemo_full:\n  seeds: [0, 1, 2]\n  ablation: true\n")
+    quick = resolve_settings(demo.get_args_parser().parse_args(["--config", str(cfg)]))
+    assert quick["seeds"] == [4] and quick["ablation"] is False and quick["families"] == 3
+    full = resolve_settings(demo.get_args_parser().parse_args(["--config", str(cfg), "--preset", "full"]))
+    assert full["seeds"] == [0, 1, 2] and full["ablation"] is True and full["families"] == 3
+    one = resolve_settings(demo.get_args_parser().parse_args(["--config", str(cfg), "--preset", "full", "--seed", "7"]))
+    assert one["seeds"] == [7]
+    with pytest.raises(DataError, match="a seed is given twice"):
+        resolve_settings(demo.get_args_parser().parse_args(["--config", str(cfg), "--seeds", "1", "1"]))
+
+
+def test_the_demo_plan_holds_the_ablation_rows_and_the_regressor_path():
+    """The Table 5 rows are localizer trainings with SMT / top-K ACAM / VST switched; the final
+    regressor learns the final localizer's training-split boxes (its teacher) with its own backbone."""
+    from demo_birds.plan import stage_plan
+
+    s = resolve_settings(demo.get_args_parser().parse_args(["--preset", "full"]))
+    plan = stage_plan("demo.yaml", "data", Path("runs"), s, "cpu", "off", False, "none")
+    labels = [label for label, *_ in plan]
+    for row in ("SLT-Net + SMT", "SLT-Net + SMT + top-K ACAM", "SLT-Net VST alone"):
+        assert f"{row}: localizer train" in labels and f"{row}: localizer test (train split)" in labels
+    argv = {label: [str(a) for a in a_] for label, _, _, a_ in plan}
+    smt_acam = argv["SLT-Net + SMT + top-K ACAM: localizer train"]
+    assert "--smt" in smt_acam and "--acam" in smt_acam and "--no-vst" in smt_acam
+    teacher = argv["SLT-Net: teacher boxes (train split)"]
+    assert teacher[teacher.index("--split") + 1] == "train" and teacher[teacher.index("--teacher-map") + 1] == s["teacher_map"]
+    reg = argv["SLT-Net: regressor train"]
+    assert reg[reg.index("--boxes") + 1] == str(Path("runs/sltnet/localizer/teacher/boxes.csv"))
+    assert labels.index("SLT-Net: teacher boxes (train split)") < labels.index("SLT-Net: regressor train") \
+        < labels.index("SLT-Net: regressor test")
+    test = argv["SLT-Net: regressor test"]
+    assert test[test.index("--regressor-source") + 1] == "regressor"
+    quick = stage_plan("demo.yaml", "data", Path("runs"), {**s, "ablation": False}, "cpu", "off", False, "none")
+    assert not any("+ SMT" in label for label, *_ in quick)
 
 
 def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(tiny_run):
@@ -146,7 +193,7 @@ def test_cam_readout_is_the_networks_own_top_classes(tiny_run):
     branch = build_branch(args, num_classes(test), pretrained="none")
     load_stage_weights(branch, runs / "cam" / "localizer" / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.eval()
-    written = read_predictions(runs / "cam" / "predictions.csv")
+    written = read_predictions(runs / "cam" / "localizer" / "predictions.csv")
     dataset = WSOLDataset(test, build_transform("resize", resize=args.input_size))
     with torch.no_grad():
         for i, r in enumerate(test):
