@@ -283,3 +283,24 @@ def test_demo_stages_run_as_their_scripts_do(tiny_run, tmp_path, capsys):
                                             "--resize-size", 72, "--output-dir", cam])
     assert yaml.safe_load((cam / "test_args" / "args.yaml").read_text())["output_stride"] == 8
     assert "--output-stride 8 read from" in capsys.readouterr().err
+
+
+def test_tiny_demo_at_two_seeds_reports_their_spread(tmp_path):
+    """--seeds 0 1: one run per seed in seed<N>/ (each on its own generated set), then the combined
+    report: the first seed's table, every seed's value per row and its spread."""
+    args = demo.get_args_parser().parse_args(
+        ["--tiny", "--device", "cpu", "--seeds", "0", "1", "--aggressive-epochs", "0", "--data-out",
+         str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"), "--pretrain-dir", str(tmp_path / "resource")])
+    results = demo.main(args)
+    out = tmp_path / "out"
+    per_seed = [json.loads((out / f"seed{k}" / "results.json").read_text()) for k in (0, 1)]
+    assert [r["settings"]["seed"] for r in per_seed] == [0, 1]
+    assert per_seed[0]["dataset"]["root"] != per_seed[1]["dataset"]["root"]     # another generated set per seed
+    spread = json.loads((out / "results.json").read_text())["seed_spread"]["gt_known_loc"]
+    assert spread["seeds"] == [0, 1]
+    for row in per_seed[0]["rows"]:
+        if row["kind"] == "method":
+            assert spread["rows"][row["method"]] == [row["gt_known_loc"],
+                                                     {r["method"]: r for r in per_seed[1]["rows"]}[row["method"]]["gt_known_loc"]]
+    report = (out / "report.md").read_text()
+    assert "Seed spread (GT-known Loc" in report and "seed 1" in report and results["rows"] == per_seed[0]["rows"]
