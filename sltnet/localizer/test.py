@@ -8,7 +8,8 @@ rule on the min-max normalised map). --box-threshold best (--split train only) f
 0.95 (step 0.01) on the split's images with GT boxes and boxes every image at the threshold of the
 highest GT-known Loc (a second pass). K: --top-k, or --top-k-ratio x the class count; by default
 the training run's (args.yaml). The saved score maps are min-max normalised (the evaluator's input).
-Writes into <localizer dir>/<split>/: boxes.csv (+ boxes.json: protocol, input size, threshold and
+Writes into <localizer dir>/<split>/: test_args.yaml (this step's options), boxes.csv (+ boxes.json:
+protocol, input size, threshold and
 how it was chosen, box rule, map, the localizer's downsampling factor), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
 metrics.txt (GT-known Loc at the fixed threshold; with the saved maps also MaxBoxAcc, MaxBoxAccV2 and,
 on CUB, PxAP from utils.evaluation.evaluate.evaluate_scoremaps, whose full output incl. curves goes to
@@ -38,17 +39,18 @@ import torch
 from sltnet.boxes import BEST_THRESHOLDS, ThresholdSweep, maps_to_boxes
 from sltnet.losses import localization_map
 from sltnet.model import build_branch
-from sltnet.options import PRODUCER, check_top_k, resolve_args, resolve_top_k
+from sltnet.options import (LOCALIZER_TEST_INHERITS, LOCALIZER_TEST_OUTPUTS, PRODUCER, check_top_k, resolve_defaults,
+                            resolve_top_k)
 from utils.evaluation.boxes import normalize_minmax, resize_maps
 from utils.engine.checkpoint import load_stage_weights
 from utils.config import explicit_options
-from utils.engine.rundir import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
 from utils.evaluation.protocol import get_protocol
-from utils.engine.distributed import all_gather_object, cleanup
+from utils.engine.distributed import all_gather_object
 from utils.engine.inference import file_writers, gather_lists, run_inference
-from utils.engine.seeding import setup_run
+from utils.engine.stage import save_args, start_run
 from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from utils.errors import DataError
 from utils.evaluation.evaluate import evaluate_scoremaps
@@ -143,12 +145,19 @@ def best_threshold(model, records, transform, protocol, ctx, args) -> ThresholdS
 
 
 def main(args):
-    args = resolve_args(args, "localizer", test_of="localizer")
-    ctx = setup_run(args)
+    resolve_defaults(args, "localizer")
+    with start_run(args, inherit=LOCALIZER_TEST_INHERITS, outputs=LOCALIZER_TEST_OUTPUTS) as ctx:
+        return evaluate(args, ctx)
+
+
+def evaluate(args, ctx) -> Path:
+    """Boxes (and score maps, metrics where the split has GT boxes) of the localizer on ``--split``;
+    returns the output folder."""
     out_dir = Path(args.output_dir)
 
     records = load_records(args.data_root, args.layout, args.split)
     resolve_top_k(args, num_classes(records), explicit_options(args))   # --top-k-ratio: K of this dataset
+    save_args(args, ctx)  # the options are final: K resolved
     protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
     # SLT-Net trains with torchvision's; uint8 images, normalised on the batch by run_inference
     transform = protocol.transform(pipeline="torchvision", normalize=False)
@@ -199,7 +208,6 @@ def main(args):
                 "top_k": args.top_k, "split": args.split,
                 "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.evaluation.boxes)"}
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], [b for _, b in items], meta=meta)
-        save_resolved_config(args, out_dir)
         if has_gt:
             for state in meters[1:]:
                 meter.merge(state)
@@ -228,7 +236,6 @@ def main(args):
                 "box_rule": args.box_rule, "map": map_name(args),
                 "box_threshold_sweep": {"thresholds": list(sweep.thresholds), "gt_known_loc": sweep.curve()}})
         print(f"{STAGE}: {len(records)} boxes -> {out_dir / 'boxes.csv'}", flush=True)
-    cleanup(ctx)
     return out_dir
 
 

@@ -28,7 +28,8 @@ Top-1/Top-5 Loc use ``--cls-results PATH``: our ``predictions.csv`` (default
 split (matched by name). Writes per protocol
 ``scoremaps/<id stem>.npy`` (sigmoid maps at 224 x 224: ``python -m utils.evaluation`` re-scores them,
 the exact command is in metrics.json), ``metrics.json``/``metrics.txt``, ``boxes.csv``/``boxes.json``,
-``grid.png``; and ``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's numbers.
+``grid.png``; and ``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's numbers,
+``<output>/test_args.yaml`` (this step's options; ``args.yaml`` beside it is the training run's).
 """
 from __future__ import annotations
 
@@ -46,13 +47,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spol.options import dataset_name, default_path, load_split, resolve_defaults, spol_config
+from spol.options import (SEG_TEST_INHERITS, dataset_name, default_path, load_split, resolve_defaults,
+                          seg_test_outputs, spol_config)
 from spol.model import SegModel
 from spol.visualize import write_grid
 from utils.engine.checkpoint import load_stage_weights
 from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
-from utils.engine.distributed import all_gather_object, barrier, cleanup
+from utils.engine.distributed import all_gather_object, barrier
 from utils.engine.inference import file_writers, run_inference
 from utils.errors import DataError
 from utils.evaluation.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
@@ -61,7 +63,7 @@ from utils.paths import require_output
 from utils.evaluation.handoff import read_cls_results, write_boxes_csv
 from utils.evaluation.protocol import expand as expand_protocols
 from utils.evaluation.protocol import get_protocol
-from utils.engine.stage import start_run
+from utils.engine.stage import save_args, start_run
 
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
@@ -193,7 +195,15 @@ def main(args):
                                               "spol/cls/test.py"))
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
     require_output(checkpoint, "spol/seg/train.py")
-    ctx = start_run(args, Path(args.output_dir) / "test_args")  # beside, not over, the train step's args.yaml
+    with start_run(args, inherit=SEG_TEST_INHERITS, outputs=seg_test_outputs(args)) as ctx:
+        save_args(args, ctx)
+        return evaluate(args, ctx, checkpoint, predictions_path)
+
+
+def evaluate(args, ctx, checkpoint: str, predictions_path: str) -> dict:
+    """Every protocol of ``--protocol`` on ``--split`` with the seg model in ``checkpoint`` and the
+    classes of ``predictions_path``; returns each protocol's results (rank 0; None on the others)."""
+    name = dataset_name(args)
     records = load_split(args, args.split)
     # checked before inference: every image of the split has its result (our csv or the authors' npy)
     read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")
@@ -216,7 +226,6 @@ def main(args):
         text += "paper (SPOL protocol): " + ", ".join(f"{k} {v}" for k, v in PAPER[name].items()) + "\n"
         atomic_write_text(Path(args.output_dir) / "metrics.txt", text)
         print(text, end="", flush=True)
-    cleanup(ctx)
     return summary
 
 
