@@ -30,9 +30,10 @@ DEFAULTS = dict(families=6, species=3, train_per_class=40, test_per_class=17, im
                 # the "CAM, aggressive fine-tuning" row: lr and epochs (0 epochs: row left out)
                 aggressive_lr=0.02, aggressive_epochs=10)
 # a smoke run: a few images, one optimiser step per training stage (and a 2-step pretraining)
+# (every row: the aggressive CAM and the ablation rows too)
 TINY = dict(families=2, species=2, train_per_class=2, test_per_class=2, image_size=64, input_size=64,
             resize_size=72, grid_images=2, cam_curve_interval=0.01, pretrain_steps=2, pretrain_batch_size=4,
-            pretrain_val_images=4, top_k_ratio=0.5)
+            pretrain_val_images=4, top_k_ratio=0.5, aggressive_epochs=1, ablation=True)
 PRESETS = ("quick", "full")
 
 

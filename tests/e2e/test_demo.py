@@ -14,10 +14,12 @@ from utils.evaluation.protocol import get_protocol
 from utils.evaluation.metrics import box_iou
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ROWS = ["CAM, new optimization (SLT-Net's recipe)", "CAM, aggressive fine-tuning", "SLT-Net map (SMT + top-K ACAM + VST)",
+ROWS = ["CAM, new optimization (SLT-Net's recipe)", "CAM, aggressive fine-tuning", "SLT-Net + SMT",
+        "SLT-Net + SMT + top-K ACAM", "SLT-Net VST alone", "SLT-Net map (SMT + top-K ACAM + VST)",
         "SLT-Net final (regressor box, classifier class)", "SPOL", "Whole-image box"]
-TRAIN_STAGES = ["cam/localizer", "cam_aggressive/localizer", "spol/cls", "spol/cam", "spol/seg",
-                "sltnet/localizer", "sltnet/regressor", "sltnet/classifier"]
+TRAIN_STAGES = ["cam/localizer", "cam_aggressive/localizer", "sltnet_smt/localizer", "sltnet_smt_acam/localizer",
+                "sltnet_vst/localizer", "spol/cls", "spol/cam", "spol/seg", "sltnet/localizer", "sltnet/regressor",
+                "sltnet/classifier"]
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +37,12 @@ def test_tiny_demo_writes_every_row_and_picture(tiny_run):
     out = base / "out"
     saved = json.loads((out / "results.json").read_text())
     names = [r["method"] for r in saved["rows"]]
-    assert names[:6] == ROWS
-    assert names[6].startswith("Centre box (") and names[7] == "True mask (upper bound)"
-    assert [r["kind"] for r in saved["rows"]] == ["method"] * 5 + ["baseline"] * 2 + ["upper_bound"]
+    assert names[:9] == ROWS
+    assert names[9].startswith("Centre box (") and names[10] == "True mask (upper bound)"
+    assert [r["kind"] for r in saved["rows"]] == ["method"] * 8 + ["baseline"] * 2 + ["upper_bound"]
     for row in saved["rows"]:
         assert row["gt_known_loc"] is not None
-    for row in saved["rows"][:5]:
+    for row in saved["rows"][:8]:
         assert row["top1_cls"] is not None and row["top1_loc"] is not None
     for key in ("grid", "curves", "losses"):
         assert (out / saved["figures"][key]).read_bytes()[:8] == PNG_MAGIC
@@ -51,10 +53,11 @@ def test_tiny_demo_writes_every_row_and_picture(tiny_run):
                  "spol/seg/model.pth", "sltnet/classifier/test/predictions.csv", "sltnet/regressor/test/metrics.json",
                  "sltnet/localizer/teacher/boxes.csv", "sltnet/regressor/model.pth"):
         assert (runs / path).is_file(), path
-    assert len(saved["loss_logs"]) == 8
+    assert len(saved["loss_logs"]) == 11
     # what each GT-known row boxes, and the families of the generated set
     maps = {r["method"]: r["map"] for r in saved["rows"]}
-    assert maps[ROWS[0]] == maps[ROWS[1]] == "GT-class CAM" and maps[ROWS[2]].startswith("top-2 ACAM")
+    assert maps[ROWS[0]] == maps[ROWS[1]] == maps[ROWS[2]] == maps[ROWS[4]] == "GT-class CAM"
+    assert maps[ROWS[3]].startswith("top-2 ACAM") and maps[ROWS[5]].startswith("top-2 ACAM")
     assert saved["dataset"]["families"] == 2 and saved["dataset"]["species"] == 2 and saved["dataset"]["classes"] == 4
     for log in saved["loss_logs"].values():
         assert Path(log).is_file() and Path(log).name == "log.jsonl"
