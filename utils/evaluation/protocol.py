@@ -193,14 +193,28 @@ class Resize(Protocol):
     def to_image_fraction(self, box) -> list[float]:
         return (np.asarray(box, dtype=np.float64) / float(self.input_size)).tolist()
 
-    def score(self, pred_boxes, gt_boxes, flags=None, *, iou_threshold=0.5, iou_compare=">=", inclusive_iou=None):
+    def _meter(self, iou_threshold, iou_compare, inclusive_iou):
         from utils.evaluation.metrics import LocalizationMeter
 
-        inclusive = self.inclusive_iou if inclusive_iou is None else inclusive_iou
-        meter = LocalizationMeter(iou_threshold, iou_compare, inclusive)
+        return LocalizationMeter(iou_threshold, iou_compare, self.inclusive_iou if inclusive_iou is None else inclusive_iou)
+
+    def score(self, pred_boxes, gt_boxes, flags=None, *, iou_threshold=0.5, iou_compare=">=", inclusive_iou=None):
+        meter = self._meter(iou_threshold, iou_compare, inclusive_iou)
         meter.update([np.asarray(b).reshape(-1, 4) for b in pred_boxes], list(gt_boxes),
                      *(zip(*flags) if flags is not None else (None, None)))
         return meter.compute(), None
+
+    def hits(self, pred_boxes, gt_boxes, *, iou_threshold: float = 0.5, iou_compare: str = ">=",
+             inclusive_iou: bool | None = None) -> list[dict]:
+        """Per-image outcome of :meth:`score`: ``{"iou", "hit", "skipped": None}``; ``iou`` is None for an
+        image without a box (``[0, 0, 0, 0]``) or without a GT box (a miss)."""
+        meter = self._meter(iou_threshold, iou_compare, inclusive_iou)
+        preds = [np.asarray(b).reshape(-1, 4) for b in pred_boxes]
+        gts = list(gt_boxes)
+        hits = meter.update(preds, gts)
+        ious = meter.best_ious(preds, gts)
+        return [{"iou": float(iou) if np.any(p) and len(np.asarray(g).reshape(-1, 4)) else None, "hit": bool(hit),
+                 "skipped": None} for p, g, iou, hit in zip(preds, gts, ious, hits)]
 
 
 class CenterCrop(Protocol):
