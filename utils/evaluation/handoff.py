@@ -235,11 +235,14 @@ def classification_flags(path, records, *, producer: str = DEFAULT_PRODUCER) -> 
 
         print(f"warning: {path}: {len(unknown)} prediction(s) for images not in the evaluated split, not "
               f"scored (e.g. {min(unknown)})", file=sys.stderr, flush=True)
+    missing = [i for i in image_ids if i not in preds]
+    if missing:
+        others = f" (nor for {len(missing) - 1} other image(s) of the split)" if len(missing) > 1 else ""
+        raise DataError.at(path, None, f"no prediction for image {missing[0]}{others}: it does not cover this split; "
+                                       f"run {producer} on that split")
     flags = {}
     for r in records:
-        p = preds.get(r.image_id)
-        if p is None:
-            raise DataError.at(path, None, f"no prediction for image {r.image_id}")
+        p = preds[r.image_id]
         if p.label != r.label:
             raise DataError.at(path, None, f"label {p.label} of image {r.image_id} differs from the dataset's {r.label}")
         flags[r.image_id] = (p.top1_correct, p.top5_correct)

@@ -28,7 +28,8 @@ def _headline(results: dict) -> list[tuple[str, str]]:
                                                          ("num_images", "images")) if key in results]
     if results.get("num_skipped"):
         why = ", ".join(f"{n} {k}" for k, n in results.get("num_skipped_by_reason", {}).items() if n)
-        rows.append(("  skipped", f"{results['num_skipped']} ({why}): counted {results['num_counted']}"))
+        counted = f": counted {results['num_counted']}" if "num_counted" in results else ""
+        rows.append(("  skipped", f"{results['num_skipped']} ({why}){counted}"))
     for key, name in (("top1_loc", "Top-1 Loc"), ("top5_loc", "Top-5 Loc"), ("gt_known_loc", "GT-known Loc")):
         if results.get(key) is not None:
             rows.append((name, _pct(results[key])))
@@ -37,7 +38,9 @@ def _headline(results: dict) -> list[tuple[str, str]]:
         iou = f", IoU {results['iou_compare']} {results['iou_threshold']}" if "iou_threshold" in results else ""
         rows.append(("  at threshold", f"{results['threshold_used']:.3f}{source}{iou}"))
     if "maxboxacc" in results:
-        rows.append(("MaxBoxAcc (IoU 50)", f"{_pct(results['maxboxacc'])} (best threshold {results['best_threshold']:.3f})"))
+        best = results.get("best_threshold")
+        rows.append(("MaxBoxAcc (IoU 50)", _pct(results["maxboxacc"]) + ("" if best is None else
+                                                                         f" (best threshold {best:.3f})")))
     if "maxboxacc_v2" in results:
         per = results.get("maxboxacc_v2_per_iou")
         rows.append(("MaxBoxAccV2", _pct(results["maxboxacc_v2"]) + ("" if per is None else " (IoU 30/50/70: "
