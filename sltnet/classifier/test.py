@@ -1,8 +1,9 @@
 """SLT-Net classifier predictions (Fig. 2c: the class comes from the classifier), ten-crop by default.
 
 Writes <classifier dir>/<split>/predictions.csv (utils.evaluation.handoff format, read by
-sltnet/regressor/test.py) and metrics.json (Top-1/Top-5 CLS). Ten-crop (Sec. 4.1): the image is
-resized to --resize-size and the softmax of its ten --input-size crops is averaged (utils.engine.classify).
+sltnet/regressor/test.py) and metrics.json / metrics.txt (Top-1/Top-5 CLS). Ten-crop (Sec. 4.1): the
+image is resized to --resize-size and the softmax of its ten --input-size crops is averaged
+(utils.engine.classify).
 
 CUB (weights of sltnet/classifier/train.py):
     python3 sltnet/classifier/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
@@ -28,7 +29,7 @@ from utils.engine.rundir import run_cli, save_resolved_config
 from utils.data.layouts import load_records, num_classes
 from utils.engine.distributed import cleanup
 from utils.engine.seeding import setup_run
-from utils.io import atomic_write_json
+from utils.evaluation.results import write_metrics
 
 STAGE = "classifier_test"
 
@@ -47,9 +48,8 @@ def main(args):
     out = Path(args.output_dir)
     result = write_classification(model, records, eval_transform(args), args, ctx, out / "predictions.csv")
     if ctx.is_main:
-        atomic_write_json(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
-                                                 "top1_cls": result["top1"], "top5_cls": result["top5"],
-                                                 "num_images": result["num_images"]})
+        write_metrics(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop, "top1_cls": result["top1"],
+                                             "top5_cls": result["top5"], "num_images": result["num_images"]})
         save_resolved_config(args, out)
         print(f"{STAGE}: Top-1 CLS {result['top1']:.2f}  Top-5 CLS {result['top5']:.2f} "
               f"({result['num_images']} images) -> {out / 'predictions.csv'}", flush=True)

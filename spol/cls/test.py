@@ -11,8 +11,9 @@ ImageNet-1K (torchvision's pretrained EfficientNet-B7 as it is, no training)::
 
 Writes ``output/spol/<dataset>/cls/predictions.csv`` (``utils/evaluation/handoff.py`` format: image_id,
 label, pred_top5, top1_correct, top5_correct), read by ``spol/seg/test.py`` for Top-1/Top-5 Loc,
-and ``cls_metrics.json`` (Top-1/Top-5 accuracy). ``--ten-crop --input-size C`` averages the softmax
-of ten crops of size C of the image resized to ``--resize-size``.
+and ``cls_metrics.json`` / ``cls_metrics.txt`` (Top-1/Top-5 accuracy, ``top1_cls`` / ``top5_cls``).
+``--ten-crop --input-size C`` averages the softmax of ten crops of size C of the image resized to
+``--resize-size``.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from utils.engine.classify import eval_transform, write_classification
 from utils.engine.rundir import run_cli
 from utils.data.layouts import num_classes
 from utils.engine.distributed import cleanup
-from utils.io import atomic_write_json
+from utils.evaluation.results import write_metrics
 from utils.engine.stage import start_run
 
 
@@ -52,7 +53,9 @@ def main(args):
     path = Path(args.output_dir) / "predictions.csv"
     stats = write_classification(model, records, eval_transform(args), args, ctx, path)
     if ctx.is_main:
-        atomic_write_json(Path(args.output_dir) / "cls_metrics.json", {"split": args.split, **stats})
+        write_metrics(Path(args.output_dir) / "cls_metrics.json", {"split": args.split, "top1_cls": stats["top1"],
+                                                                   "top5_cls": stats["top5"],
+                                                                   "num_images": stats["num_images"]})
         print(f"Top-1 {stats['top1']:.2f}  Top-5 {stats['top5']:.2f}  ({stats['num_images']} images) "
               f"-> {path}", flush=True)
     cleanup(ctx)

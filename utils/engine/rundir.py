@@ -490,14 +490,14 @@ def _seg_outputs(args) -> list[str]:
 
 
 TEST_OUTPUTS = {
-    "cls_test": lambda args: ["predictions.csv", "cls_metrics.json", "test_args"],
+    "cls_test": lambda args: ["predictions.csv", "cls_metrics.json", "cls_metrics.txt", "test_args"],
     "cam_test": lambda args: ["pseudo_masks", "pseudo_masks.json", "test_args"],
     "seg_test": _seg_outputs,
     "localizer_test": lambda args: ["scoremaps", "boxes.csv", "boxes.json", "metrics.json", "metrics.txt",
                                     "evaluate.json", "args.yaml"],
     "regressor_test": lambda args: ["boxes.csv", "boxes.json", "metrics.json", "metrics.txt", "grid.png",
                                     "args.yaml"],
-    "classifier_test": lambda args: ["predictions.csv", "metrics.json", "args.yaml"],
+    "classifier_test": lambda args: ["predictions.csv", "metrics.json", "metrics.txt", "args.yaml"],
 }
 # The model options a test step reads from its training run (args.yaml, else checkpoint.pth) when
 # they are not given: test step -> (training folder, weights option that bypasses it, option names,
