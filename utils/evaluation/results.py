@@ -10,12 +10,6 @@ from pathlib import Path
 
 from utils.io import atomic_write_json, atomic_write_text
 
-# keys a headline row shows (or that are kept in the JSON only: curves, per-image lists)
-_SHOWN = {"protocol", "split", "num_images", "num_skipped", "num_counted", "num_skipped_by_reason", "top1_loc",
-          "top5_loc", "gt_known_loc", "threshold_used", "threshold_source", "iou_compare", "iou_threshold",
-          "maxboxacc", "best_threshold", "maxboxacc_v2", "maxboxacc_v2_per_iou", "pxap", "box_metrics", "top1_cls",
-          "top5_cls"}
-
 _METRICS = ("gt_known_loc", "top1_loc", "top5_loc", "maxboxacc", "maxboxacc_v2", "pxap", "top1_cls", "top5_cls")
 
 
@@ -23,7 +17,11 @@ def _pct(value) -> str:
     return f"{value:.2f}"
 
 
-def _headline(results: dict) -> list[tuple[str, str]]:
+def _headline(results: dict) -> tuple[list[tuple[str, str]], set]:
+    """The named rows of ``results`` and the keys they show."""
+    used = {"protocol", "split", "num_images", "top1_loc", "top5_loc", "gt_known_loc", "num_skipped", "num_counted",
+            "num_skipped_by_reason", "maxboxacc", "best_threshold", "maxboxacc_v2", "maxboxacc_v2_per_iou", "pxap",
+            "box_metrics", "top1_cls", "top5_cls"}
     rows = [(name, str(results[key])) for key, name in (("protocol", "protocol"), ("split", "split"),
                                                          ("num_images", "images")) if key in results]
     if results.get("num_skipped"):
@@ -37,6 +35,7 @@ def _headline(results: dict) -> list[tuple[str, str]]:
         source = f" ({results['threshold_source']})" if "threshold_source" in results else ""
         iou = f", IoU {results['iou_compare']} {results['iou_threshold']}" if "iou_threshold" in results else ""
         rows.append(("  at threshold", f"{results['threshold_used']:.3f}{source}{iou}"))
+        used |= {"threshold_used", "threshold_source", "iou_compare", "iou_threshold"}
     if "maxboxacc" in results:
         best = results.get("best_threshold")
         rows.append(("MaxBoxAcc (IoU 50)", _pct(results["maxboxacc"]) + ("" if best is None else
@@ -49,7 +48,7 @@ def _headline(results: dict) -> list[tuple[str, str]]:
                             ("top5_cls", "Top-5 CLS", _pct)):
         if results.get(key) is not None:
             rows.append((name, show(results[key])))
-    return rows
+    return rows, used
 
 
 def _is_scalar(value) -> bool:
@@ -74,15 +73,16 @@ def format_table(results: dict) -> str:
     one ``== key ==`` section per entry that is itself a results dict. Lists (curves, per-image
     outcomes) stay in the JSON."""
     sections = {k: v for k, v in results.items() if _is_results(v)}
+    rows, used = _headline(results)
     others = []
     for key, value in results.items():
-        if key in _SHOWN or key in sections:
+        if key in used or key in sections:
             continue
         if _is_scalar(value):
             others.append((key, "—" if value is None else str(value)))
         elif isinstance(value, dict) and value and all(_is_scalar(v) for v in value.values()):
             others.append((key, ", ".join(f"{k}: {v}" for k, v in value.items())))
-    text = _block(_headline(results))
+    text = _block(rows)
     if others:
         text += ("\n" if text else "") + _block(others)
     for key, value in sections.items():
