@@ -23,8 +23,9 @@ from utils.data.layouts import load_records
 from utils.errors import DataError
 from utils.evaluation.evaluator import LocalizationEvaluator, checked_scoremap, require_instance_masks
 from utils.evaluation.handoff import classification_flags, read_scoremap, scoremap_path  # noqa: F401  (re-exported)
+from utils.evaluation.protocol import CHOICES as PROTOCOLS  # noqa: F401  (the names --protocol offers)
 from utils.evaluation.protocol import get_protocol
-from utils.evaluation.results import format_table, write_metrics
+from utils.evaluation.results import write_metrics
 
 
 def load_scoremap(scoremap_dir, image_id: str, input_size: int) -> np.ndarray:

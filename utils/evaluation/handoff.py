@@ -1,26 +1,6 @@
-"""Per-image files handed from stage to stage: classification results (``predictions.csv``; the SPOL
-authors' ``top1top5.npy`` is read too) and boxes (``boxes.csv``).
-
-File format (``predictions.csv``, UTF-8, one header line, one line per image)::
-
-    image_id,label,pred_top5,top1_correct,top5_correct
-    001.Black_footed_Albatross/x.jpg,0,0 3 7 12 5,1,1
-
-``label`` is the 0-based GT class; ``pred_top5`` the 5 best class ids separated by single spaces,
-best first; the flags are 0/1 and are checked against ``label`` and ``pred_top5`` when read.
-Image ids are written through the csv module (ids with commas are quoted).
-
-Per-image boxes (``boxes.csv``, written by every localization test step)::
-
-    image_id,x0,y0,x1,y1
-    001.Black_footed_Albatross/x.jpg,12,30,140,201
-
-in input pixels of the protocol geometry (``utils.evaluation.boxes.boxes_from_maps`` convention); a sidecar
-``boxes.json`` names the protocol, input size and threshold that produced them.
-
-Score maps (``<folder>/<image id stem>.npy``, or Choe et al.'s ``<folder>/<image id>.npy``): the side
-output of the localization test steps, re-scored by ``python -m utils.evaluation``. Their format and
-the names read: docs/evaluation.md.
+"""Per-image files handed from stage to stage: classification results (``predictions.csv``, and the
+SPOL authors' ``top1top5.npy`` read), boxes (``boxes.csv`` + ``boxes.json``), score maps (``.npy``
+under this repository's names or Choe et al.'s). Their formats: [docs/evaluation.md](../../docs/evaluation.md) (Files).
 """
 from __future__ import annotations
 

@@ -1,20 +1,7 @@
-"""Localization metrics: IoU, GT-known / Top-1 / Top-5 Loc, MaxBoxAcc(V2), PxAP.
-
-Box convention: ``x0, y0, x1, y1`` in score-map pixels. Two IoU conventions, named:
-
-* ``inclusive=True`` (Choe et al., ``calculate_multiple_iou``): ``x1, y1`` are the last pixel
-  *inside* the box, widths and heights are ``x1 - x0 + 1``; a degenerate pair (union <= 0) has
-  IoU 0.
-* ``inclusive=False`` (``torchvision.ops.box_iou``): widths are ``x1 - x0``; a pair with an
-  empty union has IoU 0 here (torchvision gives NaN).
-
-MaxBoxAcc / MaxBoxAccV2 / PxAP reproduce Choe et al. ("Evaluating WSOL right", CVPR 2020,
-clovaai/wsolevaluation ``BoxEvaluator`` and ``MaskEvaluator``) number for number; the fast
-box path gives results identical to the straightforward per-threshold loop
-(:func:`reference_best_iou_per_threshold`, kept for tests and the benchmark).
-
-Every image is counted in every denominator: an image whose map has no foreground
-(box ``[0, 0, 0, 0]``), no predicted box or no ground-truth box left is a miss.
+"""The metrics' building blocks: score map checks, IoU (inclusive, exclusive, the SPOL authors'),
+``LocalizationMeter`` (GT-known / Top-k Loc at one threshold), the threshold sweep of MaxBoxAcc(V2)
+(``LevelSweep``, ``BoxAccumulator``; Choe et al.'s per-threshold loop kept as the reference) and
+``PxAPAccumulator``. Definitions: [docs/evaluation.md](../../docs/evaluation.md).
 """
 from __future__ import annotations
 

@@ -1,30 +1,8 @@
-"""Evaluation geometries: where an image lands in the evaluated input, and how a score map there is
-turned into a box and scored. One small type per geometry; every consumer asks the object.
-
-* ``resize`` (command line also ``wsol``), Choe et al. (CVPR 2020): the whole image resized to
-  input x input; GT boxes with their ``resize_bbox`` truncation; Choe's box rule (uint8 map >
-  int(t * max), largest contour); inclusive IoU; every image counted.
-* ``center_crop`` (also ``spol``): resize to resize x resize, centre crop input; GT boxes as the
-  SPOL authors' albumentations pipeline puts them (clipped to the image, then to [0, input] in the
-  crop); SPOL's box rule (float32 map > t, largest contour, ``[x, y, x + w, y + h]``); the authors'
-  exclusive IoU; every image counted (no box, or no GT box left in the crop = a miss); IoU ``>=``
-  0.5 by default.
-* ``spol_official`` (also ``spol-official``): the SPOL authors' accuracy loop exactly, on the
-  ``center_crop`` geometry: an image with no contour or no GT box left is SKIPPED (out of the
-  denominator), IoU ``inter / (union + 1e-12) > 0.5``.
-
-``get_protocol(name, input_size=224, resize_size=256)`` accepts both spellings. Each object owns:
-``transform()`` (the evaluation image transform), ``geometry`` (resize, crop offset),
-``gt_boxes(boxes, size)`` and ``gt_mask(record)`` in its frame, ``image(record)`` (the RGB input as
-the network saw it), ``box(map, t)`` (its box rule; ``[0, 0, 0, 0]`` = no box),
-``score(...)`` (GT-known / Top-k Loc with its IoU convention and counting rule) and ``meta()``
-(what ``boxes.json`` records). Importable without torch (the option parsers read :data:`CHOICES`).
-
-``transform()`` resamples as the protocol's origin does: torchvision's antialiased resize for
-``resize`` (Choe et al.'s loader), the SPOL authors' order (normalise, then cv2 INTER_LINEAR) for the
-two SPOL protocols; a method that trains with the other pipeline asks for it
-(``transform(pipeline="torchvision")``, as SLT-Net's test steps do). Box thresholds are the caller's:
-SPOL's fixed ones live in ``configs/spol_*.yaml``.
+"""Evaluation protocols (``resize`` = ``wsol``, ``center_crop`` = ``spol``, ``spol_official`` =
+``spol-official``), one small type each, specified in [docs/evaluation.md](../../docs/evaluation.md). Each object owns its
+``transform()``, ``geometry``, ``gt_boxes`` / ``gt_mask`` / ``image`` in its frame, its box rule
+``box(map, t)``, ``score`` / ``hits`` (IoU convention, counting) and ``meta()``; ``get_protocol`` takes
+either name. Importable without torch (the option parsers read :data:`CHOICES`).
 """
 from __future__ import annotations
 
