@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 import torch
+import yaml
 
 import spol
 from spol.cam import test as cam_test, train as cam_train
@@ -237,9 +237,12 @@ def test_seg_test_numbers_for_a_model_with_a_known_answer(data, cls_dir, tmp_pat
 
 
 def test_resolved_args_yaml_parses_back(seg_dir, cam_dir):
-    for module, stage, folder in ((seg_train, "seg_train", seg_dir), (cam_test, "cam_test", cam_dir / "test_args")):
-        args = parse_args(module.get_args_parser(), ["--config", str(folder / "args.yaml")], stage=stage)
+    """A training step's args.yaml and its test step's test_args.yaml, side by side in the stage folder."""
+    for module, stage, path in ((seg_train, "seg_train", seg_dir / "args.yaml"),
+                                (cam_test, "cam_test", cam_dir / "test_args.yaml")):
+        args = parse_args(module.get_args_parser(), ["--config", str(path)], stage=stage)
         assert args.device == "cpu" and args.batch_size == 4
+    assert "mask_workers" not in yaml.safe_load((cam_dir / "args.yaml").read_text())  # the training run's
 
 
 def test_predictions_of_another_split_are_refused_before_inference(data, seg_dir, tmp_path):
@@ -266,11 +269,8 @@ def test_a_diverged_cam_model_stops_pseudo_masks_naming_the_image(data, cam_dir,
 
 
 def test_output_stride_reaches_the_cam_and_seg_test_steps_from_args_yaml(data, tmp_path, monkeypatch, capsys):
-    """cam and seg trained with --output-stride 8 (ResNet-18): their test steps, given no
-    --output-stride, build the models at output stride 8 from the training runs' args.yaml."""
-    import yaml
-
-    from utils.engine import rundir
+    """cam and seg trained with --output-stride 8 (ResNet-18): their test steps, called in-process and
+    given no --output-stride, build the models at output stride 8 from the training runs' args.yaml."""
     from utils.evaluation.handoff import write_predictions
 
     built = []
@@ -288,19 +288,16 @@ def test_output_stride_reaches_the_cam_and_seg_test_steps_from_args_yaml(data, t
     run(cam_train, "cam_train", base + TINY + ["--output-dir", cam, "--pretrained", "none", "--epochs", "1",
                                                "--max-steps-per-epoch", "1", "--output-stride", "8"])
     assert yaml.safe_load((cam / "args.yaml").read_text())["output_stride"] == 8
-    monkeypatch.setitem(rundir.current_stage, "name", "cam_test")  # as run_cli starts a test step
     run(cam_test, "cam_test", base + ["--output-dir", cam, "--device", "cpu", "--workers", "0",
                                       "--resize-size", "72"])
     assert built == [("CAMModel", 8)] and "--output-stride 8" in capsys.readouterr().err
-    monkeypatch.setitem(rundir.current_stage, "name", None)
     run(seg_train, "seg_train", base + TINY + ["--output-dir", seg, "--mask-dir", cam / "pseudo_masks",
                                                "--pretrained", "none", "--epochs", "1", "--max-steps-per-epoch",
                                                "1", "--output-stride", "8"])
     test = load_records(data, "cub", "test")
     write_predictions(tmp_path / "cls" / "predictions.csv", [r.image_id for r in test], [r.label for r in test],
                       [[r.label] for r in test])
-    monkeypatch.setitem(rundir.current_stage, "name", "seg_test")
     run(seg_test, "seg_test", base + TINY + ["--output-dir", seg, "--cls-dir", tmp_path / "cls",
                                              "--protocol", "wsol", "--grid-images", "0"])
     assert built[-1] == ("SegModel", 8)
-    assert yaml.safe_load((seg / "test_args" / "args.yaml").read_text())["output_stride"] == 8
+    assert yaml.safe_load((seg / "test_args.yaml").read_text())["output_stride"] == 8
