@@ -13,13 +13,18 @@ ILSVRC (torchvision's ImageNet weights as they are, from resource/):
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/classifier/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import classifier_test_parser as get_args_parser
 from utils.config import parse_early
 
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "classifier_test")
 
-from pathlib import Path
 
 from network import build_classifier
 from sltnet.options import CLASSIFIER_TEST_INHERITS, CLASSIFIER_TEST_OUTPUTS, PRODUCER, resolve_defaults

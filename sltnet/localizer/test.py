@@ -27,6 +27,12 @@ are the standalone regressor's training targets.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/localizer/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import localizer_test_parser as get_args_parser
 from utils.config import parse_early
 
@@ -34,7 +40,6 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "localizer_test")
 
 from contextlib import ExitStack
-from pathlib import Path
 
 import numpy as np
 import torch

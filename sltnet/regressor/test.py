@@ -23,6 +23,12 @@ run's args.yaml, and one given with another value is refused (sltnet.options.REG
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/regressor/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import regressor_test_parser as get_args_parser
 from utils.config import parse_early
 
@@ -30,7 +36,6 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "regressor_test")
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch

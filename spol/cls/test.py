@@ -17,13 +17,18 @@ the image resized to ``--resize-size``.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 spol/cls/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from spol.options import cls_test_parser as get_args_parser
 from utils.config import parse_early
 
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "cls_test")
 
-from pathlib import Path
 
 from network.backbones import build_classifier
 from spol.options import CLS_TEST_INHERITS, CLS_TEST_OUTPUTS, load_split, resolve_defaults

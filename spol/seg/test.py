@@ -37,6 +37,12 @@ numbers, ``<output>/test_args.yaml`` (this step's options; ``args.yaml`` beside 
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 spol/seg/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from spol.options import seg_test_parser as get_args_parser
 from utils.config import parse_early
 
@@ -45,7 +51,6 @@ ARGS = parse_early(__name__, get_args_parser, "seg_test")
 
 import os
 import shlex
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
