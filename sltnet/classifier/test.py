@@ -34,6 +34,7 @@ from utils.engine.rundir import run_cli
 from utils.data.layouts import load_records, num_classes
 from utils.engine.stage import save_args, start_run
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 
 STAGE = "classifier_test"
 
@@ -53,7 +54,9 @@ def main(args):
         out = Path(args.output_dir)
         result = write_classification(model, records, eval_transform(args), args, ctx, out / "predictions.csv")
         if ctx.is_main:
-            write_metrics(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop, **result})
+            metrics = {"split": args.split, "ten_crop": args.ten_crop, **result}
+            write_metrics(out / "metrics.json", metrics)
+            log_test_step(args, ctx, metrics)
             print(f"{STAGE}: Top-1 CLS {result['top1_cls']:.2f}  Top-5 CLS {result['top5_cls']:.2f} "
                   f"({result['num_images']} images) -> {out / 'predictions.csv'}", flush=True)
     return out

@@ -63,6 +63,7 @@ from utils.evaluation.evaluator import LocalizationEvaluator
 from utils.evaluation.handoff import save_scoremap, write_boxes_csv
 from utils.evaluation.protocol import get_protocol
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 from utils.io import atomic_write_json
 
 STAGE = "localizer_test"
@@ -233,6 +234,7 @@ def evaluate(args, ctx) -> Path:
                                                      "pxap") if k in full})
                 metrics["gt_known_loc_choe_rule"] = full["gt_known_loc"]   # same threshold, the protocol's rule
             print(write_metrics(out_dir / "metrics.json", metrics), end="", flush=True)
+            log_test_step(args, ctx, metrics)
         elif args.box_threshold == "best":   # some images without GT boxes: the choice alone
             write_metrics(out_dir / "metrics.json", {
                 "split": args.split, "protocol": protocol.label, "box_threshold": threshold, **chosen,

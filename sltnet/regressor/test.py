@@ -58,6 +58,7 @@ from utils.evaluation.evaluator import LocalizationEvaluator
 from utils.evaluation.handoff import read_boxes_csv, read_predictions, scoremap_path, write_boxes_csv
 from utils.evaluation.protocol import canonical, get_protocol
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 from utils.evaluation.visualize import BLUE, GREEN, RED, box_grid
 from utils.io import atomic_save_png
 from utils.paths import missing_output, require_output
@@ -152,6 +153,7 @@ def evaluate(args, ctx) -> Path:
                         meta={**protocol.meta(), "source": "regressor", "split": args.split})
         write_grid(out_dir / "grid.png", sorted(shown, key=lambda t: t[0]), records, boxes, gts, args)
         print(text, end="", flush=True)
+        log_test_step(args, ctx, metrics, {"test/grid": out_dir / "grid.png"})
     return out_dir
 
 

@@ -38,6 +38,7 @@ from utils.engine.rundir import run_cli
 from utils.data.layouts import num_classes
 from utils.engine.stage import save_args, start_run
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 
 
 def load_classifier(args, classes: int):
@@ -58,8 +59,9 @@ def main(args):
         path = Path(args.output_dir) / "predictions.csv"
         stats = write_classification(model, records, eval_transform(args), args, ctx, path)
         if ctx.is_main:
-            write_metrics(Path(args.output_dir) / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
-                                                                   **stats})
+            metrics = {"split": args.split, "ten_crop": args.ten_crop, **stats}
+            write_metrics(Path(args.output_dir) / "metrics.json", metrics)
+            log_test_step(args, ctx, metrics)
             print(f"Top-1 {stats['top1_cls']:.2f}  Top-5 {stats['top5_cls']:.2f}  ({stats['num_images']} images) "
                   f"-> {path}", flush=True)
     return path

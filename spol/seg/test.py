@@ -72,6 +72,7 @@ from utils.evaluation.handoff import classification_flags, save_scoremap, write_
 from utils.evaluation.protocol import expand as expand_protocols
 from utils.evaluation.protocol import get_protocol
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 from utils.io import atomic_write_text
 from utils.paths import require_output
 
@@ -253,6 +254,8 @@ def evaluate(args, ctx, checkpoint: str, predictions_path: str) -> dict:
         report["paper"] = PAPER[name]
         report["checkpoint"] = str(Path(checkpoint).resolve())
         print(write_metrics(Path(args.output_dir) / "metrics.json", report), end="", flush=True)
+        log_test_step(args, ctx, {p: report[p] for p in protocols},
+                      {f"test/{p}/grid": Path(args.output_dir) / p / "grid.png" for p in protocols})
     return summary
 
 
