@@ -347,6 +347,7 @@ class Trainer:
         return self.model
 
     def _epochs(self, dataset, loss_fn, collate_fn, on_epoch_end, steps: int, log_every: int, save_every: int):
+        """``fit``'s epoch loop: train, log every ``log_every`` steps and at each epoch's end, checkpoint."""
         args, ctx = self.args, self.ctx
         for epoch in range(self.epoch, int(args.epochs)):
             self.epoch = epoch
