@@ -4,6 +4,7 @@
     python -m localize --run output/sltnet/cub/vgg16/regressor --images my_photos --out output/final
     python -m localize --checkpoint resource/spol_cub200_seg.pth --backbone resnet50 --dataset cub \\
         --images my_photos --out output/released
+    torchrun --nproc_per_node 4 -m localize -- --run output/spol/cub/seg --images my_photos --out output/localized
 
     from localize import load_localizer
     loc = load_localizer("output/spol/cub/seg")
@@ -18,7 +19,9 @@ without its folder (``--checkpoint``). The kind is read from the run's ``args.ya
 (:mod:`localize.runs`), its networks are built as it trained them (:mod:`localize.models`), the images go
 through the one inference loop in the geometry of ``utils.evaluation.protocol`` (:mod:`localize.api`)
 and every box goes back to the original image's pixels; the command writes ``boxes.csv``, the score
-maps, pictures and ``predictions.json`` (:mod:`localize.outputs`, :mod:`localize.cli`).
+maps, pictures and ``predictions.json`` (:mod:`localize.outputs`, :mod:`localize.cli`). Under torchrun
+each process localizes its share of the images (the ``--`` keeps torchrun from reading ``--run`` as an
+abbreviation of its own ``--run-path``).
 
 A package beside ``spol`` and ``sltnet`` rather than one script beside ``demo.py``: ``pip install -e .``
 (the last line of requirements.txt) makes ``from localize import load_localizer`` and ``python -m

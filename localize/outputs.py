@@ -16,8 +16,8 @@ The folder must be new, empty, or hold only what an earlier ``python -m localize
 ``predictions.json`` lists every file): anything else is refused with one line before any work, so no
 file of yours is replaced or moved. The earlier outputs are moved aside while the command runs
 (``utils.engine.rundir.protect_outputs``, the test steps' mechanism): put back as they were if it
-fails or is stopped, dropped once it has written the new ones. The folder is locked against a second
-command meanwhile.
+fails or is stopped (Ctrl-C), dropped once it has written the new ones; after a SIGKILL the next
+command puts them back before it starts. The folder is locked against a second command meanwhile.
 """
 from __future__ import annotations
 
@@ -58,6 +58,21 @@ def listed_files(out: Path) -> set[str] | None:
     return files
 
 
+def interrupted(out: Path) -> bool:
+    """Whether ``out`` holds the outputs a ``python -m localize`` moved aside and could not put back (it
+    was killed): a ``.previous.<PID>`` folder of ``utils.engine.rundir.protect_outputs`` whose ``.names``
+    (the outputs it moved, tab-separated; then those it found absent) are exactly :data:`OUTPUTS`.
+    The next command's ``protect_outputs`` puts them back before it starts."""
+    for backup in out.glob(".previous.*"):
+        try:
+            lines = (backup / ".names").read_text(encoding="utf-8").split("\n")
+        except OSError:
+            continue
+        if {n for line in lines[:2] for n in line.split("\t") if n} == set(OUTPUTS):
+            return True
+    return False
+
+
 def check_out(out, images) -> Path:
     """Before any work: ``--out`` can be written (``utils.paths.check_output_path``), lies neither inside
     the ``--images`` folder nor around it, and holds nothing this command did not write. One
@@ -75,15 +90,19 @@ def check_out(out, images) -> Path:
     mine = [name for name in entries if not OURS.match(name)]
     if not mine:
         return out
-    listed = listed_files(out)
-    foreign = [name for name in mine if name not in OUTPUTS] if listed is not None else mine
-    if listed is not None and not foreign:
-        for folder in ("maps", "pictures"):
-            if (out / folder).is_dir() and not (out / folder).is_symlink():
-                foreign += sorted(p.relative_to(out).as_posix() for p in (out / folder).rglob("*")
-                                  if not p.is_dir() and p.relative_to(out).as_posix() not in listed)
-            elif (out / folder).exists():
-                foreign.append(folder)
+    if interrupted(out):   # what a killed command left: its own outputs, half written, and its backup
+        foreign = [name for name in mine if name not in OUTPUTS]
+    else:
+        listed = listed_files(out)
+        foreign = [name for name in mine if name not in OUTPUTS] if listed is not None else mine
+        if listed is not None and not foreign:
+            for folder in ("maps", "pictures"):
+                if (out / folder).is_dir() and not (out / folder).is_symlink():
+                    foreign += sorted(p.relative_to(out).as_posix() for p in (out / folder).rglob("*")
+                                      if not p.is_dir() and p.relative_to(out).as_posix() not in listed
+                                      and not OURS.match(p.name))   # a temporary file of utils.io: ours
+                elif (out / folder).exists():
+                    foreign.append(folder)
     if foreign:
         raise DataError.at(out, None, f"--out holds files this command did not write (e.g. {foreign[0]}): "
                            "use a new or empty folder (nothing in it is replaced or moved)")

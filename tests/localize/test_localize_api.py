@@ -84,3 +84,12 @@ def test_load_localizer_errors_are_one_line(made_runs, tmp_path):
                              ({"amp": "fp8"}, "--amp: must be off, bf16 or fp16, got 'fp8'")):
         with pytest.raises(DataError, match=f"^{message}$"):
             load_localizer(made_runs["seg"], **options)
+
+
+def test_mixed_precision_gives_float32_maps_near_the_full_precision_ones(made_runs):
+    """--amp bf16 (torch.autocast on the CPU here): the maps come back float32, within bf16's error."""
+    image = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    full = load_localizer(made_runs["seg"], device="cpu")([image])
+    half = load_localizer(made_runs["seg"], device="cpu", amp="bf16")([image])
+    assert half.maps[0].dtype == np.float32 and not np.array_equal(half.maps[0], full.maps[0])
+    np.testing.assert_allclose(half.maps[0], full.maps[0], atol=0.05)

@@ -243,6 +243,56 @@ def test_a_second_command_replaces_its_own_outputs(made_runs, photos, tmp_path, 
     assert json.loads((out / "predictions.json").read_text())["kind"] == "sltnet-final"
 
 
+def test_what_a_killed_command_left_is_put_back_by_the_next(made_runs, photos, tmp_path, capsys):
+    """A command killed while it wrote leaves its predecessor's outputs in ``.previous.<PID>`` (moved there
+    by utils.engine.rundir.protect_outputs) and half of its own: the next command is not refused for
+    them, and puts the earlier outputs back exactly (here it fails, so they stay)."""
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    localize("--run", made_runs["seg"], "--images", photos, "--out", out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()                                               # a PID no process has any more
+    backup = out / f".previous.{gone.pid}"
+    backup.mkdir()
+    for name in ("boxes.csv", "predictions.json", "maps", "pictures"):
+        shutil.move(out / name, backup / name)
+    (backup / ".names").write_text("boxes.csv\tpredictions.json\tmaps\tpictures\n\n")
+    (out / "maps").mkdir()
+    (out / "maps" / "wide.jpg.npy").write_bytes(b"half")     # the killed command's own, half written
+    (out / "maps" / ".grey.png.npy.abcd1234.tmp").write_bytes(b"")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"nothing")
+    assert exit_line(capsys, "--run", made_runs["seg"], "--images", bad, "--out", out).startswith(
+        f"error: {bad}: none of its 1 images could be read")   # not refused: it ran, failed, and put back
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+
+
+def test_ctrl_c_is_one_line_and_leaves_out_as_it_was(made_runs, photos, tmp_path, capsys, monkeypatch):
+    from localize import outputs
+
+    out = tmp_path / "out"
+    localize("--run", made_runs["seg"], "--images", photos, "--out", out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupt(self, entry):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs.Writer, "image", interrupt)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli(parse("--run", made_runs["seg"], "--images", photos, "--out", out))
+    assert info.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {out}: interrupted (Ctrl-C): --out is as it was " \
+                                                       "before; the same command runs it again"
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 # ----------------------------------------------------------------------------- runs and weights
 def test_a_folder_that_is_no_run_is_one_line(tmp_path, photos, capsys):
     write_photos(tmp_path / "data")
