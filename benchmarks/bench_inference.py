@@ -12,7 +12,7 @@ a load change between two runs cannot pass for a speed difference.
     cls test        utils.engine.classify.write_classification (top-5 -> predictions.csv; SPOL cls and SLT-Net
                     classifier test)                                                 vs the classifier
     spol cam/test   spol.cam.test.write_pseudo_masks  (CAMs -> max-norm -> Gaussian prior -> PNG) vs CAMModel.cam
-    spol seg/test   spol.seg.test.write_scoremaps     (sigmoid maps -> .npy)                     vs SegModel
+    spol seg/test   spol.seg.test.stream_scoremaps    (sigmoid maps -> evaluator in memory, .npy)  vs SegModel
     sltnet loc/test sltnet.localizer.test.localize    (top-K ACAM maps -> boxes)                 vs CAMLocalizer
     sltnet reg/test sltnet.regressor.test.regressor_step + regressor_on_host (boxes, grid images) vs BoxRegressor
     utils.evaluation.evaluate  evaluate_scoremaps on the seg maps (MaxBoxAcc, MaxBoxAccV2, PxAP sweep)     (no model)
@@ -152,12 +152,19 @@ def main(args) -> list[dict]:
                     bare_forward(model.cam, batches, ctx, args.amp), "CAM + max-norm + Gaussian + PNG vs CAMModel.cam")
         if "spol_seg" in only or "evaluate" in only:
             from spol.model import SegModel
-            from spol.seg.test import write_scoremaps
+            from spol.seg.test import new_evaluator, stream_scoremaps
             model = SegModel(pretrained="none").to(device).eval()
-            stage_fn = lambda: write_scoremaps(model, records, "wsol", tmp / "seg_maps", stage_args, ctx)  # noqa: E731
+            seg_args = SimpleNamespace(**vars(stage_args), cam_curve_interval=0.001, iou_threshold=0.5,
+                                       iou_compare=None, iou_convention="inclusive", eval_workers=0)
+
+            def stage_fn():  # the seg test's loop: every map to the evaluator (sweep, PxAP) in memory, and .npy
+                with new_evaluator(records, "wsol", seg_args, split="test") as evaluator:
+                    stream_scoremaps(model, records, "wsol", evaluator, seg_args, ctx, maps_dir=tmp / "seg_maps")
+                    evaluator.compute()
+
             if "spol_seg" in only:
-                measure("spol seg/test (score maps)", stage_fn, bare_forward(model, batches, ctx, args.amp),
-                        "sigmoid maps + .npy vs SegModel")
+                measure("spol seg/test (maps scored in memory)", stage_fn, bare_forward(model, batches, ctx, args.amp),
+                        "sigmoid maps + evaluator + .npy vs SegModel")
             else:
                 stage_fn()  # the maps the evaluator reads
         if "sltnet_localizer" in only:

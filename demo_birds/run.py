@@ -175,7 +175,7 @@ def run_seed(args, s: dict, out: Path, data_out: str | None) -> dict | None:
                           notes=f"centred square; side fraction chosen on the TRAINING split's boxes "
                                 f"({train_acc:.1f}% GT-known there), not on test"))
     masks = {r.image_id: (get_protocol("resize", size).gt_mask(r) > 0).astype(np.float32) for r in test}
-    rows.append(score_row("True mask (upper bound)", "upper_bound", test, masks, size, threshold=None,
+    rows.append(score_row("True mask (upper bound)", "upper_bound", test, masks.__getitem__, size, threshold=None,
                           interval=interval,
                           notes="the ground-truth mask as the score map: the best any map can do here"))
     for row in rows:

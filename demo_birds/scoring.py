@@ -7,6 +7,8 @@ import os
 import numpy as np
 
 from utils.evaluation.evaluate import evaluate_scoremaps
+from utils.evaluation.evaluator import LocalizationEvaluator
+from utils.evaluation.handoff import classification_flags
 from utils.evaluation.protocol import get_protocol
 
 
@@ -45,12 +47,25 @@ def train_threshold(train_records, maps, size: int, interval: float) -> tuple[fl
     return float(res["best_threshold"]), float(res["gt_known_loc"])
 
 
+def evaluate_maps(records, scoremap_of, size: int, **options) -> dict:
+    """The results of maps made in memory (``scoremap_of(image_id)``) through the evaluator (WSOL protocol)."""
+    with LocalizationEvaluator(records, get_protocol("wsol", size), **options) as evaluator:
+        for record in records:
+            evaluator.accumulate(record.image_id, scoremap_of(record.image_id))
+        return evaluator.compute().metrics
+
+
 def score_row(name: str, kind: str, records, maps, size: int, *, threshold: float | None, predictions=None,
               top1_cls=None, notes: str = "", output_dir=None, threshold_source: str = "",
               interval: float = 0.001) -> dict:
-    """One table row from score maps through utils.evaluation.evaluate (WSOL protocol at ``size``)."""
-    res = evaluate_scoremaps(records, maps, "wsol", threshold=0.5 if threshold is None else threshold,
-                             predictions=predictions, input_size=size, cam_curve_interval=interval, split="test")
+    """One table row from score maps (a folder of saved maps, or a function image id -> map) through the
+    shared evaluator (WSOL protocol at ``size``)."""
+    options = dict(threshold=0.5 if threshold is None else threshold, cam_curve_interval=interval, split="test")
+    if callable(maps):
+        flags = None if predictions is None else classification_flags(predictions, records)
+        res = evaluate_maps(records, maps, size, flags=flags, **options)
+    else:
+        res = evaluate_scoremaps(records, maps, "wsol", predictions=predictions, input_size=size, **options)
     if predictions is not None and top1_cls is None:
         from utils.evaluation.handoff import read_predictions
 

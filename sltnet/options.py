@@ -263,9 +263,9 @@ def localizer_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--iou-compare", type=str, default=">=", choices=[">=", ">"])
     g.add_argument("--cam-curve-interval", type=fraction, default=0.001, help="MaxBoxAccV2 threshold step")
     g.add_argument("--maxboxacc", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate the saved score maps with utils.evaluation.evaluate (needs --scoremaps)")
+                   help="also score the maps (in memory) as the protocol scores any map: MaxBoxAcc, MaxBoxAccV2, PxAP")
     g.add_argument("--scoremaps", action=argparse.BooleanOptionalAction, default=True,
-                   help="save scoremaps/<id stem>.npy")
+                   help="also save scoremaps/<id stem>.npy (re-scored by python -m utils.evaluation)")
     parser.set_defaults(batch_size=32)
     return parser
 

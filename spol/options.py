@@ -195,6 +195,9 @@ def seg_test_parser() -> argparse.ArgumentParser:
                    help="wsol protocol only (the SPOL protocols use the authors' exclusive IoU)")
     g.add_argument("--cam-curve-interval", type=fraction, default=0.001)
     g.add_argument("--eval-workers", type=non_negative_int, default=0, help="processes scoring the maps")
+    g.add_argument("--scoremaps", action=argparse.BooleanOptionalAction, default=True,
+                   help="also save <protocol>/scoremaps/<id stem>.npy (the maps are scored in memory either way; "
+                        "the saved ones are re-scored by python -m utils.evaluation, command in metrics.json)")
     g.add_argument("--grid-images", type=non_negative_int, default=16)
     parser.set_defaults(batch_size=64, pretrained="none")
     return parser

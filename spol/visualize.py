@@ -14,18 +14,20 @@ from utils.evaluation.visualize import GREEN, PAD, RED, stage_picture
 
 
 def write_grid(path, records, scoremaps: dict, boxes: dict, protocol, *, max_images: int = 16, cols: int = 4,
-               pad: int = PAD, title: str | None = None) -> None:
+               pad: int = PAD, title: str | None = None, images: dict | None = None) -> None:
     """``grid.png`` of the first ``max_images`` records (score map overlay, GT green, prediction red)
-    at the geometry of ``protocol`` (a :mod:`utils.evaluation.protocol` object, or a name at 224 / 256)."""
+    at the geometry of ``protocol`` (a :mod:`utils.evaluation.protocol` object, or a name at 224 / 256).
+    ``images``: image id -> RGB uint8 input as the network saw it (the test step keeps them from its
+    batches); an image not given is read and resized by ``protocol.image``."""
     protocol = get_protocol(protocol)
-    images, box_sets, maps, ids = [], [], [], []
+    tiles, box_sets, maps, ids = [], [], [], []
     for record in list(records)[:max_images]:
-        images.append(protocol.image(record))
+        tiles.append(images[record.image_id] if images and record.image_id in images else protocol.image(record))
         gt = protocol.gt_boxes(record.boxes, record.size)
         box_sets.append([(gt, GREEN), (boxes[record.image_id], RED)])
         maps.append(scoremaps[record.image_id])
         ids.append(record.image_id)
-    if images:
+    if tiles:
         title = title or f"SPOL seg test: score map and boxes ({protocol.label} protocol: {protocol.describe()})"
-        atomic_save_png(path, stage_picture(images, box_sets, scoremaps=maps, ids=ids, title=title, cols=cols,
+        atomic_save_png(path, stage_picture(tiles, box_sets, scoremaps=maps, ids=ids, title=title, cols=cols,
                                             pad=pad, legend=[("ground-truth box", GREEN), ("predicted box", RED)]))

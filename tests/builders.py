@@ -4,6 +4,8 @@ Each builder writes a few small images and their annotation files under ``root``
 ``root``. The module constants give the exact annotations written, so tests can check the
 readers against numbers worked out by hand. Images are split in a dark left half and a bright
 right half, so a horizontal flip is visible in any pixel row.
+
+:func:`evaluate_in_memory` scores maps held in a dict, as a test step feeds the evaluator.
 """
 from __future__ import annotations
 
@@ -177,3 +179,17 @@ def make_tiny_openimages(root, *, splits=None) -> Path:
         if loc:
             (folder / "localization.txt").write_text("\n".join(loc) + "\n")
     return root
+
+
+def evaluate_in_memory(records, maps: dict, protocol: str, *, input_size: int = 224, resize_size: int = 256,
+                       flags=None, **options) -> dict:
+    """The results of ``maps`` (image id -> 2-D map) through the streaming evaluator, fed in the records'
+    order as a test step's inference consumer feeds it (``options``: those of the evaluator)."""
+    from utils.evaluation.evaluator import LocalizationEvaluator
+    from utils.evaluation.protocol import get_protocol
+
+    with LocalizationEvaluator(records, get_protocol(protocol, input_size, resize_size), flags=flags,
+                               **options) as evaluator:
+        for record in records:
+            evaluator.accumulate(record.image_id, maps[record.image_id])
+        return evaluator.compute().metrics

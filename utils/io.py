@@ -1,7 +1,8 @@
 """Atomic output writing: a temporary file in the target's folder, flushed, fsynced, then
 ``os.replace``d over the target, so a crash or an exception never leaves a truncated file (an
 existing target stays as it was; a full disk is one ``NoSpaceError`` line naming the file; parent
-folders are created). ``atomic_write_metrics``: a test step's ``metrics.json`` and ``metrics.txt``."""
+folders are created). A test step's ``metrics.json`` and ``metrics.txt`` are written by
+``utils.evaluation.results.write_metrics``."""
 from __future__ import annotations
 
 import contextlib
@@ -83,16 +84,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as JSON (indent=2, keys in insertion order) followed by a newline."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def atomic_write_metrics(folder: str | os.PathLike, metrics: dict, table: str | None = None) -> Path:
-    """A test step's numbers in ``folder``: ``metrics.json`` (``metrics``) and ``metrics.txt`` (``table``;
-    by default one ``name  value`` line per entry that is not a mapping or a list), each atomically.
-    Returns the JSON file."""
-    folder = Path(folder)
-    if table is None:
-        width = max([len(str(k)) for k in metrics] + [1])
-        table = "".join(f"{k:>{width}s}  {v}\n" for k, v in metrics.items() if not isinstance(v, (dict, list)))
-    atomic_write_json(folder / "metrics.json", metrics)
-    atomic_write_text(folder / "metrics.txt", table)
-    return folder / "metrics.json"

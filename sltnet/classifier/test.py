@@ -2,8 +2,8 @@
 
 Writes <classifier dir>/<split>/predictions.csv (utils.evaluation.handoff format, read by
 sltnet/regressor/test.py), metrics.json / metrics.txt (Top-1/Top-5 CLS) and test_args.yaml. Ten-crop
-(Sec. 4.1): the image is
-resized to --resize-size and the softmax of its ten --input-size crops is averaged (utils.engine.classify).
+(Sec. 4.1): the image is resized to --resize-size and the softmax of its ten --input-size crops is
+averaged (utils.engine.classify).
 
 CUB (weights of sltnet/classifier/train.py):
     python3 sltnet/classifier/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
@@ -28,7 +28,7 @@ from utils.engine.classify import eval_transform, write_classification
 from utils.engine.rundir import run_cli
 from utils.data.layouts import load_records, num_classes
 from utils.engine.stage import save_args, start_run
-from utils.io import atomic_write_metrics
+from utils.evaluation.results import write_metrics
 
 STAGE = "classifier_test"
 
@@ -48,7 +48,7 @@ def main(args):
         out = Path(args.output_dir)
         result = write_classification(model, records, eval_transform(args), args, ctx, out / "predictions.csv")
         if ctx.is_main:
-            atomic_write_metrics(out, {"split": args.split, "ten_crop": args.ten_crop, **result})
+            write_metrics(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop, **result})
             print(f"{STAGE}: Top-1 CLS {result['top1_cls']:.2f}  Top-5 CLS {result['top5_cls']:.2f} "
                   f"({result['num_images']} images) -> {out / 'predictions.csv'}", flush=True)
     return out

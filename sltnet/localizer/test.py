@@ -7,15 +7,17 @@ values above --box-threshold of the max, largest connected component; --box-rule
 rule on the min-max normalised map). --box-threshold best (--split train only) first sweeps 0.05 ..
 0.95 (step 0.01) on the split's images with GT boxes and boxes every image at the threshold of the
 highest GT-known Loc (a second pass). K: --top-k, or --top-k-ratio x the class count; by default
-the training run's (args.yaml). The saved score maps are min-max normalised (the evaluator's input).
-Writes into <localizer dir>/<split>/: test_args.yaml (this step's options), boxes.csv (+ boxes.json:
-protocol, input size, threshold and
-how it was chosen, box rule, map, the localizer's downsampling factor), scoremaps/<image id stem>.npy (--scoremaps), metrics.json /
-metrics.txt (GT-known Loc at the fixed threshold; with the saved maps also MaxBoxAcc, MaxBoxAccV2 and,
-on CUB, PxAP from utils.evaluation.evaluate.evaluate_scoremaps, whose full output incl. curves goes to
-evaluate.json), when the split has GT boxes. The evaluator boxes the saved maps by Choe et al.'s rule
-(its ``wsol`` protocol), so its GT-known Loc equals ours only with --box-rule choe. With --split train
-the boxes are the standalone regressor's training targets.
+the training run's (args.yaml). Each batch's maps and boxes go from the loop's consumer to the
+evaluator in memory (``utils.evaluation.evaluator``): the method's boxes are scored (GT-known Loc at
+the fixed threshold) and, with --maxboxacc, the min-max normalised maps are scored as the protocol
+scores any map (MaxBoxAcc, MaxBoxAccV2, on CUB PxAP, and ``gt_known_loc_choe_rule``: GT-known Loc
+of the protocol's own box rule at the same threshold, equal to ours only with --box-rule choe; its
+full results incl. curves go to evaluate.json). Writes into <localizer dir>/<split>/: test_args.yaml
+(this step's options), boxes.csv (+ boxes.json: protocol, input size, threshold and how it was
+chosen, box rule, map, the localizer's downsampling factor), metrics.json / metrics.txt (when the
+split has GT boxes, or with --box-threshold best) and, with --scoremaps, scoremaps/<image id
+stem>.npy (the normalised maps, for ``python -m utils.evaluation``). With --split train the boxes
+are the standalone regressor's training targets.
 
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc
@@ -31,6 +33,7 @@ from utils.config import parse_early
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "localizer_test")
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -41,21 +44,21 @@ from sltnet.losses import localization_map
 from sltnet.model import build_branch
 from sltnet.options import (LOCALIZER_TEST_INHERITS, LOCALIZER_TEST_OUTPUTS, PRODUCER, check_top_k, resolve_defaults,
                             resolve_top_k)
-from utils.evaluation.boxes import normalize_minmax, resize_maps
-from utils.engine.checkpoint import load_stage_weights
 from utils.config import explicit_options
-from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
-from utils.evaluation.protocol import get_protocol
-from utils.engine.distributed import all_gather_object
-from utils.engine.inference import file_writers, gather_lists, run_inference
+from utils.engine.checkpoint import load_stage_weights
+from utils.engine.distributed import all_gather_object, merged_on_main
+from utils.engine.inference import file_writers, run_inference
+from utils.engine.rundir import run_cli
 from utils.engine.stage import save_args, start_run
-from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
 from utils.errors import DataError
-from utils.evaluation.evaluate import evaluate_scoremaps
-from utils.evaluation.metrics import LocalizationMeter
-from utils.evaluation.handoff import write_boxes_csv
+from utils.evaluation.boxes import normalize_minmax, resize_maps
+from utils.evaluation.evaluator import LocalizationEvaluator
+from utils.evaluation.handoff import save_scoremap, write_boxes_csv
+from utils.evaluation.protocol import get_protocol
+from utils.evaluation.results import write_metrics
+from utils.io import atomic_write_json
 
 STAGE = "localizer_test"
 
@@ -180,58 +183,53 @@ def evaluate(args, ctx) -> Path:
                   flush=True)
 
     has_gt = all(len(r.boxes) for r in records)
-    meter = LocalizationMeter(args.iou_threshold, args.iou_compare, protocol.inclusive_iou)
+    # the method's boxes (its --box-rule on the raw map), scored; and, with --maxboxacc, its normalised
+    # maps under the protocol's own box rule at the same threshold, with MaxBoxAcc(V2) and PxAP
+    method = LocalizationEvaluator(records, protocol, iou_threshold=args.iou_threshold, iou_compare=args.iou_compare,
+                                   inclusive_iou=protocol.inclusive_iou, sweep=False, split=args.split)
+    maps = (LocalizationEvaluator(records, protocol, threshold=threshold, cam_curve_interval=args.cam_curve_interval,
+                                  iou_threshold=args.iou_threshold, iou_compare=args.iou_compare, split=args.split,
+                                  workers=args.workers) if has_gt and args.maxboxacc else None)
 
-    def save(item):
-        image_id, scoremap = item
-        atomic_save_npy(out_dir / "scoremaps" / (Path(image_id).with_suffix("").as_posix() + ".npy"), scoremap)
+    with ExitStack() as stack, file_writers() as writers:
+        evaluators = [stack.enter_context(e) for e in (method, maps) if e is not None]
 
-    with file_writers() as writers:
         def consume(result):  # on the loop's host thread, batch after batch
             ids = [records[int(i)].image_id for i in result["index"]]
-            saved = writers.map(save, zip(ids, result["maps"])) if args.scoremaps else []
-            if has_gt:
-                for i, box in zip(result["index"], result["boxes"]):
-                    record = records[int(i)]
-                    meter.update(box[None], [protocol.gt_boxes(record.boxes, record.size)])
+            saved = writers.map(save_scoremap, [out_dir / "scoremaps"] * len(ids), ids, result["maps"]) \
+                if args.scoremaps else ()
+            for image_id, box, scoremap in zip(ids, result["boxes"], result["maps"]):
+                method.accumulate(image_id, box=box)
+                if maps is not None:
+                    maps.accumulate(image_id, scoremap)
             list(saved)
 
-        located = localize(model, dataset, ctx, args, consume=consume, threshold=threshold)
-    items = gather_lists(located, ctx)
-    meters = all_gather_object(meter.state(), ctx)
+        localize(model, dataset, ctx, args, consume=consume, threshold=threshold)
+        merged = [merged_on_main(e, ctx) for e in evaluators]
+        results = [e.compute() for e in merged if e is not None]
     if ctx.is_main:
-        items.sort(key=lambda t: t[0])
-        assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
+        located = results[0]
         meta = {**protocol.meta(), "output_size": list(protocol.geometry["output_size"]), "box_threshold": threshold,
                 **chosen, "box_rule": args.box_rule, "downsampling_factor": float(model.stride),
                 "backbone": args.backbone, "map": map_name(args), "teacher_map": args.teacher_map,
                 "top_k": args.top_k, "split": args.split,
                 "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.evaluation.boxes)"}
-        write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], [b for _, b in items], meta=meta)
+        write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records],
+                        [located.boxes[r.image_id] for r in records], meta=meta)
         if has_gt:
-            for state in meters[1:]:
-                meter.merge(state)
-            metrics = {"split": args.split, "protocol": protocol.label, **meter.compute(),
-                       "box_threshold": threshold, **chosen, "box_rule": args.box_rule, "map": map_name(args)}
+            metrics = {k: v for k, v in located.metrics.items() if k != "per_image"}
+            metrics.update({"box_threshold": threshold, **chosen, "box_rule": args.box_rule, "map": map_name(args)})
             if args.box_threshold == "best":
                 metrics["box_threshold_sweep"] = {"thresholds": list(sweep.thresholds), "gt_known_loc": sweep.curve()}
-            if args.maxboxacc and args.scoremaps:
-                results = evaluate_scoremaps(records, out_dir / "scoremaps", protocol,
-                                             cam_curve_interval=args.cam_curve_interval,
-                                             threshold=threshold, iou_threshold=args.iou_threshold,
-                                             iou_compare=args.iou_compare, input_size=args.input_size,
-                                             resize_size=args.resize_size, split=args.split, workers=args.workers)
-                atomic_write_json(out_dir / "evaluate.json", results)
-                metrics.update({k: results[k] for k in ("maxboxacc", "maxboxacc_v2", "maxboxacc_v2_per_iou",
-                                                        "pxap") if k in results})
-                metrics["gt_known_loc_choe_rule"] = results["gt_known_loc"]   # same threshold, evaluator's rule
-            atomic_write_json(out_dir / "metrics.json", metrics)
-            width = max(24, *(len(k) for k in metrics))
-            text = "\n".join(f"{k:>{width}s}  {v}" for k, v in metrics.items() if not isinstance(v, dict))
-            atomic_write_text(out_dir / "metrics.txt", text + "\n")
-            print(text, flush=True)
+            if maps is not None:
+                full = results[1].metrics
+                atomic_write_json(out_dir / "evaluate.json", full)
+                metrics.update({k: full[k] for k in ("maxboxacc", "maxboxacc_v2", "maxboxacc_v2_per_iou",
+                                                     "pxap") if k in full})
+                metrics["gt_known_loc_choe_rule"] = full["gt_known_loc"]   # same threshold, the protocol's rule
+            print(write_metrics(out_dir / "metrics.json", metrics), end="", flush=True)
         elif args.box_threshold == "best":   # some images without GT boxes: the choice alone
-            atomic_write_json(out_dir / "metrics.json", {
+            write_metrics(out_dir / "metrics.json", {
                 "split": args.split, "protocol": protocol.label, "box_threshold": threshold, **chosen,
                 "box_rule": args.box_rule, "map": map_name(args),
                 "box_threshold_sweep": {"thresholds": list(sweep.thresholds), "gt_known_loc": sweep.curve()}})

@@ -39,21 +39,23 @@ from sltnet.boxes import box_divisor, denormalize_boxes
 from sltnet.model import BoxRegressor, build_branch
 from sltnet.options import (PRODUCER, REGRESSOR_TEST_INHERITS, REGRESSOR_TEST_OUTPUTS, check_box_encoding,
                             regressor_weights, resolve_defaults)
-from utils.engine.checkpoint import load_stage_weights
-from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
-from utils.evaluation.protocol import canonical, get_protocol
 from utils.data.transforms import to_uint8_images
+from utils.engine.checkpoint import load_stage_weights
+from utils.engine.distributed import merged_on_main
 from utils.engine.inference import gather_lists, run_inference
+from utils.engine.rundir import run_cli
 from utils.engine.stage import save_args, start_run
-from utils.evaluation.evaluate import load_scoremap, scoremap_path
 from utils.errors import DataError
-from utils.io import atomic_save_png, atomic_write_json, atomic_write_text
-from utils.evaluation.metrics import LocalizationMeter
-from utils.paths import missing_output, require_output
-from utils.evaluation.handoff import read_boxes_csv, read_predictions, write_boxes_csv
+from utils.evaluation.evaluate import load_scoremap
+from utils.evaluation.evaluator import LocalizationEvaluator
+from utils.evaluation.handoff import read_boxes_csv, read_predictions, scoremap_path, write_boxes_csv
+from utils.evaluation.protocol import canonical, get_protocol
+from utils.evaluation.results import write_metrics
 from utils.evaluation.visualize import BLUE, GREEN, RED, box_grid
+from utils.io import atomic_save_png
+from utils.paths import missing_output, require_output
 
 STAGE = "regressor_test"
 
@@ -115,32 +117,36 @@ def evaluate(args, ctx) -> Path:
     check_box_encoding(args)  # read from the regressor's training run by start_run, or given
     divisor = box_divisor(args.box_scale, args.input_size, args.box_stride)
 
-    results = run_inference(model, WSOLDataset(records, transform),
-                            partial(regressor_step, predict=predict, divisor=divisor, input_size=args.input_size),
-                            ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp, desc=STAGE,
-                            consume=partial(regressor_on_host, grid_images=args.grid_images))
-    items = gather_lists([it for r in results for it in r[0]], ctx)
-    shown = gather_lists([it for r in results for it in r[1]], ctx)
+    flags = {r.image_id: (predictions[r.image_id].top1_correct, predictions[r.image_id].top5_correct) for r in records}
+    with LocalizationEvaluator(records, protocol, flags=flags, iou_threshold=args.iou_threshold,
+                               iou_compare=args.iou_compare, inclusive_iou=protocol.inclusive_iou, sweep=False,
+                               split=args.split) as evaluator:
+        def consume(result):  # on the loop's host thread: the boxes to the evaluator, the grid's images kept
+            boxes, shown = regressor_on_host(result, grid_images=args.grid_images)
+            for index, box in boxes:
+                evaluator.accumulate(records[index].image_id, box=box)
+            return shown
+
+        results = run_inference(model, WSOLDataset(records, transform),
+                                partial(regressor_step, predict=predict, divisor=divisor, input_size=args.input_size),
+                                ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp, desc=STAGE,
+                                consume=consume)
+        shown = gather_lists([it for r in results for it in r], ctx)
+        evaluation = evaluator.compute() if merged_on_main(evaluator, ctx) is not None else None
     if ctx.is_main:
-        items.sort(key=lambda t: t[0])
-        assert [i for i, _ in items] == list(range(len(records))), "every image exactly once"
-        boxes = np.stack([b for _, b in items])
+        boxes = np.stack([evaluation.boxes[r.image_id] for r in records])
         gts = [protocol.gt_boxes(r.boxes, r.size) for r in records]
         preds = [predictions[r.image_id] for r in records]
-        meter = LocalizationMeter(args.iou_threshold, args.iou_compare, protocol.inclusive_iou)
-        meter.update(boxes, gts, [p.top1_correct for p in preds], [p.top5_correct for p in preds])
         metrics = {"split": args.split, "protocol": protocol.label, "regressor_source": args.regressor_source,
                    "box_scale": args.box_scale, "box_stride": args.box_stride,
-                   **meter.compute(),
+                   **{k: v for k, v in evaluation.metrics.items() if k not in ("protocol", "split", "per_image")},
                    "top1_cls": 100.0 * float(np.mean([p.top1_correct for p in preds])),
                    "top5_cls": 100.0 * float(np.mean([p.top5_correct for p in preds]))}
-        atomic_write_json(out_dir / "metrics.json", metrics)
-        text = "\n".join(f"{k:>18s}  {v}" for k, v in metrics.items())
-        atomic_write_text(out_dir / "metrics.txt", text + "\n")
+        text = write_metrics(out_dir / "metrics.json", metrics)
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], boxes,
                         meta={**protocol.meta(), "source": "regressor", "split": args.split})
         write_grid(out_dir / "grid.png", sorted(shown, key=lambda t: t[0]), records, boxes, gts, args)
-        print(text, flush=True)
+        print(text, end="", flush=True)
     return out_dir
 
 

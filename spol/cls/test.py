@@ -12,8 +12,8 @@ ImageNet-1K (torchvision's pretrained EfficientNet-B7 as it is, no training)::
 Writes, beside the training run in ``output/spol/<dataset>/cls/``, ``predictions.csv``
 (``utils/evaluation/handoff.py`` format: image_id, label, pred_top5, top1_correct, top5_correct), read
 by ``spol/seg/test.py`` for Top-1/Top-5 Loc, ``metrics.json`` / ``metrics.txt`` (Top-1/Top-5 accuracy)
-and ``test_args.yaml``. ``--ten-crop --input-size C`` averages the softmax
-of ten crops of size C of the image resized to ``--resize-size``.
+and ``test_args.yaml``. ``--ten-crop --input-size C`` averages the softmax of ten crops of size C of
+the image resized to ``--resize-size``.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from utils.engine.checkpoint import load_stage_weights
 from utils.engine.classify import eval_transform, write_classification
 from utils.engine.rundir import run_cli
 from utils.data.layouts import num_classes
-from utils.io import atomic_write_metrics
 from utils.engine.stage import save_args, start_run
+from utils.evaluation.results import write_metrics
 
 
 def load_classifier(args, classes: int):
@@ -53,7 +53,8 @@ def main(args):
         path = Path(args.output_dir) / "predictions.csv"
         stats = write_classification(model, records, eval_transform(args), args, ctx, path)
         if ctx.is_main:
-            atomic_write_metrics(args.output_dir, {"split": args.split, "ten_crop": args.ten_crop, **stats})
+            write_metrics(Path(args.output_dir) / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
+                                                                   **stats})
             print(f"Top-1 {stats['top1_cls']:.2f}  Top-5 {stats['top5_cls']:.2f}  ({stats['num_images']} images) "
                   f"-> {path}", flush=True)
     return path

@@ -25,11 +25,15 @@ as given>/``:
 Top-1/Top-5 Loc use ``--cls-results PATH``: our ``predictions.csv`` (default
 ``<--cls-dir>/predictions.csv``, from spol/cls/test.py) or the authors' published ``top1top5.npy``
 (``cub200-cls/top1top5.npy``, ``imagenet-cls/top1top5.npy``); it must cover every image of the
-split (matched by name). Writes per protocol
-``scoremaps/<id stem>.npy`` (sigmoid maps at 224 x 224: ``python -m utils.evaluation`` re-scores them,
-the exact command is in metrics.json), ``metrics.json``/``metrics.txt``, ``boxes.csv``/``boxes.json``,
-``grid.png``; and ``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's numbers,
-``<output>/test_args.yaml`` (this step's options; ``args.yaml`` beside it is the training run's).
+split (matched by name). Each map goes from the model to the evaluator in memory
+(``utils.evaluation.evaluator``), which returns the metrics with the boxes and hits it scored: no map
+is read back from disk. Writes per protocol ``metrics.json``/``metrics.txt``, ``boxes.csv``/``boxes.json``,
+``hits.csv`` (SPOL protocols: every image's IoU, hit, skip reason), ``grid.png`` (the first
+``--grid-images`` images as the network saw them) and, with ``--scoremaps`` (the default;
+``--no-scoremaps`` saves none), ``scoremaps/<id stem>.npy`` (sigmoid maps at 224 x 224, a side output:
+``python -m utils.evaluation`` re-scores them to the same numbers, the exact command is in
+metrics.json); and ``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's
+numbers, ``<output>/test_args.yaml`` (this step's options; ``args.yaml`` beside it is the training run's).
 """
 from __future__ import annotations
 
@@ -43,7 +47,6 @@ import os
 import shlex
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,19 +54,21 @@ from spol.options import (SEG_TEST_INHERITS, dataset_name, default_path, load_sp
                           seg_test_outputs, spol_config)
 from spol.model import SegModel
 from spol.visualize import write_grid
-from utils.engine.checkpoint import load_stage_weights
-from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
-from utils.engine.distributed import all_gather_object, barrier
-from utils.engine.inference import file_writers, run_inference
+from utils.data.transforms import to_uint8_images
+from utils.engine.checkpoint import load_stage_weights
+from utils.engine.distributed import all_gather_object, merged_on_main
+from utils.engine.inference import file_writers, gather_lists, run_inference
+from utils.engine.rundir import run_cli
+from utils.engine.stage import save_args, start_run
 from utils.errors import DataError
-from utils.evaluation.evaluate import evaluate_scoremaps, format_table, load_scoremap, scoremap_path
-from utils.io import atomic_save_npy, atomic_write_json, atomic_write_text
-from utils.paths import require_output
-from utils.evaluation.handoff import read_cls_results, write_boxes_csv
+from utils.evaluation.evaluator import LocalizationEvaluator
+from utils.evaluation.handoff import classification_flags, save_scoremap, write_boxes_csv
 from utils.evaluation.protocol import expand as expand_protocols
 from utils.evaluation.protocol import get_protocol
-from utils.engine.stage import save_args, start_run
+from utils.evaluation.results import write_metrics
+from utils.io import atomic_write_text
+from utils.paths import require_output
 
 PAPER = {"cub": {"top1_loc": 80.12, "top5_loc": 93.44, "gt_known_loc": 96.46},
          "imagenet": {"top1_loc": 59.14, "top5_loc": 67.15, "gt_known_loc": 69.02}}
@@ -81,23 +86,46 @@ def protocol_of(args, protocol: str):
     return get_protocol(protocol, args.input_size, args.resize_size)
 
 
-def write_scoremaps(model, records, protocol: str, out_dir: Path, args, ctx) -> None:
-    """This rank's share of the records -> ``out_dir/<id stem>.npy`` at the protocol geometry
-    (its own transform: the authors' pipeline for the SPOL protocols, torchvision's for resize)."""
+def new_evaluator(records, protocol: str, args, *, threshold=None, flags=None, split: str):
+    """The evaluator of ``records`` under ``protocol`` with this run's options."""
+    return LocalizationEvaluator(records, protocol_of(args, protocol), threshold=threshold, flags=flags,
+                                 cam_curve_interval=args.cam_curve_interval, iou_threshold=args.iou_threshold,
+                                 iou_compare=iou_compare_of(args, protocol),
+                                 inclusive_iou=args.iou_convention == "inclusive", split=split,
+                                 workers=args.eval_workers)
+
+
+def stream_scoremaps(model, records, protocol: str, evaluator, args, ctx, *, maps_dir: Path | None = None,
+                     keep: int = 0) -> list:
+    """This rank's share of the records through the model, each map handed to ``evaluator`` in memory
+    (and saved as ``maps_dir/<id stem>.npy`` when ``maps_dir`` is given), at the protocol geometry (its
+    own transform: the authors' pipeline for the SPOL protocols, torchvision's for resize). Returns
+    ``[(index, map, uint8 image as the network saw it)]`` of the records with index < ``keep``."""
     dataset = WSOLDataset(records, protocol_of(args, protocol).transform())
+    kept = []
+
+    def step(model, batch):
+        return (*scoremap_step(model, batch, size=args.input_size), batch["image"])
 
     def save(item):
         i, scoremap = item
-        atomic_save_npy(scoremap_path(out_dir, records[i].image_id), scoremap)
+        save_scoremap(maps_dir, records[i].image_id, scoremap)
 
     with file_writers() as writers:
         def consume(result) -> None:  # on the loop's host thread, while the device runs the next batches
-            indices, maps = result
-            list(writers.map(save, zip(indices.tolist(), maps.cpu().numpy())))
+            indices, maps, images = result
+            indices, maps = indices.tolist(), maps.cpu().numpy()
+            saved = writers.map(save, zip(indices, maps)) if maps_dir is not None else ()
+            for i, scoremap in zip(indices, maps):
+                evaluator.accumulate(records[i].image_id, scoremap)
+            shown = [k for k, i in enumerate(indices) if i < keep]
+            if shown:
+                kept.extend(zip([indices[k] for k in shown], maps[shown], to_uint8_images(images[shown].cpu())))
+            list(saved)
 
-        run_inference(model, dataset, lambda m, batch: scoremap_step(m, batch, size=args.input_size),
-                      ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+        run_inference(model, dataset, step, ctx, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
                       desc=f"score maps ({protocol})", consume=consume)
+    return kept
 
 
 def rescore_command(args, protocol: str, split: str, scoremaps: Path, threshold: float, output: Path,
@@ -120,63 +148,61 @@ def iou_compare_of(args, protocol: str) -> str:
     return protocol_of(args, protocol).iou_compare or args.iou_compare or ">="
 
 
-def score(records, protocol: str, maps_dir: Path, threshold, args, predictions, split: str) -> dict:
-    return evaluate_scoremaps(records, maps_dir, protocol, cam_curve_interval=args.cam_curve_interval,
-                              threshold=threshold, predictions=predictions, iou_threshold=args.iou_threshold,
-                              iou_compare=iou_compare_of(args, protocol), inclusive_iou=args.iou_convention == "inclusive",
-                              input_size=args.input_size, resize_size=args.resize_size, split=split,
-                              workers=args.eval_workers)
+def held_out_threshold(model, protocol: str, args, ctx, out: Path) -> float:
+    """The best IoU-50 threshold of the maps of ``--threshold-split`` (the same on every rank); its
+    results go to ``<out>/threshold_split_<split>/metrics.json``."""
+    held = load_split(args, args.threshold_split, layout=args.threshold_layout or args.layout,
+                      data_root=args.threshold_data_root or args.data_root)
+    held_dir = out / f"threshold_split_{args.threshold_split}"
+    threshold = None
+    with new_evaluator(held, protocol, args, split=args.threshold_split) as evaluator:
+        stream_scoremaps(model, held, protocol, evaluator, args, ctx,
+                         maps_dir=held_dir / "scoremaps" if args.scoremaps else None)
+        if merged_on_main(evaluator, ctx) is not None:
+            results = evaluator.compute().metrics
+            write_metrics(held_dir / "metrics.json", results)
+            threshold = results["best_threshold"]
+    return all_gather_object(threshold, ctx)[0]  # rank 0's choice, on every rank
 
 
-def evaluate_protocol(model, records, protocol: str, args, ctx, predictions_path: str) -> dict | None:
-    """Score maps of every image (all ranks), then metrics, boxes and grid (rank 0)."""
+def evaluate_protocol(model, records, protocol: str, args, ctx, flags, predictions_path: str) -> dict | None:
+    """Every image's map from the model to the evaluator (all ranks), then metrics, boxes and grid (rank 0)."""
     out = Path(args.output_dir) / protocol
-    maps_dir = out / "scoremaps"
-    write_scoremaps(model, records, protocol, maps_dir, args, ctx)
-    threshold, source = None, None
+    maps_dir = out / "scoremaps" if args.scoremaps else None
     proto = protocol_of(args, protocol)
+    threshold, source = None, None
     if proto.needs_threshold:
-        threshold = args.spol_threshold
-        source = "SPOL's fixed threshold"
+        threshold, source = args.spol_threshold, "SPOL's fixed threshold"
     elif args.threshold_split:
-        held = load_split(args, args.threshold_split, layout=args.threshold_layout or args.layout,
-                          data_root=args.threshold_data_root or args.data_root)
-        held_dir = out / f"threshold_split_{args.threshold_split}" / "scoremaps"
-        write_scoremaps(model, held, protocol, held_dir, args, ctx)
-        barrier(ctx)
-        if ctx.is_main:
-            held_results = score(held, protocol, held_dir, None, args, None, args.threshold_split)
-            threshold = held_results["best_threshold"]
-            atomic_write_json(held_dir.parent / "metrics.json", held_results)
-        threshold = all_gather_object(threshold, ctx)[0]  # rank 0's choice, on every rank
+        threshold = held_out_threshold(model, protocol, args, ctx, out)
         source = f"best IoU-50 threshold on the held-out split '{args.threshold_split}'"
-    barrier(ctx)
-    if not ctx.is_main:
-        return None
-    results = score(records, protocol, maps_dir, threshold, args, predictions_path, args.split)
-    if source is None:
-        source = ("chosen on the TEST split itself (no --threshold-split given): optimistic, "
-                  "not the held-out choice of Choe et al.")
-    results["threshold_source"] = source
-    results["rescore_command"] = rescore_command(args, protocol, args.split, maps_dir,
-                                                 results["threshold_used"], out / "rescored.json", predictions_path)
-    boxes = {}  # one map in memory at a time (ImageNet: 50k maps)
-    for r in records:
-        boxes[r.image_id] = proto.box(load_scoremap(maps_dir, r.image_id, args.input_size), results["threshold_used"])
-    if "per_image" in results:  # the per-image hit list of the SPOL protocols, beside metrics.json
-        per_image = results.pop("per_image")
+    with new_evaluator(records, protocol, args, threshold=threshold, flags=flags, split=args.split) as evaluator:
+        shown = stream_scoremaps(model, records, protocol, evaluator, args, ctx, maps_dir=maps_dir,
+                                 keep=args.grid_images)
+        shown = gather_lists(shown, ctx)
+        if merged_on_main(evaluator, ctx) is None:
+            return None
+        evaluation = evaluator.compute()
+    results = evaluation.metrics
+    results["threshold_source"] = source or ("chosen on the TEST split itself (no --threshold-split given): "
+                                             "optimistic, not the held-out choice of Choe et al.")
+    if maps_dir is not None:
+        results["rescore_command"] = rescore_command(args, protocol, args.split, maps_dir, results["threshold_used"],
+                                                     out / "rescored.json", predictions_path)
+    if results.pop("per_image", None) is not None:  # the per-image hit list of the SPOL protocols, beside metrics.json
         lines = ["image_id,iou,hit,skipped"] + [
             f"{o['image_id']},{'' if o['iou'] is None else repr(o['iou'])},{int(o['hit'])},{o['skipped'] or ''}"
-            for o in per_image]
+            for o in evaluation.hits]
         atomic_write_text(out / "hits.csv", "\n".join(lines) + "\n")
-    write_boxes_csv(out / "boxes.csv", [r.image_id for r in records], [boxes[r.image_id] for r in records],
+    ids = [r.image_id for r in records]
+    write_boxes_csv(out / "boxes.csv", ids, [evaluation.boxes[i] for i in ids],
                     meta={**proto.meta(), "threshold": results["threshold_used"], "box_rule": proto.box_rule,
                           "convention": proto.box_convention})
-    atomic_write_json(out / "metrics.json", results)
-    atomic_write_text(out / "metrics.txt", format_table(results) + f"threshold source: {source}\n")
-    shown = records[:args.grid_images]
-    write_grid(out / "grid.png", shown, {r.image_id: load_scoremap(maps_dir, r.image_id, args.input_size) for r in shown},
-               boxes, proto, max_images=args.grid_images)
+    write_metrics(out / "metrics.json", results)
+    shown = sorted(shown, key=lambda item: item[0])
+    write_grid(out / "grid.png", [records[i] for i, _, _ in shown], {records[i].image_id: m for i, m, _ in shown},
+               evaluation.boxes, proto, max_images=args.grid_images,
+               images={records[i].image_id: image for i, _, image in shown})
     return results
 
 
@@ -205,15 +231,15 @@ def evaluate(args, ctx, checkpoint: str, predictions_path: str) -> dict:
     classes of ``predictions_path``; returns each protocol's results (rank 0; None on the others)."""
     name = dataset_name(args)
     records = load_split(args, args.split)
-    # checked before inference: every image of the split has its result (our csv or the authors' npy)
-    read_cls_results(predictions_path, [r.image_id for r in records], producer="spol/cls/test.py")
+    # read before inference: every image of the split has its result (our csv or the authors' npy)
+    flags = classification_flags(predictions_path, records, producer="spol/cls/test.py")
     model = load_stage_weights(SegModel(pretrained="none", backbone=args.backbone,
                                         output_stride=args.output_stride), checkpoint, "spol/seg/train.py")
     model.to(ctx.device)
     protocols = expand_protocols(args.protocol)
     summary = {}
     for protocol in protocols:
-        summary[protocol] = evaluate_protocol(model, records, protocol, args, ctx, predictions_path)
+        summary[protocol] = evaluate_protocol(model, records, protocol, args, ctx, flags, predictions_path)
     if ctx.is_main:
         keys = ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap",
                 "threshold_used", "threshold_source", "num_images", "num_counted", "num_skipped",
@@ -221,11 +247,7 @@ def evaluate(args, ctx, checkpoint: str, predictions_path: str) -> dict:
         report = {p: {k: r[k] for k in keys if k in r} for p, r in summary.items()}
         report["paper"] = PAPER[name]
         report["checkpoint"] = str(Path(checkpoint).resolve())
-        atomic_write_json(Path(args.output_dir) / "metrics.json", report)
-        text = "".join(f"== protocol {p} ==\n" + format_table(r) for p, r in summary.items())
-        text += "paper (SPOL protocol): " + ", ".join(f"{k} {v}" for k, v in PAPER[name].items()) + "\n"
-        atomic_write_text(Path(args.output_dir) / "metrics.txt", text)
-        print(text, end="", flush=True)
+        print(write_metrics(Path(args.output_dir) / "metrics.json", report), end="", flush=True)
     return summary
 
 

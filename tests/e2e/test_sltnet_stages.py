@@ -64,6 +64,11 @@ def test_three_stages_end_to_end(run_stage, birds):
     full = json.loads((out / "localizer" / "test" / "evaluate.json").read_text())
     # the evaluator boxes the saved maps by Choe et al.'s rule: equal to ours under that rule
     assert full["gt_known_loc"] == metrics["gt_known_loc_choe_rule"] and metrics["box_rule"] == "zhou"
+    # scored in memory; the saved maps read back from their folder give the same results, curves included
+    from utils.evaluation.evaluate import evaluate_scoremaps
+    assert evaluate_scoremaps(load_records(birds, "cub", "test"), out / "localizer" / "test" / "scoremaps", "wsol",
+                              cam_curve_interval=0.1, threshold=metrics["box_threshold"], input_size=64,
+                              resize_size=72, iou_compare=full["iou_compare"], split="test") == full
     rows = _csv_rows(out / "localizer" / "test" / "boxes.csv")
     assert rows[0] == ["image_id", "x0", "y0", "x1", "y1"] and [r[0] for r in rows[1:]] == test_ids
     scoremap = np.load(out / "localizer" / "test" / "scoremaps" / (test_ids[0][:-4] + ".npy"))

@@ -4,6 +4,7 @@ stage's files: cam train -> cam test (pseudo masks) -> seg train; cls train -> c
 clear error naming the stage to run first."""
 import csv
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,6 @@ from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records
 from utils.data.transforms import build_spol_transform
 from utils.evaluation.protocol import get_protocol
-from utils.evaluation.evaluate import evaluate_scoremaps
 from utils.data.generate import generate_dataset
 from utils.evaluation.metrics import LocalizationMeter, spol_iou
 from utils.evaluation.handoff import read_predictions
@@ -136,10 +136,25 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
                          [get_protocol("resize", 64).gt_boxes(r.boxes, r.size) for r in test])
             assert meter.compute()["gt_known_loc"] == results["gt_known_loc"]
         assert cv2.imread(str(out / "grid.png")) is not None
-        again = evaluate_scoremaps(test, out / "scoremaps", protocol, threshold=results["threshold_used"],
-                                   predictions=cls_dir / "predictions.csv", input_size=64, resize_size=72)
+        # the maps were scored in memory; the command metrics.json gives re-scores the saved maps from
+        # their folder (python -m utils.evaluation): every number and curve the same, the hit list too
+        command = shlex.split(results["rescore_command"])
+        assert command[:3] == ["python", "-m", "utils.evaluation"]
+        proc = subprocess.run([sys.executable, *command[1:]], cwd=SPOL_DIR.parent, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        rescored = json.loads((out / "rescored.json").read_text())
+        per_image = rescored.pop("per_image", None)
+        assert rescored.pop("scoremaps") == str((out / "scoremaps").resolve())
+        assert rescored.pop("threshold_source") == "fixed"  # given as --threshold; the seg test says whence
+        assert rescored == {k: v for k, v in results.items() if k not in ("threshold_source", "rescore_command")}
         for key in ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap"):
-            assert again[key] == results[key]
+            assert rescored[key] == summary[protocol][key]
+        if per_image is not None:  # the SPOL protocols: hits.csv is the evaluator's hit list
+            hits = list(csv.DictReader(open(out / "hits.csv")))
+            assert [(h["image_id"], h["iou"], h["hit"], h["skipped"]) for h in hits] == [
+                (o["image_id"], "" if o["iou"] is None else repr(o["iou"]), str(int(o["hit"])), o["skipped"] or "")
+                for o in per_image]
     assert summary["spol"]["threshold_used"] == 0.2
     assert "held-out split 'train'" in summary["wsol"]["threshold_source"]
     assert summary["paper"]["top5_loc"] == 93.44

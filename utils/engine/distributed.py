@@ -89,6 +89,18 @@ def all_gather_object(obj: Any, ctx: DistContext) -> list:
     return gathered
 
 
+def merged_on_main(accumulator, ctx: DistContext):
+    """``accumulator`` (anything with ``state()`` and ``merge(state)``, e.g. the evaluator of
+    ``utils.evaluation.evaluator``) with every other rank's state merged in, on rank 0; None on the
+    other ranks. Every rank calls it."""
+    states = all_gather_object(accumulator.state(), ctx)
+    if not ctx.is_main:
+        return None
+    for state in states[1:]:
+        accumulator.merge(state)
+    return accumulator
+
+
 def barrier(ctx: DistContext) -> None:
     if not ctx.distributed:
         return

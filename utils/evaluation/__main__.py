@@ -1,6 +1,6 @@
 """``python -m utils.evaluation``: the evaluator of saved score maps (:mod:`utils.evaluation.evaluate`,
 also ``python -m utils.evaluation.evaluate``). ``--help`` and bad options are answered before the
-heavy imports."""
+heavy imports. Specification: [docs/evaluation.md](../../docs/evaluation.md)."""
 from utils.options import evaluate_parser
 
 if __name__ == "__main__":

@@ -1,50 +1,7 @@
-"""Choe et al.'s contour boxes at every level of a threshold sweep, from one pass over the map.
-
-Choe et al. ("Evaluating WSOL right", CVPR 2020, ``compute_bboxes_from_scoremaps``) threshold the
-uint8 map ``u`` at each level ``L`` (foreground = ``u > L``), run ``cv2.findContours(RETR_TREE,
-CHAIN_APPROX_SIMPLE)`` and keep the contour of largest ``cv2.contourArea`` (MaxBoxAcc) or every
-contour (MaxBoxAccV2), boxed as ``[x, y, min(x + w, W - 1), min(y + h, H - 1)]`` from
-``cv2.boundingRect``. The foregrounds of all levels are nested, so their connected components
-form a tree (the component tree of the upper level sets; Salembier et al., IEEE TIP 1998; Najman
-& Couprie, IEEE TIP 2006). :class:`ComponentTree` builds it once and every level's components are
-read off it; :func:`level_boxes` turns them into Choe et al.'s boxes. Why they are cv2's:
-
-* The contours of ``u > L`` are the outer borders of its 8-connected components and the borders
-  of its holes, the bounded 4-connected components of ``u <= L`` (cv2 follows Suzuki & Abe 1985:
-  8-connected foreground, 4-connected background). An outer border passes through the
-  component's extreme pixels, so its ``boundingRect`` is the component's bounding box; a hole
-  border runs through the foreground pixels 4-adjacent to the hole, so its ``boundingRect`` is the
-  hole's bounding box grown by one pixel on every side. Every-contour mode is these boxes, from the
-  tree of ``u`` (8-connected) and the tree of ``255 - u`` (4-connected: ``u <= L`` is
-  ``255 - u > 254 - L``), whose components that do not touch the image border are the holes.
-* ``cv2.contourArea`` of an outer border is the area of its polygon through pixel centres: over all
-  2 x 2 pixel windows, 1 for a window whose 4 pixels lie inside the border and 1/2 for 3 inside
-  (the border cuts that window along a diagonal). For a component without holes "inside" means
-  "in the component", and the pixels of one window that are above the level are mutually
-  adjacent, so each window belongs to one component.
-* cv2 lists the outermost contours in reverse raster order of their first pixel, each followed by
-  its holes and the components nested in them; such an inner contour never has a larger area than
-  the outer border around it. So Python's ``max`` (first of the largest) picks the outermost
-  component of largest area, the one whose first pixel comes LAST in raster order on ties.
-* A hole adds its area to its component's contour, so the hole-free window areas decide the
-  largest contour only where the level has no hole, has one component, or the largest hole-free
-  area beats every other component's bounding-box area (which bounds any polygon through its
-  pixels). Elsewhere the level's hole count decides: from the tree of ``255 - u`` when every-contour
-  mode built it, else from the Euler number (components - holes), which is local: ``(Q1 - Q3 -
-  2 QD) / 4`` over the 2 x 2 windows of the zero-padded binary map (Gray, IEEE Trans. Computers
-  1971). A level with holes there takes its largest contour from cv2 itself.
-
-Building a tree: each row is cut into unimodal runs (values rise, then fall), so at any level the
-part of a run above the level is one interval. A run points to the run holding the largest
-neighbour of its peak, which is above the level whenever the peak is; following the pointers
-gives regions whose part above any level is connected or empty. A region that meets a
-larger-peaked one at its own peak value joins it. Two adjacent regions are joined below the
-largest ``min(u[p], u[q])`` over adjacent pixel pairs between them, and Kruskal's order over those
-edges gives the tree. Per region and value, histograms (min / max / sum) give what lies above
-each level: rows from the row runs (a run lies in the component of its peak), columns from each
-region's largest value per column, first pixels from the left ends of the row runs' intervals,
-window areas from the windows. A map whose tree would have more than ``MAX_REGIONS`` regions is
-boxed level by level with cv2.
+"""Choe et al.'s contour boxes at every level of a threshold sweep, from one pass over the map:
+:func:`level_boxes` (the component trees of the map's level sets, :class:`ComponentTree`), the same
+boxes as ``cv2.findContours`` level by level. What the sweep computes: [docs/evaluation.md](../../docs/evaluation.md)
+(Thresholds); why these boxes are cv2's: the comment below the imports.
 """
 from __future__ import annotations
 
@@ -52,6 +9,52 @@ import cv2
 import numpy as np
 
 from utils.evaluation.boxes import boxes_from_contours
+
+# Choe et al. ("Evaluating WSOL right", CVPR 2020, ``compute_bboxes_from_scoremaps``) threshold the
+# uint8 map ``u`` at each level ``L`` (foreground = ``u > L``), run ``cv2.findContours(RETR_TREE,
+# CHAIN_APPROX_SIMPLE)`` and keep the contour of largest ``cv2.contourArea`` (MaxBoxAcc) or every
+# contour (MaxBoxAccV2), boxed as ``[x, y, min(x + w, W - 1), min(y + h, H - 1)]`` from
+# ``cv2.boundingRect``. The foregrounds of all levels are nested, so their connected components
+# form a tree (the component tree of the upper level sets; Salembier et al., IEEE TIP 1998; Najman
+# & Couprie, IEEE TIP 2006). :class:`ComponentTree` builds it once and every level's components are
+# read off it; :func:`level_boxes` turns them into Choe et al.'s boxes. Why they are cv2's:
+#
+# * The contours of ``u > L`` are the outer borders of its 8-connected components and the borders
+#   of its holes, the bounded 4-connected components of ``u <= L`` (cv2 follows Suzuki & Abe 1985:
+#   8-connected foreground, 4-connected background). An outer border passes through the
+#   component's extreme pixels, so its ``boundingRect`` is the component's bounding box; a hole
+#   border runs through the foreground pixels 4-adjacent to the hole, so its ``boundingRect`` is the
+#   hole's bounding box grown by one pixel on every side. Every-contour mode is these boxes, from the
+#   tree of ``u`` (8-connected) and the tree of ``255 - u`` (4-connected: ``u <= L`` is
+#   ``255 - u > 254 - L``), whose components that do not touch the image border are the holes.
+# * ``cv2.contourArea`` of an outer border is the area of its polygon through pixel centres: over all
+#   2 x 2 pixel windows, 1 for a window whose 4 pixels lie inside the border and 1/2 for 3 inside
+#   (the border cuts that window along a diagonal). For a component without holes "inside" means
+#   "in the component", and the pixels of one window that are above the level are mutually
+#   adjacent, so each window belongs to one component.
+# * cv2 lists the outermost contours in reverse raster order of their first pixel, each followed by
+#   its holes and the components nested in them; such an inner contour never has a larger area than
+#   the outer border around it. So Python's ``max`` (first of the largest) picks the outermost
+#   component of largest area, the one whose first pixel comes LAST in raster order on ties.
+# * A hole adds its area to its component's contour, so the hole-free window areas decide the
+#   largest contour only where the level has no hole, has one component, or the largest hole-free
+#   area beats every other component's bounding-box area (which bounds any polygon through its
+#   pixels). Elsewhere the level's hole count decides: from the tree of ``255 - u`` when every-contour
+#   mode built it, else from the Euler number (components - holes), which is local: ``(Q1 - Q3 -
+#   2 QD) / 4`` over the 2 x 2 windows of the zero-padded binary map (Gray, IEEE Trans. Computers
+#   1971). A level with holes there takes its largest contour from cv2 itself.
+#
+# Building a tree: each row is cut into unimodal runs (values rise, then fall), so at any level the
+# part of a run above the level is one interval. A run points to the run holding the largest
+# neighbour of its peak, which is above the level whenever the peak is; following the pointers
+# gives regions whose part above any level is connected or empty. A region that meets a
+# larger-peaked one at its own peak value joins it. Two adjacent regions are joined below the
+# largest ``min(u[p], u[q])`` over adjacent pixel pairs between them, and Kruskal's order over those
+# edges gives the tree. Per region and value, histograms (min / max / sum) give what lies above
+# each level: rows from the row runs (a run lies in the component of its peak), columns from each
+# region's largest value per column, first pixels from the left ends of the row runs' intervals,
+# window areas from the windows. A map whose tree would have more than ``MAX_REGIONS`` regions is
+# boxed level by level with cv2.
 
 NUM_VALUES = 256
 # A tree keeps a few (regions x 256) int64 tables: above this many regions (large maps of pixel

@@ -1,28 +1,7 @@
-"""Normalisation and resizing of class activation maps, and boxes from score maps.
-
-Conventions used throughout:
-
-* A score map is a 2-D array (H, W) with values in [0, 1]; a batch is (B, H, W).
-* A box is ``x0, y0, x1, y1`` in pixels of the score map. Boxes from :func:`boxes_from_maps`
-  follow Choe et al. ("Evaluating WSOL right", CVPR 2020, ``compute_bboxes_from_scoremaps``):
-  ``x0, y0`` = top-left of ``cv2.boundingRect``, ``x1 = min(x0 + w, W - 1)``,
-  ``y1 = min(y0 + h, H - 1)``, to be compared with the *inclusive* IoU
-  (``utils.evaluation.metrics.box_iou(..., inclusive=True)``).
-* A map with no foreground pixel yields the single box ``[0, 0, 0, 0]``: it is never dropped,
-  and it counts as a miss against any ground-truth box of real size.
-
-Two named box rules:
-
-* Choe et al. (``relative_to_max=True, quantize_uint8=True``): the map is quantised as
-  ``(map * 255).astype(uint8)``; the binary map is ``uint8 map > int(t * max(uint8 map))``
-  (``cv2.THRESH_BINARY`` is strict); contours come from ``cv2.findContours(RETR_TREE,
-  CHAIN_APPROX_SIMPLE)``; the largest contour by ``cv2.contourArea`` (first on ties, as Python's
-  ``max``) gives the box, or every contour when ``multi_contour=True`` (MaxBoxAccV2).
-* SPOL (``relative_to_max=False, quantize_uint8=False``): binary map = ``float map > t``; the
-  largest *external* contour (``RETR_EXTERNAL``) gives the box. The box convention (x0 + w,
-  clamped to W - 1) is kept identical to the rule above so that one IoU convention serves both.
-* The SPOL authors' own rule, exactly (their seg test; the ``spol`` protocols of utils.evaluation.evaluate):
-  :func:`spol_box` (float32 ``map > t``, RETR_TREE, box ``[x, y, x + w, y + h]``, None without contour).
+"""Score maps to boxes: min-max / max normalisation and resizing of CAMs, Choe et al.'s box rule
+(:func:`boxes_from_maps`), the SPOL authors' (:func:`spol_box`) and CAM's (:func:`boxes_from_maps_zhou`),
+boxes of cv2 contours. A box is ``x0, y0, x1, y1`` in map pixels; a map with no foreground gives
+``[0, 0, 0, 0]``. The rules, exactly: [docs/evaluation.md](../../docs/evaluation.md).
 """
 from __future__ import annotations
 

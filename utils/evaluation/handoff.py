@@ -1,22 +1,6 @@
-"""Per-image files handed from stage to stage: classification results (``predictions.csv``; the SPOL
-authors' ``top1top5.npy`` is read too) and boxes (``boxes.csv``).
-
-File format (``predictions.csv``, UTF-8, one header line, one line per image)::
-
-    image_id,label,pred_top5,top1_correct,top5_correct
-    001.Black_footed_Albatross/x.jpg,0,0 3 7 12 5,1,1
-
-``label`` is the 0-based GT class; ``pred_top5`` the 5 best class ids separated by single spaces,
-best first; the flags are 0/1 and are checked against ``label`` and ``pred_top5`` when read.
-Image ids are written through the csv module (ids with commas are quoted).
-
-Per-image boxes (``boxes.csv``, written by every localization test step)::
-
-    image_id,x0,y0,x1,y1
-    001.Black_footed_Albatross/x.jpg,12,30,140,201
-
-in input pixels of the protocol geometry (``utils.evaluation.boxes.boxes_from_maps`` convention); a sidecar
-``boxes.json`` names the protocol, input size and threshold that produced them.
+"""Per-image files handed from stage to stage: classification results (``predictions.csv``, and the
+SPOL authors' ``top1top5.npy`` read), boxes (``boxes.csv`` + ``boxes.json``), score maps (``.npy``
+under this repository's names or Choe et al.'s). Their formats: [docs/evaluation.md](../../docs/evaluation.md) (Files).
 """
 from __future__ import annotations
 
@@ -31,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.errors import DataError
-from utils.io import atomic_write, atomic_write_json, atomic_write_text
+from utils.io import atomic_save_npy, atomic_write, atomic_write_json, atomic_write_text
 from utils.paths import missing_output
 
 HEADER = ["image_id", "label", "pred_top5", "top1_correct", "top5_correct"]
@@ -213,3 +197,75 @@ def read_cls_results(path, image_ids: Sequence[str], *, producer: str = DEFAULT_
                                        f"(first: {key(missing[0])}): it does not cover this split; "
                                        f"run {producer} on that split")
     return out
+
+
+# ----------------------------------------------------------------------------- classification flags
+def classification_flags(path, records, *, producer: str = DEFAULT_PRODUCER) -> dict[str, tuple[bool, bool]]:
+    """Per record ``(top1_correct, top5_correct)`` from a ``predictions.csv`` (its labels checked against
+    the records') or the SPOL authors' ``top1top5.npy`` (:func:`read_cls_results`). Every record needs
+    an entry; rows for other images are not scored (one ``warning:`` line)."""
+    path = os.fspath(path)
+    image_ids = [r.image_id for r in records]
+    if path.endswith(".npy"):
+        return read_cls_results(path, image_ids, producer=producer)
+    preds = read_predictions(path, producer=producer)
+    unknown = set(preds) - set(image_ids)
+    if unknown:  # e.g. predictions of a whole split evaluated with --exclude-ids: not an error
+        import sys
+
+        print(f"warning: {path}: {len(unknown)} prediction(s) for images not in the evaluated split, not "
+              f"scored (e.g. {min(unknown)})", file=sys.stderr, flush=True)
+    missing = [i for i in image_ids if i not in preds]
+    if missing:
+        others = f" (nor for {len(missing) - 1} other image(s) of the split)" if len(missing) > 1 else ""
+        raise DataError.at(path, None, f"no prediction for image {missing[0]}{others}: it does not cover this split; "
+                                       f"run {producer} on that split")
+    flags = {}
+    for r in records:
+        p = preds[r.image_id]
+        if p.label != r.label:
+            raise DataError.at(path, None, f"label {p.label} of image {r.image_id} differs from the dataset's {r.label}")
+        flags[r.image_id] = (p.top1_correct, p.top5_correct)
+    return flags
+
+
+# ----------------------------------------------------------------------------- score maps
+SCOREMAP_PRODUCER = "the localization stage's test step (it saves one .npy score map per image)"
+
+
+def scoremap_path(scoremap_dir, image_id: str) -> Path:
+    """Where this repository writes the map of ``image_id``: ``<dir>/<id without extension>.npy``."""
+    return Path(scoremap_dir) / (os.path.splitext(image_id)[0] + ".npy")
+
+
+def choe_scoremap_path(scoremap_dir, image_id: str) -> Path:
+    """Where Choe et al.'s ``inference.py`` writes it: ``np.save(<dir>/<image_id>)``, i.e. ``<dir>/<id>.npy``
+    with the image's extension kept (``test/x.jpg`` -> ``test/x.jpg.npy``)."""
+    return Path(scoremap_dir) / (image_id + ".npy")
+
+
+def find_scoremap(scoremap_dir, image_id: str) -> Path:
+    """The map file of ``image_id`` under either name (ours first); ours when neither exists."""
+    ours = scoremap_path(scoremap_dir, image_id)
+    if ours.is_file():
+        return ours
+    theirs = choe_scoremap_path(scoremap_dir, image_id)
+    return theirs if theirs.is_file() else ours
+
+
+def save_scoremap(scoremap_dir, image_id: str, scoremap: np.ndarray) -> None:
+    """Write one map as ``<dir>/<id stem>.npy`` (atomically)."""
+    atomic_save_npy(scoremap_path(scoremap_dir, image_id), scoremap)
+
+
+def read_scoremap(scoremap_dir, image_id: str) -> tuple[np.ndarray, Path]:
+    """``(map as stored, its file)`` of ``image_id`` under either name; a missing or unreadable file is a
+    ``DataError`` naming it (the checks of its values are the evaluator's)."""
+    path = find_scoremap(scoremap_dir, image_id)
+    if not path.is_file():
+        raise DataError.at(path, None, f"score map not found (nor {choe_scoremap_path(scoremap_dir, image_id)}, "
+                                       f"Choe et al.'s name; written by {SCOREMAP_PRODUCER})")
+    try:
+        return np.load(path, allow_pickle=False), path
+    except Exception as exc:  # truncated file, pickled object, not an .npy
+        raise DataError.at(path, None, f"unreadable score map ({type(exc).__name__}: {exc})") from None

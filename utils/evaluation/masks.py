@@ -1,12 +1,6 @@
-"""OpenImages30k ground truth as Choe et al.'s MaskEvaluator builds it (wsolevaluation ``get_mask``).
-
-Each mask file (instance or ignore) is read as an 8-bit grayscale image (``cv2.IMREAD_GRAYSCALE``),
-converted to float32 and resized to ``size x size`` with ``cv2.INTER_NEAREST`` (their
-``load_mask_image``); a pixel belongs to it when its value is > 0.5. The foreground is the union of
-the image's instance masks; the ignored pixels are those of the ignore mask outside that union.
-PxAP counts foreground pixels as positives and the pixels neither foreground nor ignored as
-negatives (:class:`utils.evaluation.metrics.PxAPAccumulator` with ``ignore_mask``), as their
-``gt_mask == 1`` / ``gt_mask == 0`` selections do.
+"""OpenImages30k's ground truth as Choe et al.'s MaskEvaluator builds it (wsolevaluation ``get_mask``):
+the union of an image's instance masks and its ignore region, at the evaluated size. The rule:
+[docs/evaluation.md](../../docs/evaluation.md) (OpenImages30k).
 """
 from __future__ import annotations
 

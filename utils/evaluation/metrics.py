@@ -1,20 +1,7 @@
-"""Localization metrics: IoU, GT-known / Top-1 / Top-5 Loc, MaxBoxAcc(V2), PxAP.
-
-Box convention: ``x0, y0, x1, y1`` in score-map pixels. Two IoU conventions, named:
-
-* ``inclusive=True`` (Choe et al., ``calculate_multiple_iou``): ``x1, y1`` are the last pixel
-  *inside* the box, widths and heights are ``x1 - x0 + 1``; a degenerate pair (union <= 0) has
-  IoU 0.
-* ``inclusive=False`` (``torchvision.ops.box_iou``): widths are ``x1 - x0``; a pair with an
-  empty union has IoU 0 here (torchvision gives NaN).
-
-MaxBoxAcc / MaxBoxAccV2 / PxAP reproduce Choe et al. ("Evaluating WSOL right", CVPR 2020,
-clovaai/wsolevaluation ``BoxEvaluator`` and ``MaskEvaluator``) number for number; the fast
-box path gives results identical to the straightforward per-threshold loop
-(:func:`reference_best_iou_per_threshold`, kept for tests and the benchmark).
-
-Every image is counted in every denominator: an image whose map has no foreground
-(box ``[0, 0, 0, 0]``), no predicted box or no ground-truth box left is a miss.
+"""The metrics' building blocks: score map checks, IoU (inclusive, exclusive, the SPOL authors'),
+``LocalizationMeter`` (GT-known / Top-k Loc at one threshold), the threshold sweep of MaxBoxAcc(V2)
+(``LevelSweep``, ``BoxAccumulator``; Choe et al.'s per-threshold loop kept as the reference) and
+``PxAPAccumulator``. Definitions: [docs/evaluation.md](../../docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -204,32 +191,53 @@ def _prepare_gt(gt_boxes) -> np.ndarray:
     return _as_boxes(gt_boxes)
 
 
-def best_iou_per_threshold(scoremap: np.ndarray, gt_boxes, thresholds: Sequence[float],
-                           multi_contour=(False,)) -> dict[bool, np.ndarray]:
-    """Choe et al.'s per-threshold IoU (max over boxes x GT boxes), computed fast.
+class LevelSweep:
+    """Choe et al.'s boxes of one score map at every threshold of a list, found once per distinct level.
 
     The binary map ``uint8 map > int(t * max)`` only depends on the level ``int(t * max)``, so the
     boxes are found once per distinct level, all levels in one pass over the map
     (:func:`utils.evaluation.box_sweep.level_boxes`: the component trees of the map's level sets,
-    identical to cv2's contours level by level). ``multi_contour`` is a bool or a tuple of bools;
-    one pass serves every mode. Returns {multi_contour flag: float64 [T] best IoU}.
+    identical to cv2's contours level by level). ``levels`` (distinct, ascending), ``level_of``
+    (per threshold, the index of its level) and ``boxes`` ({mode: (boxes (N, 4), level index (N,))},
+    mode False = the largest contour, True = every contour).
+    """
+
+    def __init__(self, scoremap: np.ndarray, thresholds: Sequence[float], modes: tuple[bool, ...]):
+        image = quantize_scoremap(scoremap)
+        self.max_value = int(image.max())
+        self.levels, level_of = np.unique(choe_threshold_levels(self.max_value, thresholds), return_inverse=True)
+        self.level_of = level_of.reshape(-1)
+        self.boxes = level_boxes(image, self.levels, modes)
+
+    def best_ious(self, gt: np.ndarray, multi_contour: bool) -> np.ndarray:
+        """float64 [T]: per threshold, the best inclusive IoU of the mode's boxes with the GT boxes."""
+        if len(gt) == 0:
+            return np.zeros(len(self.level_of))
+        level_box, level_index = self.boxes[multi_contour]
+        best = np.full(len(self.levels), -np.inf)
+        np.maximum.at(best, level_index, box_iou(level_box, gt, inclusive=True).max(axis=1))
+        return best[self.level_of]
+
+    def largest_boxes(self) -> np.ndarray:
+        """int64 (levels, 4): the largest contour's box at each level (``[0, 0, 0, 0]`` without contour)."""
+        level_box, level_index = self.boxes[False]
+        out = np.zeros((len(self.levels), 4), dtype=np.int64)
+        out[level_index] = level_box
+        return out
+
+
+def best_iou_per_threshold(scoremap: np.ndarray, gt_boxes, thresholds: Sequence[float],
+                           multi_contour=(False,)) -> dict[bool, np.ndarray]:
+    """Choe et al.'s per-threshold IoU (max over boxes x GT boxes), computed fast (:class:`LevelSweep`).
+
+    ``multi_contour`` is a bool or a tuple of bools; one pass serves every mode. Returns
+    {multi_contour flag: float64 [T] best IoU}.
     """
     modes = (multi_contour,) if isinstance(multi_contour, (bool, np.bool_)) else tuple(multi_contour)
     modes = tuple(bool(m) for m in modes)
+    sweep = LevelSweep(scoremap, thresholds, modes)
     gt = _prepare_gt(gt_boxes)
-    image = quantize_scoremap(scoremap)
-    levels, inverse = np.unique(choe_threshold_levels(int(image.max()), thresholds), return_inverse=True)
-    boxes = level_boxes(image, levels, modes)
-    out = {}
-    for m in modes:
-        if len(gt) == 0:
-            out[m] = np.zeros(len(thresholds))
-            continue
-        level_box, level_index = boxes[m]
-        best = np.full(len(levels), -np.inf)
-        np.maximum.at(best, level_index, box_iou(level_box, gt, inclusive=True).max(axis=1))
-        out[m] = best[inverse.reshape(-1)]
-    return out
+    return {m: sweep.best_ious(gt, m) for m in modes}
 
 
 def reference_compute_bboxes_from_scoremaps(scoremap, scoremap_threshold_list, multi_contour_eval=False):

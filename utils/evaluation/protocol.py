@@ -1,30 +1,8 @@
-"""Evaluation geometries: where an image lands in the evaluated input, and how a score map there is
-turned into a box and scored. One small type per geometry; every consumer asks the object.
-
-* ``resize`` (command line also ``wsol``), Choe et al. (CVPR 2020): the whole image resized to
-  input x input; GT boxes with their ``resize_bbox`` truncation; Choe's box rule (uint8 map >
-  int(t * max), largest contour); inclusive IoU; every image counted.
-* ``center_crop`` (also ``spol``): resize to resize x resize, centre crop input; GT boxes as the
-  SPOL authors' albumentations pipeline puts them (clipped to the image, then to [0, input] in the
-  crop); SPOL's box rule (float32 map > t, largest contour, ``[x, y, x + w, y + h]``); the authors'
-  exclusive IoU; every image counted (no box, or no GT box left in the crop = a miss); IoU ``>=``
-  0.5 by default.
-* ``spol_official`` (also ``spol-official``): the SPOL authors' accuracy loop exactly, on the
-  ``center_crop`` geometry: an image with no contour or no GT box left is SKIPPED (out of the
-  denominator), IoU ``inter / (union + 1e-12) > 0.5``.
-
-``get_protocol(name, input_size=224, resize_size=256)`` accepts both spellings. Each object owns:
-``transform()`` (the evaluation image transform), ``geometry`` (resize, crop offset),
-``gt_boxes(boxes, size)`` and ``gt_mask(record)`` in its frame, ``image(record)`` (the RGB input as
-the network saw it), ``box(map, t)`` (its box rule; ``[0, 0, 0, 0]`` = no box),
-``score(...)`` (GT-known / Top-k Loc with its IoU convention and counting rule) and ``meta()``
-(what ``boxes.json`` records). Importable without torch (the option parsers read :data:`CHOICES`).
-
-``transform()`` resamples as the protocol's origin does: torchvision's antialiased resize for
-``resize`` (Choe et al.'s loader), the SPOL authors' order (normalise, then cv2 INTER_LINEAR) for the
-two SPOL protocols; a method that trains with the other pipeline asks for it
-(``transform(pipeline="torchvision")``, as SLT-Net's test steps do). Box thresholds are the caller's:
-SPOL's fixed ones live in ``configs/spol_*.yaml``.
+"""Evaluation protocols (``resize`` = ``wsol``, ``center_crop`` = ``spol``, ``spol_official`` =
+``spol-official``), one small type each, specified in [docs/evaluation.md](../../docs/evaluation.md). Each object owns its
+``transform()``, ``geometry``, ``gt_boxes`` / ``gt_mask`` / ``image`` in its frame, its box rule
+``box(map, t)``, ``score`` / ``hits`` (IoU convention, counting) and ``meta()``; ``get_protocol`` takes
+either name. Importable without torch (the option parsers read :data:`CHOICES`).
 """
 from __future__ import annotations
 
@@ -223,14 +201,28 @@ class Resize(Protocol):
     def to_image_fraction(self, box) -> list[float]:
         return (np.asarray(box, dtype=np.float64) / float(self.input_size)).tolist()
 
-    def score(self, pred_boxes, gt_boxes, flags=None, *, iou_threshold=0.5, iou_compare=">=", inclusive_iou=None):
+    def _meter(self, iou_threshold, iou_compare, inclusive_iou):
         from utils.evaluation.metrics import LocalizationMeter
 
-        inclusive = self.inclusive_iou if inclusive_iou is None else inclusive_iou
-        meter = LocalizationMeter(iou_threshold, iou_compare, inclusive)
+        return LocalizationMeter(iou_threshold, iou_compare, self.inclusive_iou if inclusive_iou is None else inclusive_iou)
+
+    def score(self, pred_boxes, gt_boxes, flags=None, *, iou_threshold=0.5, iou_compare=">=", inclusive_iou=None):
+        meter = self._meter(iou_threshold, iou_compare, inclusive_iou)
         meter.update([np.asarray(b).reshape(-1, 4) for b in pred_boxes], list(gt_boxes),
                      *(zip(*flags) if flags is not None else (None, None)))
         return meter.compute(), None
+
+    def hits(self, pred_boxes, gt_boxes, *, iou_threshold: float = 0.5, iou_compare: str = ">=",
+             inclusive_iou: bool | None = None) -> list[dict]:
+        """Per-image outcome of :meth:`score`: ``{"iou", "hit", "skipped": None}``; ``iou`` is None for an
+        image without a box (``[0, 0, 0, 0]``) or without a GT box (a miss)."""
+        meter = self._meter(iou_threshold, iou_compare, inclusive_iou)
+        preds = [np.asarray(b).reshape(-1, 4) for b in pred_boxes]
+        gts = list(gt_boxes)
+        hits = meter.update(preds, gts)
+        ious = meter.best_ious(preds, gts)
+        return [{"iou": float(iou) if np.any(p) and len(np.asarray(g).reshape(-1, 4)) else None, "hit": bool(hit),
+                 "skipped": None} for p, g, iou, hit in zip(preds, gts, ious, hits)]
 
 
 class CenterCrop(Protocol):

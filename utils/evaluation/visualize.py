@@ -1,12 +1,6 @@
-"""Box drawing and the stages' ``grid.png`` pictures (SPOL seg test: score map overlay with GT and
-predicted boxes; SLT-Net final test: localizer map overlay, GT, localizer and regressor boxes).
-
-``stage_picture`` draws one slide-ready picture for both methods: a title row, a legend row naming
-every box colour (and the score map's colour scale when maps are given), then one tile per image,
-each at ``tile`` pixels (default 224; small images are upsampled bilinearly) with its image id
-above it. The score map is blended over the image in the jet colour map with an opacity that grows
-with the map (``alpha * map``), so low-score regions keep the photograph readable. Boxes are drawn
-over the blend: ground truth green, prediction red, an extra box (SLT-Net's localizer-map box) blue.
+"""Box drawing and the stages' ``grid.png`` pictures (:func:`stage_picture`: a title row, a legend row,
+one tile per image with its id; the score map blended in the jet colour map with opacity ``alpha *
+map``; boxes: ground truth green, prediction red, SLT-Net's localizer-map box blue).
 """
 from __future__ import annotations
 

@@ -30,6 +30,11 @@ from utils.errors import DataError
 from utils.evaluation.evaluate import evaluate_scoremaps, get_args_parser, main, scoremap_path
 from utils.evaluation.handoff import write_predictions
 
+try:  # `python -m pytest` from the repository root puts the root on sys.path
+    from tests.builders import evaluate_in_memory
+except ImportError:  # plain `pytest`
+    from builders import evaluate_in_memory
+
 ID_A = "001.Red_bird/Red_0002.jpg"
 ID_B = "002.Blue_bird/Blue_0002.jpg"
 
@@ -138,8 +143,8 @@ def test_in_process_sources_agree(cub_with_maps):
     kw = dict(input_size=32, cam_curve_interval=0.01)
     from_dir = evaluate_scoremaps(records, maps, "wsol", **kw)
     as_dict = {ID_A: map_a().astype(np.float32), ID_B: map_b().astype(np.float32)}
-    assert evaluate_scoremaps(records, as_dict, "wsol", **kw) == from_dir
-    assert evaluate_scoremaps(records, as_dict.__getitem__, "wsol", **kw) == from_dir
+    assert evaluate_in_memory(records, as_dict, "wsol", **kw) == from_dir
+    assert evaluate_in_memory(records[::-1], as_dict, "wsol", **kw) == from_dir
 
 
 @pytest.mark.slow
@@ -233,7 +238,7 @@ def test_maxboxacc_keeps_choes_placeholder_box_gt_known_counts_a_miss(tmp_path):
     corner = Record("a/corner.jpg", str(tmp_path / "a.jpg"), 0, np.array([[0, 0, 1, 1]], np.float32), (16, 16), None)
     middle = Record("a/middle.jpg", str(tmp_path / "b.jpg"), 0, np.array([[4, 4, 12, 12]], np.float32), (16, 16), None)
     maps = {r.image_id: np.zeros((8, 8)) for r in (corner, middle)}
-    res = evaluate_scoremaps([corner, middle], maps, "resize", input_size=8, threshold=0.5, cam_curve_interval=0.1)
+    res = evaluate_in_memory([corner, middle], maps, "resize", input_size=8, threshold=0.5, cam_curve_interval=0.1)
     # Choe's own computation (transcribed in utils.evaluation.metrics): IoU 1 for the corner image at every threshold
     gt = get_protocol("resize", 8).gt_boxes(corner.boxes, corner.size)
     np.testing.assert_array_equal(gt, [[0, 0, 0, 0]])
@@ -241,6 +246,6 @@ def test_maxboxacc_keeps_choes_placeholder_box_gt_known_counts_a_miss(tmp_path):
     assert res["maxboxacc"] == 50.0 and res["maxboxacc_v2_per_iou"]["70"] == 50.0
     assert res["gt_known_loc"] == 0.0
     # the SPOL protocols never compute the placeholder's IoU either: a miss (or skipped, spol_official)
-    spol = evaluate_scoremaps([corner, middle], maps, "center_crop", input_size=8, resize_size=8, threshold=0.5,
+    spol = evaluate_in_memory([corner, middle], maps, "center_crop", input_size=8, resize_size=8, threshold=0.5,
                               cam_curve_interval=0.1)
     assert spol["gt_known_loc"] == 0.0 and [o["skipped"] for o in spol["per_image"]] == [None, None]

@@ -21,14 +21,14 @@ import pytest
 
 from utils.data.layouts import load_records
 from utils.errors import DataError
-from utils.evaluation.evaluate import cli, evaluate_instance_masks, evaluate_scoremaps, get_args_parser, main
+from utils.evaluation.evaluate import cli, evaluate_instance_masks, get_args_parser, main
 from utils.evaluation.masks import instance_ground_truth
 from utils.evaluation.metrics import PxAPAccumulator
 
 try:
-    from tests.builders import make_tiny_openimages
+    from tests.builders import evaluate_in_memory, make_tiny_openimages
 except ImportError:  # plain `pytest` puts tests/ itself on sys.path
-    from builders import make_tiny_openimages
+    from builders import evaluate_in_memory, make_tiny_openimages
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "openimages"
 
@@ -148,7 +148,7 @@ def hand_tree(root, *, with_ignore=True, extra=()):
 
 def hand_pxap(root, maps, **kw):
     records = load_records(root, "openimages", "val")
-    return evaluate_scoremaps(records, maps, "wsol", input_size=4, **kw)
+    return evaluate_in_memory(records, maps, "wsol", input_size=4, **kw)
 
 
 def test_ignored_pixels_leave_the_negatives_and_foreground_wins_over_ignore(tmp_path):
@@ -224,4 +224,4 @@ def test_missing_score_map_and_map_of_the_wrong_size(tmp_path):
     with pytest.raises(DataError, match=r"a\.npy: score map not found"):
         evaluate_instance_masks(records, tmp_path / "nomaps", input_size=4)
     with pytest.raises(DataError, match="input size"):
-        evaluate_instance_masks(records, {"val/0a/a.jpg": np.zeros((5, 5))}, input_size=4)
+        evaluate_in_memory(records, {"val/0a/a.jpg": np.zeros((5, 5))}, "wsol", input_size=4)
