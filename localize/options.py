@@ -15,7 +15,9 @@ KINDS = ("spol", "sltnet-map", "cam", "sltnet-final")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = stage_parser("python -m localize", "Localize the objects of your own images with a trained run: "
-                                                "boxes.csv, score maps, pictures and predictions.json in --out")
+                                                "boxes.csv, score maps, pictures and predictions.json in --out. "
+                                                "Several GPUs: torchrun --nproc_per_node N -m localize -- --run "
+                                                "... (the -- keeps torchrun from reading --run as its --run-path)")
     g = parser.add_argument_group("what localizes")
     g.add_argument("--run", type=str, default=None,
                    help="a training run's folder: a SPOL seg run (output/spol/<dataset>/seg), an SLT-Net "

@@ -118,7 +118,7 @@ def made_runs(tmp_path_factory):
     return run_maker(make_tiny_cub(root / "CUB_200_2011"), root)(*ALL)
 
 
-def write_photos(folder: Path) -> dict[str, tuple[int, int]]:
+def photo_folder(folder: Path) -> dict[str, tuple[int, int]]:
     """Images of every mode and several sizes (and one in a sub-folder); returns name -> (width, height)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,5 +140,11 @@ def photos(tmp_path):
     """A folder of 5 images: RGB JPEG 80x30, grey PNG 40x90, RGBA 50x50, palette 60x40 (in sub/),
     16-bit grey 44x33."""
     folder = tmp_path / "photos"
-    write_photos(folder)
+    photo_folder(folder)
     return folder
+
+
+@pytest.fixture
+def write_photos():
+    """``write_photos(folder)``: the images of :func:`photos` into another folder."""
+    return photo_folder

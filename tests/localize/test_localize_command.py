@@ -14,8 +14,6 @@ from localize.options import get_args_parser
 from utils.evaluation.boxes import spol_box
 from utils.evaluation.protocol import get_protocol
 
-from conftest import write_photos
-
 SIZES = {"wide.jpg": (80, 30), "grey.png": (40, 90), "rgba.png": (50, 50), "sub/palette.png": (60, 40),
          "deep.png": (44, 33)}
 
@@ -177,7 +175,8 @@ def test_a_corrupt_image_read_by_a_worker_process_is_the_same_line(made_runs, ph
     assert "localize: 5 of 6 images localized, 1 skipped" in captured.out
 
 
-def test_when_no_image_can_be_read_it_is_an_error_and_out_stays_as_it_was(made_runs, tmp_path, capsys):
+def test_when_no_image_can_be_read_it_is_an_error_and_out_stays_as_it_was(made_runs, tmp_path, capsys,
+                                                                           write_photos):
     images = tmp_path / "images"
     images.mkdir()
     (images / "a.jpg").write_bytes(b"nothing")
@@ -294,7 +293,7 @@ def test_ctrl_c_is_one_line_and_leaves_out_as_it_was(made_runs, photos, tmp_path
 
 
 # ----------------------------------------------------------------------------- runs and weights
-def test_a_folder_that_is_no_run_is_one_line(tmp_path, photos, capsys):
+def test_a_folder_that_is_no_run_is_one_line(tmp_path, photos, capsys, write_photos):
     write_photos(tmp_path / "data")
     assert exit_line(capsys, "--run", tmp_path / "data", "--images", photos, "--out", tmp_path / "o").startswith(
         f"error: {tmp_path / 'data'}: --run: not a training run of this project (no model.pth beside the args.yaml")
