@@ -111,7 +111,7 @@ def make_runs(tiny_cub, tmp_path):
     return run_maker(tiny_cub, tmp_path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def made_runs(tmp_path_factory):
     """Every run of :func:`run_maker`, made once (a test must not change them: :func:`make_runs` makes its own)."""
     root = tmp_path_factory.mktemp("runs")
