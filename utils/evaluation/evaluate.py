@@ -116,8 +116,8 @@ def box_file_protocol(box_file: BoxFile, protocol):
 def frame_description(box_file: BoxFile, protocol) -> str:
     """Where the coordinates of ``box_file`` are, in words (the results' ``boxes_frame``)."""
     if box_file.frame == INPUT:
-        return (f"input pixels of {protocol.label} ({protocol.describe()}), as {box_file.path.with_suffix('.json').name}"
-                " names them; scored as written")
+        sidecar = box_file.path.with_suffix(".json").name
+        return f"input pixels of {protocol.label} ({protocol.describe()}), as {sidecar} names them; scored as written"
     return (f"original image pixels, brought into the input of {protocol.label} ({protocol.describe()}) "
             "as the GT boxes are")
 

@@ -326,7 +326,7 @@ class LocalizationEvaluator:
         flags = None if self.flags is None else [tuple(bool(f) for f in self.flags[r.image_id]) for r in records]
         loc, outcomes = protocol.score(boxes, gts, flags, iou_threshold=self.iou_threshold,
                                        iou_compare=self.iou_compare, inclusive_iou=self.inclusive_iou)
-        if outcomes is not None and any(missed):  # spol_official skips a map without contour, never an image without a box
+        if outcomes is not None and any(missed):  # spol_official skips maps without contour, not images without a box
             outcomes = [{"iou": None, "hit": False, "skipped": None} if why and o["skipped"] == "no contour" else o
                         for o, why in zip(outcomes, missed)]
             loc = spol_accuracy(outcomes, flags)

@@ -100,14 +100,22 @@ def read_predictions(path, *, producer: str = DEFAULT_PRODUCER) -> dict[str, Pre
 BOXES_HEADER = ["image_id", "x0", "y0", "x1", "y1"]
 
 
+def _exact(value: float) -> str:
+    """``value`` as the shortest text that reads back as the same float64 (``12`` for 12.0)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 def write_boxes_csv(path, image_ids, boxes, *, meta: dict | None = None) -> None:
-    """Write ``boxes.csv`` (``image_id,x0,y0,x1,y1``) atomically, and ``boxes.json`` beside it."""
+    """Write ``boxes.csv`` (``image_id,x0,y0,x1,y1``) atomically, and ``boxes.json`` beside it. Each
+    coordinate reads back as the value scored (a regressor's float box too), so that scoring the file
+    (``python -m utils.evaluation --boxes``) gives the numbers of the step that wrote it."""
     boxes = np.asarray(boxes)
     with atomic_write(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(BOXES_HEADER)
         for image_id, box in zip(image_ids, boxes):
-            writer.writerow([image_id, *[f"{float(v):g}" for v in box]])
+            writer.writerow([image_id, *[_exact(float(v)) for v in box]])
     if meta is not None:
         atomic_write_json(Path(path).with_suffix(".json"), meta)
 

@@ -303,6 +303,16 @@ def test_harmless_lines_are_warnings_with_a_count(tiny_cub, tmp_path, capsys):
     assert "1 inverted box(es) (x1 < x0 or y1 < y0), scored as written" in capsys.readouterr().err
 
 
+def test_boxes_csv_reads_back_the_values_scored(tmp_path):
+    # a regressor's float32 box: 6 significant digits would move it; integers stay short
+    box = np.array([1 / 3, 0.1, 40, 23.456789], np.float32)
+    write_boxes_csv(tmp_path / "boxes.csv", ["a.jpg", "b.jpg"], np.stack([box, np.zeros(4, np.float32)]))
+    got = read_box_file(tmp_path / "boxes.csv").boxes
+    np.testing.assert_array_equal(got["a.jpg"], box.astype(np.float64))
+    assert (tmp_path / "boxes.csv").read_text().splitlines()[2] == "b.jpg,0,0,0,0"
+    assert ",40," in (tmp_path / "boxes.csv").read_text()
+
+
 def test_read_box_file_formats(tmp_path):
     path = tmp_path / "b.txt"
     path.write_text("\ufeffa/x.jpg\t1 2 3 4\n# comment\n  b/y.jpg , 5,6 ,7,8  \na/x.jpg 0 0 1 1\n")

@@ -172,7 +172,8 @@ def test_boxes_without_a_map_under_every_protocol_and_images_without_a_box():
         evaluator.accumulate("a.jpg", box=[1, 1, 4, 4])
         evaluator.accumulate("b.jpg", box=[0, 0, 0, 0])
         got = evaluator.compute()
-    assert (got.metrics["num_counted"], got.metrics["gt_known_loc"], got.metrics["num_images_without_box"]) == (1, 100, 0)
+    metrics = got.metrics
+    assert (metrics["num_counted"], metrics["gt_known_loc"], metrics["num_images_without_box"]) == (1, 100, 0)
     with pytest.raises(ValueError, match="the sweep needs a score map of every image"):
         LocalizationEvaluator([a], get_protocol("resize", 8)).accumulate_miss("a.jpg")
     with pytest.raises(ValueError, match="reason must be"):
