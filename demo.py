@@ -48,7 +48,7 @@ parsed before torch or any stage is imported, so ``--help`` is fast.
 """
 from __future__ import annotations
 
-from demo_birds.settings import get_args_parser, resolve_settings  # noqa: F401  (light: argparse, yaml)
+from demo_birds.settings import get_args_parser  # light: argparse, yaml
 
 
 def main(args) -> dict | None:
@@ -64,16 +64,12 @@ if __name__ == "__main__":
     from utils.errors import DataError
 
     try:
-        main(parsed)
-    except DataError as exc:  # bad input, a stage's fault: one line, exit 2
-        from utils.engine.rundir import restore_protected
-        restore_protected()  # a failed test step's previous outputs go back
+        main(parsed)  # a stage's main has put a failed test step's previous outputs back already
+    except (DataError, FloatingPointError) as exc:  # bad input, a stage's fault: one line, exit 2
         report_error(exc)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # outside a stage (a stage's own Ctrl-C line ends it with 130 already)
+    except KeyboardInterrupt:
         from utils.errors import RunError
-        from utils.engine.rundir import restore_protected
-        restore_protected()
         report_error(RunError.at(parsed.output_dir, None, "interrupted (Ctrl-C): with --keep the same command "
                                  "resumes every stage from its checkpoint; without it the demo starts again"))
         raise SystemExit(130) from None

@@ -9,8 +9,9 @@ of ``run_cli`` alone (imports and interpreter start left out). Variants: ``old``
 ``new`` (this checkout, score maps saved, as the old one always does) and ``new --no-scoremaps``.
 After ``--warmup`` untimed runs of each, ``--repeats`` rounds run every variant once, the order
 alternating (``benchmarks/timing.py``); each round gives a ratio old seconds / variant seconds and
-the table prints their median and spread. The metrics of every variant are compared (the same
-numbers, or the script says which differ).
+the table prints their median and quartiles; the same for the CPU seconds of the process (every
+thread: ``time.process_time``), which a shared machine's load moves much less than the wall clock.
+The metrics of every variant are compared (``same metrics``: equal to the old checkout's).
 
 Data: generated birds (``utils.data.generate``), ``--num-images`` test images of ``--size`` px with
 their segmentations (PxAP), a randomly initialised ``SegModel`` (``--backbone``, seed 0) and a
@@ -44,9 +45,9 @@ from utils.engine.rundir import run_cli
 import spol.seg.test as seg
 assert seg.__file__.startswith(sys.argv[1]), seg.__file__
 args = parse_args(seg.get_args_parser(), json.loads(sys.argv[2]), stage="seg_test")
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 run_cli(seg.main, seg.get_args_parser, "seg_test", args=args)
-print("SECONDS", time.perf_counter() - start, torch.get_num_threads())
+print("SECONDS", time.perf_counter() - start, time.process_time() - cpu, torch.get_num_threads())
 """
 # what a variant's metrics.json must hold equal to the others' (paths and commands left out)
 COMPARED = ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap", "threshold_used",
@@ -86,14 +87,14 @@ def prepare(tmp: Path, args) -> tuple[Path, Path, Path]:
     return root, tmp / "cls", checkpoint
 
 
-def run_variant(tree: Path, argv: list[str]) -> float:
+def run_variant(tree: Path, argv: list[str]) -> tuple[float, float]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.run([sys.executable, "-c", RUNNER, str(tree), json.dumps(argv)], cwd=tree, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{tree}: {proc.stderr[-3000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("SECONDS ")][-1].split()
-    return float(line[1])
+    return float(line[1]), float(line[2])   # wall seconds, CPU seconds of every thread of the process
 
 
 def main(args) -> dict:
@@ -107,14 +108,16 @@ def main(args) -> dict:
                   "--input-size", str(args.size), "--resize-size", str(resize), "--batch-size", str(args.batch_size)]
         variants = {"old": (old_tree, []), "new": (REPO, []), "new --no-scoremaps": (REPO, ["--no-scoremaps"])}
         seconds = {name: [] for name in variants}
+        cpu = {name: [] for name in variants}
         names = list(variants)
         for r in range(args.warmup + args.repeats):
             for name in (names if r % 2 == 0 else names[::-1]):
                 tree, extra = variants[name]
                 out = tmp / "runs" / f"{name.split()[0]}{len(extra)}_{r}"
-                took = run_variant(tree, common + ["--output-dir", str(out)] + extra)
+                took, used = run_variant(tree, common + ["--output-dir", str(out)] + extra)
                 if r >= args.warmup:
                     seconds[name].append(took)
+                    cpu[name].append(used)
         metrics = {}
         for name, (tree, extra) in variants.items():
             summary = json.loads((tmp / "runs" / f"{name.split()[0]}{len(extra)}_0" / "metrics.json").read_text())
@@ -124,8 +127,12 @@ def main(args) -> dict:
     rows = []
     for name in names:
         ratios = paired_ratios(seconds[name], seconds["old"])   # old seconds / variant seconds
-        rows.append({"variant": name, "seconds": seconds[name], "ms_per_image": 1000 * spread(seconds[name])["median"] / n,
+        cpu_ratios = paired_ratios(cpu[name], cpu["old"])
+        rows.append({"variant": name, "seconds": seconds[name], "cpu_seconds": cpu[name],
+                     "ms_per_image": 1000 * spread(seconds[name])["median"] / n,
+                     "cpu_ms_per_image": 1000 * spread(cpu[name])["median"] / n,
                      "speedup_vs_old": spread(ratios)["median"], "speedup_spread": spread(ratios),
+                     "cpu_ratio_vs_old": spread(cpu_ratios)["median"], "cpu_ratio_spread": spread(cpu_ratios),
                      "same_metrics_as_old": same[name]})
     import torch
 
@@ -134,11 +141,13 @@ def main(args) -> dict:
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "old_tree": str(old_tree)}
     print(f"\nspol/seg/test.py, both protocols, {n} images of {args.size} px, {args.backbone}, batch {args.batch_size}, "
           f"cpu, {info['torch_threads']} torch threads; {args.warmup} warm-up + {args.repeats} interleaved rounds")
-    print(f"{'variant':22s} {'ms/image':>9s} {'old s / variant s':>18s} {'min-max':>11s} {'same metrics':>13s}")
+    print(f"{'variant':22s} {'ms/image':>9s} {'old s / variant s':>18s} {'q1-q3':>11s} {'CPU ms/image':>13s} "
+          f"{'old CPU / variant CPU':>22s} {'q1-q3':>11s} {'same metrics':>13s}")
     for row in rows:
-        sp = row["speedup_spread"]
+        sp, cp = row["speedup_spread"], row["cpu_ratio_spread"]
         print(f"{row['variant']:22s} {row['ms_per_image']:9.1f} {row['speedup_vs_old']:18.2f} "
-              f"{sp['min']:5.2f}-{sp['max']:<5.2f} {str(row['same_metrics_as_old']):>13s}")
+              f"{sp['q1']:5.2f}-{sp['q3']:<5.2f} {row['cpu_ms_per_image']:13.1f} {row['cpu_ratio_vs_old']:22.2f} "
+              f"{cp['q1']:5.2f}-{cp['q3']:<5.2f} {str(row['same_metrics_as_old']):>13s}")
     print("per-protocol metrics:", json.dumps(metrics["new"]))
     result = {"machine": info, "args": vars(args), "rows": rows, "metrics": metrics}
     if args.json:

@@ -67,8 +67,8 @@ def build(stage: str, data_root: Path, out: Path, args, records):
     if stage == "sltnet_localizer":
         from sltnet.localizer import train
         from sltnet.model import build_branch
-        from sltnet.options import resolve_args
-        sargs = resolve_args(parse_args(train.get_args_parser(), [str(a) for a in common + [
+        from sltnet.options import resolve_defaults
+        sargs = resolve_defaults(parse_args(train.get_args_parser(), [str(a) for a in common + [
             "--backbone", "resnet50", "--cam-feature", "layer2", "--share-backbone", "--top-k", min(2, k),
             "--input-size", args.size, "--resize-size", args.size]], stage="localizer_train"), "localizer")
         model = build_branch(sargs, k)

@@ -1,7 +1,7 @@
 """The demo's stage plan: every stage script, in order, with the arguments the demo passes it, and
-running one in-process through ``utils.engine.rundir.run_cli``, as ``python3 <stage>/train.py`` does (a test
-step then reads its training run's model options and keeps its previous outputs until it ends; a
-stage's bad input is one ``error:`` line)."""
+running one in-process through its ``main``, as ``python3 <stage>/train.py`` does (its frame,
+``utils.engine.stage.start_run``: a test step reads its training run's model options and keeps its
+previous outputs until it ends)."""
 from __future__ import annotations
 
 import importlib
@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from utils.config import parse_args
-from utils.engine.rundir import run_cli
 
 # a smoke run (--tiny): one optimiser step per training stage
 TINY_TRAIN_ARGS = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "4"]
@@ -17,13 +16,13 @@ TINY_TEST_ARGS = ["--batch-size", "4"]
 
 
 def run_stage(module_name: str, stage: str, argv: list[str]) -> float:
-    """Import a stage script and run its ``main`` on ``argv`` through ``run_cli`` (the stage's
-    context: ``utils.engine.rundir``'s test-step inheritance and output protection, its folders released
-    after); returns the seconds ``main`` took."""
+    """Import a stage script, parse ``argv`` as its command line (``stage``: its config section) and
+    call its ``main``; returns the seconds ``main`` took. A stage's fault propagates (``DataError``:
+    ``demo.py`` ends with its one line), its previous outputs already put back by ``main``."""
     module = importlib.import_module(module_name)
     args = parse_args(module.get_args_parser(), [str(a) for a in argv], stage=stage)
     start = time.perf_counter()
-    run_cli(module.main, module.get_args_parser, stage, args=args)
+    module.main(args)
     return time.perf_counter() - start
 
 

@@ -13,28 +13,27 @@ from utils.data.layouts import num_classes
 
 def cam_predictions(argv: list, records, out_path: Path) -> Path:
     """predictions.csv of the plain CAM network (its own GAP logits), with the localizer test's
-    options (``argv``, its --config included: device, AMP, batch size, workers) and model code (``sltnet.model.build_branch``
+    options (``argv``, its --config included: device, AMP, batch size, workers), what it takes from its
+    training run (``sltnet.options.LOCALIZER_TEST_INHERITS``) and model code (``sltnet.model.build_branch``
     + ``load_stage_weights``), through ``utils.engine.inference.run_inference`` in this one process (the
     demo calls it on rank 0 only, so the whole split is this process's shard)."""
     from sltnet.localizer import test as localizer_test
     from sltnet.model import build_branch
-    from sltnet.options import PRODUCER, resolve_args
+    from sltnet.options import LOCALIZER_TEST_INHERITS, PRODUCER, resolve_defaults
     from utils.engine.checkpoint import load_stage_weights
     from utils.engine.classify import top_k_step
-    from utils.config import explicit_options
     from utils.data.dataset import WSOLDataset
     from utils.engine.distributed import DistContext, resolve_device
     from utils.engine.inference import run_inference
     from utils.evaluation.handoff import write_predictions
-    from utils.engine.rundir import TEST_INHERITS, inherit_training_options
+    from utils.engine.stage import inherit_training_options
     from utils.data.transforms import build_transform
 
-    args = resolve_args(parse_args(localizer_test.get_args_parser(), [str(a) for a in argv],
-                                   stage="localizer_test"), "localizer", test_of="localizer")
-    # the network as trained (backbone, CAM feature, output stride...: the training run's args.yaml),
-    # as the localizer test step reads it; the weights would load into another stride without a word
-    _, _, model_options, geometry = TEST_INHERITS["localizer_test"]
-    inherit_training_options(args, args.localizer_dir, model_options, explicit_options(args), geometry)
+    args = resolve_defaults(parse_args(localizer_test.get_args_parser(), [str(a) for a in argv],
+                                       stage="localizer_test"), "localizer")
+    # the network as trained (backbone, CAM feature, output stride...), as the localizer test step
+    # reads it; the weights would load into another stride without a word
+    inherit_training_options(args, LOCALIZER_TEST_INHERITS)
     ctx = DistContext(device=resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0"))))
     branch = build_branch(args, num_classes(records), pretrained="none")
     load_stage_weights(branch, Path(args.localizer_dir) / "model.pth", PRODUCER["localizer"])

@@ -1,39 +1,7 @@
-"""ImageNet backbones from torchvision, with their intermediate feature maps.
-
-``build_backbone(name, pretrained, output_stride=32)`` returns a ``Backbone`` whose
-``forward(x)`` returns a dict of feature maps (explicit forward code per family, no hooks). Module names are
-torchvision's (``features.28``, ``layer4.2.conv3``, ``Mixed_7c``, ...), so torchvision
-state dicts and checkpoints of methods built on torchvision models line up.
-
-``pretrained`` is ``"imagenet"``, ``"none"`` or the path of a weight file:
-
-* ``"imagenet"``: ``resource/<torchvision file name>`` (no download, no silent fallback): a
-  missing file is an error naming the path and the URL. File names and URLs: ``WEIGHTS``
-  below and ``resource/README.md``.
-* a path: any state dict in torchvision's layout for the chosen network (the network's own
-  ``torchvision.models.<name>().state_dict()`` keys; the classification head, e.g. ``fc.*``,
-  may have any size or be absent), e.g. a self-supervised backbone or the demo's stand-in
-  pretraining (``network.pretrain``). Loaded with ``weights_only=True`` and checked strictly:
-  a file made for another architecture is refused with one line naming it.
-* ``"none"``: random initialisation.
-
-Feature maps (stride = input pixels per map pixel; a 224x224 input gives 224/stride):
-
-=============== ==================================================================
-vgg16           conv3 (conv3_3+ReLU, 256 ch, s4), conv4 (conv4_3+ReLU, 512, s8),
-                conv5 (conv5_3+ReLU, 512, s16; pool5 is not applied)
-inception_v3    mixed_5d (288, s8), mixed_6e (768, s16), mixed_7c (2048, s32);
-                unpadded convolutions make the maps slightly smaller than input/stride
-resnet18        layer1 (64, s4), layer2 (128, s8), layer3 (256, s16), layer4 (512, s32);
-                output_stride 16: layer4 s16; output_stride 8: layer3 and layer4 s8
-resnet50        layer1 (256, s4), layer2 (512, s8), layer3 (1024, s16), layer4 (2048, s32);
-                output_stride as resnet18
-densenet161     denseblock1 (384, s4), denseblock2 (768, s8), denseblock3 (2112, s16),
-                denseblock4 (2208, s32), features (ReLU(norm5), 2208, s32)
-efficientnet_b7 stage1..stage7 (32, 48, 80, 160, 224, 384, 640 ch; s2, 4, 8, 16, 16, 32, 32),
-                features (final 1x1 conv, 2560, s32)
-=============== ==================================================================
-"""
+"""ImageNet backbones from torchvision with their intermediate feature maps (:func:`build_backbone`:
+explicit forward code per family, no hooks; torchvision's module names, so its state dicts line up),
+the classifiers of the classification stages (:func:`build_classifier`), and their weights: the
+ImageNet files in ``resource/`` (``WEIGHTS``, no download) or any file in torchvision's layout."""
 from __future__ import annotations
 
 import os
@@ -46,8 +14,8 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torchvision.models.vgg import cfgs as _vgg_cfgs, make_layers as _vgg_make_layers
 
-from utils.engine.checkpoint import MissingFileError, load_checkpoint, load_state_dict_checked, unwrap_state_dict
-from utils.errors import DataError
+from utils.engine.checkpoint import load_checkpoint, load_state_dict_checked, unwrap_state_dict
+from utils.errors import DataError, MissingFileError
 from utils.paths import RESOURCE_DIR
 
 _URL = "https://download.pytorch.org/models/"
@@ -401,10 +369,40 @@ class EfficientNetB7Backbone(Backbone):
 
 def build_backbone(name: str, pretrained: str = "imagenet", resource_dir=RESOURCE_DIR,
                    output_stride: int = 32) -> Backbone:
-    """A ``Backbone`` for ``name`` (see ``NAMES``): ImageNet weights, a weight file's, or random (``"none"``).
+    """A ``Backbone`` for ``name`` (see ``NAMES``) whose ``forward(x)`` returns a dict of feature maps.
 
     ``output_stride`` 16 or 8 (ResNets only, see ``ResNetBackbone``) keeps the last layers at a finer
-    resolution; any other backbone given one is a ``ValueError`` naming it."""
+    resolution; any other backbone given one is a ``ValueError`` naming it.
+
+    ``pretrained`` is ``"imagenet"``, ``"none"`` or the path of a weight file:
+
+    * ``"imagenet"``: ``resource/<torchvision file name>`` (no download, no silent fallback): a
+      missing file is an error naming the path and the URL. File names and URLs: ``WEIGHTS``
+      and ``resource/README.md``.
+    * a path: any state dict in torchvision's layout for the chosen network (the network's own
+      ``torchvision.models.<name>().state_dict()`` keys; the classification head, e.g. ``fc.*``,
+      may have any size or be absent), e.g. a self-supervised backbone or the demo's stand-in
+      pretraining (``network.pretrain``). Loaded with ``weights_only=True`` and checked strictly:
+      a file made for another architecture is refused with one line naming it.
+    * ``"none"``: random initialisation.
+
+    Feature maps (stride = input pixels per map pixel; a 224x224 input gives 224/stride):
+
+    =============== ==================================================================
+    vgg16           conv3 (conv3_3+ReLU, 256 ch, s4), conv4 (conv4_3+ReLU, 512, s8),
+                    conv5 (conv5_3+ReLU, 512, s16; pool5 is not applied)
+    inception_v3    mixed_5d (288, s8), mixed_6e (768, s16), mixed_7c (2048, s32);
+                    unpadded convolutions make the maps slightly smaller than input/stride
+    resnet18        layer1 (64, s4), layer2 (128, s8), layer3 (256, s16), layer4 (512, s32);
+                    output_stride 16: layer4 s16; output_stride 8: layer3 and layer4 s8
+    resnet50        layer1 (256, s4), layer2 (512, s8), layer3 (1024, s16), layer4 (2048, s32);
+                    output_stride as resnet18
+    densenet161     denseblock1 (384, s4), denseblock2 (768, s8), denseblock3 (2112, s16),
+                    denseblock4 (2208, s32), features (ReLU(norm5), 2208, s32)
+    efficientnet_b7 stage1..stage7 (32, 48, 80, 160, 224, 384, 640 ch; s2, 4, 8, 16, 16, 32, 32),
+                    features (final 1x1 conv, 2560, s32)
+    =============== ==================================================================
+    """
     _check_name(name)
     _check_pretrained(pretrained)
     _check_output_stride(name, output_stride)

@@ -1,35 +1,8 @@
-"""A stand-in for ImageNet pretraining: generic generated objects, and the command that trains a
-torchvision backbone on them.
+"""A stand-in for ImageNet pretraining (both papers fine-tune ImageNet backbones; the CPU demo cannot
+download or afford ImageNet): generated generic objects (:func:`render_standin`) and the training of
+a torchvision backbone on them (:func:`pretrain`), written once into ``resource/`` and reused::
 
     python3 -m network.pretrain --backbone resnet50 --steps 300 --batch-size 64 --seed 0
-    # -> resource/standin_resnet50_s64_c54_st300_b64_lr0.1_seed0.pth (+ .json beside it)
-
-Both papers fine-tune ImageNet-pretrained backbones; ``demo.py`` runs on CPU with generated birds
-and cannot download or afford ImageNet, so it pretrains on this generator first (once: the file
-is reused while its settings are unchanged). What the images hold:
-
-* **one object per image, its class decided by the whole object**: shape family (``SHAPES``: disc,
-  square, triangle, star, cross, ring, ...) x colour (``HUES``, jittered) x texture (plain,
-  stripes, dots). None of them is a bird and no class is decided by a small part, so nothing of
-  the demo's head classes is learnt here; what transfers is generic: edges, colour, texture and
-  "a compact object on clutter".
-* **cluttered backgrounds**: the birds generator's smooth coloured noise and random shapes
-  (``utils.data.generate``), plus smaller distractor objects of random shape and plain random colour.
-* random size (``object_scale`` of the side), rotation and position.
-
-Training: the torchvision classifier (``network.backbones.build_classifier``, random init) sees
-fresh images at every step (image ``i`` of step ``t`` is drawn from ``default_rng([seed, 0, t, i])``),
-so the run is deterministic by seed (on one device type and thread count) and never repeats an
-image; the held-out accuracy is measured on ``val_images`` images from another stream
-(``[seed, 1, i]``). SGD, momentum 0.9, Nesterov, cosine lr decay, label smoothing 0.1. The weights
-are written atomically as a plain state dict in torchvision's layout (the 1000-class ``fc`` replaced
-by one of ``num_classes``), loadable by every stage as ``--pretrained <file>``; the JSON beside it
-holds the command, settings, seed, held-out accuracy, seconds and the file's SHA-256.
-
-Option names: ``--backbone`` as in every stage script (``--arch``, the old spelling, still works with
-one deprecation line). The settings key, the JSON's ``settings`` and the file name keep the old
-word ``arch``, so that the weight files already made (the one shipped in ``resource/`` included)
-are still found and reused.
 """
 from __future__ import annotations
 
@@ -127,7 +100,14 @@ def _draw_object(canvas, rng, shape, rgb, texture, scale, angle, centre, backgro
 
 def render_standin(rng, label: int, size: int, *, clutter: float, distractors: float,
                    object_scale: tuple[float, float]) -> np.ndarray:
-    """One uint8 HxWx3 RGB image of class ``label`` on a cluttered background."""
+    """One uint8 HxWx3 RGB image of class ``label`` on a cluttered background.
+
+    One object per image, its class decided by the whole object: shape family (``SHAPES``: disc,
+    square, triangle, star, cross, ring, ...) x colour (``HUES``, jittered) x texture (plain,
+    stripes, dots); none is a bird and no class is decided by a small part, so what transfers to
+    the demo is generic (edges, colour, texture, "a compact object on clutter"). Backgrounds: the
+    birds generator's smooth coloured noise and random shapes (``utils.data.generate``) and smaller
+    distractor objects; random size (``object_scale`` of the side), rotation and position."""
     shape, hue, texture = class_attributes(label)
     S = size * SUPERSAMPLE
     canvas = cv2.resize(_background(rng, size, clutter), (S, S), interpolation=cv2.INTER_LINEAR)
@@ -198,7 +178,15 @@ def evaluate(model, seed: int, s: dict, device, batch: int = 90) -> float:
 def pretrain(settings: dict | None = None, *, resource_dir=RESOURCE_DIR, device: str = "cpu",
              progress: bool = True, command: str | None = None) -> Path:
     """Train ``settings['arch']`` on the stand-in generator and write ``resource_dir/<weight_name>``
-    (+ ``.json``); returns the weight path. Writes nothing until training has finished."""
+    (+ ``.json``); returns the weight path. Writes nothing until training has finished.
+
+    A torchvision classifier (random init) sees fresh images at every step (image ``i`` of step ``t``
+    from ``default_rng([seed, 0, t, i])``: deterministic by seed on one device type and thread count,
+    never an image twice); held-out accuracy on ``val_images`` images of another stream
+    (``[seed, 1, i]``). SGD, momentum 0.9, Nesterov, cosine lr decay, label smoothing 0.1. The weights:
+    a plain state dict in torchvision's layout (``fc`` of ``num_classes``), loadable by every stage as
+    ``--pretrained <file>``; the JSON beside it: command, settings (the backbone under the key
+    ``arch``, as in the file name), held-out accuracy, seconds, SHA-256."""
     from tqdm import tqdm
 
     from network.backbones import build_classifier
@@ -286,7 +274,7 @@ def _option_types() -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from utils.config import HelpFormatter, OptionParser, add_alias
+    from utils.config import HelpFormatter, OptionParser
 
     p = OptionParser(prog="python -m network.pretrain", formatter_class=HelpFormatter,
                      description="Pretrain a torchvision backbone on generated generic objects "
@@ -294,8 +282,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     types = _option_types()
     for key, value in DEFAULTS.items():
         if key == "arch":  # the settings key keeps its name (file names, JSON); the option is --backbone
-            add_alias(p, "--arch", p.add_argument("--backbone", dest="arch", type=str, default=value,
-                                                  help="torchvision ResNet to pretrain"))
+            p.add_argument("--backbone", dest="arch", type=str, default=value, help="torchvision ResNet to pretrain")
             continue
         if isinstance(value, bool):
             p.add_argument("--" + key, action="store_true",

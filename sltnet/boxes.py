@@ -1,29 +1,8 @@
-"""Box conventions of SLT-Net's regressor and pseudo boxes from localization maps.
-
-* Pixel boxes are ``x0, y0, x1, y1`` in input-pixel coordinates of the image the network saw
-  (``utils.evaluation.boxes.boxes_from_maps`` convention: ``x1 = min(x0 + w, W - 1)``, scored with the inclusive
-  IoU of Choe et al.).
-* The regressor predicts ``p = (x1/m, y1/m, x2/m, y2/m)``; Sec. 3.1: "(x1, y1) are the top-left
-  coordinate of the bounding box, (x2, y2) are the bottom-right coordinate of the bounding box,
-  and m is the downsampling factor". By default (``box_scale="stride"``) ``m`` is the localizer's
-  downsampling factor (its CAM stride: 16 for VGG16 conv5, so a 224 input's 14 x 14 map gives
-  coordinates on that grid, 0 .. 14); ``box_scale="input"`` divides by the input size instead
-  (every coordinate in [0, 1]). :func:`box_divisor` gives the divisor, :func:`normalize_boxes` /
-  :func:`denormalize_boxes` divide and multiply by it (exact inverses up to rounding).
-* Pseudo boxes (:func:`pseudo_boxes`): ``rule="zhou"`` (default) is CAM's rule, which the paper
-  cites (Sec. 3.2: "segments the regions with the top 20% values and chose the bounding box that
-  covers the largest connected component"): the raw map, values above 20 % of its max
-  (``utils.evaluation.boxes.boxes_from_maps_zhou``); ``rule="choe"`` min-max normalises first and applies Choe
-  et al.'s uint8 rule (``utils.evaluation.boxes.boxes_from_maps``), the rule of the evaluator's ``wsol`` protocol.
-* ``boxes.csv`` (hand-off file, read and written by ``utils.evaluation.handoff``): header
-  ``image_id,x0,y0,x1,y1`` in input pixels of the protocol geometry; a sidecar ``boxes.json`` says
-  which protocol / input size / threshold / box rule / downsampling factor produced them;
-  :func:`boxes_to_image_fraction` reads a box back as fractions of the original image.
-* A trained regressor's encoding (box scale, m) is read from its run's ``args.yaml``
-  (:func:`trained_box_encoding`).
-* :class:`ThresholdSweep`: GT-known Loc of maps boxed by one rule at every threshold of a grid
-  (:data:`BEST_THRESHOLDS`, 0.05 .. 0.95 step 0.01), for ``localizer/test.py --box-threshold best``.
-"""
+"""SLT-Net's box encodings: pixel boxes ``x0, y0, x1, y1`` in input pixels of the image the network
+saw (``x1 = min(x0 + w, W - 1)``, Choe et al.'s inclusive IoU), the regressor's ``p`` (box / m, Sec.
+3.1: :func:`box_divisor`, :func:`normalize_boxes`), pseudo boxes from localization maps
+(:func:`pseudo_boxes`), ``boxes.csv`` boxes as image fractions (:func:`boxes_to_image_fraction`) and
+the GT-known Loc of every threshold of a grid (:class:`ThresholdSweep`, ``--box-threshold best``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,8 +30,14 @@ def _size_vector(size, like):
 
 
 def box_divisor(box_scale: str, input_size, stride: float):
-    """What the regressor's box is divided by: ``stride`` (= m, the localizer's downsampling factor,
-    Sec. 3.1) for ``box_scale="stride"``, the input size (int or (width, height)) for ``"input"``."""
+    """What the regressor's box is divided by: ``stride`` (= m) for ``box_scale="stride"``, the input
+    size (int or (width, height)) for ``"input"`` (every coordinate then in [0, 1]). ``ValueError``
+    for another scale or a stride that is not positive.
+
+    The regressor predicts ``p = (x1/m, y1/m, x2/m, y2/m)``; Sec. 3.1: "(x1, y1) are the top-left
+    coordinate of the bounding box, (x2, y2) are the bottom-right coordinate of the bounding box, and m
+    is the downsampling factor": here the localizer's CAM stride (16 for VGG16 conv5, so a 224 input's
+    14 x 14 map gives coordinates on that grid, 0 .. 14)."""
     if box_scale == "stride":
         if stride is None or float(stride) <= 0:
             raise ValueError(f"box scale 'stride' needs a positive downsampling factor, got {stride!r}")
@@ -91,45 +76,14 @@ def pseudo_boxes(maps: torch.Tensor, input_size, threshold: float, rule: str = "
     """Boxes [B, 4] (input pixels, int) from localization maps [B, h, w].
 
     Maps are upsampled to the input size (bilinear) and boxed by ``rule``: ``"zhou"`` (CAM's rule,
-    Sec. 3.2: values above ``threshold`` of the raw map's max, largest connected component) or
-    ``"choe"`` (min-max normalised, then Choe et al.'s uint8 rule). An empty map gives [0, 0, 0, 0].
+    which Sec. 3.2 cites: "segments the regions with the top 20% values and chose the bounding box
+    that covers the largest connected component": values above ``threshold`` of the raw map's max,
+    largest connected component) or ``"choe"`` (min-max normalised, then Choe et al.'s uint8 rule, the
+    evaluator's ``wsol`` protocol). An empty map gives [0, 0, 0, 0].
     """
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)  # (H, W)
     resized = resize_maps(maps.detach().float(), size).cpu()
     return np.stack([b[0] for b in maps_to_boxes(resized, threshold, rule)]).astype(np.int64)
-
-
-def trained_box_encoding(args, weights_path) -> tuple[str, float | None]:
-    """(box scale, m) the regressor in ``weights_path`` was trained with: its folder's args.yaml.
-
-    An explicit ``--box-scale`` / ``--box-stride`` must agree with it (else one error line). An
-    args.yaml without ``box_scale`` comes from a run before the scale was an option: such
-    regressors were trained on boxes divided by the input size. Without args.yaml the scale (and,
-    for ``stride``, m) must be given on the command line.
-    """
-    import yaml
-
-    path = Path(weights_path).parent / "args.yaml"
-    if path.is_file():
-        trained = yaml.safe_load(path.read_text()) or {}
-        scale = trained.get("box_scale") or "input"
-        stride = trained.get("box_stride") if scale == "stride" else None
-        if args.box_scale is not None and args.box_scale != scale:
-            raise DataError.at(path, None, f"the regressor was trained with box_scale {scale}, this test asks "
-                               f"for --box-scale {args.box_scale}: drop the option (or pass --box-scale {scale})")
-        if scale == "stride" and args.box_stride is not None and stride is not None \
-                and float(args.box_stride) != float(stride):
-            raise DataError.at(path, None, f"the regressor was trained with box_stride {stride}, this test asks "
-                               f"for --box-stride {args.box_stride}")
-        stride = stride if stride is not None else args.box_stride
-    else:
-        scale, stride = args.box_scale, args.box_stride
-        if scale is None:
-            raise DataError.at(path, None, "not found, so the regressor's box scale is unknown: pass --box-scale "
-                               "stride --box-stride M (as trained) or --box-scale input")
-    if scale == "stride" and stride is None:
-        raise DataError.at(path, None, "box_scale stride without box_stride: pass --box-stride M (as trained)")
-    return scale, (float(stride) if stride is not None else None)
 
 
 def boxes_to_image_fraction(box, meta: dict, path) -> list[float]:

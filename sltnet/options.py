@@ -1,31 +1,18 @@
-"""The command lines of the SLT-Net stage scripts, buildable without importing torch.
-
-Each ``sltnet/<stage>/<train|test>.py`` takes its parser from here and parses ``sys.argv`` before
-its heavy imports (``utils.config.parse_early``), so ``--help`` and a mistyped option are answered
-at once. The option groups the stages share are here too, the names the command line offers
-(``BACKBONES``, ``BOX_RULES``, ``BOX_SCALES``, ``SMT_VARIANTS``, ``TEACHER_MAPS``, ``VST_BN``,
-``REGRESSOR_POOLS``), which ``sltnet.model``, ``sltnet.losses`` and ``sltnet.boxes`` import from here,
-:func:`threshold_or_best` (the localizer test's ``--box-threshold``: a number or ``best``; every
-other range is a ``type=`` of :mod:`utils.ranges`), :func:`resolve_top_k` (K from --top-k-ratio once the class count is
-known), :func:`check_map_options` and :func:`resolve_args`: the defaults derived from other options
-(per-backbone geometry, dataset name, data root, the stage folders; :data:`PRODUCER` names the
-script that writes each stage folder's model.pth).
-
-Stage folders (each with train.py / test.py): ``sltnet/localizer`` (localizer + regressor trained
-together, Fig. 2a), ``sltnet/regressor`` (optional standalone regressor training from saved pseudo
-boxes; the final evaluation), ``sltnet/classifier`` (the separate classifier, Fig. 2b). Default
-outputs: ``output/sltnet/<cub|imagenet>/<backbone>/<localizer|regressor|classifier>``.
-"""
+"""The command lines of the SLT-Net stage scripts, importable without torch (a script parses before
+its heavy imports: ``utils.config.parse_early``), with the names they offer (``BACKBONES``, ``BOX_RULES``,
+... imported by ``sltnet.model``, ``sltnet.losses``, ``sltnet.boxes``); beside each test step's parser,
+what it takes from its training run and the outputs it replaces (``LOCALIZER_TEST_INHERITS``, ...);
+the defaults and checks other options decide (:func:`resolve_defaults`, :func:`resolve_top_k`, ...)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from utils.config import add_alias, add_common_args, stage_parser
-from utils.options import add_classifier_train_args, add_output_stride_arg, check_output_stride
+from utils.config import add_common_args, is_training, stage_parser
+from utils.options import Inherit, add_classifier_train_args, add_output_stride_arg, check_output_stride
 from utils.ranges import (Range, fraction, momentum, non_negative_float, non_negative_int, open_fraction,
                           positive_float, positive_int, probability)
-from utils.paths import DATASET_DIR, stage_dir
+from utils.paths import DATASET_DIR, METRICS, TRAIN_ARGS, stage_dir
 from utils.evaluation.protocol import choices as protocol_choices
 
 BACKBONES = ("vgg16", "inception_v3", "resnet18", "resnet50", "densenet161")
@@ -51,15 +38,16 @@ def threshold_or_best(text: str) -> float | str:
     """``type=`` of the localizer test's --box-threshold: a fraction of the map's max in [0, 1], or ``best``."""
     if str(text).strip().lower() == "best":
         return "best"
-    return probability(text)
+    try:
+        return probability(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] or 'best', got {text!r}") from None
 
 
 def add_dataset_arg(group) -> None:
-    """``--dataset`` (``--dataset-name`` before, still accepted): names the default folders."""
-    add_alias(group, "--dataset-name", group.add_argument(
-        "--dataset", type=str, default=None,
-        help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout; "
-             "formerly --dataset-name)"))
+    """``--dataset``: names the default folders."""
+    group.add_argument("--dataset", type=str, default=None,
+                       help="folder name under output/sltnet/ (default: cub, imagenet or metadata from --layout)")
 
 
 def add_top_k_args(group, *, test: bool = False) -> None:
@@ -146,6 +134,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--share-backbone", action=argparse.BooleanOptionalAction, default=False,
                    help="regressor head on the localizer's features instead of its own backbone")
     return parser
+
+
+# The options of add_model_args that build the network: a test step reads them from its training run
+# (refusing a given value that differs), and the input geometry when not given.
+MODEL_OPTIONS = ("backbone", "output_stride", "cam_feature", "extra_conv", "regressor_feature", "regressor_hidden",
+                 "regressor_final_relu", "regressor_pool", "regressor_grid", "share_backbone")
+GEOMETRY_OPTIONS = ("resize_size", "input_size")
 
 
 def add_classifier_stage_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -275,6 +270,12 @@ def localizer_test_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# K (--top-k, resolved from --top-k-ratio when that was given) is taken when not given, never refused
+LOCALIZER_TEST_INHERITS = Inherit(folder="localizer_dir", options=MODEL_OPTIONS, soft=(*GEOMETRY_OPTIONS, "top_k"),
+                                  unless="weights")
+LOCALIZER_TEST_OUTPUTS = ("scoremaps", "boxes.csv", "boxes.json", *METRICS, "evaluate.json")
+
+
 def regressor_train_parser() -> argparse.ArgumentParser:
     """``sltnet/regressor/train.py``."""
     parser = stage_parser("sltnet/regressor/train.py", "SLT-Net regressor training from saved pseudo boxes")
@@ -323,6 +324,37 @@ def regressor_test_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def regressor_weights(args) -> Path:
+    """The weights ``sltnet/regressor/test.py`` tests: ``--weights``, else ``model.pth`` of the stage
+    folder ``--regressor-source`` names."""
+    return Path(args.weights) if args.weights else Path(getattr(args, f"{args.regressor_source}_dir")) / "model.pth"
+
+
+# The network as its training run built it (the stage folder --regressor-source names; not with
+# --weights), and the box encoding of the weights tested, also of --weights: the run beside them.
+REGRESSOR_TEST_INHERITS = (
+    Inherit(folder=lambda args: getattr(args, f"{args.regressor_source}_dir"), options=MODEL_OPTIONS,
+            soft=GEOMETRY_OPTIONS, unless="weights"),
+    Inherit(folder=lambda args: regressor_weights(args).parent, options=("box_scale", "box_stride")),
+)
+REGRESSOR_TEST_OUTPUTS = ("boxes.csv", "boxes.json", *METRICS, "grid.png")
+
+
+def check_box_encoding(args) -> None:
+    """The regressor test's box scale (and m for ``stride``) is known, from the regressor's training
+    run (:data:`REGRESSOR_TEST_INHERITS`) or given: else one ``DataError`` line naming that run's
+    options file."""
+    from utils.errors import DataError
+
+    trained = regressor_weights(args).parent / TRAIN_ARGS
+    if args.box_scale is None:
+        raise DataError.at(trained, None, "records no box_scale (or is not there), so the regressor's box scale is "
+                           "unknown: pass --box-scale stride --box-stride M (as trained) or --box-scale input")
+    if args.box_scale == "stride" and args.box_stride is None:
+        raise DataError.at(trained, None, "records no box_stride for box_scale stride: pass --box-stride M "
+                           "(as trained)")
+
+
 def classifier_train_parser() -> argparse.ArgumentParser:
     """``sltnet/classifier/train.py``."""
     parser = stage_parser("sltnet/classifier/train.py", "SLT-Net classifier fine-tuning (cross entropy)")
@@ -349,6 +381,11 @@ def classifier_test_parser() -> argparse.ArgumentParser:
                    help="average the softmax of ten crops (else one centre crop)")
     parser.set_defaults(batch_size=32)
     return parser
+
+
+CLASSIFIER_TEST_INHERITS = Inherit(folder="classifier_dir", options=("backbone",), soft=GEOMETRY_OPTIONS,
+                                   unless="checkpoint")
+CLASSIFIER_TEST_OUTPUTS = ("predictions.csv", *METRICS)
 
 
 def check_top_k(args, num_classes: int) -> None:
@@ -384,13 +421,17 @@ def check_map_options(args) -> None:
                         "boxes.json of the train split records)")
 
 
-def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = None) -> argparse.Namespace:
-    """Fill the defaults derived from other options (paths, per-backbone input geometry).
-
-    Training stages write into ``utils.paths.stage_dir``; a test script (``test_of`` = the stage whose
-    folder it reads) writes into ``<that folder>/<split>`` unless --output-dir is given.
-    """
-    if test_of is None:  # a test step's backbone may still come from its training run
+def resolve_defaults(args: argparse.Namespace, stage: str) -> argparse.Namespace:
+    """Fill the options left at None that other options decide; returns ``args``. The input geometry
+    (per backbone, Sec. 4.1), the dataset name and data root (per layout), the stage folders
+    ``output/sltnet/<dataset>/<backbone>/<localizer|regressor|classifier>`` (under the repository
+    root; the regressor's ``--pseudo-box-backbone`` names its localizer's, Table 6) and ``output_dir``:
+    the stage folder for a training step, ``<stage folder>/<split>`` for a test step, which reads its
+    training run in the stage folder (the localizer's runs on the test and train splits). One
+    ``DataError`` line for a training run's ``--output-stride`` its backbone lacks, and for the
+    contradictions of :func:`check_map_options`."""
+    test = not is_training(args)
+    if not test:  # a test step's backbone may still come from its training run
         check_output_stride(args)
     check_map_options(args)
     resize, crop = GEOMETRY[args.backbone]
@@ -406,8 +447,8 @@ def resolve_args(args: argparse.Namespace, stage: str, *, test_of: str | None = 
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, str(stage_dir(METHOD, args.dataset, name.split("_")[0], backbone=args.backbone)))
     if args.output_dir is None:
-        if test_of is not None:
-            args.output_dir = str(Path(getattr(args, f"{test_of}_dir")) / args.split)
+        if test:
+            args.output_dir = str(Path(getattr(args, f"{stage}_dir")) / args.split)
         else:
             args.output_dir = str(stage_dir(METHOD, args.dataset, stage, backbone=args.backbone))
     return args

@@ -1,33 +1,19 @@
-"""The command lines of the SPOL stage scripts, buildable without importing torch.
-
-Each ``spol/<stage>/<train|test>.py`` takes its parser from here and parses ``sys.argv`` before
-its heavy imports (``utils.config.parse_early``), so ``--help`` and a mistyped option are answered
-at once. Shared groups: ``utils.config.add_common_args`` (``train=False`` leaves out the options
-only a training run reads), :func:`add_spol_args` / :func:`add_sgd_args`,
-``utils.options.add_classifier_args``. Then the defaults derived from the options
-(:func:`resolve_defaults`, :func:`default_path`, :func:`spol_config`) and the split they name
-(:func:`load_split`).
-
-Default folders (all derived from the repository root, never from the current directory)::
-
-    data root   dataset/CUB_200_2011 (layout cub), dataset/ILSVRC2012 (layout ilsvrc)
-    outputs     output/spol/<cub|imagenet>/<cls|cam|seg>
-    hand-offs   <cls>/predictions.csv  (spol/cls/test.py)   -> spol/seg/test.py
-                <cam>/model.pth        (spol/cam/train.py)  -> spol/cam/test.py
-                <cam>/pseudo_masks/    (spol/cam/test.py)   -> spol/seg/train.py
-                <seg>/model.pth        (spol/seg/train.py)  -> spol/seg/test.py
-"""
+"""The command lines of the SPOL stage scripts, importable without torch (a script parses before its
+heavy imports: ``utils.config.parse_early``); beside each test step's parser, what it takes from its
+training run and the outputs it replaces (``CAM_TEST_INHERITS``, ``CAM_TEST_OUTPUTS``, ...); the
+defaults other options decide (:func:`resolve_defaults`, :func:`default_path`, :func:`spol_config`)
+and the split they name (:func:`load_split`)."""
 from __future__ import annotations
 
 import argparse
 import os
 
-from utils.config import add_alias, add_common_args, stage_parser
-from utils.options import add_classifier_args, add_output_stride_arg
+from utils.config import add_common_args, stage_parser
+from utils.options import Inherit, add_classifier_args, add_output_stride_arg
 from utils.ranges import (fraction, momentum, non_negative_float, non_negative_int, open_fraction,
                           positive_float, positive_int, probability)
-from utils.paths import CONFIG_DIR, DATASET_DIR, stage_dir
-from utils.evaluation.protocol import BOTH, choices as protocol_choices
+from utils.paths import CONFIG_DIR, DATASET_DIR, METRICS, stage_dir
+from utils.evaluation.protocol import BOTH, choices as protocol_choices, expand
 
 DATASET_OF_LAYOUT = {"cub": "cub", "ilsvrc": "imagenet"}
 DEFAULT_DATA_ROOT = {"cub": DATASET_DIR / "CUB_200_2011", "imagenet": DATASET_DIR / "ILSVRC2012"}
@@ -41,10 +27,8 @@ PSEUDO_MASK_WORK_SIZE = 256
 def _add_backbone_arg(parser: argparse.ArgumentParser, *, test: bool = False) -> None:
     """``--backbone`` of the CAM and seg models: the paper's ResNet-50, or ResNet-18 (the demo's);
     ``--output-stride`` of that trunk (32, the paper's, by default)."""
-    # --arch: the repository's old spelling of --backbone, accepted here as everywhere (one deprecation line)
-    add_alias(parser, "--arch", parser.add_argument(
-        "--backbone", type=str, default="resnet50", choices=["resnet50", "resnet18"],
-        help="ResNet trunk of the shallow x deep model (test steps: the training run's by default)"))
+    parser.add_argument("--backbone", type=str, default="resnet50", choices=["resnet50", "resnet18"],
+                        help="ResNet trunk of the shallow x deep model (test steps: the training run's by default)")
     add_output_stride_arg(parser, test=test)
 
 
@@ -74,11 +58,9 @@ def add_sgd_args(parser: argparse.ArgumentParser, *, lr: float, backbone_lr_mult
 
 
 def add_geometry_args(group, *, resize_help: str, crop_help: str, resize: int = 256, crop: int = 224):
-    """``--resize-size`` / ``--input-size`` (SPOL's ``--resize`` / ``--crop`` before, still accepted)."""
-    add_alias(group, "--resize", group.add_argument("--resize-size", type=positive_int, default=resize,
-                                                    help=f"{resize_help} (formerly --resize)"))
-    add_alias(group, "--crop", group.add_argument("--input-size", type=positive_int, default=crop,
-                                                  help=f"{crop_help} (formerly --crop)"))
+    """``--resize-size`` / ``--input-size``."""
+    group.add_argument("--resize-size", type=positive_int, default=resize, help=resize_help)
+    group.add_argument("--input-size", type=positive_int, default=crop, help=crop_help)
 
 
 def cls_train_parser() -> argparse.ArgumentParser:
@@ -99,6 +81,12 @@ def cls_test_parser() -> argparse.ArgumentParser:
     add_classifier_args(parser, train=False)
     parser.set_defaults(batch_size=16, resize_size=685, pretrained="none")
     return parser
+
+
+# A test step reads its training run in its own folder (unless --checkpoint names other weights): the
+# network, and the input geometry when not given (cls: the resize only, it tests the whole image).
+CLS_TEST_INHERITS = Inherit(folder="output_dir", options=("backbone",), soft=("resize_size",), unless="checkpoint")
+CLS_TEST_OUTPUTS = ("predictions.csv", *METRICS)
 
 
 def cam_train_parser() -> argparse.ArgumentParser:
@@ -131,9 +119,8 @@ def cam_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", type=str, default=None,
                    help="CAM model weights (default <output-dir>/model.pth, written by spol/cam/train.py)")
     g.add_argument("--split", type=str, default="train", help="images to write pseudo masks for")
-    add_alias(g, "--resize", g.add_argument("--resize-size", type=positive_int, default=PSEUDO_MASK_WORK_SIZE,
-                                            help="images are resized to N x N: the CAM input and pseudo-mask "
-                                                 "working size (reference: 256; formerly --resize)"))
+    g.add_argument("--resize-size", type=positive_int, default=PSEUDO_MASK_WORK_SIZE,
+                   help="images are resized to N x N: the CAM input and pseudo-mask working size (reference: 256)")
     g.add_argument("--mask-workers", type=non_negative_int, default=4, help="CPU threads fitting the Gaussians")
     g.add_argument("--mask-format", type=str, default="png", choices=["png", "authors"],
                    help="png: lossless <id stem>.png for every dataset; authors: the SPOL authors' file "
@@ -147,6 +134,11 @@ def cam_test_parser() -> argparse.ArgumentParser:
                         "NaN channel")
     parser.set_defaults(batch_size=64, pretrained="none")
     return parser
+
+
+CAM_TEST_INHERITS = Inherit(folder="output_dir", options=("backbone", "output_stride"), soft=("resize_size",),
+                            unless="checkpoint")
+CAM_TEST_OUTPUTS = ("pseudo_masks", "pseudo_masks.json")
 
 
 def seg_train_parser() -> argparse.ArgumentParser:
@@ -211,6 +203,15 @@ def seg_test_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SEG_TEST_INHERITS = Inherit(folder="output_dir", options=("backbone", "output_stride"),
+                            soft=("resize_size", "input_size"), unless="checkpoint")
+
+
+def seg_test_outputs(args) -> tuple[str, ...]:
+    """What ``spol/seg/test.py`` writes in its folder: a folder per protocol run, the summary."""
+    return (*expand(args.protocol), *METRICS)
+
+
 PARSERS = {"cls_train": cls_train_parser, "cls_test": cls_test_parser, "cam_train": cam_train_parser,
            "cam_test": cam_test_parser, "seg_train": seg_train_parser, "seg_test": seg_test_parser}
 
@@ -238,7 +239,13 @@ def dataset_name(args) -> str:
 
 
 def resolve_defaults(args, stage: str):
-    """Fill ``output_dir``, ``data_root`` and ``exclude_ids`` left at None; returns ``args``."""
+    """Fill the options left at None that other options decide; returns ``args``. ``output_dir``: the
+    stage folder ``output/spol/<cub|imagenet>/<cls|cam|seg>`` (under the repository root, never the
+    current directory), shared by the stage's train and test steps (a test step reads its training
+    run there and writes beside it); ``data_root``: ``dataset/CUB_200_2011`` (cub) or
+    ``dataset/ILSVRC2012`` (imagenet); ``exclude_ids``: ImageNet's mislabelled image. The hand-offs
+    between the folders: ``<cls>/predictions.csv`` -> seg test, ``<cam>/pseudo_masks/`` -> seg train.
+    ``ValueError`` for layout metadata without ``--dataset``."""
     name = dataset_name(args)
     if args.output_dir is None:
         args.output_dir = str(stage_dir("spol", name, stage))

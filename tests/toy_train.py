@@ -11,7 +11,8 @@ random) and a BatchNorm-free model with dropout, trained by utils.engine.trainer
 (K optimizer steps done), to test resuming. ``--trace-file F`` appends the index of
 every sample loaded (from any worker) to F. ``--pause-after-step K --pause-file F`` creates F
 when step K + 1 starts and then waits (for the lock test). ``--nan-after-step K`` makes the
-loss NaN from step K + 1 on. Runs through ``utils.engine.rundir.run_cli`` like a stage script.
+loss NaN from step K + 1 on. Framed and run like a stage script (``utils.engine.stage.start_run``,
+``utils.engine.rundir.run_cli``).
 """
 import argparse
 import os
@@ -28,10 +29,9 @@ from torch.utils.data import Dataset
 
 from utils.engine import rundir
 from utils.config import add_common_args
-from utils.engine.rundir import run_cli, save_resolved_config
-from utils.engine.distributed import cleanup
+from utils.engine.rundir import run_cli
+from utils.engine.stage import save_args, start_run
 from utils.engine.trainer import Trainer, build_optimizer
-from utils.engine.seeding import setup_run
 
 
 class ToyDataset(Dataset):
@@ -90,9 +90,12 @@ def get_args_parser():
 
 def main(args):
     torch.set_num_threads(1)
-    ctx = setup_run(args)
-    if ctx.is_main:
-        save_resolved_config(args, args.output_dir)
+    with start_run(args) as ctx:
+        save_args(args, ctx)
+        train(args, ctx)
+
+
+def train(args, ctx):
     model = ToyNet(args.dropout)
     optimizer = build_optimizer(model.parameters(), args)
     trainer = Trainer(model, optimizer, args, ctx, lr_lambda=lambda step: 1.0 / (1.0 + 0.1 * step),
@@ -113,7 +116,6 @@ def main(args):
         return loss, {"ce": loss.item(), "acc": (logits.argmax(1) == batch["label"]).float().mean().item()}
 
     trainer.fit(ToyDataset(args.samples, trace_file=args.trace_file), loss_fn)
-    cleanup(ctx)
 
 
 if __name__ == "__main__":

@@ -1,37 +1,8 @@
-"""Command-line options with YAML configuration files (timm-style).
-
-Every stage script takes its ``argparse`` parser (``get_args_parser()``) from a module that imports
-no torch (``spol/options.py``, ``sltnet/options.py``: ``stage_parser`` + ``add_common_args`` + the
-method's groups), parses with ``parse_early(__name__, get_args_parser, "cam_train")`` before its
-heavy imports, and hands the namespace to ``utils.engine.rundir.run_cli``; ``parse_args(parser,
-stage="cam_train")`` does the parsing. ``--config FILE.yaml`` is added automatically.
-
-Precedence, lowest to highest::
-
-    parser defaults < YAML top-level keys < YAML "<stage>:" mapping < explicit command line
-
-A YAML file looks like::
-
-    batch_size: 32          # applies to every stage that has --batch-size
-    epochs: 4               # TRAIN_ONLY: the training stages (skipped by the test steps)
-    cam_train:              # applies to the "cam_train" stage only, wins over the top level
-      epochs: 10
-    seg_train:              # ignored by every stage but "seg_train"
-      epochs: 2
-
-Keys are option destinations (``batch_size``; ``batch-size`` is accepted too). A key the
-stage's parser does not have is an error naming the file, the line and the key: a typo is
-never silently ignored (one exception: a top-level key in ``TRAIN_ONLY`` is skipped by a test step,
-which has no such option). A mapping at the top level must be the section of a known stage
-(``STAGES``, or the stage being parsed) or a YAML anchor declared as such (``name: &name``, merged
-into stage sections with ``<<: *name``): ``cma_train:`` or ``training:`` is an error, not ignored. The file's values become the parser's defaults (``parser.set_defaults``, as timm's ``train.py``
-does) after argparse itself has converted each one with the option's ``type`` (which also checks
-its range: ``utils.ranges.Range``) and checked it against its ``choices``; flags (``store_true`` / ``BooleanOptionalAction``) take YAML booleans;
-options with ``nargs`` take YAML lists. A key of ``RENAMED_OPTIONS`` (``arch``, ``resize``, ``crop``,
-``dataset_name``) is read as its new name with one deprecation line. A key or a stage section given
-twice (YAML would keep the last silently), one option under two spellings, invalid YAML or a file
-that is not UTF-8 is an error naming the file and the line.
-"""
+"""Command-line options with YAML configuration files (timm-style), importable without torch: a
+stage script's parser pieces (``stage_parser``, ``add_common_args``, ``OptionParser``'s one-line
+errors), ``parse_args`` (parser defaults < YAML top level < YAML ``<stage>:`` section < command
+line), ``parse_early`` (a script's parsing before its heavy imports), ``write_config`` (the options
+back as a config file) and ``report_error`` (the one ``error:`` line)."""
 from __future__ import annotations
 
 import argparse
@@ -63,53 +34,9 @@ _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 TRAIN_ONLY = ("epochs", "resume", "overwrite", "log_every", "save_every_steps", "max_steps_per_epoch")
 
 
-# Option destinations renamed so that both methods speak one vocabulary: old -> new. The old
-# spellings stay accepted for a release (command line: ``add_alias``; config files and the args.yaml
-# / checkpoints of earlier runs: ``renamed_keys``), each use printing one deprecation line.
-RENAMED_OPTIONS = {"arch": "backbone", "resize": "resize_size", "crop": "input_size", "dataset_name": "dataset"}
-_warned: set[str] = set()
-
-
-def _warn_once(line: str) -> None:
-    import sys
-
-    if line not in _warned and int(os.environ.get("RANK", "0")) == 0:
-        _warned.add(line)
-        print(line, file=sys.stderr, flush=True)
-
-
-class DeprecatedAlias(argparse._StoreAction):
-    """A hidden old spelling of an option: stores into the new option's destination and prints
-    ``warning: --arch is deprecated; use --backbone`` (once per process)."""
-
-    def __init__(self, option_strings, dest, new: str = "", **kwargs):
-        super().__init__(option_strings, dest, **kwargs)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        _warn_once(f"warning: {option_string} is deprecated; use {self.new}")
-        setattr(namespace, self.dest, values)
-
-
-def add_alias(container, old: str, action: argparse.Action) -> argparse.Action:
-    """Accept ``old`` (e.g. ``--arch``) as a deprecated spelling of ``action`` (``--backbone``):
-    same destination, type and choices; left out of ``--help``; ``action`` is returned.
-    ``container``: the parser or the argument group ``action`` was added to."""
-    container.add_argument(old, dest=action.dest, type=action.type, choices=action.choices,
-                           metavar=action.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                           action=DeprecatedAlias, new=action.option_strings[0])
-    return action
-
-
-def renamed_keys(values: dict) -> dict:
-    """``values`` (an args.yaml or a checkpoint's options, maybe written before the renaming)
-    with the old option names replaced by the new ones (a new name already there wins)."""
-    out = dict(values)
-    for old, new in RENAMED_OPTIONS.items():
-        if old in out:
-            value = out.pop(old)
-            out.setdefault(new, value)
-    return out
+def is_training(args) -> bool:
+    """Whether ``args`` are a training step's: only a training step's parser has ``TRAIN_ONLY``."""
+    return hasattr(args, "overwrite")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -146,8 +73,9 @@ class OptionParser(argparse.ArgumentParser):
 def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The parser of a stage script: ``prog`` (the script, e.g. ``spol/cam/train.py``) starts the
     usage line, the description follows it, defaults are shown (``HelpFormatter``); its errors are
-    one line (``OptionParser``)."""
-    return OptionParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    one line (``OptionParser``). Options are spelled in full (no prefix of one is taken for it), as
+    in a config file."""
+    return OptionParser(prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, train: bool = True) -> argparse.ArgumentParser:
@@ -332,7 +260,7 @@ def _checked(parser: argparse.ArgumentParser, action: argparse.Action, value: An
 
 def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> dict[str, Any]:
     data, lines = load_yaml_with_lines(path)
-    actions = {a.dest: a for a in parser._actions if not isinstance(a, (*_SKIP_ACTIONS, DeprecatedAlias))
+    actions = {a.dest: a for a in parser._actions if not isinstance(a, _SKIP_ACTIONS)
                and a.dest not in ("config", argparse.SUPPRESS)}
     values: dict[str, Any] = {}
     given: dict[tuple, tuple[str, int | None]] = {}  # (section, dest) -> (key, line): one spelling each
@@ -340,9 +268,6 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> d
     def apply(key: Any, value: Any, where: tuple) -> None:
         line = lines.get(where)
         dest = str(key).replace("-", "_")
-        if dest not in actions and RENAMED_OPTIONS.get(dest) in actions:
-            _warn_once(f"warning: {path}:{line}: key '{key}' is deprecated; use '{RENAMED_OPTIONS[dest]}'")
-            dest = RENAMED_OPTIONS[dest]
         slot = (where[:-1], dest)
         if slot in given:
             raise DataError.at(path, line, f"key '{key}' sets the same option as '{given[slot][0]}' on line "
@@ -385,16 +310,31 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: Path, stage: str) -> d
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *,
                stage: str) -> argparse.Namespace:
-    """Parse ``argv`` (default ``sys.argv[1:]``) with YAML defaults from ``--config``.
+    """Parse ``argv`` (default ``sys.argv[1:]``) with the defaults of ``--config FILE.yaml`` (added
+    to ``parser``); ``args.config`` is the file's resolved path or None.
 
-    The returned namespace has ``config`` (the resolved config path or None) and
-    ``stage``-independent option values; see the module docstring for precedence.
+    Precedence, lowest to highest: parser defaults < the file's top-level keys < its ``<stage>:``
+    mapping < the command line. For example::
+
+        batch_size: 32          # every stage that has --batch-size
+        epochs: 4               # TRAIN_ONLY: the training stages (skipped by the test steps)
+        cam_train:              # the "cam_train" stage only, wins over the top level
+          epochs: 10
+
+    Keys are option destinations (``batch_size``; ``batch-size`` too). Each value is converted and
+    checked by argparse itself (the option's ``type``, so its ``utils.ranges`` range, and ``choices``);
+    flags take YAML booleans, ``nargs`` options YAML lists. One ``DataError`` naming the file and the
+    line for: a key the stage's parser does not have (but a top-level ``TRAIN_ONLY`` key in a test
+    step), a top-level mapping that is no stage section (``STAGES``, ``SCRIPT_SECTIONS``) nor a
+    declared YAML anchor (``name: &name``, merged with ``<<: *name``), a key or section given twice,
+    one option under two spellings, invalid YAML, a file that is not UTF-8. The option cross
+    checks (``utils.ranges.check_options``) run on the options given.
     """
     if not any("--config" in a.option_strings for a in parser._actions):
         parser.add_argument("--config", type=str, default=None,
                             help="YAML file of option values (top level: every stage; "
                                  f"a mapping named like the stage, e.g. '{stage}:', this stage only)")
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", type=str, default=None)
     known, _ = pre.parse_known_args(argv)
     config_path = None
@@ -423,7 +363,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *
     from utils.ranges import check_options
 
     # the ranges one option cannot check alone (crop <= resize, a split of the layout), among the
-    # options given; utils.engine.seeding.setup_run checks them all once the derived defaults are filled
+    # options given; utils.engine.stage.start_run checks them all once the derived defaults are filled
     check_options(args, only=given | {"layout", "threshold_layout"})
     return args
 
@@ -452,6 +392,17 @@ def args_to_dict(args: argparse.Namespace | dict) -> dict[str, Any]:
 
     items = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     return {k: plain(v) for k, v in items.items()}
+
+
+def write_config(args: argparse.Namespace, path: str | os.PathLike) -> Path:
+    """Every option of ``args`` but ``config`` to the YAML file ``path``, atomically (``utils.io``):
+    ``--config`` of that file gives the same options back. Returns ``path``."""
+    from utils.io import atomic_write_text
+
+    values = args_to_dict(args)
+    values.pop("config", None)
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
+    return Path(path)
 
 
 def report_error(exc: BaseException) -> None:

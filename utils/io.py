@@ -1,11 +1,8 @@
-"""Atomic output writing: a crash or an exception never leaves a truncated file.
-
-Every helper writes a temporary file in the target's folder (so ``os.replace`` is an
-atomic rename on the same file system), flushes and fsyncs it, then replaces the target.
-On an exception the temporary file is removed and an existing target is left untouched; a full
-disk (or quota) becomes one ``NoSpaceError`` line naming the file.
-Parent folders are created as needed.
-"""
+"""Atomic output writing: a temporary file in the target's folder, flushed, fsynced, then
+``os.replace``d over the target, so a crash or an exception never leaves a truncated file (an
+existing target stays as it was; a full disk is one ``NoSpaceError`` line naming the file; parent
+folders are created). A test step's ``metrics.json`` and ``metrics.txt`` are written by
+``utils.evaluation.results.write_metrics``."""
 from __future__ import annotations
 
 import contextlib

@@ -1,12 +1,14 @@
 """Option groups that scripts of both methods share, importable without torch (``--help`` answers
-before the heavy imports; see ``utils.config.parse_early``). The valid range of each option is a
-``type=`` of :mod:`utils.ranges`."""
+before the heavy imports; see ``utils.config.parse_early``), and :class:`Inherit`, the declaration of
+what a test step takes from its training run. The valid range of each option is a ``type=`` of
+:mod:`utils.ranges`."""
 from __future__ import annotations
 
 import argparse
-import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from utils.config import HelpFormatter, OptionParser, add_alias
+from utils.config import HelpFormatter, OptionParser
 from utils.ranges import (fraction, momentum, non_negative_float, non_negative_int, open_fraction,
                           positive_float, positive_int, probability)
 
@@ -19,6 +21,27 @@ OUTPUT_STRIDE_BACKBONES = ("resnet18", "resnet50")
 # utils.evaluation.protocol.CHOICES, the evaluation protocols by either name (the base imports no
 # wing; tests/unit/test_cli.py checks that they agree)
 EVALUATE_PROTOCOLS = ("wsol", "spol", "spol-official", "resize", "center_crop", "spol_official")
+
+
+@dataclass(frozen=True)
+class Inherit:
+    """What a test step takes from its training run; each method declares it beside the parser of the
+    options concerned, and ``utils.engine.stage.start_run(args, inherit=...)`` applies it.
+
+    ``folder``: the option naming the training run's folder (``"localizer_dir"``), or a function of
+    the parsed options giving it. ``options``: read from that run's ``args.yaml`` (else its
+    ``checkpoint.pth``) when not given; given with another value, one ``error:`` line naming both.
+    ``soft``: read when not given, never refused (input geometry, K). ``unless``: the option naming an
+    explicit weights file; when it is given nothing is read (the options then describe those weights).
+    """
+    folder: str | Callable[[Any], Any]
+    options: tuple[str, ...] = ()
+    soft: tuple[str, ...] = ()
+    unless: str | None = None
+
+    def folder_of(self, args) -> Any:
+        """The training run's folder for ``args`` (None: none to read)."""
+        return self.folder(args) if callable(self.folder) else getattr(args, self.folder, None)
 
 
 def check_output_stride(args) -> None:
@@ -45,14 +68,12 @@ def add_output_stride_arg(group, *, test: bool = False) -> None:
 def add_classifier_args(parser: argparse.ArgumentParser, *, train: bool) -> argparse.ArgumentParser:
     """Options of a classification stage (train: optimiser and augmentation; test: views)."""
     g = parser.add_argument_group("classifier")
-    add_alias(g, "--arch", g.add_argument("--backbone", type=str, default="efficientnet_b7", choices=ARCHS,
-                                          help="torchvision classifier (formerly --arch)"))
+    g.add_argument("--backbone", type=str, default="efficientnet_b7", choices=ARCHS, help="torchvision classifier")
     g.add_argument("--split", type=str, default="train" if train else "test", help="dataset split")
-    add_alias(g, "--resize", g.add_argument("--resize-size", type=positive_int, default=256,
-                                            help="images are resized to N x N (formerly --resize)"))
-    add_alias(g, "--crop", g.add_argument("--input-size", type=positive_int, default=None,
-                                          help="crop size (train: random crop; test: centre crop, or the ten-crop "
-                                               "size; none: the resized image is the input; formerly --crop)"))
+    g.add_argument("--resize-size", type=positive_int, default=256, help="images are resized to N x N")
+    g.add_argument("--input-size", type=positive_int, default=None,
+                   help="crop size (train: random crop; test: centre crop, or the ten-crop size; none: the "
+                        "resized image is the input)")
     if train:
         add_classifier_train_args(g, lr=0.05)
     else:

@@ -1,6 +1,7 @@
 """Repository-anchored paths, so that no default depends on the current directory, and the
-hand-off between stages: where a stage writes (``stage_dir``) and the one error for an output of
-another stage that is not there (``require_output``)."""
+hand-off between stages: where a stage writes (``stage_dir``), the names of the files every step
+writes beside its outputs (``TRAIN_ARGS``, ``TEST_ARGS``, ``METRICS``), and the one error for an
+output of another stage that is not there (``require_output``)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,14 @@ OUTPUT_ROOT = REPO_ROOT / "output"
 RESOURCE_DIR = REPO_ROOT / "resource"
 DATASET_DIR = REPO_ROOT / "dataset"
 CONFIG_DIR = REPO_ROOT / "configs"
+
+# What a step writes in its --output-dir besides its outputs: its resolved options (``--config`` of
+# that file repeats the step; a training run's are what its test steps read back, so a test step's
+# have a name of their own, also where both share a folder), and a test step's numbers
+# (metrics.json; metrics.txt: the same as a table).
+TRAIN_ARGS = "args.yaml"
+TEST_ARGS = "test_args.yaml"
+METRICS = ("metrics.json", "metrics.txt")
 
 
 def stage_dir(method: str, dataset: str, stage: str, *, backbone: str | None = None) -> Path:

@@ -1,9 +1,9 @@
 """SLT-Net classifier predictions (Fig. 2c: the class comes from the classifier), ten-crop by default.
 
 Writes <classifier dir>/<split>/predictions.csv (utils.evaluation.handoff format, read by
-sltnet/regressor/test.py) and metrics.json / metrics.txt (Top-1/Top-5 CLS). Ten-crop (Sec. 4.1): the
-image is resized to --resize-size and the softmax of its ten --input-size crops is averaged
-(utils.engine.classify).
+sltnet/regressor/test.py), metrics.json / metrics.txt (Top-1/Top-5 CLS) and test_args.yaml. Ten-crop
+(Sec. 4.1): the image is resized to --resize-size and the softmax of its ten --input-size crops is
+averaged (utils.engine.classify).
 
 CUB (weights of sltnet/classifier/train.py):
     python3 sltnet/classifier/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
@@ -22,38 +22,35 @@ ARGS = parse_early(__name__, get_args_parser, "classifier_test")
 from pathlib import Path
 
 from network import build_classifier
-from sltnet.options import PRODUCER, resolve_args
+from sltnet.options import CLASSIFIER_TEST_INHERITS, CLASSIFIER_TEST_OUTPUTS, PRODUCER, resolve_defaults
 from utils.engine.checkpoint import load_stage_weights
 from utils.engine.classify import eval_transform, write_classification
-from utils.engine.rundir import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli
 from utils.data.layouts import load_records, num_classes
-from utils.engine.distributed import cleanup
-from utils.engine.seeding import setup_run
+from utils.engine.stage import save_args, start_run
 from utils.evaluation.results import write_metrics
 
 STAGE = "classifier_test"
 
 
 def main(args):
-    args = resolve_args(args, "classifier", test_of="classifier")
-    ctx = setup_run(args)
-
-    records = load_records(args.data_root, args.layout, args.split)
-    if args.checkpoint == "pretrained":
-        model = build_classifier(args.backbone, 1000, "imagenet")
-    else:
-        model = load_stage_weights(build_classifier(args.backbone, num_classes(records), "none"),
-                                   args.checkpoint or Path(args.classifier_dir) / "model.pth", PRODUCER["classifier"])
-    model.to(ctx.device)
-    out = Path(args.output_dir)
-    result = write_classification(model, records, eval_transform(args), args, ctx, out / "predictions.csv")
-    if ctx.is_main:
-        write_metrics(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop, "top1_cls": result["top1"],
-                                             "top5_cls": result["top5"], "num_images": result["num_images"]})
-        save_resolved_config(args, out)
-        print(f"{STAGE}: Top-1 CLS {result['top1']:.2f}  Top-5 CLS {result['top5']:.2f} "
-              f"({result['num_images']} images) -> {out / 'predictions.csv'}", flush=True)
-    cleanup(ctx)
+    resolve_defaults(args, "classifier")
+    with start_run(args, inherit=CLASSIFIER_TEST_INHERITS, outputs=CLASSIFIER_TEST_OUTPUTS) as ctx:
+        save_args(args, ctx)
+        records = load_records(args.data_root, args.layout, args.split)
+        if args.checkpoint == "pretrained":
+            model = build_classifier(args.backbone, 1000, "imagenet")
+        else:
+            model = load_stage_weights(build_classifier(args.backbone, num_classes(records), "none"),
+                                       args.checkpoint or Path(args.classifier_dir) / "model.pth",
+                                       PRODUCER["classifier"])
+        model.to(ctx.device)
+        out = Path(args.output_dir)
+        result = write_classification(model, records, eval_transform(args), args, ctx, out / "predictions.csv")
+        if ctx.is_main:
+            write_metrics(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop, **result})
+            print(f"{STAGE}: Top-1 CLS {result['top1_cls']:.2f}  Top-5 CLS {result['top5_cls']:.2f} "
+                  f"({result['num_images']} images) -> {out / 'predictions.csv'}", flush=True)
     return out
 
 

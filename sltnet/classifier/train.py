@@ -20,28 +20,26 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "classifier_train")
 
 from network import build_classifier
-from sltnet.options import resolve_args
+from sltnet.options import resolve_defaults
 from utils.engine.classify import train_classifier
-from utils.engine.rundir import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli
 from utils.data.layouts import load_records, num_classes
-from utils.engine.distributed import cleanup
-from utils.engine.seeding import setup_run
+from utils.engine.stage import save_args, start_run
 
 STAGE = "classifier_train"
 
 
 def main(args):
-    args = resolve_args(args, "classifier")
-    ctx = setup_run(args)
-
-    records = load_records(args.data_root, args.layout, args.split)
-    n_classes = num_classes(records)
-    model = build_classifier(args.backbone, n_classes, args.pretrained)
-    if ctx.is_main:
-        save_resolved_config(args, args.output_dir)
-        print(f"{STAGE}: {args.backbone}, {len(records)} images, {n_classes} classes -> {args.output_dir}", flush=True)
-    train_classifier(model, records, args, ctx, stage_name=STAGE)
-    cleanup(ctx)
+    resolve_defaults(args, "classifier")
+    with start_run(args) as ctx:
+        save_args(args, ctx)
+        records = load_records(args.data_root, args.layout, args.split)
+        n_classes = num_classes(records)
+        model = build_classifier(args.backbone, n_classes, args.pretrained)
+        if ctx.is_main:
+            print(f"{STAGE}: {args.backbone}, {len(records)} images, {n_classes} classes -> {args.output_dir}",
+                  flush=True)
+        train_classifier(model, records, args, ctx, stage_name=STAGE)
     return args.output_dir
 
 

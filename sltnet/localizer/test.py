@@ -12,11 +12,12 @@ evaluator in memory (``utils.evaluation.evaluator``): the method's boxes are sco
 the fixed threshold) and, with --maxboxacc, the min-max normalised maps are scored as the protocol
 scores any map (MaxBoxAcc, MaxBoxAccV2, on CUB PxAP, and ``gt_known_loc_choe_rule``: GT-known Loc
 of the protocol's own box rule at the same threshold, equal to ours only with --box-rule choe; its
-full results incl. curves go to evaluate.json). Writes into <localizer dir>/<split>/: boxes.csv
-(+ boxes.json: protocol, input size, threshold and how it was chosen, box rule, map, the localizer's
-downsampling factor), metrics.json / metrics.txt (when the split has GT boxes) and, with --scoremaps,
-scoremaps/<image id stem>.npy (the normalised maps, for ``python -m utils.evaluation``). With --split
-train the boxes are the standalone regressor's training targets.
+full results incl. curves go to evaluate.json). Writes into <localizer dir>/<split>/: test_args.yaml
+(this step's options), boxes.csv (+ boxes.json: protocol, input size, threshold and how it was
+chosen, box rule, map, the localizer's downsampling factor), metrics.json / metrics.txt (when the
+split has GT boxes, or with --box-threshold best) and, with --scoremaps, scoremaps/<image id
+stem>.npy (the normalised maps, for ``python -m utils.evaluation``). With --split train the boxes
+are the standalone regressor's training targets.
 
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
     python3 sltnet/localizer/test.py --config configs/sltnet_cub_vgg16.yaml --split train --no-scoremaps --no-maxboxacc
@@ -41,15 +42,16 @@ import torch
 from sltnet.boxes import BEST_THRESHOLDS, ThresholdSweep, maps_to_boxes
 from sltnet.losses import localization_map
 from sltnet.model import build_branch
-from sltnet.options import PRODUCER, check_top_k, resolve_args, resolve_top_k
+from sltnet.options import (LOCALIZER_TEST_INHERITS, LOCALIZER_TEST_OUTPUTS, PRODUCER, check_top_k, resolve_defaults,
+                            resolve_top_k)
 from utils.config import explicit_options
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
 from utils.engine.checkpoint import load_stage_weights
-from utils.engine.distributed import all_gather_object, cleanup, merged_on_main
+from utils.engine.distributed import all_gather_object, merged_on_main
 from utils.engine.inference import file_writers, run_inference
-from utils.engine.rundir import run_cli, save_resolved_config
-from utils.engine.seeding import setup_run
+from utils.engine.rundir import run_cli
+from utils.engine.stage import save_args, start_run
 from utils.errors import DataError
 from utils.evaluation.boxes import normalize_minmax, resize_maps
 from utils.evaluation.evaluator import LocalizationEvaluator
@@ -146,12 +148,19 @@ def best_threshold(model, records, transform, protocol, ctx, args) -> ThresholdS
 
 
 def main(args):
-    args = resolve_args(args, "localizer", test_of="localizer")
-    ctx = setup_run(args)
+    resolve_defaults(args, "localizer")
+    with start_run(args, inherit=LOCALIZER_TEST_INHERITS, outputs=LOCALIZER_TEST_OUTPUTS) as ctx:
+        return evaluate(args, ctx)
+
+
+def evaluate(args, ctx) -> Path:
+    """Boxes (and score maps, metrics where the split has GT boxes) of the localizer on ``--split``;
+    returns the output folder."""
     out_dir = Path(args.output_dir)
 
     records = load_records(args.data_root, args.layout, args.split)
     resolve_top_k(args, num_classes(records), explicit_options(args))   # --top-k-ratio: K of this dataset
+    save_args(args, ctx)  # the options are final: K resolved
     protocol = get_protocol(args.protocol, args.input_size, args.resize_size)
     # SLT-Net trains with torchvision's; uint8 images, normalised on the batch by run_inference
     transform = protocol.transform(pipeline="torchvision", normalize=False)
@@ -207,7 +216,6 @@ def main(args):
                 "box_convention": "x0,y0 top-left; x1=min(x0+w,W-1), y1=min(y0+h,H-1) (utils.evaluation.boxes)"}
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records],
                         [located.boxes[r.image_id] for r in records], meta=meta)
-        save_resolved_config(args, out_dir)
         if has_gt:
             metrics = {k: v for k, v in located.metrics.items() if k != "per_image"}
             metrics.update({"box_threshold": threshold, **chosen, "box_rule": args.box_rule, "map": map_name(args)})
@@ -221,12 +229,11 @@ def main(args):
                 metrics["gt_known_loc_choe_rule"] = full["gt_known_loc"]   # same threshold, the protocol's rule
             print(write_metrics(out_dir / "metrics.json", metrics), end="", flush=True)
         elif args.box_threshold == "best":   # some images without GT boxes: the choice alone
-            atomic_write_json(out_dir / "metrics.json", {
+            write_metrics(out_dir / "metrics.json", {
                 "split": args.split, "protocol": protocol.label, "box_threshold": threshold, **chosen,
                 "box_rule": args.box_rule, "map": map_name(args),
                 "box_threshold_sweep": {"thresholds": list(sweep.thresholds), "gt_known_loc": sweep.curve()}})
         print(f"{STAGE}: {len(records)} boxes -> {out_dir / 'boxes.csv'}", flush=True)
-    cleanup(ctx)
     return out_dir
 
 

@@ -36,16 +36,15 @@ import torch.nn.functional as F
 from sltnet.boxes import box_divisor, normalize_boxes, pseudo_boxes
 from sltnet.losses import box_regression_loss, localization_map, semantic_tolerance_loss
 from sltnet.model import build_branch
-from sltnet.options import check_top_k, resolve_args, resolve_top_k
+from sltnet.options import check_top_k, resolve_defaults, resolve_top_k
 from sltnet.vst import VSTConfig, transform_batch, vst_loss
 from utils.config import explicit_options
-from utils.engine.rundir import run_cli, save_resolved_config
+from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
 from utils.data.transforms import build_transform
-from utils.engine.distributed import cleanup
+from utils.engine.stage import save_args, start_run
 from utils.engine.trainer import Trainer, build_optimizer
-from utils.engine.seeding import setup_run
 
 STAGE = "localizer_train"
 
@@ -98,32 +97,29 @@ def make_branch_loss(args, stride: int):
 
 
 def main(args):
-    args = resolve_args(args, "localizer")
-    ctx = setup_run(args)
-
-    records = load_records(args.data_root, args.layout, args.split)
-    resolve_top_k(args, num_classes(records), explicit_options(args))   # --top-k-ratio: K of this dataset
-    check_top_k(args, num_classes(records))
-    dataset = WSOLDataset(records, build_transform("train", resize=args.resize_size, crop=args.input_size,
-                                                   flip=args.flip))
-    model = build_branch(args, num_classes(records))
-    # the regressor's box scale (Sec. 3.1: p = box / m, m the localizer's downsampling factor), recorded
-    # in args.yaml so that sltnet/regressor/test.py converts the predictions back the same way
-    args.box_scale = args.box_scale or "stride"
-    if args.box_scale == "stride" and args.box_stride is None:
-        args.box_stride = float(model.localizer.stride)
-    optimizer = build_optimizer(model.param_groups(args.lr, regressor_lr=args.regressor_lr,
-                                                   head_lr_mult=args.head_lr_mult), args)
-    if ctx.is_main:
-        save_resolved_config(args, args.output_dir)
-        print(f"{STAGE}: {len(records)} images, {num_classes(records)} classes, backbone {args.backbone}, "
-              f"SMT {args.smt} (alpha {args.alpha}, K {args.top_k}, {args.smt_variant}), ACAM {args.acam}, "
-              f"VST {args.vst} (beta {args.beta}, BN {args.vst_bn}), teacher map {args.teacher_map} "
-              f"-> {args.output_dir}", flush=True)
-
-    trainer = Trainer(model, optimizer, args, ctx, stage_name=STAGE)
-    trainer.fit(dataset, make_branch_loss(args, model.localizer.stride))
-    cleanup(ctx)
+    resolve_defaults(args, "localizer")
+    with start_run(args) as ctx:
+        records = load_records(args.data_root, args.layout, args.split)
+        resolve_top_k(args, num_classes(records), explicit_options(args))   # --top-k-ratio: K of this dataset
+        check_top_k(args, num_classes(records))
+        dataset = WSOLDataset(records, build_transform("train", resize=args.resize_size, crop=args.input_size,
+                                                       flip=args.flip))
+        model = build_branch(args, num_classes(records))
+        # the regressor's box scale (Sec. 3.1: p = box / m, m the localizer's downsampling factor), recorded
+        # in args.yaml so that sltnet/regressor/test.py converts the predictions back the same way
+        args.box_scale = args.box_scale or "stride"
+        if args.box_scale == "stride" and args.box_stride is None:
+            args.box_stride = float(model.localizer.stride)
+        optimizer = build_optimizer(model.param_groups(args.lr, regressor_lr=args.regressor_lr,
+                                                       head_lr_mult=args.head_lr_mult), args)
+        save_args(args, ctx)  # the options are final: K and m resolved
+        if ctx.is_main:
+            print(f"{STAGE}: {len(records)} images, {num_classes(records)} classes, backbone {args.backbone}, "
+                  f"SMT {args.smt} (alpha {args.alpha}, K {args.top_k}, {args.smt_variant}), ACAM {args.acam}, "
+                  f"VST {args.vst} (beta {args.beta}, BN {args.vst_bn}), teacher map {args.teacher_map} "
+                  f"-> {args.output_dir}", flush=True)
+        trainer = Trainer(model, optimizer, args, ctx, stage_name=STAGE)
+        trainer.fit(dataset, make_branch_loss(args, model.localizer.stride))
     return args.output_dir
 
 

@@ -3,19 +3,20 @@
 Top-1 / Top-5 / GT-known Loc (Tables 1-4, 7) with every image counted: an image is Top-k correct
 when the classifier's top-k (``predictions.csv`` of sltnet/classifier/test.py) holds the label AND
 the regressor's box has IoU >= 0.5 with a GT box. Writes into <regressor dir>/<split>/: metrics.json,
-metrics.txt, boxes.csv (regressor boxes, protocol input pixels) and grid.png (224-pixel tiles with
+metrics.txt, test_args.yaml, boxes.csv (regressor boxes, protocol input pixels) and grid.png (224-pixel
+tiles with
 image ids, title and legend: GT green, localizer-map box blue when its boxes.csv for this split
 exists, with the localizer's score map overlaid when saved, regressor red).
 
 Regressor weights: --regressor-source localizer (the jointly trained regressor of Fig. 2a in
 <localizer dir>/model.pth; the script's default) or regressor (<regressor dir>/model.pth from
 sltnet/regressor/train.py; what the configs of Tables 1-4 and 7 select, see sltnet/README.md).
-The prediction p is converted back to pixels as it was trained (args.yaml beside the weights):
-p * m (--box-scale stride, Sec. 3.1) or p * input size (--box-scale input), then clipped to the image.
-The network is built as trained too: the model options not given (backbone, output stride, head
-width, final ReLU, --regressor-pool / --regressor-grid, ...) come from the training run's args.yaml, and
-one given with another value is refused (utils.engine.rundir.TEST_INHERITS); --top-k-ratio is accepted and
-not read (the box is the regressor's).
+The prediction p is converted back to pixels as it was trained (args.yaml beside the weights, also
+beside --weights): p * m (--box-scale stride, Sec. 3.1) or p * input size (--box-scale input), then
+clipped to the image. The network is built as trained too: the model options not given (backbone,
+output stride, head width, final ReLU, --regressor-pool / --regressor-grid, ...) come from the training
+run's args.yaml, and one given with another value is refused (sltnet.options.REGRESSOR_TEST_INHERITS);
+--top-k-ratio is accepted and not read (the box is the regressor's).
 
     python3 sltnet/regressor/test.py --config configs/sltnet_cub_vgg16.yaml --data-root dataset/CUB_200_2011
     torchrun --nproc_per_node 4 sltnet/regressor/test.py --config configs/sltnet_imagenet_inception_v3.yaml --split val
@@ -34,17 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sltnet.boxes import box_divisor, denormalize_boxes, trained_box_encoding
+from sltnet.boxes import box_divisor, denormalize_boxes
 from sltnet.model import BoxRegressor, build_branch
-from sltnet.options import PRODUCER, resolve_args
+from sltnet.options import (PRODUCER, REGRESSOR_TEST_INHERITS, REGRESSOR_TEST_OUTPUTS, check_box_encoding,
+                            regressor_weights, resolve_defaults)
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
 from utils.data.transforms import to_uint8_images
 from utils.engine.checkpoint import load_stage_weights
-from utils.engine.distributed import cleanup, merged_on_main
+from utils.engine.distributed import merged_on_main
 from utils.engine.inference import gather_lists, run_inference
-from utils.engine.rundir import run_cli, save_resolved_config
-from utils.engine.seeding import setup_run
+from utils.engine.rundir import run_cli
+from utils.engine.stage import save_args, start_run
 from utils.errors import DataError
 from utils.evaluation.evaluate import load_scoremap
 from utils.evaluation.evaluator import LocalizationEvaluator
@@ -58,15 +60,10 @@ from utils.paths import missing_output, require_output
 STAGE = "regressor_test"
 
 
-def weights_path(args) -> Path:
-    stage = args.regressor_source
-    return Path(args.weights) if args.weights else Path(getattr(args, f"{stage}_dir")) / "model.pth"
-
-
 def build_predictor(args, num_classes_: int):
     """The regressor (or, with --share-backbone, the whole branch) with its weights loaded."""
     producer = PRODUCER[args.regressor_source]
-    path = require_output(weights_path(args), producer, "regressor weights")
+    path = require_output(regressor_weights(args), producer, "regressor weights")
     if args.share_backbone:
         model = load_stage_weights(build_branch(args, num_classes_, pretrained="none"), path, producer)
         return model, lambda m, x: m(x)["boxes"]
@@ -95,8 +92,14 @@ def regressor_on_host(result, *, grid_images: int):
 
 
 def main(args):
-    args = resolve_args(args, "regressor", test_of="regressor")
-    ctx = setup_run(args)
+    resolve_defaults(args, "regressor")
+    with start_run(args, inherit=REGRESSOR_TEST_INHERITS, outputs=REGRESSOR_TEST_OUTPUTS) as ctx:
+        save_args(args, ctx)
+        return evaluate(args, ctx)
+
+
+def evaluate(args, ctx) -> Path:
+    """The regressor's boxes on ``--split`` scored with the classifier's classes; returns the output folder."""
     out_dir = Path(args.output_dir)
 
     records = load_records(args.data_root, args.layout, args.split)
@@ -111,7 +114,7 @@ def main(args):
     transform = protocol.transform(pipeline="torchvision", normalize=False)
     model, predict = build_predictor(args, num_classes(records))
     model.to(ctx.device)
-    args.box_scale, args.box_stride = trained_box_encoding(args, weights_path(args))
+    check_box_encoding(args)  # read from the regressor's training run by start_run, or given
     divisor = box_divisor(args.box_scale, args.input_size, args.box_stride)
 
     flags = {r.image_id: (predictions[r.image_id].top1_correct, predictions[r.image_id].top5_correct) for r in records}
@@ -142,10 +145,8 @@ def main(args):
         text = write_metrics(out_dir / "metrics.json", metrics)
         write_boxes_csv(out_dir / "boxes.csv", [r.image_id for r in records], boxes,
                         meta={**protocol.meta(), "source": "regressor", "split": args.split})
-        save_resolved_config(args, out_dir)
         write_grid(out_dir / "grid.png", sorted(shown, key=lambda t: t[0]), records, boxes, gts, args)
         print(text, end="", flush=True)
-    cleanup(ctx)
     return out_dir
 
 

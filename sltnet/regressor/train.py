@@ -43,14 +43,13 @@ import torch
 from sltnet.boxes import box_divisor, boxes_to_image_fraction, normalize_boxes
 from sltnet.losses import box_regression_loss
 from sltnet.model import BoxRegressor
-from sltnet.options import resolve_args
-from utils.engine.rundir import run_cli, save_resolved_config
+from sltnet.options import resolve_defaults
+from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records
 from utils.data.transforms import build_transform
-from utils.engine.distributed import cleanup
+from utils.engine.stage import save_args, start_run
 from utils.engine.trainer import Trainer, build_optimizer
-from utils.engine.seeding import setup_run
 from utils.errors import DataError
 from utils.evaluation.handoff import read_boxes_csv
 
@@ -111,34 +110,31 @@ def make_regression_loss(targets: torch.Tensor, crop: int, flip: bool, divisor=N
 
 
 def main(args):
-    args = resolve_args(args, "regressor")
-    ctx = setup_run(args)
+    resolve_defaults(args, "regressor")
     boxes_path = Path(args.boxes) if args.boxes else Path(args.localizer_dir) / "train" / "boxes.csv"
-
-    records = load_records(args.data_root, args.layout, args.split)
-    targets, meta = pseudo_box_targets(records, boxes_path)
-    args.box_scale = args.box_scale or "stride"
-    if args.box_scale == "stride" and args.box_stride is None:
-        if not meta.get("downsampling_factor"):
-            raise DataError.at(Path(boxes_path).with_suffix(".json"), None, "has no downsampling_factor (m of "
-                               "Sec. 3.1): rerun sltnet/localizer/test.py --split train, or pass --box-stride M")
-        args.box_stride = float(meta["downsampling_factor"])
-    divisor = box_divisor(args.box_scale, args.input_size, args.box_stride)
-    dataset = WSOLDataset(records, build_transform("resize", resize=args.resize_size))
-    model = BoxRegressor(args.backbone, pretrained=args.pretrained, feature=args.regressor_feature,
-                         hidden=args.regressor_hidden, final_relu=args.regressor_final_relu,
-                         output_stride=args.output_stride, pool=args.regressor_pool, grid=args.regressor_grid)
-    # the pretrained backbone at --regressor-lr (default --lr), the new FC head at that x --head-lr-mult
-    optimizer = build_optimizer(model.param_groups(args.lr if args.regressor_lr is None else args.regressor_lr,
-                                                   head_lr_mult=args.head_lr_mult), args)
-    if ctx.is_main:
-        save_resolved_config(args, args.output_dir)
-        print(f"{STAGE}: {len(records)} images, boxes from {boxes_path} ({meta.get('backbone', '?')} localizer), "
-              f"box scale {args.box_scale} (divisor {divisor}) -> {args.output_dir}", flush=True)
-
-    trainer = Trainer(model, optimizer, args, ctx, stage_name=STAGE)
-    trainer.fit(dataset, make_regression_loss(targets, args.input_size, args.flip, divisor))
-    cleanup(ctx)
+    with start_run(args) as ctx:
+        records = load_records(args.data_root, args.layout, args.split)
+        targets, meta = pseudo_box_targets(records, boxes_path)
+        args.box_scale = args.box_scale or "stride"
+        if args.box_scale == "stride" and args.box_stride is None:
+            if not meta.get("downsampling_factor"):
+                raise DataError.at(Path(boxes_path).with_suffix(".json"), None, "has no downsampling_factor (m of "
+                                   "Sec. 3.1): rerun sltnet/localizer/test.py --split train, or pass --box-stride M")
+            args.box_stride = float(meta["downsampling_factor"])
+        divisor = box_divisor(args.box_scale, args.input_size, args.box_stride)
+        dataset = WSOLDataset(records, build_transform("resize", resize=args.resize_size))
+        model = BoxRegressor(args.backbone, pretrained=args.pretrained, feature=args.regressor_feature,
+                             hidden=args.regressor_hidden, final_relu=args.regressor_final_relu,
+                             output_stride=args.output_stride, pool=args.regressor_pool, grid=args.regressor_grid)
+        # the pretrained backbone at --regressor-lr (default --lr), the new FC head at that x --head-lr-mult
+        optimizer = build_optimizer(model.param_groups(args.lr if args.regressor_lr is None else args.regressor_lr,
+                                                       head_lr_mult=args.head_lr_mult), args)
+        save_args(args, ctx)  # the options are final: the box scale and m resolved
+        if ctx.is_main:
+            print(f"{STAGE}: {len(records)} images, boxes from {boxes_path} ({meta.get('backbone', '?')} "
+                  f"localizer), box scale {args.box_scale} (divisor {divisor}) -> {args.output_dir}", flush=True)
+        trainer = Trainer(model, optimizer, args, ctx, stage_name=STAGE)
+        trainer.fit(dataset, make_regression_loss(targets, args.input_size, args.flip, divisor))
     return args.output_dir
 
 

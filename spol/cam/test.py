@@ -14,6 +14,7 @@ Output, in this stage's output folder (never in the dataset)::
                                                              authors' layout (cv2 order B, G, R):
                                                              B = CAM, G = Gaussian prior, R = 0
     <output>/pseudo_masks.json                               recipe, channel order, image count
+    <output>/test_args.yaml                                  this step's options (args.yaml: the training run's)
 
 Switches back to the authors' behaviour: ``--mask-format authors`` writes each mask under the
 authors' name (ImageNet: the training image's own ``.JPEG`` name relative to ``train/``, i.e. lossy
@@ -38,18 +39,18 @@ import numpy as np
 import torch
 
 from spol import pseudo_mask as pm
-from spol.options import load_split, resolve_defaults
+from spol.options import CAM_TEST_INHERITS, CAM_TEST_OUTPUTS, load_split, resolve_defaults
 from spol.model import CAMModel
 from utils.engine.checkpoint import load_stage_weights
 from utils.engine.rundir import run_cli
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import num_classes
 from utils.data.transforms import build_spol_transform
-from utils.engine.distributed import barrier, cleanup
+from utils.engine.distributed import barrier
 from utils.engine.inference import run_inference
 from utils.io import atomic_save_png, atomic_write, atomic_write_json
 from utils.paths import require_output
-from utils.engine.stage import start_run
+from utils.engine.stage import save_args, start_run
 
 
 def cam_step(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +121,14 @@ def main(args):
     resolve_defaults(args, "cam")
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
     require_output(checkpoint, "spol/cam/train.py")
-    ctx = start_run(args, Path(args.output_dir) / "test_args")  # beside, not over, the train step's args.yaml
+    with start_run(args, inherit=CAM_TEST_INHERITS, outputs=CAM_TEST_OUTPUTS) as ctx:
+        save_args(args, ctx)
+        return pseudo_masks(args, ctx, checkpoint)
+
+
+def pseudo_masks(args, ctx, checkpoint) -> Path:
+    """The pseudo masks of ``--split`` by the CAM model in ``checkpoint`` and their recipe
+    (``pseudo_masks.json``); returns the masks' folder."""
     records = load_split(args, args.split)
     model = load_stage_weights(CAMModel(num_classes(records), pretrained="none", backbone=args.backbone,
                                         output_stride=args.output_stride), checkpoint, "spol/cam/train.py")
@@ -137,7 +145,6 @@ def main(args):
             "work_size": args.resize_size, "band": list(args.band), "min_contour_area": args.min_contour_area,
             "variance_divisor": pm.VARIANCE_DIVISOR, "degenerate_contours": args.degenerate_contours})
         print(f"{len(records)} pseudo masks written to {mask_dir}", flush=True)
-    cleanup(ctx)
     return mask_dir
 
 

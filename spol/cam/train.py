@@ -32,7 +32,7 @@ from utils.data.dataset import WSOLDataset
 from utils.data.layouts import num_classes
 from utils.data.transforms import build_spol_transform
 from utils.engine.trainer import Trainer, build_optimizer
-from utils.engine.stage import finish_run, start_run
+from utils.engine.stage import save_args, start_run
 
 
 def cam_loss_fn(loss: str):
@@ -55,17 +55,20 @@ def cam_loss_fn(loss: str):
 
 def main(args):
     resolve_defaults(args, "cam")
-    ctx = start_run(args)
-    records = load_split(args, args.split)
-    transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
-    dataset = WSOLDataset(records, transform)
-    model = CAMModel(num_classes(records), pretrained=args.pretrained, freeze_stem=args.freeze_stem,
-                     backbone=args.backbone, output_stride=args.output_stride)
-    optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
-    trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_cam",
-                      drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
-    trainer.fit(dataset, cam_loss_fn(args.loss))
-    finish_run(ctx, f"cam model written to {args.output_dir}/model.pth")
+    with start_run(args) as ctx:
+        save_args(args, ctx)
+        records = load_split(args, args.split)
+        transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
+        dataset = WSOLDataset(records, transform)
+        model = CAMModel(num_classes(records), pretrained=args.pretrained, freeze_stem=args.freeze_stem,
+                         backbone=args.backbone, output_stride=args.output_stride)
+        optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay),
+                                    args)
+        trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_cam",
+                          drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
+        trainer.fit(dataset, cam_loss_fn(args.loss))
+        if ctx.is_main:
+            print(f"cam model written to {args.output_dir}/model.pth", flush=True)
     return args.output_dir
 
 

@@ -9,11 +9,11 @@ ImageNet-1K (torchvision's pretrained EfficientNet-B7 as it is, no training)::
 
     python3 spol/cls/test.py --config configs/spol_imagenet.yaml --checkpoint pretrained
 
-Writes ``output/spol/<dataset>/cls/predictions.csv`` (``utils/evaluation/handoff.py`` format: image_id,
-label, pred_top5, top1_correct, top5_correct), read by ``spol/seg/test.py`` for Top-1/Top-5 Loc,
-and ``cls_metrics.json`` / ``cls_metrics.txt`` (Top-1/Top-5 accuracy, ``top1_cls`` / ``top5_cls``).
-``--ten-crop --input-size C`` averages the softmax of ten crops of size C of the image resized to
-``--resize-size``.
+Writes, beside the training run in ``output/spol/<dataset>/cls/``, ``predictions.csv``
+(``utils/evaluation/handoff.py`` format: image_id, label, pred_top5, top1_correct, top5_correct), read
+by ``spol/seg/test.py`` for Top-1/Top-5 Loc, ``metrics.json`` / ``metrics.txt`` (Top-1/Top-5 accuracy)
+and ``test_args.yaml``. ``--ten-crop --input-size C`` averages the softmax of ten crops of size C of
+the image resized to ``--resize-size``.
 """
 from __future__ import annotations
 
@@ -26,14 +26,13 @@ ARGS = parse_early(__name__, get_args_parser, "cls_test")
 from pathlib import Path
 
 from network.backbones import build_classifier
-from spol.options import load_split, resolve_defaults
+from spol.options import CLS_TEST_INHERITS, CLS_TEST_OUTPUTS, load_split, resolve_defaults
 from utils.engine.checkpoint import load_stage_weights
 from utils.engine.classify import eval_transform, write_classification
 from utils.engine.rundir import run_cli
 from utils.data.layouts import num_classes
-from utils.engine.distributed import cleanup
+from utils.engine.stage import save_args, start_run
 from utils.evaluation.results import write_metrics
-from utils.engine.stage import start_run
 
 
 def load_classifier(args, classes: int):
@@ -47,18 +46,17 @@ def load_classifier(args, classes: int):
 
 def main(args):
     resolve_defaults(args, "cls")
-    ctx = start_run(args, Path(args.output_dir) / "test_args")  # beside, not over, the train step's args.yaml
-    records = load_split(args, args.split)
-    model = load_classifier(args, num_classes(records)).to(ctx.device)
-    path = Path(args.output_dir) / "predictions.csv"
-    stats = write_classification(model, records, eval_transform(args), args, ctx, path)
-    if ctx.is_main:
-        write_metrics(Path(args.output_dir) / "cls_metrics.json", {"split": args.split, "top1_cls": stats["top1"],
-                                                                   "top5_cls": stats["top5"],
-                                                                   "num_images": stats["num_images"]})
-        print(f"Top-1 {stats['top1']:.2f}  Top-5 {stats['top5']:.2f}  ({stats['num_images']} images) "
-              f"-> {path}", flush=True)
-    cleanup(ctx)
+    with start_run(args, inherit=CLS_TEST_INHERITS, outputs=CLS_TEST_OUTPUTS) as ctx:
+        save_args(args, ctx)
+        records = load_split(args, args.split)
+        model = load_classifier(args, num_classes(records)).to(ctx.device)
+        path = Path(args.output_dir) / "predictions.csv"
+        stats = write_classification(model, records, eval_transform(args), args, ctx, path)
+        if ctx.is_main:
+            write_metrics(Path(args.output_dir) / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
+                                                                   **stats})
+            print(f"Top-1 {stats['top1_cls']:.2f}  Top-5 {stats['top5_cls']:.2f}  ({stats['num_images']} images) "
+                  f"-> {path}", flush=True)
     return path
 
 

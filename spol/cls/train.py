@@ -25,16 +25,18 @@ from spol.options import load_split, resolve_defaults
 from utils.engine.classify import train_classifier
 from utils.engine.rundir import run_cli
 from utils.data.layouts import num_classes
-from utils.engine.stage import finish_run, start_run
+from utils.engine.stage import save_args, start_run
 
 
 def main(args):
     resolve_defaults(args, "cls")
-    ctx = start_run(args)
-    records = load_split(args, args.split)
-    model = build_classifier(args.backbone, num_classes(records), args.pretrained)
-    train_classifier(model, records, args, ctx, stage_name="spol_cls")
-    finish_run(ctx, f"classifier written to {args.output_dir}/model.pth")
+    with start_run(args) as ctx:
+        save_args(args, ctx)
+        records = load_split(args, args.split)
+        model = build_classifier(args.backbone, num_classes(records), args.pretrained)
+        train_classifier(model, records, args, ctx, stage_name="spol_cls")
+        if ctx.is_main:
+            print(f"classifier written to {args.output_dir}/model.pth", flush=True)
     return args.output_dir
 
 

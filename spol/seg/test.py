@@ -26,11 +26,14 @@ Top-1/Top-5 Loc use ``--cls-results PATH``: our ``predictions.csv`` (default
 ``<--cls-dir>/predictions.csv``, from spol/cls/test.py) or the authors' published ``top1top5.npy``
 (``cub200-cls/top1top5.npy``, ``imagenet-cls/top1top5.npy``); it must cover every image of the
 split (matched by name). Each map goes from the model to the evaluator in memory
-(``utils.evaluation.evaluator``), which returns the metrics with the boxes and hits it scored. Writes
-per protocol ``metrics.json``/``metrics.txt``, ``boxes.csv``/``boxes.json``, ``hits.csv`` (SPOL
-protocols), ``grid.png`` and, unless ``--no-scoremaps``, ``scoremaps/<id stem>.npy`` (sigmoid maps at
-224 x 224: ``python -m utils.evaluation`` re-scores them, the exact command is in metrics.json); and
-``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's numbers.
+(``utils.evaluation.evaluator``), which returns the metrics with the boxes and hits it scored: no map
+is read back from disk. Writes per protocol ``metrics.json``/``metrics.txt``, ``boxes.csv``/``boxes.json``,
+``hits.csv`` (SPOL protocols: every image's IoU, hit, skip reason), ``grid.png`` (the first
+``--grid-images`` images as the network saw them) and, with ``--scoremaps`` (the default;
+``--no-scoremaps`` saves none), ``scoremaps/<id stem>.npy`` (sigmoid maps at 224 x 224, a side output:
+``python -m utils.evaluation`` re-scores them to the same numbers, the exact command is in
+metrics.json); and ``<output>/metrics.json``/``metrics.txt`` with both protocols and the paper's
+numbers, ``<output>/test_args.yaml`` (this step's options; ``args.yaml`` beside it is the training run's).
 """
 from __future__ import annotations
 
@@ -47,16 +50,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spol.options import dataset_name, default_path, load_split, resolve_defaults, spol_config
+from spol.options import (SEG_TEST_INHERITS, dataset_name, default_path, load_split, resolve_defaults,
+                          seg_test_outputs, spol_config)
 from spol.model import SegModel
 from spol.visualize import write_grid
 from utils.data.dataset import WSOLDataset
 from utils.data.transforms import to_uint8_images
 from utils.engine.checkpoint import load_stage_weights
-from utils.engine.distributed import all_gather_object, cleanup, merged_on_main
+from utils.engine.distributed import all_gather_object, merged_on_main
 from utils.engine.inference import file_writers, gather_lists, run_inference
 from utils.engine.rundir import run_cli
-from utils.engine.stage import start_run
+from utils.engine.stage import save_args, start_run
 from utils.errors import DataError
 from utils.evaluation.evaluator import LocalizationEvaluator
 from utils.evaluation.handoff import classification_flags, save_scoremap, write_boxes_csv
@@ -217,7 +221,15 @@ def main(args):
                                               "spol/cls/test.py"))
     checkpoint = args.checkpoint or str(Path(args.output_dir) / "model.pth")
     require_output(checkpoint, "spol/seg/train.py")
-    ctx = start_run(args, Path(args.output_dir) / "test_args")  # beside, not over, the train step's args.yaml
+    with start_run(args, inherit=SEG_TEST_INHERITS, outputs=seg_test_outputs(args)) as ctx:
+        save_args(args, ctx)
+        return evaluate(args, ctx, checkpoint, predictions_path)
+
+
+def evaluate(args, ctx, checkpoint: str, predictions_path: str) -> dict:
+    """Every protocol of ``--protocol`` on ``--split`` with the seg model in ``checkpoint`` and the
+    classes of ``predictions_path``; returns each protocol's results (rank 0; None on the others)."""
+    name = dataset_name(args)
     records = load_split(args, args.split)
     # read before inference: every image of the split has its result (our csv or the authors' npy)
     flags = classification_flags(predictions_path, records, producer="spol/cls/test.py")
@@ -236,7 +248,6 @@ def main(args):
         report["paper"] = PAPER[name]
         report["checkpoint"] = str(Path(checkpoint).resolve())
         print(write_metrics(Path(args.output_dir) / "metrics.json", report), end="", flush=True)
-    cleanup(ctx)
     return summary
 
 

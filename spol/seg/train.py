@@ -38,7 +38,7 @@ from utils.data.transforms import build_spol_transform
 from utils.engine.trainer import Trainer, build_optimizer
 from utils.errors import MissingFileError
 from utils.paths import require_output
-from utils.engine.stage import finish_run, start_run
+from utils.engine.stage import save_args, start_run
 
 
 def seg_loss_fn(model, batch, threshold: float = TARGET_THRESHOLD):
@@ -68,17 +68,20 @@ def main(args):
     resolve_defaults(args, "seg")
     mask_dir = Path(default_path(args.mask_dir, args, "cam", "pseudo_masks"))
     require_output(mask_dir, "spol/cam/test.py")
-    ctx = start_run(args)
-    records = load_split(args, args.split)
-    check_masks(records, mask_dir, args.split)
-    transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
-    dataset = WSOLDataset(records, transform, pseudo_mask_dir=mask_dir)
-    model = SegModel(pretrained=args.pretrained, backbone=args.backbone, output_stride=args.output_stride)
-    optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay), args)
-    trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_seg",
-                      drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
-    trainer.fit(dataset, functools.partial(seg_loss_fn, threshold=args.target_threshold))
-    finish_run(ctx, f"seg model written to {args.output_dir}/model.pth")
+    with start_run(args) as ctx:
+        save_args(args, ctx)
+        records = load_split(args, args.split)
+        check_masks(records, mask_dir, args.split)
+        transform = build_spol_transform("train", resize=args.resize_size, crop=args.input_size, flip=args.flip)
+        dataset = WSOLDataset(records, transform, pseudo_mask_dir=mask_dir)
+        model = SegModel(pretrained=args.pretrained, backbone=args.backbone, output_stride=args.output_stride)
+        optimizer = build_optimizer(spol_param_groups(model, args.lr, args.backbone_lr_mult, args.weight_decay),
+                                    args)
+        trainer = Trainer(model, optimizer, args, ctx, stage_name="spol_seg",
+                          drop_last=drop_last_needed(len(dataset), args.batch_size, ctx.world_size))
+        trainer.fit(dataset, functools.partial(seg_loss_fn, threshold=args.target_threshold))
+        if ctx.is_main:
+            print(f"seg model written to {args.output_dir}/model.pth", flush=True)
     return args.output_dir
 
 

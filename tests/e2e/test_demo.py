@@ -111,8 +111,8 @@ def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(
     for stage in TRAIN_STAGES:
         ck = load_checkpoint(base / "out" / "runs" / stage / "checkpoint.pth")
         assert ck["args"]["pretrained"] == str(weights), stage
-        # ... and so did the demo's backbone (SPOL's cls stages call it --arch)
-        assert ck["args"].get("backbone", ck["args"].get("arch")) == net, stage
+        # ... and so did the demo's backbone
+        assert ck["args"]["backbone"] == net, stage
     # a second run reuses the file instead of pretraining again
     before = weights.stat().st_mtime_ns
     args = demo.get_args_parser().parse_args(["--tiny", "--pretrain-dir", str(base / "resource")])
@@ -128,7 +128,7 @@ def test_cam_readout_is_the_networks_own_top_classes(tiny_run):
     from demo_birds.plan import stage_plan
     from sltnet.localizer import test as localizer_test
     from sltnet.model import build_branch
-    from sltnet.options import PRODUCER, resolve_args
+    from sltnet.options import PRODUCER, resolve_defaults
     from utils.engine.checkpoint import load_stage_weights
     from utils.config import parse_args
     from utils.data.dataset import WSOLDataset
@@ -140,8 +140,8 @@ def test_cam_readout_is_the_networks_own_top_classes(tiny_run):
     runs = base / "out" / "runs"
     plan = stage_plan(demo.get_args_parser().parse_args([]).config, str(base / "data"), runs, results["settings"],
                       "cpu", "off", True, results["pretrained"])
-    args = resolve_args(parse_args(localizer_test.get_args_parser(), [str(a) for a in plan[1][3]],
-                                   stage="localizer_test"), "localizer", test_of="localizer")
+    args = resolve_defaults(parse_args(localizer_test.get_args_parser(), [str(a) for a in plan[1][3]],
+                                       stage="localizer_test"), "localizer")
     test = load_records(base / "data", "cub", "test")
     branch = build_branch(args, num_classes(test), pretrained="none")
     load_stage_weights(branch, runs / "cam" / "localizer" / "model.pth", PRODUCER["localizer"])
@@ -219,7 +219,7 @@ def test_cam_readout_builds_the_network_the_run_trained(tiny_run, tmp_path, monk
 
 
 def test_demo_stages_run_as_their_scripts_do(tiny_run, tmp_path, capsys):
-    """demo_birds.plan.run_stage runs a stage through run_cli, as ``python3 spol/cam/test.py`` does:
+    """demo_birds.plan.run_stage runs a stage through its main, as ``python3 spol/cam/test.py`` does:
     a test step given no --output-stride builds the model its training run used (8 in the demo,
     read from that run's args.yaml), not the default 32 into which the same weights would load."""
     import shutil
@@ -234,5 +234,5 @@ def test_demo_stages_run_as_their_scripts_do(tiny_run, tmp_path, capsys):
     run_stage("spol.cam.test", "cam_test", ["--data-root", base / "data", "--layout", "cub", "--device", "cpu",
                                             "--workers", 0, "--batch-size", 4, "--backbone", "resnet18",
                                             "--resize-size", 72, "--output-dir", cam])
-    assert yaml.safe_load((cam / "test_args" / "args.yaml").read_text())["output_stride"] == 8
+    assert yaml.safe_load((cam / "test_args.yaml").read_text())["output_stride"] == 8
     assert "--output-stride 8 read from" in capsys.readouterr().err

@@ -354,7 +354,7 @@ def test_a_failed_test_step_keeps_the_previous_results_and_a_worker_error_is_the
             "--batch-size", "1", "--mask-workers", "1"]
     run_cli(cam_test.main, cam_test.get_args_parser, "cam_test", argv + ["--workers", "0"])
     before = tree_hash(out)
-    assert "pseudo_masks.json" in before and "test_args/args.yaml" in before
+    assert "pseudo_masks.json" in before and "test_args.yaml" in before
     # a real corrupt JPEG: the second training image cut in its scan data (the header still reads)
     image = tiny_cub / "images" / "002.Blue_bird" / "Blue_0001.jpg"
     data = image.read_bytes()
@@ -368,7 +368,7 @@ def test_a_failed_test_step_keeps_the_previous_results_and_a_worker_error_is_the
             lines.append([x for x in capsys.readouterr().err.splitlines() if x.startswith("error")][-1])
         else:
             lines.append(one_error(run([sys.executable, "spol/cam/test.py", *argv, "--workers", workers,
-                                        "--seed", "7"])))  # the new test_args would differ
+                                        "--seed", "7"])))  # the new test_args.yaml would differ
         assert tree_hash(out) == before
         assert not [p for p in out.iterdir() if p.name.startswith(rundir.PREVIOUS_PREFIX)]
     assert lines[0] == lines[1] and f"{image}: unreadable or corrupt image" in lines[0], lines
@@ -384,7 +384,7 @@ def test_an_interrupted_test_steps_outputs_come_back_at_the_next_start(tmp_path)
             "from pathlib import Path\n"
             "from utils.engine.rundir import protect_outputs\n"
             f"out = Path({str(out)!r})\n"
-            "protect_outputs(out, ['pseudo_masks', 'pseudo_masks.json', 'test_args'])\n"
+            "protect_outputs(out, ['pseudo_masks', 'pseudo_masks.json', 'test_args.yaml'])\n"
             "(out / 'pseudo_masks').mkdir(); (out / 'pseudo_masks' / 'b.png').write_bytes(b'half')\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
     assert run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
@@ -393,41 +393,77 @@ def test_an_interrupted_test_steps_outputs_come_back_at_the_next_start(tmp_path)
     assert tree_hash(out) == before
 
 
-def test_a_test_step_reads_the_backbone_of_its_training_run(tmp_path, capsys, monkeypatch):
+def test_a_test_step_reads_the_backbone_of_its_training_run(tmp_path, capsys):
     import yaml
 
     from sltnet.localizer import test as loc_test
-    from utils.config import explicit_options, parse_args
+    from sltnet.options import LOCALIZER_TEST_INHERITS, REGRESSOR_TEST_INHERITS
+    from utils.config import parse_args
+    from utils.engine.stage import inherit_training_options, start_run
 
     train_dir = tmp_path / "loc"
     train_dir.mkdir()
     (train_dir / "args.yaml").write_text(yaml.safe_dump({"backbone": "resnet50", "cam_feature": "layer2",
                                                          "share_backbone": True, "input_size": 64}))
     args = parse_args(loc_test.get_args_parser(), ["--localizer-dir", str(train_dir)], stage="localizer_test")
-    changed = rundir.inherit_training_options(args, train_dir, rundir._SLT_MODEL, explicit_options(args),
-                                              rundir._GEOMETRY)
+    changed = inherit_training_options(args, LOCALIZER_TEST_INHERITS)
     assert (args.backbone, args.cam_feature, args.share_backbone, args.input_size) == ("resnet50", "layer2",
                                                                                         True, 64)
     assert "--backbone resnet50" in changed
     assert capsys.readouterr().err.startswith("notice: --backbone resnet50")
-    # through the hook utils.engine.seeding.setup_run calls for a test step started by run_cli
-    monkeypatch.setitem(rundir.current_stage, "name", "localizer_test")
+    # through the frame of every stage script's main (utils.engine.stage.start_run): refused before
+    # anything is written
     args = parse_args(loc_test.get_args_parser(), ["--localizer-dir", str(train_dir), "--backbone", "vgg16",
                                                    "--output-dir", str(tmp_path / "test")], stage="localizer_test")
     with pytest.raises(RunError, match=r"args\.yaml: the training run used --backbone resnet50, this test step "
                                        r"was given --backbone vgg16"):
-        rundir.protect_stage_outputs(args, None)
+        with start_run(args, inherit=LOCALIZER_TEST_INHERITS, outputs=()):
+            pass
     assert not (tmp_path / "test").exists()
     # the regressor's test step reads its source stage's folder (here the localizer's)
     from sltnet.regressor import test as reg_test
 
-    monkeypatch.setitem(rundir.current_stage, "name", "regressor_test")
     args = parse_args(reg_test.get_args_parser(), ["--localizer-dir", str(train_dir), "--regressor-source",
                                                    "localizer", "--output-dir", str(tmp_path / "reg")],
                       stage="regressor_test")
-    rundir.protect_stage_outputs(args, None)
-    rundir.commit_protected()
+    for spec in REGRESSOR_TEST_INHERITS:
+        inherit_training_options(args, spec)
     assert (args.backbone, args.cam_feature, args.share_backbone) == ("resnet50", "layer2", True)
+
+
+@pytest.mark.parametrize("stage,module", [("cls_test", "spol.cls.test"), ("cam_test", "spol.cam.test"),
+                                          ("seg_test", "spol.seg.test")])
+def test_spol_test_steps_read_the_geometry_of_their_training_run(tmp_path, capsys, stage, module):
+    """A SPOL test step takes the training run's backbone and input geometry (in its folder) when not
+    given; a geometry given wins without an error."""
+    import importlib
+
+    import yaml
+
+    from utils.config import parse_args
+    from utils.engine.stage import inherit_training_options
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.yaml").write_text(yaml.safe_dump({"backbone": "resnet50", "resize_size": 72, "input_size": 64,
+                                                   "dataset": "cub"}))
+    from spol import options
+
+    script = importlib.import_module(module)
+    spec = getattr(options, f"{stage.split('_')[0].upper()}_TEST_INHERITS")  # declared beside its parser
+    args = parse_args(script.get_args_parser(), ["--output-dir", str(run)], stage=stage)
+    inherit_training_options(args, spec)
+    assert args.resize_size == 72
+    if stage == "seg_test":
+        assert args.input_size == 64
+    if stage == "cls_test":  # tested on the whole resized image: the training crop is not taken
+        assert (args.backbone, args.input_size) == ("resnet50", None)
+    err = capsys.readouterr().err
+    assert "--resize-size 72" in err and f"read from {run / 'args.yaml'}" in err
+    # an explicit value wins over the training run's geometry (soft), without an error
+    args = parse_args(script.get_args_parser(), ["--output-dir", str(run), "--resize-size", "80"], stage=stage)
+    inherit_training_options(args, spec)
+    assert args.resize_size == 80
 
 
 def test_under_torchrun_another_rank_reports_only_a_fault_of_its_own(monkeypatch, capsys, tmp_path):
@@ -446,56 +482,3 @@ def test_under_torchrun_another_rank_reports_only_a_fault_of_its_own(monkeypatch
     monkeypatch.setenv("RANK", "1")
     report_error(RunError("a.yaml:2: bad"))  # the same fault: rank 0 said it already
     assert capsys.readouterr().err == ""
-
-
-@pytest.mark.parametrize("stage,module", [("cls_test", "spol.cls.test"), ("cam_test", "spol.cam.test"),
-                                          ("seg_test", "spol.seg.test")])
-def test_spol_test_steps_read_an_earlier_runs_args_yaml_with_the_old_names(tmp_path, capsys, monkeypatch,
-                                                                          stage, module):
-    """An args.yaml written before the renaming (arch / resize / crop) still gives a test step the
-    training run's backbone and geometry under their new names."""
-    import importlib
-
-    import yaml
-
-    from utils.config import parse_args
-
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "args.yaml").write_text(yaml.safe_dump({"arch": "resnet50", "resize": 72, "crop": 64, "dataset": "cub"}))
-    parser = importlib.import_module(module).get_args_parser()
-    monkeypatch.setitem(rundir.current_stage, "name", stage)
-    args = parse_args(parser, ["--output-dir", str(run)], stage=stage)
-    rundir.protect_stage_outputs(args, None)
-    rundir.restore_protected()
-    assert args.resize_size == 72
-    if stage == "seg_test":
-        assert args.input_size == 64
-    if stage == "cls_test":  # tested on the whole resized image: the training crop is not taken
-        assert (args.backbone, args.input_size) == ("resnet50", None)
-    err = capsys.readouterr().err
-    assert "--resize-size 72" in err and f"read from {run / 'args.yaml'}" in err
-    # an explicit value wins over the training run's geometry (soft), without an error
-    args = parse_args(parser, ["--output-dir", str(run), "--resize-size", "80"], stage=stage)
-    rundir.protect_stage_outputs(args, None)
-    assert args.resize_size == 80
-    rundir.restore_protected()
-
-
-def test_a_checkpoint_written_before_the_renaming_resumes(tmp_path):
-    """The identity stored by an earlier run (``arch``, ``resize``, ``crop``) equals today's run
-    of the same options (``backbone``, ``resize_size``, ``input_size``): the run resumes."""
-    import argparse
-
-    from utils.engine.checkpoint import save_checkpoint
-
-    now = argparse.Namespace(backbone="resnet50", resize_size=72, input_size=64, lr=0.1)
-    ident = rundir.run_identity(now, "cls_train")
-    old = {("arch" if k == "backbone" else "resize" if k == "resize_size" else "crop" if k == "input_size" else k): v
-           for k, v in ident.items()}
-    path = save_checkpoint(tmp_path / "checkpoint.pth", {"identity": old})
-    assert "arch" in old and rundir.saved_identity(path) == ident
-    rundir.check_identity(path, rundir.saved_identity(path), ident)  # no error
-    with pytest.raises(RunError, match="--backbone 'resnet50' there, 'vgg16' now"):
-        rundir.check_identity(path, rundir.saved_identity(path), rundir.run_identity(
-            argparse.Namespace(backbone="vgg16", resize_size=72, input_size=64, lr=0.1), "cls_train"))

@@ -205,7 +205,7 @@ SPOL_DATA = ["--device", "cpu", "--workers", "0", "--pretrained", "none"]
     ("sltnet.localizer.test", "localizer_test", ["--iou-threshold", "1.5"],
      "argument --iou-threshold: must be a number in (0, 1), got '1.5'"),
     ("sltnet.localizer.test", "localizer_test", ["--box-threshold", "nan"],
-     "argument --box-threshold: must be a number in [0, 1], got 'nan'"),
+     "argument --box-threshold: must be a number in [0, 1] or 'best', got 'nan'"),
     ("spol.cam.train", "cam_train", ["--resize-size", "64", "--input-size", "72"],
      "--input-size 72 is larger than --resize-size 64: the crop is cut from the resized image, so it must fit in it"),
     # the crop given, the resize the backbone's default (vgg16: 256): checked once the defaults are derived

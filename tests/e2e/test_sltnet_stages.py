@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.engine.checkpoint import MissingFileError
+from utils.errors import MissingFileError
 from utils.config import parse_args
 from utils.data.layouts import load_records
 from utils.errors import DataError
@@ -65,6 +65,11 @@ def test_three_stages_end_to_end(run_stage, birds):
     full = json.loads((out / "localizer" / "test" / "evaluate.json").read_text())
     # the evaluator boxes the saved maps by Choe et al.'s rule: equal to ours under that rule
     assert full["gt_known_loc"] == metrics["gt_known_loc_choe_rule"] and metrics["box_rule"] == "zhou"
+    # scored in memory; the saved maps read back from their folder give the same results, curves included
+    from utils.evaluation.evaluate import evaluate_scoremaps
+    assert evaluate_scoremaps(load_records(birds, "cub", "test"), out / "localizer" / "test" / "scoremaps", "wsol",
+                              cam_curve_interval=0.1, threshold=metrics["box_threshold"], input_size=64,
+                              resize_size=72, iou_compare=full["iou_compare"], split="test") == full
     rows = _csv_rows(out / "localizer" / "test" / "boxes.csv")
     assert rows[0] == ["image_id", "x0", "y0", "x1", "y1"] and [r[0] for r in rows[1:]] == test_ids
     # its boxes.csv holds the boxes it scored: python -m utils.evaluation --boxes gives its numbers
@@ -83,10 +88,10 @@ def test_three_stages_end_to_end(run_stage, birds):
     # 2. classifier: fine-tune, then ten-crop predictions
     run_stage("sltnet.classifier.train", "classifier_train", *SIZE, "--epochs", "1", "--max-steps-per-epoch", "1")
     run_stage("sltnet.classifier.test", "classifier_test", *SIZE)
-    for stage in ("classifier", "classifier/test"):
-        module = "sltnet.classifier." + ("test" if "/" in stage else "train")
-        parse_args(__import__(module, fromlist=["x"]).get_args_parser(),
-                   ["--config", str(out / stage / "args.yaml")], stage="classifier_x")
+    for path in (out / "classifier" / "args.yaml", out / "classifier" / "test" / "test_args.yaml"):
+        module = "sltnet.classifier." + ("test" if path.name == "test_args.yaml" else "train")
+        parse_args(__import__(module, fromlist=["x"]).get_args_parser(), ["--config", str(path)], stage="classifier_x")
+    assert json.loads((out / "classifier" / "test" / "metrics.json").read_text())["num_images"] == len(test_ids)
     rows = _csv_rows(out / "classifier" / "test" / "predictions.csv")
     assert rows[0] == ["image_id", "label", "pred_top5", "top1_correct", "top5_correct"] and len(rows) == 1 + len(test_ids)
     # 3. final evaluation: jointly trained regressor, and the standalone one
@@ -137,7 +142,7 @@ def test_regressor_prediction_goes_back_to_pixels_as_trained(run_stage, birds, s
                   "--regressor-hidden", "8", "--protocol", "spol", "--output-dir", str(out / "regressor_spol"))
         spol = json.loads((out / "regressor_spol" / "metrics.json").read_text())
         assert (spol["protocol"], spol["num_images"], spol["num_counted"]) == ("spol", len(test), len(test))
-    with pytest.raises(DataError, match="trained with box_scale"):
+    with pytest.raises(DataError, match="the training run used --box-scale"):
         run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
                   "--regressor-hidden", "8", "--box-scale", "input" if scale == "stride" else "stride")
 
@@ -198,32 +203,32 @@ def test_table6_configs_train_every_regressor_on_one_localizers_boxes():
     The configs of Tables 1-4 and 7 train each backbone's regressor alone on those boxes and test it."""
     import importlib
 
-    from sltnet.options import resolve_args
+    from sltnet.options import resolve_defaults
     from utils.paths import CONFIG_DIR, OUTPUT_ROOT
 
     train = importlib.import_module("sltnet.regressor.train").get_args_parser
     test = importlib.import_module("sltnet.regressor.test").get_args_parser
     for path in sorted(CONFIG_DIR.glob("sltnet_*.yaml")):
         dataset, source = ("cub", "vgg16") if "_cub_" in path.name else ("imagenet", "inception_v3")
-        args = resolve_args(parse_args(train(), ["--config", str(path)], stage="regressor_train"), "regressor")
+        args = resolve_defaults(parse_args(train(), ["--config", str(path)], stage="regressor_train"), "regressor")
         assert args.pseudo_box_backbone == source, path.name
         assert args.localizer_dir == str(OUTPUT_ROOT / "sltnet" / dataset / source / "localizer"), path.name
         assert args.output_dir == str(OUTPUT_ROOT / "sltnet" / dataset / args.backbone / "regressor"), path.name
         final = parse_args(test(), ["--config", str(path)], stage="regressor_test")
         assert final.regressor_source == "regressor", path.name
     # an explicit --localizer-dir still wins over the config's pseudo_box_backbone
-    args = resolve_args(parse_args(train(), ["--config", "configs/sltnet_imagenet_vgg16.yaml", "--localizer-dir", "/x"],
-                                   stage="regressor_train"), "regressor")
+    args = resolve_defaults(parse_args(train(), ["--config", "configs/sltnet_imagenet_vgg16.yaml", "--localizer-dir",
+                                                 "/x"], stage="regressor_train"), "regressor")
     assert args.localizer_dir == "/x"
 
 
-def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tmp_path, monkeypatch, capsys):
+def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tmp_path, capsys):
     """``output_stride: 8`` under a stage mapping of a YAML config reaches the localizer's training;
-    its test steps, given no --output-stride, build the same network from the run's args.yaml (layer3
-    CAMs at stride 8: m = 8 in boxes.json, where the default output stride 32 would give 16)."""
+    its test steps, called in-process and given no --output-stride, build the same network from the
+    run's args.yaml (layer3 CAMs at stride 8: m = 8 in boxes.json, where the default output stride 32
+    would give 16)."""
     import yaml
 
-    from utils.engine import rundir
     from utils.errors import RunError
     from utils.evaluation.handoff import write_predictions
 
@@ -235,13 +240,11 @@ def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tm
     loc = tmp_path / "output" / "sltnet" / "birds" / "resnet18" / "localizer"
     trained = yaml.safe_load((loc / "args.yaml").read_text())
     assert (trained["output_stride"], trained["box_stride"]) == (8, 8.0)
-    # the test steps as run_cli starts them (utils.engine.rundir reads the training run's options)
-    monkeypatch.setitem(rundir.current_stage, "name", "localizer_test")
     run_stage("sltnet.localizer.test", "localizer_test", "--backbone", "resnet18", *SIZE, "--top-k", "2",
               "--no-scoremaps", "--no-maxboxacc")
     assert "--output-stride 8" in capsys.readouterr().err
     assert json.loads((loc / "test" / "boxes.json").read_text())["downsampling_factor"] == 8.0
-    assert yaml.safe_load((loc / "test" / "args.yaml").read_text())["output_stride"] == 8
+    assert yaml.safe_load((loc / "test" / "test_args.yaml").read_text())["output_stride"] == 8
     with pytest.raises(RunError, match="the training run used --output-stride 8, this test step was given "
                                        "--output-stride 32"):
         run_stage("sltnet.localizer.test", "localizer_test", "--backbone", "resnet18", "--output-stride", "32",
@@ -249,10 +252,9 @@ def test_output_stride_goes_from_a_config_to_the_test_steps(run_stage, birds, tm
     test = load_records(birds, "cub", "test")
     write_predictions(tmp_path / "output" / "sltnet" / "birds" / "resnet18" / "classifier" / "test" / "predictions.csv",
                       [r.image_id for r in test], [r.label for r in test], [[r.label] for r in test])
-    monkeypatch.setitem(rundir.current_stage, "name", "regressor_test")
     run_stage("sltnet.regressor.test", "regressor_test", "--backbone", "resnet18", *SIZE, "--grid-images", "0")
     final = loc.parent / "regressor" / "test"
-    assert yaml.safe_load((final / "args.yaml").read_text())["output_stride"] == 8
+    assert yaml.safe_load((final / "test_args.yaml").read_text())["output_stride"] == 8
     assert json.loads((final / "metrics.json").read_text())["box_stride"] == 8.0
 
 
@@ -270,7 +272,7 @@ def test_output_stride_on_a_backbone_without_it_is_one_error_line(birds, tmp_pat
     assert not (tmp_path / "loc").exists()
 
 
-def test_new_options_reach_args_yaml_and_the_test_steps(run_stage, birds, tmp_path, monkeypatch, capsys):
+def test_new_options_reach_args_yaml_and_the_test_steps(run_stage, birds, tmp_path, capsys):
     """Every SLT-Net option that is not the paper's letter through the stages on tiny data: the joint
     training with all of them on (K from --top-k-ratio), the teacher boxes of the train split at the
     threshold chosen there, a grid-pooled regressor trained on them and its final test, which reads the
@@ -278,7 +280,6 @@ def test_new_options_reach_args_yaml_and_the_test_steps(run_stage, birds, tmp_pa
     import yaml
 
     from sltnet.boxes import BEST_THRESHOLDS
-    from utils.engine import rundir
     from utils.errors import RunError
     from utils.evaluation.handoff import write_predictions
 
@@ -300,7 +301,6 @@ def test_new_options_reach_args_yaml_and_the_test_steps(run_stage, birds, tmp_pa
     assert lrs == pytest.approx([2e-4, 2e-3, 2e-4, 2e-3])        # localizer, its head, regressor, its head (x 10)
 
     # the teacher boxes: K read from the training run, the threshold chosen on the train split's boxes
-    monkeypatch.setitem(rundir.current_stage, "name", "localizer_test")
     run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--split", "train", "--teacher-map", "acam-label",
               "--box-threshold", "best", "--no-scoremaps", "--no-maxboxacc")
     assert "--top-k 2" in capsys.readouterr().err                 # the notice of the inherited options
@@ -313,7 +313,7 @@ def test_new_options_reach_args_yaml_and_the_test_steps(run_stage, birds, tmp_pa
     curve = metrics["box_threshold_sweep"]["gt_known_loc"]
     assert len(curve) == 91 and max(curve) == metrics["box_threshold_gt_known_loc"] == metrics["gt_known_loc"]
     assert curve.index(max(curve)) == BEST_THRESHOLDS.index(meta["box_threshold"])   # the lowest of the best
-    assert yaml.safe_load((out / "localizer" / "train" / "args.yaml").read_text())["box_threshold"] == "best"
+    assert yaml.safe_load((out / "localizer" / "train" / "test_args.yaml").read_text())["box_threshold"] == "best"
     # a test step may evaluate another K (not refused); --top-k-ratio resolves on this split's classes
     run_stage("sltnet.localizer.test", "localizer_test", *SIZE, "--top-k-ratio", "0.34", "--no-scoremaps",
               "--no-maxboxacc", "--teacher-map", "gt", "--box-threshold", "0.3")
@@ -333,11 +333,10 @@ def test_new_options_reach_args_yaml_and_the_test_steps(run_stage, birds, tmp_pa
     test = load_records(birds, "cub", "test")
     write_predictions(out / "classifier" / "test" / "predictions.csv", [r.image_id for r in test],
                       [r.label for r in test], [[r.label] for r in test])
-    monkeypatch.setitem(rundir.current_stage, "name", "regressor_test")
     run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor", "--grid-images", "0",
               "--top-k-ratio", "0.15")
     assert "--regressor-pool grid" in capsys.readouterr().err
-    assert yaml.safe_load((out / "regressor" / "test" / "args.yaml").read_text())["regressor_grid"] == 2
+    assert yaml.safe_load((out / "regressor" / "test" / "test_args.yaml").read_text())["regressor_grid"] == 2
     with pytest.raises(RunError, match="the training run used --regressor-pool grid, this test step was given "
                                        "--regressor-pool gap"):
         run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
@@ -352,7 +351,7 @@ def test_new_options_reach_args_yaml_and_the_test_steps(run_stage, birds, tmp_pa
     # the joint regressor (grid, from the localizer's args.yaml) tests as well
     run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--grid-images", "0",
               "--output-dir", str(tmp_path / "joint"))
-    assert yaml.safe_load((tmp_path / "joint" / "args.yaml").read_text())["regressor_pool"] == "grid"
+    assert yaml.safe_load((tmp_path / "joint" / "test_args.yaml").read_text())["regressor_pool"] == "grid"
 
 
 def test_acam_label_with_acam_off_is_refused(run_stage):
@@ -364,14 +363,14 @@ BAD_VALUES = [
     ("sltnet/localizer/train.py", ["--vst-bn", "fixed"], "argument --vst-bn: invalid choice: 'fixed'"),
     ("sltnet/localizer/train.py", ["--smt-variant", "eq9"], "argument --smt-variant: invalid choice: 'eq9'"),
     ("sltnet/localizer/train.py", ["--teacher-map", "cam"], "argument --teacher-map: invalid choice: 'cam'"),
-    ("sltnet/localizer/train.py", ["--top-k-ratio", "0"], "argument --top-k-ratio: expected a number in (0, 1], got '0'"),
+    ("sltnet/localizer/train.py", ["--top-k-ratio", "0"], "argument --top-k-ratio: must be a number in (0, 1], got '0'"),
     ("sltnet/localizer/train.py", ["--regressor-pool", "max"], "argument --regressor-pool: invalid choice: 'max'"),
-    ("sltnet/regressor/train.py", ["--regressor-grid", "0"], "argument --regressor-grid: expected an integer >= 1, got '0'"),
+    ("sltnet/regressor/train.py", ["--regressor-grid", "0"], "argument --regressor-grid: must be an integer >= 1, got '0'"),
     ("sltnet/localizer/test.py", ["--box-threshold", "bestest"],
-     "argument --box-threshold: expected a number or 'best', got 'bestest'"),
-    ("sltnet/localizer/test.py", ["--top-k-ratio", "1.5"], "argument --top-k-ratio: expected a number in (0, 1], got '1.5'"),
-    ("sltnet/regressor/test.py", ["--top-k-ratio", "x"], "argument --top-k-ratio: expected a number in (0, 1], got 'x'"),
-    ("sltnet/regressor/test.py", ["--regressor-grid", "two"], "argument --regressor-grid: expected an integer >= 1"),
+     "argument --box-threshold: must be a number in [0, 1] or 'best', got 'bestest'"),
+    ("sltnet/localizer/test.py", ["--top-k-ratio", "1.5"], "argument --top-k-ratio: must be a number in (0, 1], got '1.5'"),
+    ("sltnet/regressor/test.py", ["--top-k-ratio", "x"], "argument --top-k-ratio: must be a number in (0, 1], got 'x'"),
+    ("sltnet/regressor/test.py", ["--regressor-grid", "two"], "argument --regressor-grid: must be an integer >= 1"),
 ]
 
 
@@ -400,8 +399,9 @@ def test_a_bad_value_of_a_new_option_is_an_error_line_naming_it(tmp_path):
     results = json.loads(proc.stdout.split("RESULTS ", 1)[1])
     for (script, argv, message), (code_, err, torch_loaded) in zip(BAD_VALUES, results):
         lines = err.strip().splitlines()
-        assert code_ == 2 and not torch_loaded and lines[-1].startswith(f"{script}: error: {message}"), (argv, lines)
+        assert code_ == 2 and not torch_loaded and len(lines) == 1, (argv, lines)   # one line, before torch
+        assert lines[0].startswith(f"error: {message}") and lines[0].endswith(f"(see {script} --help)"), (argv, lines)
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("localizer_train:\n  top_k: 30\n  top_k_ratio: 1.5\n")
-    with pytest.raises(DataError, match=r"bad.yaml:3: option 'top_k_ratio': expected a number in \(0, 1\], got '1.5'"):
+    with pytest.raises(DataError, match=r"bad.yaml:3: option 'top_k_ratio': must be a number in \(0, 1\], got '1.5'"):
         parse_args(PARSERS["localizer_train"](), ["--config", str(cfg)], stage="localizer_train")

@@ -4,6 +4,7 @@ stage's files: cam train -> cam test (pseudo masks) -> seg train; cls train -> c
 clear error naming the stage to run first."""
 import csv
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 import torch
+import yaml
 
 import spol
 from spol.cam import test as cam_test, train as cam_train
@@ -26,7 +27,7 @@ from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records
 from utils.data.transforms import build_spol_transform
 from utils.evaluation.protocol import get_protocol
-from utils.evaluation.evaluate import evaluate_boxes, evaluate_scoremaps
+from utils.evaluation.evaluate import evaluate_boxes
 from utils.data.generate import generate_dataset
 from utils.evaluation.metrics import LocalizationMeter, spol_iou
 from utils.evaluation.handoff import read_predictions
@@ -136,11 +137,26 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
                          [get_protocol("resize", 64).gt_boxes(r.boxes, r.size) for r in test])
             assert meter.compute()["gt_known_loc"] == results["gt_known_loc"]
         assert cv2.imread(str(out / "grid.png")) is not None
-        again = evaluate_scoremaps(test, out / "scoremaps", protocol, threshold=results["threshold_used"],
-                                   predictions=cls_dir / "predictions.csv", input_size=64, resize_size=72)
+        # the maps were scored in memory; the command metrics.json gives re-scores the saved maps from
+        # their folder (python -m utils.evaluation): every number and curve the same, the hit list too
+        command = shlex.split(results["rescore_command"])
+        assert command[:3] == ["python", "-m", "utils.evaluation"]
+        proc = subprocess.run([sys.executable, *command[1:]], cwd=SPOL_DIR.parent, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        rescored = json.loads((out / "rescored.json").read_text())
+        per_image = rescored.pop("per_image", None)
+        assert rescored.pop("scoremaps") == str((out / "scoremaps").resolve())
+        assert rescored.pop("threshold_source") == "fixed"  # given as --threshold; the seg test says whence
+        assert rescored == {k: v for k, v in results.items() if k not in ("threshold_source", "rescore_command")}
         for key in ("top1_loc", "top5_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap"):
-            assert again[key] == results[key]
-        # and its boxes.csv (with boxes.json) scored as a box method's: the same Loc
+            assert rescored[key] == summary[protocol][key]
+        if per_image is not None:  # the SPOL protocols: hits.csv is the evaluator's hit list
+            hits = list(csv.DictReader(open(out / "hits.csv")))
+            assert [(h["image_id"], h["iou"], h["hit"], h["skipped"]) for h in hits] == [
+                (o["image_id"], "" if o["iou"] is None else repr(o["iou"]), str(int(o["hit"])), o["skipped"] or "")
+                for o in per_image]
+        # and its boxes.csv (with boxes.json) scored as a box method's (--boxes): the same Loc
         by_boxes = evaluate_boxes(test, out / "boxes.csv", protocol, predictions=cls_dir / "predictions.csv",
                                   input_size=64, resize_size=72)
         for key in ("top1_loc", "top5_loc", "gt_known_loc"):
@@ -242,9 +258,12 @@ def test_seg_test_numbers_for_a_model_with_a_known_answer(data, cls_dir, tmp_pat
 
 
 def test_resolved_args_yaml_parses_back(seg_dir, cam_dir):
-    for module, stage, folder in ((seg_train, "seg_train", seg_dir), (cam_test, "cam_test", cam_dir / "test_args")):
-        args = parse_args(module.get_args_parser(), ["--config", str(folder / "args.yaml")], stage=stage)
+    """A training step's args.yaml and its test step's test_args.yaml, side by side in the stage folder."""
+    for module, stage, path in ((seg_train, "seg_train", seg_dir / "args.yaml"),
+                                (cam_test, "cam_test", cam_dir / "test_args.yaml")):
+        args = parse_args(module.get_args_parser(), ["--config", str(path)], stage=stage)
         assert args.device == "cpu" and args.batch_size == 4
+    assert "mask_workers" not in yaml.safe_load((cam_dir / "args.yaml").read_text())  # the training run's
 
 
 def test_predictions_of_another_split_are_refused_before_inference(data, seg_dir, tmp_path):
@@ -271,11 +290,8 @@ def test_a_diverged_cam_model_stops_pseudo_masks_naming_the_image(data, cam_dir,
 
 
 def test_output_stride_reaches_the_cam_and_seg_test_steps_from_args_yaml(data, tmp_path, monkeypatch, capsys):
-    """cam and seg trained with --output-stride 8 (ResNet-18): their test steps, given no
-    --output-stride, build the models at output stride 8 from the training runs' args.yaml."""
-    import yaml
-
-    from utils.engine import rundir
+    """cam and seg trained with --output-stride 8 (ResNet-18): their test steps, called in-process and
+    given no --output-stride, build the models at output stride 8 from the training runs' args.yaml."""
     from utils.evaluation.handoff import write_predictions
 
     built = []
@@ -293,19 +309,16 @@ def test_output_stride_reaches_the_cam_and_seg_test_steps_from_args_yaml(data, t
     run(cam_train, "cam_train", base + TINY + ["--output-dir", cam, "--pretrained", "none", "--epochs", "1",
                                                "--max-steps-per-epoch", "1", "--output-stride", "8"])
     assert yaml.safe_load((cam / "args.yaml").read_text())["output_stride"] == 8
-    monkeypatch.setitem(rundir.current_stage, "name", "cam_test")  # as run_cli starts a test step
     run(cam_test, "cam_test", base + ["--output-dir", cam, "--device", "cpu", "--workers", "0",
                                       "--resize-size", "72"])
     assert built == [("CAMModel", 8)] and "--output-stride 8" in capsys.readouterr().err
-    monkeypatch.setitem(rundir.current_stage, "name", None)
     run(seg_train, "seg_train", base + TINY + ["--output-dir", seg, "--mask-dir", cam / "pseudo_masks",
                                                "--pretrained", "none", "--epochs", "1", "--max-steps-per-epoch",
                                                "1", "--output-stride", "8"])
     test = load_records(data, "cub", "test")
     write_predictions(tmp_path / "cls" / "predictions.csv", [r.image_id for r in test], [r.label for r in test],
                       [[r.label] for r in test])
-    monkeypatch.setitem(rundir.current_stage, "name", "seg_test")
     run(seg_test, "seg_test", base + TINY + ["--output-dir", seg, "--cls-dir", tmp_path / "cls",
                                              "--protocol", "wsol", "--grid-images", "0"])
     assert built[-1] == ("SegModel", 8)
-    assert yaml.safe_load((seg / "test_args" / "args.yaml").read_text())["output_stride"] == 8
+    assert yaml.safe_load((seg / "test_args.yaml").read_text())["output_stride"] == 8

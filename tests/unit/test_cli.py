@@ -13,8 +13,7 @@ import sys
 
 import pytest
 
-from utils import config as config_module
-from utils.config import RENAMED_OPTIONS, TRAIN_ONLY, HelpFormatter, parse_args
+from utils.config import TRAIN_ONLY, HelpFormatter, parse_args
 from utils.errors import DataError
 from utils.paths import CONFIG_DIR, REPO_ROOT
 
@@ -129,7 +128,6 @@ def test_option_names_shared_with_the_heavy_modules_agree():
     from sltnet import boxes, model, options
     from spol import pseudo_mask
     from spol.options import PSEUDO_MASK_WORK_SIZE
-    from utils.engine import classify
 
     assert model.BACKBONES is options.BACKBONES and boxes.BOX_RULES is options.BOX_RULES
     assert PSEUDO_MASK_WORK_SIZE == pseudo_mask.WORK_SIZE
@@ -138,9 +136,9 @@ def test_option_names_shared_with_the_heavy_modules_agree():
     assert parser_of("spol/cam/test.py").get_default("min_contour_area") == pseudo_mask.MIN_CONTOUR_AREA
     from spol import losses
     assert parser_of("spol/seg/train.py").get_default("target_threshold") == losses.TARGET_THRESHOLD
-    assert classify.add_classifier_args is __import__("utils.options").options.add_classifier_args
     from network import backbones
-    from utils.options import OUTPUT_STRIDE_BACKBONES, OUTPUT_STRIDES
+    from utils.options import ARCHS, OUTPUT_STRIDE_BACKBONES, OUTPUT_STRIDES
+    assert set(ARCHS) <= set(backbones.NAMES)  # every classifier offered has its ImageNet weight file
     assert OUTPUT_STRIDES == backbones.OUTPUT_STRIDES and OUTPUT_STRIDE_BACKBONES == tuple(backbones.RESNETS)
     from utils import options as utils_options
     from utils.evaluation import evaluate
@@ -197,16 +195,14 @@ def test_top_level_training_keys_are_skipped_by_a_test_step_not_in_its_section(t
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
-def test_shipped_configs_parse_for_every_stage(config, capsys, monkeypatch):
-    monkeypatch.setattr(config_module, "_warned", set())
+def test_shipped_configs_parse_for_every_stage(config, capsys):
     """Every stage of a method reads each of its shipped configs (the demo's: both methods') without an error."""
     method = config.split("_")[0]
     for script in SCRIPTS:
         if method in ("spol", "sltnet") and not script.startswith(method + "/"):
             continue
         parse_args(parser_of(script), ["--config", str(CONFIG_DIR / config)], stage=stage_of(script))
-    # the shipped files use the current option names (an old key would print a deprecation line)
-    assert "deprecated" not in capsys.readouterr().err
+    assert capsys.readouterr().err == ""
 
 
 def test_a_bad_config_is_one_error_line_before_torch_loads(tmp_path):
@@ -223,50 +219,28 @@ def test_a_bad_config_is_one_error_line_before_torch_loads(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.yaml:2" in lines[0], lines
 
 
-# one vocabulary: option -> its value in a tiny command line
-VOCABULARY = {"--backbone": "resnet50", "--resize-size": "40", "--input-size": "32", "--dataset": "cub"}
-OLD_SPELLING = {"--arch": "--backbone", "--resize": "--resize-size", "--crop": "--input-size",
-                "--dataset-name": "--dataset"}
-# the spellings each method's scripts had before (SPOL's --dataset already had today's meaning)
-OLD_OF_METHOD = {"spol": ("--arch", "--resize", "--crop"), "sltnet": ("--dataset-name",)}
-
-
-def test_old_spellings_table_matches_the_config_renames():
-    as_dest = {old[2:].replace("-", "_"): new[2:].replace("-", "_") for old, new in OLD_SPELLING.items()}
-    assert as_dest == RENAMED_OPTIONS
+# one vocabulary: both methods name the model, the input geometry and the output folder alike
+VOCABULARY = ("--backbone", "--resize-size", "--input-size", "--dataset")
+OTHER_SPELLINGS = ("--arch", "--resize", "--crop", "--dataset-name")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_one_vocabulary_and_old_spellings_as_aliases(helps, script, capsys, monkeypatch):
-    """Both methods name the model and the input geometry alike; the old names still work, each
-    printing one deprecation line, and are not offered by --help."""
+def test_one_vocabulary_and_no_other_spelling(helps, script, capsys):
+    """Both methods name the model and the input geometry alike; no script takes another spelling of
+    them, nor a prefix of an option for the option (``--resize`` is not ``--resize-size``)."""
     offered = set(re.findall(r"(?<![\w-])--[a-z][\w-]*(?= |,|\n|=)", helps[script]["help"]))
-    assert not offered & set(OLD_SPELLING), f"{script} offers {sorted(offered & set(OLD_SPELLING))}"
-    parser = parser_of(script)
-    dests = {a.dest for a in parser._actions}
-    assert {"dataset", "resize_size"} <= dests, script  # every stage script has both
-    for old in OLD_OF_METHOD[script.split("/")[0]]:
-        new = OLD_SPELLING[old]
-        if new[2:].replace("-", "_") not in dests:
-            continue
-        value = VOCABULARY[new]
-        monkeypatch.setattr(config_module, "_warned", set())
+    assert not offered & set(OTHER_SPELLINGS), f"{script} offers {sorted(offered & set(OTHER_SPELLINGS))}"
+    assert {"--dataset", "--resize-size"} <= offered, script  # every stage script has both
+    for other in OTHER_SPELLINGS:
         capsys.readouterr()
-        by_new = parse_args(parser_of(script), [new, value], stage=stage_of(script))
-        assert "deprecated" not in capsys.readouterr().err
-        by_old = parse_args(parser_of(script), [old, value], stage=stage_of(script))
-        assert vars(by_old) == vars(by_new), (script, old)
-        assert capsys.readouterr().err.strip() == f"warning: {old} is deprecated; use {new}"
+        with pytest.raises(SystemExit) as info:
+            parse_args(parser_of(script), [other, "40"], stage=stage_of(script))
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and err.startswith(f"error: unrecognized arguments: {other} 40"), (script, err)
 
 
-def test_old_keys_in_a_users_config_still_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(config_module, "_warned", set())
+def test_other_keys_in_a_config_are_errors(tmp_path):
     cfg = tmp_path / "old.yaml"
-    cfg.write_text("cls_train:\n  arch: resnet50\n  resize: 72\n  crop: 64\n"
-                   "classifier_test:\n  dataset_name: birds\n")
-    args = parse_args(parser_of("spol/cls/train.py"), ["--config", str(cfg)], stage="cls_train")
-    assert (args.backbone, args.resize_size, args.input_size) == ("resnet50", 72, 64)
-    slt = parse_args(parser_of("sltnet/classifier/test.py"), ["--config", str(cfg)], stage="classifier_test")
-    assert slt.dataset == "birds"
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 4 and all("deprecated" in line and "old.yaml" in line for line in err), err
+    cfg.write_text("cls_train:\n  arch: resnet50\n")
+    with pytest.raises(DataError, match=r"old\.yaml:2: unknown key 'arch' in section 'cls_train'"):
+        parse_args(parser_of("spol/cls/train.py"), ["--config", str(cfg)], stage="cls_train")

@@ -4,9 +4,7 @@ import argparse
 import pytest
 import yaml
 
-from utils import config
-from utils.config import add_alias, add_common_args, args_to_dict, parse_args, renamed_keys
-from utils.engine.rundir import save_resolved_config
+from utils.config import add_common_args, args_to_dict, parse_args, write_config
 from utils.errors import DataError
 
 
@@ -15,8 +13,7 @@ def make_parser():
     add_common_args(parser)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--milestones", type=int, nargs="+", default=[30])
-    add_alias(parser, "--arch", parser.add_argument("--backbone", type=str, default="vgg16",
-                                                    choices=["vgg16", "resnet50"]))
+    parser.add_argument("--backbone", type=str, default="vgg16", choices=["vgg16", "resnet50"])
     parser.add_argument("--flip", action="store_true")
     return parser
 
@@ -85,7 +82,6 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
     ("seed: 1.5\n", "invalid int value"),
     ("seed: abc\n", "invalid int value"),
     ("backbone: alexnet\n", "invalid choice"),
-    ("arch: alexnet\n", "invalid choice"),  # an old spelling is checked as the new one
     ("flip: 3\n", "true or false"),
     ("lr: [1, 2]\n", "single value"),
 ])
@@ -111,19 +107,14 @@ def test_required_option_satisfied_by_yaml(tmp_path):
     assert parse_args(parser, ["--config", str(cfg)], stage="seg").cam_dir == "/some/where"
 
 
-def test_save_resolved_config_round_trip(tmp_path, monkeypatch):
-    monkeypatch.delenv("RANK", raising=False)
+def test_write_config_round_trip(tmp_path):
     args = parse_args(make_parser(), ["--epochs", "4", "--milestones", "2", "3"], stage="cam")
-    path = save_resolved_config(args, tmp_path / "out")
+    path = write_config(args, tmp_path / "out" / "args.yaml")
     data = yaml.safe_load(path.read_text())
     assert data["epochs"] == 4 and data["milestones"] == [2, 3] and "config" not in data
     again = parse_args(make_parser(), ["--config", str(path)], stage="cam")
     assert args_to_dict(again) | {"config": None} == args_to_dict(args)
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "args.yaml"]
-    # other ranks do not write
-    monkeypatch.setenv("RANK", "1")
-    assert save_resolved_config(args, tmp_path / "other") is None
-    assert not (tmp_path / "other").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["args.yaml"]  # no temporary file left
 
 
 def test_parser_is_left_unchanged(tmp_path):
@@ -154,30 +145,10 @@ def test_declared_anchor_section_is_allowed_and_merged(tmp_path):
     assert (args.lr, args.epochs) == (0.7, 3)
 
 
-def test_old_option_spelling_is_an_alias_with_one_warning(capsys, monkeypatch):
-    monkeypatch.setattr(config, "_warned", set())  # printed once per process
-    args = parse_args(make_parser(), ["--arch", "resnet50"], stage="cam")
-    assert args.backbone == "resnet50" and not hasattr(args, "arch")
-    assert capsys.readouterr().err.count("warning: --arch is deprecated; use --backbone") == 1
-    assert parse_args(make_parser(), [], stage="cam").backbone == "vgg16"  # the alias sets no default
-    with pytest.raises(SystemExit):  # the old spelling keeps the new option's choices
-        parse_args(make_parser(), ["--arch", "alexnet"], stage="cam")
-    assert "--arch" not in make_parser().format_help()
-
-
-def test_old_config_key_is_read_as_the_new_one(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(config, "_warned", set())
+def test_an_option_name_the_parser_does_not_have_is_an_error_on_the_command_line_and_in_a_file(tmp_path):
+    with pytest.raises(SystemExit):  # argparse: unrecognized arguments
+        make_parser().parse_args(["--arch", "resnet50"])
     cfg = write(tmp_path, "seed: 1\ncam:\n  arch: resnet50\n")
-    args = parse_args(make_parser(), ["--config", str(cfg)], stage="cam")
-    assert args.backbone == "resnet50"
-    err = capsys.readouterr().err
-    assert f"{cfg.resolve()}:3: key 'arch' is deprecated; use 'backbone'" in err
-    # the command line still wins over the file
-    assert parse_args(make_parser(), ["--config", str(cfg), "--backbone", "vgg16"], stage="cam").backbone == "vgg16"
-
-
-def test_renamed_keys_of_an_earlier_run():
-    old = {"arch": "resnet50", "resize": 685, "crop": 600, "dataset_name": "birds", "lr": 0.1}
-    assert renamed_keys(old) == {"backbone": "resnet50", "resize_size": 685, "input_size": 600,
-                                 "dataset": "birds", "lr": 0.1}
-    assert renamed_keys({"crop": 1, "input_size": 2}) == {"input_size": 2}  # the new name wins
+    with pytest.raises(DataError, match=r"cfg\.yaml:3: unknown key 'arch' in section 'cam': the 'cam' stage has no "
+                                        r"option --arch"):
+        parse_args(make_parser(), ["--config", str(cfg)], stage="cam")

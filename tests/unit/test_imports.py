@@ -234,7 +234,7 @@ def wing_of(path: Path) -> str | None:
 def test_imported_files_resolve_modules_names_and_scripts(tmp_path):
     modules = repository_modules()
     path = ROOT / "utils" / "engine" / "stage.py"
-    source = ("from utils.engine.rundir import save_resolved_config\n"
+    source = ("from utils.engine.rundir import run_cli\n"
               "from utils.engine import distributed\n"
               "from . import seeding\n"
               "def f():\n"

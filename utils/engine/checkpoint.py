@@ -1,15 +1,7 @@
-"""Checkpoints that load safely and weights that load loudly.
-
-* ``save_checkpoint`` writes atomically (temporary file + ``os.replace`` via ``utils.io``)
-  and accepts only tensors and Python builtins, so every file it writes loads with
-  ``torch.load(weights_only=True)``. An ``argparse.Namespace`` or a path is converted to
-  a plain value; any other object is refused before anything is written.
-* ``load_checkpoint`` uses ``weights_only=True``: a file whose pickle would build other
-  objects (and could run code) is refused with an error naming the file.
-* ``load_state_dict_checked`` is the only way weights go into a model: it fails on
-  unexpected keys and shape mismatches and on missing keys unless they are listed
-  (MAE's ``load_model`` checks), instead of ``strict=False`` loading a wrong file silently.
-"""
+"""Checkpoints that load safely and weights that load loudly: ``save_checkpoint`` (atomic; tensors
+and Python builtins only, so ``torch.load(weights_only=True)`` reads every file it writes),
+``load_checkpoint`` (``weights_only=True``), and ``load_state_dict_checked`` / ``load_stage_weights``,
+the only ways weights go into a model (MAE's ``load_model`` checks: no silent ``strict=False``)."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +15,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from utils.errors import DataError, MissingFileError  # noqa: F401 (MissingFileError: its home before)
+from utils.errors import DataError, MissingFileError
 from utils.io import atomic_write
 from utils.paths import missing_output
 
@@ -58,7 +50,9 @@ def _plain(value: Any, where: str, path: os.PathLike | str) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write ``state`` (a dict of tensors / builtins, nested) to ``path`` atomically."""
+    """Write ``state`` (a dict of tensors / builtins, nested) to ``path`` atomically (temporary file
+    + ``os.replace``, ``utils.io``); returns ``path``. An ``argparse.Namespace`` or a path in it becomes
+    a plain value; any other object is refused (``TypeError``) before anything is written."""
     if not isinstance(state, dict):
         raise TypeError(f"save_checkpoint({path}): state must be a dict, got {type(state).__name__}")
     state = _plain(state, "state", path)

@@ -1,21 +1,7 @@
-"""Image classification shared by SPOL's cls stage and SLT-Net's classifier stage.
-
-Training (:func:`train_classifier`): a torchvision classifier from ``network.build_classifier``
-fine-tuned with SGD, the new classification layer(s) at ``--lr`` and every other parameter at
-``--lr x --backbone-lr-mult``; ``--lr-schedule linear`` decays the lr linearly per EPOCH
-(epoch e of E runs at ``lr * (1 - e / E)``, SPOL's cls recipe), ``constant`` keeps it.
-Loss: plain cross entropy. Runs through ``utils.engine.trainer.Trainer`` (DDP, AMP, resume, logs).
-
-Prediction (:func:`top_k_step`, one batch on the device): top-5 class ids per image, from one
-view or from ten crops (4 corners + centre of the image resized to ``resize``, and of its
-horizontal flip; the crops' softmax outputs are averaged). The crops are cut on the device from
-the resized batch. :func:`write_classification` runs it through ``utils.engine.inference.run_inference``
-(sharded over the ranks), gathers the results and writes ``predictions.csv`` (``utils.evaluation.handoff``
-format).
-
-"The head" is the final linear layer (:func:`final_linear`: torchvision's ``fc`` / ``classifier[-1]``,
-the layer ``network.backbones.classifier_head`` names for each backbone), replaced by a new one when
-the class count is not 1000. This module imports nothing from ``network`` (imports go one way).
+"""The classification stage of both methods (SPOL's cls, SLT-Net's classifier): fine-tuning a
+torchvision classifier (:func:`train_classifier`: SGD, the new head at ``--lr``, the rest at ``--lr x
+--backbone-lr-mult``, cross entropy) and its predictions, one view or ten crops
+(:func:`write_classification` -> ``predictions.csv``). Imports nothing from ``network``.
 """
 from __future__ import annotations
 
@@ -29,13 +15,14 @@ from utils.data.dataset import WSOLDataset
 from utils.engine.trainer import Trainer, build_optimizer
 from utils.engine.inference import gather_lists, run_inference
 from utils.data.transforms import build_transform
-from utils.options import ARCHS, add_classifier_args  # noqa: F401  (re-exported: their home before)
 from utils.evaluation.handoff import write_predictions
 
 
 def final_linear(model: nn.Module) -> nn.Linear:
     """The model's last ``nn.Linear`` in registration order: the head of every torchvision
-    classifier (``fc`` registered after ``AuxLogits`` in InceptionV3, ``classifier[-1]`` in VGG16)."""
+    classifier (``fc`` registered after ``AuxLogits`` in InceptionV3, ``classifier[-1]`` in VGG16; the
+    layer ``network.backbones.classifier_head`` names), a new one when the class count is not 1000.
+    ``ValueError`` when the model has none."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(model).__name__} has no linear layer to train as the classification head")
@@ -91,7 +78,8 @@ def classification_loss(model, batch):
 
 def ten_crop_views(images: torch.Tensor, crop: int) -> torch.Tensor:
     """``[B, 3, H, W]`` -> ``[B, 10, 3, crop, crop]``: 4 corners + centre, then the same of the
-    horizontally flipped images (torchvision ``TenCrop`` order)."""
+    horizontally flipped images (torchvision ``TenCrop`` order), cut on the device. ``ValueError``
+    when ``crop`` exceeds H or W."""
     _, _, h, w = images.shape
     if crop > h or crop > w:
         raise ValueError(f"ten-crop size {crop} larger than the {h}x{w} input")
@@ -122,8 +110,8 @@ def top_k_step(model: nn.Module, batch: dict, *, ten_crop: int | None = None, k:
 
 def write_classification(model, records, transform, args, ctx, output_path) -> dict:
     """Predict every record (sharded over ranks by ``utils.engine.inference.run_inference``), write
-    ``predictions.csv`` on rank 0. Returns {"top1": %, "top5": %, "num_images": N} (the same on
-    every rank)."""
+    ``predictions.csv`` on rank 0. Returns {"top1_cls": %, "top5_cls": %, "num_images": N} (the same
+    on every rank)."""
     ten_crop = args.input_size if getattr(args, "ten_crop", False) else None
     parts = run_inference(model, WSOLDataset(records, transform),
                           lambda m, batch: top_k_step(m, batch, ten_crop=ten_crop), ctx,
@@ -139,8 +127,8 @@ def write_classification(model, records, transform, args, ctx, output_path) -> d
     labels = np.asarray([r.label for r in records])
     if ctx.is_main:
         write_predictions(output_path, [r.image_id for r in records], labels, top5)
-    return {"top1": float(100.0 * np.mean(top5[:, 0] == labels)),
-            "top5": float(100.0 * np.mean((top5 == labels[:, None]).any(axis=1))),
+    return {"top1_cls": float(100.0 * np.mean(top5[:, 0] == labels)),
+            "top5_cls": float(100.0 * np.mean((top5 == labels[:, None]).any(axis=1))),
             "num_images": int(len(records))}
 
 
@@ -161,8 +149,10 @@ def eval_transform(args):
 
 
 def train_classifier(model: nn.Module, records, args, ctx, *, stage_name: str) -> nn.Module:
-    """Fine-tune ``model`` on ``records`` with the options of :func:`add_classifier_args` (train)
-    through ``utils.engine.trainer.Trainer``; ``output_dir/model.pth`` holds the final state dict."""
+    """Fine-tune ``model`` on ``records`` with the options of ``utils.options.add_classifier_args`` (train)
+    through ``utils.engine.trainer.Trainer``: cross entropy; ``--lr-schedule linear`` runs epoch e of E
+    at ``lr * (1 - e / E)`` (SPOL's cls recipe), ``constant`` keeps the lr. ``output_dir/model.pth``
+    holds the final state dict; returns the model."""
     dataset = WSOLDataset(records, train_transform(args))
     groups = classifier_param_groups(model, final_linear(model), args.lr, args.backbone_lr_mult, args.weight_decay)
     optimizer = build_optimizer(groups, args)

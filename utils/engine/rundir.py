@@ -1,29 +1,11 @@
-"""Output folders that never mix two runs and never lose a file.
-
-* ``claim_output_dir(dir)``: an exclusive lock on ``dir/.lock`` (``fcntl.flock``, released by the
-  operating system when the process ends, even on SIGKILL); a second run into the same folder
-  stops with one line naming the first one's PID. The temporary files an interrupted atomic
-  write left behind (``.<name>.<8 random characters>.tmp``, ``utils.io``'s naming) are removed.
-  With ``--overwrite`` an existing run is first moved aside to ``<dir>.old-<time>`` (never deleted),
-  only when the folder holds a run this project wrote (``holds_project_run``): a training run never
-  moves aside, nor writes over, files it did not write.
-* ``check_output_dir(args)``: before any work, the output folder must be a folder that can be
-  written, and neither be nor lie inside a data root, nor hold one.
-* ``run_identity`` / ``check_identity``: the options that change a training run's result and its
-  dataset (layout, root, a hash of the annotations as read) are stored in every checkpoint; a
-  run resumes only when they match, else one line names the first difference and the ways out.
-* ``protect_outputs(dir, names)``: a test step's previous outputs are moved into a hidden folder
-  while it runs and put back exactly as they were when it fails (also after a SIGKILL, at the
-  next start); they are dropped only when it has finished.
-* ``save_resolved_config(args, dir)`` writes a stage's ``args.yaml`` once its own folder is claimed;
-  ``run_cli`` is a stage script's ``__main__``: one ``error:`` line for bad input, the protected
-  outputs put back on any failure, the folders released.
-* ``interrupted(args, stage)``: the one line a Ctrl-C ends a stage with (where it resumes).
-"""
+"""Output folders that never mix two runs and never lose a file: the folder's lock and a training
+run's claim on it (``claim_output_dir``), the checks before any work (``check_output_dir``), a
+training run's identity (``run_identity``, ``check_identity``, ``check_folder_run``), a test step's
+previous outputs kept aside until it ends (``protect_outputs``, ``restore_outputs``, ``drop_outputs``)
+and a stage script's ``__main__`` (``run_cli``: one ``error:`` line; Ctrl-C's, ``interrupted``)."""
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
 import os
 import re
@@ -34,11 +16,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import yaml
 
-from utils.config import args_to_dict, parse_args, renamed_keys, report_error
+from utils.config import is_training, parse_args, report_error
 from utils.errors import DataError, RunError
-from utils.io import atomic_write_text
+from utils.paths import TRAIN_ARGS
 
 try:
     import fcntl
@@ -73,7 +54,10 @@ def _read_pid(path: Path) -> str:
 
 
 def lock_dir(directory: str | os.PathLike) -> None:
-    """Take the exclusive lock of ``directory`` for this process (idempotent)."""
+    """Take the exclusive lock of ``directory`` for this process (idempotent; created when missing):
+    ``fcntl.flock`` on ``<directory>/.lock``, which holds this PID, released by the operating system
+    when the process ends, even on SIGKILL. One ``RunError`` line when another process holds it
+    (naming its PID) or the folder cannot be written."""
     directory = Path(directory)
     key = os.path.realpath(directory)
     if key in _held or fcntl is None:
@@ -97,15 +81,10 @@ def lock_dir(directory: str | os.PathLike) -> None:
 
 
 def unlock_dir(directory: str | os.PathLike) -> None:
+    """Release this process's lock of ``directory`` (nothing when it holds none)."""
     fd = _held.pop(os.path.realpath(directory), None)
     if fd is not None:
         os.close(fd)
-
-
-def release_all() -> None:
-    """Release every folder lock of this process (a run finished in-process)."""
-    for key in list(_held):
-        os.close(_held.pop(key))
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
@@ -148,28 +127,27 @@ def holds_project_run(directory: str | os.PathLike) -> bool:
         ck = _lazy_checkpoint(directory / "checkpoint.pth")
         if ck is not None and "stage" in ck and "epoch" in ck:
             return True
-    if (directory / "model.pth").is_file() and (directory / "args.yaml").is_file():
+    if (directory / "model.pth").is_file() and (directory / TRAIN_ARGS).is_file():
         try:
-            options = yaml.safe_load((directory / "args.yaml").read_text(encoding="utf-8"))
+            options = yaml.safe_load((directory / TRAIN_ARGS).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             return False
         return isinstance(options, dict) and "output_dir" in options
     return False
 
 
-def claim_output_dir(directory: str | os.PathLike, *, overwrite: bool = False,
-                     training: bool = True) -> Path | None:
-    """Lock ``directory`` for this run (rank 0 only), move an existing training run (a folder with
-    ``RUN_FILES``) aside when ``overwrite``, remove stale temporary files. Returns where the old
-    run went, if moved. A ``training`` run into a folder whose ``RUN_FILES`` this project did not
-    write (``holds_project_run``) is refused, with or without ``overwrite``: it would replace them,
-    or move the folder holding them."""
+def claim_output_dir(directory: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
+    """A training run's folder: lock ``directory`` for this run (rank 0 only), move an existing
+    training run (a folder with ``RUN_FILES``) aside when ``overwrite``, remove stale temporary files.
+    Returns where the old run went, if moved. A folder whose ``RUN_FILES`` this project did not write
+    (``holds_project_run``) is refused with one ``RunError`` line, with or without ``overwrite``: the
+    run would replace them, or move the folder holding them."""
     directory = Path(directory)
     if not _is_main():
         return None
     first = os.path.realpath(directory) not in _held
     present = [name for name in RUN_FILES if (directory / name).exists()]
-    if training and first and present and not holds_project_run(directory):
+    if first and present and not holds_project_run(directory):
         raise RunError.at(directory, None, f"holds {' and '.join(present)} that no run of this project wrote "
                           f"(no training checkpoint, no args.yaml beside it): "
                           + ("--overwrite moves aside only a run this project wrote; " if overwrite else
@@ -197,7 +175,7 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def check_output_dir(args) -> None:
-    """Before any work (``utils.engine.seeding.setup_run``): ``--output-dir`` can be a folder this run
+    """Before any work: ``--output-dir`` can be a folder this run
     writes in (``utils.paths.check_output_path``: not a file, under no file, writable), and is not
     a data root, inside one, or around one (``DATA_ROOT_OPTIONS``; compared after resolving
     symbolic links). One ``RunError`` line naming both folders."""
@@ -223,14 +201,14 @@ def check_output_dir(args) -> None:
                               "writes around its data (and --overwrite would move it aside): use another --output-dir")
 
 
-def interrupted(args, stage: str) -> RunError:
+def interrupted(args) -> RunError:
     """The one line a Ctrl-C ends a stage with: for a training stage, the checkpoint it resumes from
     (epoch and step) with the same command, or that none was written yet; for a test step, that its
     previous outputs are back."""
     out = getattr(args, "output_dir", None) if args is not None else None
     if out is None:
         return RunError("interrupted (Ctrl-C) before the run started: nothing was written")
-    if not hasattr(args, "overwrite"):  # utils.config.TRAIN_ONLY: the options only a training run has
+    if not is_training(args):
         return RunError.at(out, None, "interrupted (Ctrl-C): this test step's previous outputs are back as they "
                            "were; the same command runs it again")
     checkpoint = Path(out) / "checkpoint.pth"
@@ -291,7 +269,7 @@ def saved_identity(checkpoint: str | os.PathLike) -> dict | None:
     """The identity stored in a checkpoint, or None (none stored, or not a checkpoint)."""
     ck = _lazy_checkpoint(checkpoint)
     ident = ck.get("identity") if ck else None
-    return renamed_keys(ident) if isinstance(ident, dict) and "stage" in ident else None
+    return ident if isinstance(ident, dict) and "stage" in ident else None
 
 
 def resume_position(checkpoint, ck: dict, batch_size: int, world_size: int) -> int:
@@ -342,7 +320,8 @@ def check_identity(checkpoint: str | os.PathLike, saved: dict | None, current: d
 
 def check_folder_run(checkpoint: str | os.PathLike, args) -> None:
     """Before a training stage writes args.yaml: the folder's checkpoint must be this run's
-    (options only; the Trainer then checks the stage name and the dataset's annotations)."""
+    (options only; the Trainer then checks the stage name and the dataset's annotations). One
+    ``RunError`` line naming the first difference."""
     ck = _lazy_checkpoint(checkpoint)
     saved = saved_identity(checkpoint)
     if not saved or not ck:
@@ -358,10 +337,6 @@ def check_folder_run(checkpoint: str | os.PathLike, args) -> None:
 
 
 # ----------------------------------------------------------------------------- test outputs
-_protected: list[tuple[Path, Path]] = []
-_failed = {"value": False}
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -388,9 +363,13 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _restore(directory: Path, backup: Path) -> None:
-    """The failed step's partial outputs are removed (the project wrote them) and the moved
-    ones put back; an output not yet moved when the step was killed is left alone."""
+def restore_outputs(directory: str | os.PathLike, backup: str | os.PathLike) -> None:
+    """The failed step's partial outputs are removed (the project wrote them) and the moved ones put
+    back from ``backup`` (``protect_outputs``); an output not yet moved when the step stopped is left
+    alone. Silent: the step's error is its one line."""
+    directory, backup = Path(directory), Path(backup)
+    if not backup.exists():
+        return
     present, absent = _names(backup)
     for name in present:
         if (backup / name).exists() or (backup / name).is_symlink():
@@ -401,8 +380,14 @@ def _restore(directory: Path, backup: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def drop_outputs(backup: str | os.PathLike) -> None:
+    """The previous outputs in ``backup`` are dropped: the step that replaced them has finished."""
+    shutil.rmtree(backup, ignore_errors=True)
+
+
 def recover_interrupted(directory: str | os.PathLike) -> None:
-    """Put back the outputs a killed test step had moved aside (its process is gone)."""
+    """Put back the outputs a test step moved aside and never put back: its process is gone (killed),
+    or it is this process (a step of it stopped before it could)."""
     directory = Path(directory)
     if not directory.is_dir():
         return
@@ -411,245 +396,58 @@ def recover_interrupted(directory: str | os.PathLike) -> None:
             pid = int(backup.name[len(PREVIOUS_PREFIX):])
         except ValueError:
             continue
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid != os.getpid() and _pid_alive(pid):
             continue
-        _restore(directory, backup)
+        restore_outputs(directory, backup)
         print(f"notice: restored the outputs in {directory} that an interrupted test step (PID {pid}) "
               "had moved aside", file=sys.stderr, flush=True)
 
 
-def protect_outputs(directory: str | os.PathLike, names: Iterable[str], ctx=None) -> None:
-    """Move this test step's previous outputs ``names`` (files or folders in ``directory``) aside.
-
-    They come back exactly as they were if the step fails (``restore_protected``, called by
-    ``run_cli`` and at exit after an uncaught exception, or ``recover_interrupted``
-    at the next start after a SIGKILL); ``commit_protected`` drops them once the step is done.
-    Rank 0 moves them; every rank then waits for it (call it on every rank)."""
+def protect_outputs(directory: str | os.PathLike, names: Iterable[str], ctx=None) -> Path | None:
+    """Move this test step's previous outputs ``names`` (files or folders in ``directory``) aside,
+    into ``<directory>/.previous.<PID>``, after locking the folder; returns that folder (rank 0;
+    None on the other ranks). ``restore_outputs`` puts them back exactly as they were if the step
+    fails, ``drop_outputs`` drops them once it has finished, ``recover_interrupted`` puts them back at
+    the next start after a SIGKILL. Rank 0 moves them; every rank then waits for it (call it on
+    every rank)."""
     from utils.engine.distributed import barrier
 
     directory = Path(directory)
     names = [str(n) for n in names]
+    backup = None
     if ctx is None or ctx.is_main:
         lock_dir(directory)
         recover_interrupted(directory)
         remove_stale_temps(directory)
         backup = directory / f"{PREVIOUS_PREFIX}{os.getpid()}"
-        if backup.exists():  # an earlier step of this process in this folder has finished
-            for entry in [e for e in _protected if e[1] == backup]:
-                _protected.remove(entry)
-            shutil.rmtree(backup)
         backup.mkdir(parents=True)
         present = [n for n in names if (directory / n).exists() or (directory / n).is_symlink()]
         absent = [n for n in names if n not in present]
         (backup / ".names").write_text("\t".join(present) + "\n" + "\t".join(absent) + "\n", encoding="utf-8")
         for name in present:
             os.rename(directory / name, backup / name)
-        _protected.append((directory, backup))
     if ctx is not None:
         barrier(ctx)
-
-
-def restore_protected() -> None:
-    """Put every protected output of this process back (the step failed)."""
-    while _protected:
-        directory, backup = _protected.pop()
-        if backup.exists():
-            _restore(directory, backup)  # silently: the error line is the run's one line
-
-
-def commit_protected() -> None:
-    """Drop the previous outputs of every finished test step of this process."""
-    while _protected:
-        _, backup = _protected.pop()
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def _excepthook(kind, value, tb, _previous=sys.excepthook):
-    _failed["value"] = True
-    _previous(kind, value, tb)
-
-
-sys.excepthook = _excepthook
-
-
-@atexit.register
-def _at_exit() -> None:
-    if _failed["value"]:
-        restore_protected()
-    else:
-        commit_protected()
-
-
-# ----------------------------------------------------------------------------- stage hook
-# What each test step writes in its --output-dir (run_cli names the stage,
-# utils.engine.seeding.setup_run protects the outputs): a function of the resolved options.
-def _seg_outputs(args) -> list[str]:
-    from utils.evaluation.protocol import expand
-
-    return expand(args.protocol) + ["metrics.json", "metrics.txt", "test_args"]
-
-
-TEST_OUTPUTS = {
-    "cls_test": lambda args: ["predictions.csv", "cls_metrics.json", "cls_metrics.txt", "test_args"],
-    "cam_test": lambda args: ["pseudo_masks", "pseudo_masks.json", "test_args"],
-    "seg_test": _seg_outputs,
-    "localizer_test": lambda args: ["scoremaps", "boxes.csv", "boxes.json", "metrics.json", "metrics.txt",
-                                    "evaluate.json", "args.yaml"],
-    "regressor_test": lambda args: ["boxes.csv", "boxes.json", "metrics.json", "metrics.txt", "grid.png",
-                                    "args.yaml"],
-    "classifier_test": lambda args: ["predictions.csv", "metrics.json", "metrics.txt", "args.yaml"],
-}
-# The model options a test step reads from its training run (args.yaml, else checkpoint.pth) when
-# they are not given: test step -> (training folder, weights option that bypasses it, option names,
-# input geometry taken when not given). SPOL's test steps read the training run in their own folder.
-_SLT_MODEL = ["backbone", "output_stride", "cam_feature", "extra_conv", "regressor_feature", "regressor_hidden",
-              "regressor_final_relu", "regressor_pool", "regressor_grid", "share_backbone"]
-_GEOMETRY = ("resize_size", "input_size")
-TEST_INHERITS = {
-    # cls: the test input is the whole image resized (no crop unless --input-size is given)
-    "cls_test": (lambda a: a.output_dir, "checkpoint", ["backbone"], ("resize_size",)),
-    "cam_test": (lambda a: a.output_dir, "checkpoint", ["backbone", "output_stride"], ("resize_size",)),
-    "seg_test": (lambda a: a.output_dir, "checkpoint", ["backbone", "output_stride"], _GEOMETRY),
-    # K (--top-k, resolved from --top-k-ratio when that was given) is taken when not given, not refused
-    "localizer_test": (lambda a: a.localizer_dir, "weights", _SLT_MODEL, _GEOMETRY + ("top_k",)),
-    "classifier_test": (lambda a: a.classifier_dir, "checkpoint", ["backbone"], _GEOMETRY),
-    "regressor_test": (lambda a: getattr(a, f"{a.regressor_source}_dir", None), "weights", _SLT_MODEL, _GEOMETRY),
-}
-current_stage = {"name": None}
-
-
-def training_options(folder: str | os.PathLike) -> tuple[Path, dict] | None:
-    """(file, options) of the training run in ``folder``: its args.yaml, else its checkpoint's args."""
-    import yaml
-
-    folder = Path(folder)
-    path = folder / "args.yaml"
-    if path.is_file():
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
-            data = None
-        if isinstance(data, dict):
-            return path, renamed_keys(data)  # an earlier run's args.yaml may use the old names
-    path = folder / "checkpoint.pth"
-    if path.is_file():
-        import torch
-
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            return None
-        if isinstance(ck, dict) and isinstance(ck.get("args"), dict):
-            return path, renamed_keys(ck["args"])
-    return None
-
-
-def inherit_training_options(args, folder, names: Iterable[str], explicit: set[str] | None,
-                             soft: Iterable[str] = ()) -> list[str]:
-    """Options in ``names`` left at their defaults take the training run's values (one notice
-    line); one given with another value than the training run's is a one-line ``RunError``.
-    Options in ``soft`` (e.g. the input geometry) are taken when not given, never refused."""
-    soft = set(soft)
-    names = list(names) + sorted(soft)
-    found = training_options(folder)
-    if found is None:
-        return []
-    path, trained = found
-    changed = []
-    for name in names:
-        if name not in trained or not hasattr(args, name):
-            continue
-        mine, theirs = getattr(args, name), trained[name]
-        if mine == theirs:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if explicit is not None and name in explicit:
-            if name in soft:
-                continue
-            raise RunError.at(path, None, f"the training run used {flag} {theirs}, this test step was given "
-                              f"{flag} {mine}: drop {flag} to use the training run's, or point to the "
-                              "training folder of that model")
-        setattr(args, name, theirs)
-        changed.append(f"{flag} {theirs}")
-    if changed and _is_main():
-        print(f"notice: {', '.join(changed)} read from {path} (the training run)", file=sys.stderr, flush=True)
-    return changed
-
-
-def protect_stage_outputs(args, ctx) -> None:
-    """Called by ``utils.engine.seeding.setup_run`` for every stage: for the test step ``run_cli``
-    runs, the model options not given come from the training run (``TEST_INHERITS``, unless other
-    weights are given); the options' cross checks (``utils.ranges.check_options``) on the final
-    values; then a test step's previous outputs are protected (``TEST_OUTPUTS``)."""
-    inherits = TEST_INHERITS.get(current_stage["name"] or "")
-    if inherits is not None:
-        from utils.config import explicit_options
-
-        folder_of, weights_option, option_names, soft = inherits
-        if not getattr(args, weights_option, None) and folder_of(args):
-            inherit_training_options(args, folder_of(args), option_names, explicit_options(args), soft)
-    from utils.ranges import check_options
-
-    check_options(args)  # every option now holds its final value: before anything is moved or written
-    names = TEST_OUTPUTS.get(current_stage["name"] or "")
-    if names is not None and getattr(args, "output_dir", None):
-        protect_outputs(args.output_dir, names(args), ctx)
-
-
-# ----------------------------------------------------------------------------- stage scripts
-def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike) -> Path | None:
-    """Write every resolved option to ``output_dir/args.yaml`` (atomic); only rank 0 writes.
-
-    The file can be given back with ``--config`` to repeat the run (``config`` itself is left out).
-    """
-    if int(os.environ.get("RANK", "0")) != 0:
-        return None
-    own = getattr(args, "output_dir", None)
-    if own and os.path.realpath(output_dir) == os.path.realpath(own):
-        # the stage's own folder: lock it and refuse a folder that holds another run, before
-        # args.yaml would claim this run's settings
-        claim_output_dir(output_dir, overwrite=bool(getattr(args, "overwrite", False)),
-                         training=hasattr(args, "overwrite"))  # TRAIN_ONLY: a training stage
-        checkpoint = Path(output_dir) / "checkpoint.pth"
-        if checkpoint.is_file():
-            check_folder_run(checkpoint, args)
-    values = args_to_dict(args)
-    values.pop("config", None)
-    path = Path(output_dir) / "args.yaml"
-    atomic_write_text(path, yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
-    return path
+    return backup
 
 
 def run_cli(main, get_args_parser, stage: str, argv: list[str] | None = None, *,
             args: argparse.Namespace | None = None):
-    """``__main__`` of a stage script: parse (YAML + command line) and call ``main``. Bad input
-    (``DataError``: a config error, a missing upstream file, a malformed annotation, bad weights,
-    also when a data loader worker met it) and faults of the run (``RunError``: output folder in
-    use, another run's checkpoint, diverged loss, full disk) end the run with one ``error:`` line
-    on stderr (rank 0 only under torchrun) and exit status 2 instead of a traceback; Ctrl-C ends
-    with one line saying where the run resumes (:func:`interrupted`) and exit status 130.
-    A test step's outputs moved aside by ``protect_outputs`` are put back on any failure. ``args``:
-    the namespace ``parse_early`` made (then ``argv`` is not parsed again)."""
-    current_stage["name"] = stage
+    """``__main__`` of a stage script: parse (YAML + command line, ``stage`` names the config
+    section) unless ``args`` (the namespace ``parse_early`` made) are given, and return ``main(args)``.
+    Bad input (``DataError``: a config error, a missing upstream file, a malformed annotation, bad
+    weights, also when a data loader worker met it) and faults of the run (``RunError``: output
+    folder in use, another run's checkpoint, diverged loss, full disk) end with one ``error:`` line
+    on stderr (rank 0 only under torchrun) and ``SystemExit(2)`` instead of a traceback; Ctrl-C with
+    the line of :func:`interrupted` and ``SystemExit(130)``. ``main``'s frame
+    (``utils.engine.stage.start_run``) has by then put a test step's previous outputs back."""
     try:
         if args is None:
             args = parse_args(get_args_parser(), argv, stage=stage)
-        result = main(args)
+        return main(args)
     except (DataError, FloatingPointError) as exc:  # FloatingPointError: a diverged model's output
-        restore_protected()
-        release_all()
         report_error(exc)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C: where the run can resume, no traceback; 128 + SIGINT
-        restore_protected()
-        release_all()
-        report_error(interrupted(args, stage))
+        report_error(interrupted(args))
         raise SystemExit(130) from None
-    except BaseException:
-        restore_protected()
-        raise
-    finally:
-        current_stage["name"] = None
-    commit_protected()
-    release_all()  # the folders are free again (matters when run_cli is called in-process)
-    return result

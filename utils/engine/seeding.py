@@ -1,10 +1,6 @@
-"""Seeding and the opening of every run: process group, seeds, determinism flags.
-
-``setup_run(args)`` is the first call of every stage script (train and test): it detects torchrun
-(``utils.engine.distributed.init_distributed``), seeds Python, NumPy and torch with ``seed + rank`` and
-sets the determinism flags. ``PerSampleSeeded`` seeds each training sample's augmentation from
-(seed, epoch, index), so a sample is drawn identically whatever the worker count or resume point.
-"""
+"""Seeds and determinism: ``seed_everything`` (Python, NumPy and torch at ``seed + rank``, the
+determinism flags) and ``PerSampleSeeded`` (each training sample's augmentation seeded from (seed,
+epoch, index), so a sample is drawn alike whatever the worker count or the resume point)."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.engine import rundir
-from utils.engine.distributed import DistContext, init_distributed
+from utils.engine.distributed import DistContext
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -40,20 +35,6 @@ def seed_everything(seed: int, ctx: DistContext | None = None, *, deterministic:
     np.random.seed((seed + rank) % 2**32)
     torch.manual_seed(seed + rank)
     configure_determinism(deterministic)
-
-
-def setup_run(args) -> DistContext:
-    """Before any work, the output folder's checks (``utils.engine.rundir.check_output_dir``); then
-    ``init_distributed(args.device)`` and ``seed_everything(args.seed, ...)``; then
-    ``utils.engine.rundir.protect_stage_outputs``: for a test step started by
-    ``utils.engine.rundir.run_cli`` the options inherited from its training run, then every stage's
-    option cross checks with the derived defaults filled (``utils.ranges.check_options``), then a
-    test step's outputs protected."""
-    rundir.check_output_dir(args)
-    ctx = init_distributed(getattr(args, "device", "auto"))
-    seed_everything(getattr(args, "seed", 0), ctx, deterministic=getattr(args, "deterministic", False))
-    rundir.protect_stage_outputs(args, ctx)  # a test step run by run_cli: previous outputs kept until it ends
-    return ctx
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -1,34 +1,7 @@
-"""One training loop for every stage: devices, precision, torchrun, resume, logging.
-
-(The other parts of a run live beside it: ``utils.engine.seeding`` (``setup_run``, seeds, per-sample
-augmentation seeds), ``utils.data.samplers`` (epoch orders, test shards), ``utils.engine.device`` (batches to
-the device, autocast) and ``utils.engine.inference`` (the test steps' loop).)
-
-A stage script does (MAE ``main_pretrain.py`` order)::
-
-    ctx = setup_run(args)                                  # utils.engine.seeding: torchrun detection + seeds
-    model = build_model(...)                               # after seeding: same init everywhere
-    optimizer = build_optimizer(param_groups, args)
-    trainer = Trainer(model, optimizer, args, ctx, lr_lambda=..., stage_name="cam")
-    model = trainer.fit(dataset, loss_fn)                  # resumes from output_dir/checkpoint.pth
-
-``loss_fn(model, batch) -> (loss, {"name": float, ...})`` gets the batch already on the
-device and the (possibly DDP-wrapped) model: call ``model(...)``, reach attributes with
-``unwrap(model)``.
-
-Resume is exact at STEP granularity. The checkpoint holds model, optimizer, scaler and
-scheduler state, epoch, step in the epoch, global step, every rank's RNG states and the
-arguments as a plain dict. Each epoch's sample order is a function of (seed, epoch) alone
-(DistributedSampler's permutation, also in a single process), so a resumed run rebuilds
-it and starts at the first sample not yet trained on, without loading the skipped
-images. Data augmentation draws from RNGs seeded per sample from (seed, epoch, index),
-so a sample is augmented identically whatever the worker count or the resume point; the
-RNG used by the model (dropout) is restored from the checkpoint.
-
-The output folder is locked for the run, and each checkpoint also stores the run's identity
-(``utils.engine.rundir.run_identity``: the options that change the result, the dataset's layout, root
-and annotations): a folder holding another run is refused with one line instead of resumed.
-"""
+"""The one training loop of every stage (:class:`Trainer`): devices, mixed precision, torchrun,
+exact resume from ``checkpoint.pth``, ``log.jsonl``; and :func:`build_optimizer`. A stage script
+runs it inside its frame (``with utils.engine.stage.start_run(args) as ctx``), which holds the
+output folder."""
 from __future__ import annotations
 
 import json
@@ -163,7 +136,17 @@ class Trainer:
     Uses from ``args``: output_dir, batch_size, epochs, workers, seed, amp, deterministic,
     resume, log_every, save_every_steps, max_steps_per_epoch.
     ``lr_lambda(global_step)`` multiplies every group's base lr (``LambdaLR`` stepped per
-    optimizer step).
+    optimizer step). ``fit(dataset, loss_fn)``: ``loss_fn(model, batch) -> (loss, {"name": float})``
+    gets the batch on the device and the (possibly DDP-wrapped) model (``unwrap(model)`` reaches
+    its attributes).
+
+    Resume is exact at step granularity: the checkpoint holds model, optimizer, scaler and
+    scheduler state, epoch, step in the epoch, global step, every rank's RNG states and the
+    options as a plain dict. An epoch's sample order is a function of (seed, epoch) alone, so a
+    resumed run starts at the first sample not yet trained on without loading the skipped
+    images; augmentations draw from RNGs seeded per sample (``utils.engine.seeding.PerSampleSeeded``).
+    Each checkpoint stores the run's identity (``utils.engine.rundir.run_identity``): a folder
+    holding another run is refused with one ``RunError`` line instead of resumed.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, args, ctx: DistContext, *,
@@ -335,8 +318,6 @@ class Trainer:
         self._dataset = dataset
         if ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            rundir.claim_output_dir(self.output_dir, overwrite=bool(getattr(args, "overwrite", False)))
-        barrier(ctx)  # rank 0 has locked the folder (and moved an old run aside with --overwrite)
         self.resume()
         steps = self.steps_per_epoch(len(dataset))
         if steps <= 0:

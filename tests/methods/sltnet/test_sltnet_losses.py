@@ -283,31 +283,44 @@ def test_pseudo_box_rule_on_a_signed_cam():
         pseudo_boxes(cam, (8, 10), 0.2, rule="otsu")
 
 
-def test_trained_box_encoding_is_read_from_args_yaml(tmp_path):
-    """The test converts p back as the regressor was trained (args.yaml beside model.pth)."""
-    import argparse
+def test_the_regressor_test_reads_the_box_encoding_beside_the_weights_it_tests(tmp_path):
+    """The final test converts p back as the regressor was trained: box scale and m from the args.yaml
+    beside the weights it tests (also given with --weights); a contradicting option is refused, and
+    an encoding known from nowhere is one error line."""
+    from sltnet.options import REGRESSOR_TEST_INHERITS, check_box_encoding, regressor_test_parser
+    from utils.config import parse_args
+    from utils.engine.stage import inherit_training_options
+    from utils.errors import RunError
 
-    from sltnet.boxes import trained_box_encoding
+    box_encoding = REGRESSOR_TEST_INHERITS[-1]
+    assert box_encoding.options == ("box_scale", "box_stride") and box_encoding.unless is None
 
-    def ask(scale=None, stride=None):
-        return argparse.Namespace(box_scale=scale, box_stride=stride)
+    def ask(*argv):
+        args = parse_args(regressor_test_parser(), ["--weights", str(tmp_path / "model.pth"), *argv],
+                          stage="regressor_test")
+        inherit_training_options(args, box_encoding)
+        check_box_encoding(args)
+        return args.box_scale, args.box_stride
 
-    weights = tmp_path / "model.pth"
     (tmp_path / "args.yaml").write_text("box_scale: stride\nbox_stride: 16.0\n")
-    assert trained_box_encoding(ask(), weights) == ("stride", 16.0)
-    assert trained_box_encoding(ask("stride", 16), weights) == ("stride", 16.0)
-    with pytest.raises(DataError, match="box_scale stride"):
-        trained_box_encoding(ask("input"), weights)
-    with pytest.raises(DataError, match="box_stride 16"):
-        trained_box_encoding(ask("stride", 32), weights)
+    assert ask() == ("stride", 16.0)
+    assert ask("--box-scale", "stride", "--box-stride", "16") == ("stride", 16.0)
+    with pytest.raises(RunError, match="the training run used --box-scale stride, this test step was given "
+                                       "--box-scale input"):
+        ask("--box-scale", "input")
+    with pytest.raises(RunError, match="used --box-stride 16.0, this test step was given --box-stride 32.0"):
+        ask("--box-stride", "32")
     (tmp_path / "args.yaml").write_text("box_scale: input\nbox_stride: null\n")
-    assert trained_box_encoding(ask(), weights) == ("input", None)
-    (tmp_path / "args.yaml").write_text("backbone: vgg16\n")           # a run from before the option existed
-    assert trained_box_encoding(ask(), weights) == ("input", None)
+    assert ask() == ("input", None)
+    (tmp_path / "args.yaml").write_text("backbone: vgg16\n")           # no box scale recorded
+    with pytest.raises(DataError, match="args.yaml: records no box_scale"):
+        ask()
     (tmp_path / "args.yaml").unlink()
-    with pytest.raises(DataError, match="--box-scale"):
-        trained_box_encoding(ask(), weights)
-    assert trained_box_encoding(ask("stride", 8), weights) == ("stride", 8.0)
+    with pytest.raises(DataError, match="pass --box-scale stride --box-stride M"):
+        ask()
+    assert ask("--box-scale", "stride", "--box-stride", "8") == ("stride", 8.0)
+    with pytest.raises(DataError, match="records no box_stride for box_scale stride"):
+        ask("--box-scale", "stride")
 
 
 def test_vst_loss_has_the_trivial_minima_the_demo_falls_into():

@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.engine.checkpoint import (MissingFileError, load_checkpoint, load_state_dict_checked,
-                              save_checkpoint)
-from utils.errors import DataError
+from utils.engine.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from utils.errors import DataError, MissingFileError
 
 
 class Tiny(nn.Module):

@@ -6,7 +6,8 @@ import torchvision
 from network import (WEIGHTS, build_backbone, build_classifier, load_imagenet_weights, resnet50_trunk,
                      resnet_trunk, weight_file)
 from network.backbones import _rename_legacy_keys
-from utils.engine.checkpoint import MissingFileError, save_checkpoint
+from utils.engine.checkpoint import save_checkpoint
+from utils.errors import MissingFileError
 
 torch.set_num_threads(1)
 

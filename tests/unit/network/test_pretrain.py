@@ -77,11 +77,12 @@ def test_half_pretraining_of_resnet18_writes_float16_that_loads_strictly(tmp_pat
     assert P.get_args_parser().parse_args(["--half"]).half and not P.get_args_parser().parse_args([]).half
 
 
-def test_backbone_option_and_the_deprecated_arch_spelling(capsys):
+def test_backbone_option(capsys):
     parser = P.get_args_parser()
     assert parser.parse_args([]).arch == P.DEFAULTS["arch"]
     assert parser.parse_args(["--backbone", "resnet18"]).arch == "resnet18"
     assert "--backbone" in parser.format_help() and "--arch" not in parser.format_help()
     capsys.readouterr()
-    assert parser.parse_args(["--arch", "resnet34"]).arch == "resnet34"  # the old spelling still works
-    assert "--arch is deprecated; use --backbone" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one spelling
+        parser.parse_args(["--arch", "resnet34"])
+    assert capsys.readouterr().err.startswith("error: unrecognized arguments: --arch resnet34")
