@@ -2,7 +2,7 @@
 
 For each loop, images/s of the stage's own code (data loading, forward, post-processing, writing
 its outputs, as the test step does) next to images/s of the bare ``model(images)`` on the same
-batches already in memory; the ratio of the two throughputs (stage img/s over bare img/s; target
+batches already in memory; the ratio of the two throughputs (stage img/s over bare img/s; bar
 >= 0.9 on CPU and on a GPU) shows what everything but the network costs. The bare pass runs under
 ``torch.no_grad``, the stage loops under ``torch.inference_mode`` (``utils.engine.inference``); both after
 ``--warmup`` untimed runs each, then interleaved for ``--repeats`` rounds (``benchmarks/timing.py``);

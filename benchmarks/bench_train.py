@@ -3,7 +3,7 @@
 The stage step is ``utils.engine.trainer.Trainer.train_step`` with the stage's own loss function, built
 from the stage script's own options (``parse_args(get_args_parser(), argv, stage=...)``); the bare
 step is zero_grad -> forward -> cross entropy on the logits -> backward -> optimizer step, on the
-same batches already in memory. The throughput ratio (stage img/s over bare img/s; target >= 0.9)
+same batches already in memory. The throughput ratio (stage img/s over bare img/s; bar >= 0.9)
 shows what the method adds (SLT-Net: a second
 forward pass for VST, SMT, the regressor; SPOL: the second head and soft cross entropy).
 After two untimed steps of each, the two variants run ``--steps`` steps in turn for ``--repeats``

@@ -78,14 +78,16 @@ def check_rows(rows, where="results") -> None:
 
 
 def markdown_table(rows) -> str:
-    """The rows as a Markdown table (methods, then baselines, then the upper bound, as given)."""
-    header = "| Method | " + " | ".join(name for _, name in METRICS) + " | Box threshold |"
-    lines = [header, "|---|" + "---:|" * len(METRICS) + "---|"]
+    """The rows as a Markdown table (methods, then baselines, then the upper bound, as given), with
+    the map each row's GT-known Loc boxes when the rows say it (``map``)."""
+    with_map = any(row.get("map") for row in rows)
+    header = "| Method | " + " | ".join(name for _, name in METRICS) + " | Box threshold |" + (" Map |" if with_map else "")
+    lines = [header, "|---|" + "---:|" * len(METRICS) + "---|" + ("---|" if with_map else "")]
     for row in rows:
         thr = row.get("threshold")
         thr_text = "—" if thr is None else f"{thr:.3f} ({row.get('threshold_source', '')})".replace(" ()", "")
         lines.append(f"| {row['method']} | " + " | ".join(format_value(row.get(k)) for k, _ in METRICS)
-                     + f" | {thr_text} |")
+                     + f" | {thr_text} |" + (f" {row.get('map') or '—'} |" if with_map else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -280,10 +282,13 @@ def report_markdown(results: dict) -> str:
     elif results.get("pretrained"):
         lines += [f"Backbone initialisation of every training stage: `--pretrained {results['pretrained']}`", ""]
     lines += [markdown_table(results["rows"])]
-    spread = results.get("seed_spread")
-    if spread:
-        lines += ["", "Seed spread (GT-known Loc, %; one demo run per column, whose --seed generates another dataset):", "",
-                  spread_table(spread)]
+    spreads = results.get("seed_spread") or {}
+    if "rows" in spreads:        # one metric's spread (``--spread``)
+        spreads = {spreads.get("metric", "gt_known_loc"): spreads}
+    names = dict(METRICS)
+    for metric, spread in spreads.items():
+        lines += ["", f"Seed spread ({names.get(metric, metric)}, %; one demo run per column, whose seed generates "
+                  "another dataset):", "", spread_table(spread)]
     notes = [f"- **{r['method']}**: {r['notes']}" for r in results["rows"] if r.get("notes")]
     if notes:
         lines += ["How each row was obtained:", ""] + notes + [""]

@@ -22,7 +22,7 @@ STAGES = tuple(f"{stage}_{step}" for stage in ("cls", "cam", "seg", "localizer",
                for step in ("train", "test"))
 
 # Sections of other scripts that read the same files (demo.py's own settings).
-SCRIPT_SECTIONS = ("demo",)
+SCRIPT_SECTIONS = ("demo", "demo_full", "demo_tiny")
 
 _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)

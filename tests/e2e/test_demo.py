@@ -14,10 +14,12 @@ from utils.evaluation.protocol import get_protocol
 from utils.evaluation.metrics import box_iou
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ROWS = ["CAM, paper's recipe", "CAM, aggressive fine-tuning", "SPOL", "SLT-Net localizer map", "SLT-Net (final)",
-        "Whole-image box"]
-TRAIN_STAGES = ["cam/localizer", "cam_aggressive/localizer", "spol/cls", "spol/cam", "spol/seg",
-                "sltnet/localizer", "sltnet/classifier"]
+ROWS = ["CAM, new optimization (SLT-Net's recipe)", "CAM, aggressive fine-tuning", "SLT-Net + SMT",
+        "SLT-Net + SMT + top-K ACAM", "SLT-Net VST alone", "SLT-Net map (SMT + top-K ACAM + VST)",
+        "SLT-Net final (regressor box, classifier class)", "SPOL", "Whole-image box"]
+TRAIN_STAGES = ["cam/localizer", "cam_aggressive/localizer", "sltnet_smt/localizer", "sltnet_smt_acam/localizer",
+                "sltnet_vst/localizer", "spol/cls", "spol/cam", "spol/seg", "sltnet/localizer", "sltnet/regressor",
+                "sltnet/classifier"]
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +37,12 @@ def test_tiny_demo_writes_every_row_and_picture(tiny_run):
     out = base / "out"
     saved = json.loads((out / "results.json").read_text())
     names = [r["method"] for r in saved["rows"]]
-    assert names[:6] == ROWS
-    assert names[6].startswith("Centre box (") and names[7] == "True mask (upper bound)"
-    assert [r["kind"] for r in saved["rows"]] == ["method"] * 5 + ["baseline"] * 2 + ["upper_bound"]
+    assert names[:9] == ROWS
+    assert names[9].startswith("Centre box (") and names[10] == "True mask (upper bound)"
+    assert [r["kind"] for r in saved["rows"]] == ["method"] * 8 + ["baseline"] * 2 + ["upper_bound"]
     for row in saved["rows"]:
         assert row["gt_known_loc"] is not None
-    for row in saved["rows"][:5]:
+    for row in saved["rows"][:8]:
         assert row["top1_cls"] is not None and row["top1_loc"] is not None
     for key in ("grid", "curves", "losses"):
         assert (out / saved["figures"][key]).read_bytes()[:8] == PNG_MAGIC
@@ -48,9 +50,15 @@ def test_tiny_demo_writes_every_row_and_picture(tiny_run):
     # the stages themselves ran: their own outputs and training logs are there
     runs = out / "runs"
     for path in ("cam/localizer/model.pth", "spol/cls/predictions.csv", "spol/cam/pseudo_masks.json",
-                 "spol/seg/model.pth", "sltnet/classifier/test/predictions.csv", "sltnet/regressor/test/metrics.json"):
+                 "spol/seg/model.pth", "sltnet/classifier/test/predictions.csv", "sltnet/regressor/test/metrics.json",
+                 "sltnet/localizer/teacher/boxes.csv", "sltnet/regressor/model.pth"):
         assert (runs / path).is_file(), path
-    assert len(saved["loss_logs"]) == 7
+    assert len(saved["loss_logs"]) == 11
+    # what each GT-known row boxes, and the families of the generated set
+    maps = {r["method"]: r["map"] for r in saved["rows"]}
+    assert maps[ROWS[0]] == maps[ROWS[1]] == maps[ROWS[2]] == maps[ROWS[4]] == "GT-class CAM"
+    assert maps[ROWS[3]].startswith("top-2 ACAM") and maps[ROWS[5]].startswith("top-2 ACAM")
+    assert saved["dataset"]["families"] == 2 and saved["dataset"]["species"] == 2 and saved["dataset"]["classes"] == 4
     for log in saved["loss_logs"].values():
         assert Path(log).is_file() and Path(log).name == "log.jsonl"
 
@@ -79,13 +87,55 @@ def test_centre_box_map_and_fraction_by_hand():
 
 def test_unknown_demo_setting_is_an_error(tmp_path):
     cfg = tmp_path / "demo.yaml"
-    cfg.write_text("demo:\n  classes: 3\n  colour: red\n")
+    cfg.write_text("demo:\n  families: 3\n  colour: red\n")
     args = demo.get_args_parser().parse_args(["--config", str(cfg)])
     with pytest.raises(ValueError, match="colour"):
         resolve_settings(args)
-    cfg.write_text("demo:\n  classes: 3\n")
-    args = demo.get_args_parser().parse_args(["--config", str(cfg), "--classes", "7"])
-    assert resolve_settings(args)["classes"] == 7      # command line wins over the config
+    cfg.write_text("demo:\n  families: 3\n")
+    args = demo.get_args_parser().parse_args(["--config", str(cfg), "--families", "7"])
+    assert resolve_settings(args)["families"] == 7      # command line wins over the config
+
+
+def test_presets_and_seeds(tmp_path):
+    """--preset full adds the config's demo_full: mapping (seeds, ablation rows) on top of demo:;
+    --seed alone runs that one seed; a seed given twice is refused."""
+    from utils.errors import DataError
+
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("demo:\n  families: 3\n  seed: 4\ndemo_full:\n  seeds: [0, 1, 2]\n  ablation: true\n")
+    quick = resolve_settings(demo.get_args_parser().parse_args(["--config", str(cfg)]))
+    assert quick["seeds"] == [4] and quick["ablation"] is False and quick["families"] == 3
+    full = resolve_settings(demo.get_args_parser().parse_args(["--config", str(cfg), "--preset", "full"]))
+    assert full["seeds"] == [0, 1, 2] and full["ablation"] is True and full["families"] == 3
+    one = resolve_settings(demo.get_args_parser().parse_args(["--config", str(cfg), "--preset", "full", "--seed", "7"]))
+    assert one["seeds"] == [7]
+    with pytest.raises(DataError, match="a seed is given twice"):
+        resolve_settings(demo.get_args_parser().parse_args(["--config", str(cfg), "--seeds", "1", "1"]))
+
+
+def test_the_demo_plan_holds_the_ablation_rows_and_the_regressor_path():
+    """The Table 5 rows are localizer trainings with SMT / top-K ACAM / VST switched; the final
+    regressor learns the final localizer's training-split boxes (its teacher) with its own backbone."""
+    from demo_birds.plan import stage_plan
+
+    s = resolve_settings(demo.get_args_parser().parse_args(["--preset", "full"]))
+    plan = stage_plan("demo.yaml", "data", Path("runs"), s, "cpu", "off", False, "none")
+    labels = [label for label, *_ in plan]
+    for row in ("SLT-Net + SMT", "SLT-Net + SMT + top-K ACAM", "SLT-Net VST alone"):
+        assert f"{row}: localizer train" in labels and f"{row}: localizer test (train split)" in labels
+    argv = {label: [str(a) for a in a_] for label, _, _, a_ in plan}
+    smt_acam = argv["SLT-Net + SMT + top-K ACAM: localizer train"]
+    assert "--smt" in smt_acam and "--acam" in smt_acam and "--no-vst" in smt_acam
+    teacher = argv["SLT-Net: teacher boxes (train split)"]
+    assert teacher[teacher.index("--split") + 1] == "train" and teacher[teacher.index("--teacher-map") + 1] == s["teacher_map"]
+    reg = argv["SLT-Net: regressor train"]
+    assert reg[reg.index("--boxes") + 1] == str(Path("runs/sltnet/localizer/teacher/boxes.csv"))
+    assert labels.index("SLT-Net: teacher boxes (train split)") < labels.index("SLT-Net: regressor train") \
+        < labels.index("SLT-Net: regressor test")
+    test = argv["SLT-Net: regressor test"]
+    assert test[test.index("--regressor-source") + 1] == "regressor"
+    quick = stage_plan("demo.yaml", "data", Path("runs"), {**s, "ablation": False}, "cpu", "off", False, "none")
+    assert not any("+ SMT" in label for label, *_ in quick)
 
 
 def test_tiny_demo_pretrains_once_and_every_training_stage_starts_from_the_file(tiny_run):
@@ -146,7 +196,7 @@ def test_cam_readout_is_the_networks_own_top_classes(tiny_run):
     branch = build_branch(args, num_classes(test), pretrained="none")
     load_stage_weights(branch, runs / "cam" / "localizer" / "model.pth", PRODUCER["localizer"])
     model = branch.localizer.eval()
-    written = read_predictions(runs / "cam" / "predictions.csv")
+    written = read_predictions(runs / "cam" / "localizer" / "predictions.csv")
     dataset = WSOLDataset(test, build_transform("resize", resize=args.input_size))
     with torch.no_grad():
         for i, r in enumerate(test):
@@ -236,3 +286,24 @@ def test_demo_stages_run_as_their_scripts_do(tiny_run, tmp_path, capsys):
                                             "--resize-size", 72, "--output-dir", cam])
     assert yaml.safe_load((cam / "test_args.yaml").read_text())["output_stride"] == 8
     assert "--output-stride 8 read from" in capsys.readouterr().err
+
+
+def test_tiny_demo_at_two_seeds_reports_their_spread(tmp_path):
+    """--seeds 0 1: one run per seed in seed<N>/ (each on its own generated set), then the combined
+    report: the first seed's table, every seed's value per row and its spread."""
+    args = demo.get_args_parser().parse_args(
+        ["--tiny", "--device", "cpu", "--seeds", "0", "1", "--aggressive-epochs", "0", "--data-out",
+         str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"), "--pretrain-dir", str(tmp_path / "resource")])
+    results = demo.main(args)
+    out = tmp_path / "out"
+    per_seed = [json.loads((out / f"seed{k}" / "results.json").read_text()) for k in (0, 1)]
+    assert [r["settings"]["seed"] for r in per_seed] == [0, 1]
+    assert per_seed[0]["dataset"]["root"] != per_seed[1]["dataset"]["root"]     # another generated set per seed
+    spread = json.loads((out / "results.json").read_text())["seed_spread"]["gt_known_loc"]
+    assert spread["seeds"] == [0, 1]
+    for row in per_seed[0]["rows"]:
+        if row["kind"] == "method":
+            assert spread["rows"][row["method"]] == [row["gt_known_loc"],
+                                                     {r["method"]: r for r in per_seed[1]["rows"]}[row["method"]]["gt_known_loc"]]
+    report = (out / "report.md").read_text()
+    assert "Seed spread (GT-known Loc" in report and "seed 1" in report and results["rows"] == per_seed[0]["rows"]

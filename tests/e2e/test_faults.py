@@ -324,7 +324,7 @@ def test_generate_cli_existing_folder_and_zero_classes(tmp_path):
     assert f"{mine}: exists and is not empty" in line
     line = one_error(run([sys.executable, "-m", "utils.data.generate", "--out", str(tmp_path / "new"),
                           "--classes", "0"]))
-    assert "argument --classes: must be an integer >= 1, got '0'" in line and not (tmp_path / "new").exists()
+    assert "argument --classes: must be an integer in [1, 200], got '0'" in line and not (tmp_path / "new").exists()
     assert tree_hash(mine) == before
 
 

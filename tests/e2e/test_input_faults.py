@@ -346,11 +346,11 @@ def test_demo_config_with_a_tab_or_an_unknown_key_is_one_line(tmp_path):
     assert line.startswith(f"error: {cfg}:3: invalid YAML: found character '\\t'") and not out.exists()
     from demo_birds.settings import get_args_parser, resolve_settings
 
-    cfg.write_text("demo:\n  classes: 3\n  classes_: 4\n")
-    with pytest.raises(DataError, match=rf"{cfg}:3: unknown key 'classes_' in 'demo:'"):
+    cfg.write_text("demo:\n  families: 3\n  families_: 4\n")
+    with pytest.raises(DataError, match=rf"{cfg}:3: unknown key 'families_' in 'demo:'"):
         resolve_settings(get_args_parser().parse_args(["--config", str(cfg)]))
-    cfg.write_text("demo:\n  classes: 0\n")
-    with pytest.raises(DataError, match=rf"{cfg}:2: option 'classes': must be an integer >= 1, got '0'"):
+    cfg.write_text("demo:\n  families: 0\n")
+    with pytest.raises(DataError, match=rf"{cfg}:2: option 'families': must be an integer >= 1, got '0'"):
         resolve_settings(get_args_parser().parse_args(["--config", str(cfg)]))
 
 

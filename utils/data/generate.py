@@ -1,19 +1,23 @@
 """A generated fine-grained "birds" dataset in the CUB-200-2011 layout, for demos and tests.
 
-    python -m utils.data.generate --out dataset/synth_birds --classes 6 --train-per-class 60 \
-        --test-per-class 25 --size 64 --seed 0
+    python -m utils.data.generate --out dataset/synth_birds --families 6 --species 3 --train-per-class 40 \
+        --test-per-class 17 --size 64 --seed 0
+    python -m utils.data.generate --out dataset/flat_birds --classes 6 --size 64 --seed 0   # one species per family
 
 Every image shows one bird (body ellipse, wing, tail, head, eye, beak, crest) on a cluttered
-background. The **class is decided by a small part**, the head: each class has its own head
-colour, crest shape, crest colour and beak colour (classes share some of these, as related
-species do; no two classes share all four). Body colour, size, aspect, pose (rotation, facing
-left/right) and position vary at random, so the head is the one part that always tells the
-class; with ``body_evidence > 0`` a fraction of the birds also wear their class's body colour
-(muted hues spread around the colour circle, jittered), evidence that makes the rest of the
-object useful to a classifier (as plumage is in CUB). The defaults are those of ``demo.py``
-(``configs/demo.yaml``): with ``body_evidence=0`` a CAM network trained from scratch looks at the
-head alone (part domination) and its boxes cover the head only. The background holds smooth coloured noise, random shapes and distractors: headless
-bird bodies (object-like, but without the class part). Segmentation masks cover the bird only.
+background. Classes come in **families of species**, as in CUB-200-2011 (``--families F --species
+S``: F x S classes). A family shares the large parts: body colour (saturated hues spread around the
+colour circle), wing pattern and tail shape. The species of a family differ only in a small part,
+the head (head colour, crest shape and colour, beak colour), and the S head designs are one pool
+shared by every family, so the head tells a bird's species within its family, never its family: a
+classifier has to read the body for the family and the head for the species, and the class maps of
+one family's species share the body. Without ``--families`` every class is a family of its own with
+a head design of its own (``--classes C``). Size, aspect, pose (rotation, facing left/right) and
+position vary at random; ``body_evidence`` is the probability that a bird wears its family's body
+colour rather than a random one (wing pattern and tail shape are always the family's). The
+background holds smooth coloured noise, random shapes and distractors: headless bird bodies of
+random colour, pattern and tail (object-like, but without the head). Segmentation masks cover the
+bird only.
 
 Layout written (the same files and formats as CUB-200-2011, so ``utils.data.layouts.load_records(root,
 "cub", split)`` reads it like the real dataset)::
@@ -62,43 +66,110 @@ CREST_SHAPES = ("Spiked", "Fan", "Tufted", "Bald")   # "Bald" = no crest
 BEAK_COLOURS = ("Red", "Yellow", "Black", "White", "Orange", "Blue")
 HEAD_COLOURS = ("Red", "Yellow", "Blue", "Green", "White", "Black", "Orange", "Purple", "Cyan", "Pink")
 CREST_COLOURS = HEAD_COLOURS
-GENERATOR_VERSION = 1
+WING_PATTERNS = ("Plain", "Barred", "Spotted")       # a family's wing
+TAIL_SHAPES = ("Wedge", "Forked", "Fan")              # a family's tail
+GENERATOR_VERSION = 2
 SUPERSAMPLE = 2  # drawing resolution factor (anti-aliased images; masks thresholded at 50 %)
+MAX_CLASSES = 200
+
+
+@dataclass(frozen=True)
+class HeadDesign:
+    """A species' deciding part: head colour, crest shape and colour (None when bald), beak colour."""
+    head: str
+    crest_shape: str
+    crest: str | None
+    beak: str
+
+    @property
+    def name(self) -> str:
+        crest = "Bald" if self.crest_shape == "Bald" else f"{self.crest_shape}_{self.crest}_crested"
+        return f"{crest}_{self.beak}_billed_{self.head}_headed"
 
 
 @dataclass(frozen=True)
 class BirdClass:
-    """The rendering parameters of one class's deciding part (and its typical body colour)."""
-    index: int                      # 0-based
-    folder: str                     # "001.Spiked_Red_crested_Blue_headed"
+    """One class: its family's large parts (body colour, wing pattern, tail shape) and its own head."""
+    index: int                      # 0-based class index
+    folder: str                     # "001.F1_Barred_Forked_Spiked_Red_crested_Blue_billed_Yellow_headed"
+    family: int                     # 0-based family index
+    species: int                    # 0-based index of the species within its family
     head: str
     crest_shape: str
-    crest: str
+    crest: str | None               # None for a bald head
     beak: str
-    body_rgb: tuple[int, int, int]  # the body colour a fraction ``body_evidence`` of birds wear
+    body_rgb: tuple[int, int, int]  # the family's body colour, worn by a fraction ``body_evidence`` of birds
+    wing_pattern: str               # the family's
+    tail_shape: str                 # the family's
 
 
-def make_classes(num_classes: int, seed: int) -> list[BirdClass]:
-    """Distinct (head, crest shape, crest colour, beak) combinations, deterministic by seed."""
-    # a crest of the head's own colour would be invisible; a bald head has no crest colour
-    combos = [(h, s, c if s != "Bald" else "None", b)
-              for h, s, c, b in itertools.product(HEAD_COLOURS, CREST_SHAPES, CREST_COLOURS, BEAK_COLOURS)
-              if c != h and (s != "Bald" or c == CREST_COLOURS[1 if h == CREST_COLOURS[0] else 0])]
-    if not 1 <= num_classes <= len(combos):
-        raise ValueError(f"num_classes must be in 1..{len(combos)}, got {num_classes}")
+def all_head_designs() -> list[HeadDesign]:
+    """Every head design: a crest never has the head's colour (it would not show); a bald head has no crest."""
+    designs = [HeadDesign(h, s, c, b) for h, s, c, b in itertools.product(HEAD_COLOURS, CREST_SHAPES[:-1],
+                                                                          CREST_COLOURS, BEAK_COLOURS) if c != h]
+    designs += [HeadDesign(h, "Bald", None, b) for h, b in itertools.product(HEAD_COLOURS, BEAK_COLOURS)]
+    return designs
+
+
+def check_class_counts(num_classes: int, families: int | None) -> tuple[int, int]:
+    """(families, species per family) for valid counts, else a one-line ``ValueError``."""
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"the number of classes must be in 1..{MAX_CLASSES}, got {num_classes}")
+    if families is None:                      # every class a family of its own
+        return num_classes, 1
+    if not 1 <= families <= num_classes or num_classes % families:
+        raise ValueError(f"{num_classes} classes cannot be split into {families} families of equal size")
+    species = num_classes // families
+    if species > len(HEAD_COLOURS):
+        raise ValueError(f"at most {len(HEAD_COLOURS)} species per family (one head colour each), got {species}")
+    return families, species
+
+
+def _pick_head_designs(rng, count: int) -> list[HeadDesign]:
+    """``count`` distinct designs, in a random order, whose head colours (10), then crest shapes,
+    repeat as little as possible."""
+    designs = all_head_designs()
+    order = [designs[i] for i in rng.permutation(len(designs))]
+    heads, crests = dict.fromkeys(HEAD_COLOURS, 0), dict.fromkeys(CREST_SHAPES, 0)
+    picked: list[HeadDesign] = []
+    taken: set[HeadDesign] = set()
+    for _ in range(count):
+        best = min((d for d in order if d not in taken), key=lambda d: (heads[d.head], crests[d.crest_shape]))
+        picked.append(best)
+        taken.add(best)
+        heads[best.head] += 1
+        crests[best.crest_shape] += 1
+    return picked
+
+
+def make_classes(num_classes: int, seed: int, *, families: int | None = None) -> list[BirdClass]:
+    """The classes of a dataset, deterministic by ``seed``: ``families`` families of
+    ``num_classes // families`` species (default: every class a family of its own).
+
+    A family takes an evenly spread body hue (in a random order) and a wing pattern and tail shape
+    (the 9 combinations cycled, so up to 9 families differ there too). With families, the species
+    heads come from one pool of as many head designs as a family has species (head colours all
+    different, crests as varied as possible), each family using the whole pool in its own order:
+    the head tells a bird's species within its family, never its family. Without ``families`` every
+    class is a family of its own with a head design of its own (head colours spread, every design
+    distinct). Classes are numbered family by family."""
+    num_families, species = check_class_counts(num_classes, families)
     rng = np.random.default_rng([seed, 0x5EED])
-    picked = rng.choice(len(combos), size=num_classes, replace=False)
-    # body colours spread around the hue circle (muted), in a random order
-    hues = (np.arange(num_classes) / num_classes + rng.random()) % 1.0
-    hues = hues[rng.permutation(num_classes)]
+    hues = (np.arange(num_families) / num_families + rng.random()) % 1.0
+    hues = hues[rng.permutation(num_families)]
+    looks = list(itertools.product(WING_PATTERNS, TAIL_SHAPES))
+    looks = [looks[i] for i in rng.permutation(len(looks))]
+    pool = _pick_head_designs(rng, num_classes if families is None else species)
     classes = []
-    for k, (ci, hue) in enumerate(zip(picked, hues)):
-        head, shape, crest, beak = combos[ci]
-        if shape == "Bald":
-            name = f"Bald_{beak}_billed_{head}_headed"
-        else:
-            name = f"{shape}_{crest}_crested_{beak}_billed_{head}_headed"
-        classes.append(BirdClass(k, f"{k + 1:03d}.{name}", head, shape, crest, beak, _hsv_rgb(hue, 0.55, 0.75)))
+    for f in range(num_families):
+        body = _hsv_rgb(hues[f], 0.8, 0.85)
+        wing, tail = looks[f % len(looks)]
+        designs = [pool[f]] if families is None else [pool[i] for i in rng.permutation(species)]
+        for j, design in enumerate(designs):
+            k = len(classes)
+            name = design.name if families is None else f"F{f + 1}_{wing}_{tail}_{design.name}"
+            classes.append(BirdClass(k, f"{k + 1:03d}.{name}", f, j, design.head, design.crest_shape, design.crest,
+                                     design.beak, body, wing, tail))
     return classes
 
 
@@ -137,24 +208,52 @@ def _jitter(rng, rgb, amount=18):
     return tuple(int(v) for v in np.clip(np.asarray(rgb) + rng.integers(-amount, amount + 1, 3), 0, 255))
 
 
-def bird_polygons(rng, cls: BirdClass | None, body_rgb, *, with_head=True):
+def _tail(rng, shape: str) -> np.ndarray:
+    """The tail polygon behind the body (bird frame: the body ends at x = -0.8)."""
+    length, width = rng.uniform(0.45, 0.75), rng.uniform(0.18, 0.32)
+    x = -0.8 - length
+    if shape == "Forked":   # two prongs with a deep notch
+        return np.array([[-0.8, -0.08], [x, -width * 1.2], [-0.8 - length * 0.45, 0.0], [x, width * 1.2], [-0.8, 0.08]])
+    if shape == "Fan":      # a rounded fan
+        return _ellipse(-0.8 - length * 0.55, 0.0, length * 0.6, width * 1.4, 0, n=24)
+    return np.array([[-0.8, 0.0], [x, -width], [-0.8 - length * 0.85, 0.0], [x, width]])   # "Wedge"
+
+
+def _wing_marks(rng, pattern: str, aspect: float, wing_rgb) -> list:
+    """The wing pattern's marks (bars across the wing, or spots), darker than the wing."""
+    dark = tuple(int(v * 0.45) for v in wing_rgb)
+    marks = []
+    if pattern == "Barred":
+        for x in (-0.55, -0.25, 0.05, 0.35):
+            marks.append((np.array([[x - 0.06, -aspect * 0.45], [x + 0.06, -aspect * 0.45],
+                                    [x + 0.06, aspect * 0.35], [x - 0.06, aspect * 0.35]]), dark))
+    elif pattern == "Spotted":
+        for x, y in ((-0.55, -0.1), (-0.3, 0.12), (-0.1, -0.18), (0.15, 0.05), (0.4, -0.12), (-0.05, 0.3 * aspect)):
+            marks.append((_ellipse(x, y * aspect * 1.6, 0.075, 0.075, n=12), dark))
+    return marks
+
+
+def bird_polygons(rng, cls: BirdClass | None, body_rgb, *, with_head=True, wing_pattern: str | None = None,
+                  tail_shape: str | None = None):
     """Parts of one bird in its own frame: (list of (polygon Nx2, RGB colour) back to front,
-    head centre (2,) or None)."""
+    head centre (2,) or None). The wing pattern and tail shape are the class's family's, or the
+    given ones (a distractor body has no class)."""
+    wing_pattern = wing_pattern or (cls.wing_pattern if cls is not None else "Plain")
+    tail_shape = tail_shape or (cls.tail_shape if cls is not None else "Wedge")
     aspect = rng.uniform(0.42, 0.62)                       # body height / length
-    parts = []
-    tail_len = rng.uniform(0.45, 0.75)
-    tail_w = rng.uniform(0.18, 0.32)
-    parts.append((np.array([[-0.8, 0.0], [-0.8 - tail_len, -tail_w], [-0.8 - tail_len * 0.85, 0.0],
-                            [-0.8 - tail_len, tail_w]]), _jitter(rng, np.asarray(body_rgb) * 0.8)))
+    parts = [(_tail(rng, tail_shape), _jitter(rng, np.asarray(body_rgb) * 0.8))]
     parts.append((_ellipse(0, 0, 1.0, aspect, 0), body_rgb))
     wing_rgb = _jitter(rng, np.asarray(body_rgb) * rng.uniform(0.55, 0.8))
-    parts.append((_ellipse(-0.15, -0.05, 0.62, aspect * 0.55, rng.uniform(-12, 8)), wing_rgb))
+    wing_rot = rng.uniform(-12, 8)
+    parts.append((_ellipse(-0.15, -0.05, 0.62, aspect * 0.55, wing_rot), wing_rgb))
+    parts.extend(_wing_marks(rng, wing_pattern, aspect, wing_rgb))
     if not with_head:
         return parts, None
-    hr = rng.uniform(0.30, 0.38)                           # head radius
+    hr = rng.uniform(0.375, 0.475)                         # head radius
     hx, hy = 0.88 + rng.uniform(-0.05, 0.05), -aspect * rng.uniform(0.55, 0.9)
     head_rgb = _jitter(rng, PART_COLOURS[cls.head], 10)
-    crest_rgb = _jitter(rng, PART_COLOURS[cls.crest], 10)
+    if cls.crest_shape != "Bald":
+        crest_rgb = _jitter(rng, PART_COLOURS[cls.crest], 10)
     if cls.crest_shape == "Spiked":
         parts.append((np.array([[hx - 0.6 * hr, hy - 0.5 * hr], [hx - 0.1 * hr, hy - 2.1 * hr],
                                 [hx + 0.3 * hr, hy - 0.6 * hr]]), crest_rgb))
@@ -216,7 +315,10 @@ def render_image(rng, cls: BirdClass, size: int, *, clutter: float, distractors:
         centre = rng.uniform(0.1, 0.9, 2) * S
         body_rgb = _random_colour(rng)
         angle, flip = rng.uniform(-0.6, 0.6), bool(rng.integers(2))
-        for pts, col in bird_polygons(rng, None, body_rgb, with_head=False)[0]:
+        pattern = WING_PATTERNS[int(rng.integers(len(WING_PATTERNS)))]
+        tail = TAIL_SHAPES[int(rng.integers(len(TAIL_SHAPES)))]
+        for pts, col in bird_polygons(rng, None, body_rgb, with_head=False, wing_pattern=pattern,
+                                      tail_shape=tail)[0]:
             _fill(canvas, None, _affine(pts, scale, angle, flip, centre), col)
     # the bird: size, pose, position at random; fully inside the image
     if rng.random() < body_evidence:
@@ -244,38 +346,51 @@ def render_image(rng, cls: BirdClass, size: int, *, clutter: float, distractors:
 
 # ----------------------------------------------------------------------------- dataset
 def generate_dataset(out, *, num_classes: int, train_per_class: int, test_per_class: int,
-                     image_size: int, seed: int, clutter: float = 0.5, distractors: float = 0.6,
+                     image_size: int, seed: int, families: int | None = None,
+                     clutter: float = 0.5, distractors: float = 0.6,
                      body_evidence: float = 1.0, object_scale: tuple[float, float] = (0.4, 0.9),
                      jpeg_quality: int = 95, overwrite: bool = False, progress: bool = False) -> Path:
     """Write the dataset into ``out`` (CUB-200-2011 layout, see the module docstring); return ``out``.
 
     Args:
+        families: split the ``num_classes`` classes into this many families of equal size (species
+            of a family share the body, wing pattern and tail, and differ in the head); None: every
+            class is a family of its own.
         clutter: 0..1, amount of background texture and random shapes (Poisson mean 8 * clutter).
         distractors: Poisson mean of headless bird bodies in the background.
-        body_evidence: probability that a bird's body wears its class colour (else a random one).
+        body_evidence: probability that a bird's body wears its family colour (else a random one).
         object_scale: range of the bird's length (tail to beak) as a fraction of the image side.
         overwrite: replace an existing ``out``; otherwise an existing non-empty ``out`` is an error.
+
+    Impossible settings raise a one-line ``ValueError`` before anything is written.
     """
     out = Path(out)
-    if num_classes < 1 or train_per_class < 0 or test_per_class < 0 or train_per_class + test_per_class < 1:
-        raise ValueError(f"{out}: need at least 1 class and 1 image per class (got {num_classes} classes, "
-                         f"{train_per_class} train + {test_per_class} test per class)")
+    check_class_counts(num_classes, families)
+    if train_per_class < 0 or test_per_class < 0 or train_per_class + test_per_class < 1:
+        raise ValueError(f"{out}: need at least 1 image per class (got {train_per_class} train + "
+                         f"{test_per_class} test per class)")
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     lo, hi = object_scale
     if not 0.1 <= lo <= hi <= 1.0:
         raise ValueError(f"object_scale must satisfy 0.1 <= lo <= hi <= 1, got {object_scale}")
+    if not 0.0 <= clutter <= 1.0 or distractors < 0 or not 0.0 <= body_evidence <= 1.0:
+        raise ValueError(f"clutter and body_evidence must be in [0, 1] and distractors >= 0, got {clutter}, "
+                         f"{body_evidence}, {distractors}")
+    if not 0 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 0..100, got {jpeg_quality}")
     from utils.paths import check_output_path
 
     check_output_path(out, "--out")  # not a file, under no file, writable
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty: choose another folder, or pass "
                               "overwrite=True / --overwrite to replace it")
-    params = dict(version=GENERATOR_VERSION, num_classes=num_classes, train_per_class=train_per_class,
+    params = dict(version=GENERATOR_VERSION, num_classes=num_classes, families=families,
+                  train_per_class=train_per_class,
                   test_per_class=test_per_class, image_size=image_size, seed=seed, clutter=clutter,
                   distractors=distractors, body_evidence=body_evidence, object_scale=[lo, hi],
                   jpeg_quality=jpeg_quality)
-    classes = make_classes(num_classes, seed)
+    classes = make_classes(num_classes, seed, families=families)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -354,7 +469,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = OptionParser(prog="python -m utils.data.generate", formatter_class=HelpFormatter,
                           description="Generate a fine-grained 'birds' dataset in the CUB-200-2011 layout.")
     parser.add_argument("--out", required=True, help="output folder (created; must not exist unless --overwrite)")
-    parser.add_argument("--classes", type=positive_int, default=6)
+    parser.add_argument("--classes", type=Range(int, 1, MAX_CLASSES), default=None,
+                        help=f"number of classes, 1..{MAX_CLASSES} (default 6, or families x species)")
+    parser.add_argument("--families", type=positive_int, default=None,
+                        help="split the classes into this many families (default: one family per class)")
+    parser.add_argument("--species", type=positive_int, default=None,
+                        help="species per family (with --families: classes = families x species)")
     parser.add_argument("--train-per-class", type=non_negative_int, default=60)
     parser.add_argument("--test-per-class", type=non_negative_int, default=25)
     parser.add_argument("--size", type=Range(int, 16), default=64, help="image side in pixels (square images)")
@@ -362,7 +482,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clutter", type=probability, default=0.5, help="0..1 background texture and shapes")
     parser.add_argument("--distractors", type=non_negative_float, default=0.6, help="mean number of headless bodies")
     parser.add_argument("--body-evidence", type=probability, default=1.0,
-                        help="probability that a bird's body wears its class colour")
+                        help="probability that a bird's body wears its family's colour")
     parser.add_argument("--object-scale", type=fraction, nargs=2, default=(0.4, 0.9), metavar=("LO", "HI"),
                         help="bird length as a fraction of the image side")
     parser.add_argument("--jpeg-quality", type=Range(int, 0, 100), default=95)
@@ -370,8 +490,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def class_counts(args) -> tuple[int, int | None]:
+    """(number of classes, families or None) of the command line, or a one-line ``ValueError``."""
+    if args.species is not None and args.families is None:
+        raise ValueError("--species needs --families (classes = families x species)")
+    if args.families is None:
+        return (6 if args.classes is None else args.classes), None
+    if args.families < 1 or (args.species is not None and args.species < 1):
+        raise ValueError(f"--families and --species must be >= 1, got {args.families} and {args.species}")
+    if args.species is None:
+        if args.classes is None:
+            raise ValueError("--families needs --species or --classes")
+        return args.classes, args.families
+    classes = args.families * args.species
+    if args.classes is not None and args.classes != classes:
+        raise ValueError(f"--classes {args.classes} contradicts --families {args.families} x --species "
+                         f"{args.species} = {classes}")
+    return classes, args.families
+
+
 def main(args) -> Path:
-    out = generate_dataset(args.out, num_classes=args.classes, train_per_class=args.train_per_class,
+    num_classes, families = class_counts(args)
+    out = generate_dataset(args.out, num_classes=num_classes, families=families,
+                           train_per_class=args.train_per_class,
                            test_per_class=args.test_per_class, image_size=args.size, seed=args.seed,
                            clutter=args.clutter, distractors=args.distractors, body_evidence=args.body_evidence,
                            object_scale=tuple(args.object_scale), jpeg_quality=args.jpeg_quality,

@@ -117,3 +117,91 @@ def test_body_evidence_one_gives_the_class_body_colour():
     for s in range(3):
         _, _, info = render_image(np.random.default_rng(s), cls, 64, **kwargs)
         assert np.abs(np.array(info["body_rgb"]) - np.array(cls.body_rgb)).max() <= 25
+
+
+# ----------------------------------------------------------------------------- families of species
+def test_families_share_the_body_and_differ_only_in_the_head():
+    classes = make_classes(12, seed=4, families=4)
+    assert [c.family for c in classes] == [f for f in range(4) for _ in range(3)]
+    assert [c.species for c in classes] == [0, 1, 2] * 4
+    head = lambda c: (c.head, c.crest_shape, c.crest, c.beak)   # noqa: E731
+    for f in range(4):
+        siblings = [c for c in classes if c.family == f]
+        assert len({(c.body_rgb, c.wing_pattern, c.tail_shape) for c in siblings}) == 1   # one family look
+        assert len({head(c) for c in siblings}) == 3                                      # distinct heads
+        assert len({c.head for c in siblings}) == 3                                       # head colours too
+    # the families look different, and every family uses the same pool of head designs
+    assert len({(c.body_rgb, c.wing_pattern, c.tail_shape) for c in classes}) == 4
+    assert len({(c.wing_pattern, c.tail_shape) for c in classes}) == 4                     # <= 9 families
+    pools = [frozenset(head(c) for c in classes if c.family == f) for f in range(4)]
+    assert len(set(pools)) == 1
+    assert classes[0].folder.startswith("001.F1_") and classes[3].folder.startswith("004.F2_")
+
+
+def test_flat_classes_are_families_of_one_with_distinct_heads():
+    classes = make_classes(30, seed=2)
+    assert [c.family for c in classes] == list(range(30)) and {c.species for c in classes} == {0}
+    assert len({(c.head, c.crest_shape, c.crest, c.beak) for c in classes}) == 30
+    assert not classes[0].folder.split(".", 1)[1].startswith("F1_")
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_any_seed_and_class_count_make_classes(seed):
+    """Every seed, flat up to 200 classes and families of up to 10 species (one head colour each)."""
+    large = seed % 5 == 0   # 200 classes on every fifth seed (a draw of 200 takes a tenth of a second)
+    for n in (1, 2, 6, 30, 77) + ((200,) if large else ()):
+        classes = make_classes(n, seed)
+        assert len(classes) == n and all(c.crest_shape == "Bald" or c.crest not in (None, c.head) for c in classes)
+    for families, species in ((1, 1), (6, 3), (8, 4), (50, 4)) + (((20, 10), (200, 1)) if large else ()):
+        classes = make_classes(families * species, seed, families=families)
+        assert len(classes) == families * species
+        assert len({c.folder for c in classes}) == families * species
+
+
+def test_rendering_a_bald_species_and_every_family_look(tmp_path):
+    """A bald head has no crest colour (a crest colour lookup crashed on it); every wing pattern and
+    tail shape draws, the bird stays inside the image and its head has the species' colour."""
+    from utils.data.generate import TAIL_SHAPES, WING_PATTERNS
+
+    classes = make_classes(200, seed=0)
+    bald = next(c for c in classes if c.crest_shape == "Bald")
+    looks = {(c.wing_pattern, c.tail_shape) for c in classes}
+    assert looks == {(w, t) for w in WING_PATTERNS for t in TAIL_SHAPES}
+    kwargs = dict(clutter=0.0, distractors=1.0, body_evidence=1.0, object_scale=(0.6, 0.9))
+    for cls in [bald] + [next(c for c in classes if (c.wing_pattern, c.tail_shape) == look) for look in sorted(looks)]:
+        image, mask, info = render_image(np.random.default_rng(cls.index), cls, 64, **kwargs)
+        ys, xs = np.nonzero(mask)
+        assert len(xs) > 50 and xs.min() >= 0 and xs.max() < 64 and ys.max() < 64
+        x, y = (int(round(v)) for v in info["head_xy"])
+        assert np.abs(image[y, x].astype(int) - np.array(PART_COLOURS[cls.head])).max() <= 12
+
+
+def test_generated_families_dataset_names_its_families(tmp_path):
+    root = generate_dataset(tmp_path / "fam", num_classes=6, families=2, train_per_class=1, test_per_class=1,
+                            image_size=32, seed=3)
+    params = read_generator_params(root)
+    assert params["families"] == 2 and params["num_classes"] == 6 and params["version"] == 2
+    names = [line.split()[1] for line in (root / "classes.txt").read_text().splitlines()]
+    assert [n.split(".", 1)[1].split("_", 1)[0] for n in names] == ["F1"] * 3 + ["F2"] * 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--classes", "201"], "argument --classes: must be an integer in [1, 200], got '201'"),
+    (["--classes", "0"], "argument --classes: must be an integer in [1, 200], got '0'"),
+    (["--families", "4", "--classes", "6"], "6 classes cannot be split into 4 families of equal size"),
+    (["--families", "2", "--species", "11"], "at most 10 species per family (one head colour each), got 11"),
+    (["--species", "3"], "--species needs --families (classes = families x species)"),
+    (["--families", "2", "--species", "3", "--classes", "5"],
+     "--classes 5 contradicts --families 2 x --species 3 = 6"),
+    (["--families", "0", "--species", "3"], "argument --families: must be an integer >= 1, got '0'"),
+    (["--families", "300", "--species", "1"], "the number of classes must be in 1..200, got 300"),
+])
+def test_invalid_class_counts_are_one_error_line(tmp_path, capsys, argv, message):
+    from utils.data.generate import cli
+
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as info:
+        cli(["--out", str(out), "--train-per-class", "1", "--test-per-class", "0", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()

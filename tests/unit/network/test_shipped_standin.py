@@ -8,7 +8,7 @@ from demo_birds.settings import get_args_parser, resolve_settings
 from network.backbones import build_backbone, build_classifier
 from network.pretrain import num_standin_classes, read_info, sha256, weight_path
 
-MAX_BYTES = 25_000_000  # the limit for a shipped file: 25 MB
+MAX_BYTES = 25_000_000  # the size limit for a file shipped in resource/: 25 MB
 
 
 def _shipped():
