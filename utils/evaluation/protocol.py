@@ -153,6 +153,17 @@ class Protocol:
         w, h = int(size[0]), int(size[1])
         with single_thread_cv2():
             return cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    def from_image_box(self, box, size) -> np.ndarray:
+        """A box a method predicted in pixels of the original image of ``size`` = ``(width, height)``
+        -> this geometry's input, exactly as the image's GT boxes get there (:meth:`gt_boxes`), so that
+        the IoU compares the two in one frame and one convention: float64 ``(4,)``. A box left without
+        area in the input (outside a centre crop) comes back as ``[0, 0, 0, 0]``, no box: a miss."""
+        moved = self.gt_boxes(np.asarray(box, np.float64).reshape(1, 4), size)
+        return np.asarray(moved[0] if len(moved) else np.zeros(4), np.float64)
+
+    def same_geometry(self, other: "Protocol") -> bool:
+        """Whether ``other`` puts every image where this protocol does (same input, same resize and crop)."""
+        return self.geometry["resize"] == other.geometry["resize"] and self.geometry["crop"] == other.geometry["crop"]
 
     def meta(self) -> dict:
         """What a ``boxes.json`` sidecar records about the geometry."""
