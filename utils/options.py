@@ -105,7 +105,8 @@ def add_classifier_train_args(group, *, lr: float, nesterov: bool | None = True)
 def evaluate_parser() -> argparse.ArgumentParser:
     """``python -m utils.evaluation`` (``utils.evaluation.evaluate.get_args_parser``)."""
     p = OptionParser(prog="python -m utils.evaluation", formatter_class=HelpFormatter,
-                     description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP)")
+                     description="Evaluate saved score maps (GT-known/Top-k Loc, MaxBoxAcc(V2), PxAP) or a file of "
+                                 "predicted boxes (GT-known/Top-k Loc, box accuracy at IoU 0.3/0.5/0.7)")
     p.add_argument("--data-root", required=True)
     p.add_argument("--layout", required=True, choices=("cub", "ilsvrc", "metadata", "openimages"),
                    help="openimages: Choe et al.'s OpenImages30k metadata and masks, scored with PxAP only")
@@ -114,12 +115,17 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True)
     p.add_argument("--exclude-ids", nargs="*", default=(),
                    help="image ids / file names left out (SPOL leaves out ILSVRC2012_val_00033202.JPEG)")
-    p.add_argument("--scoremaps", required=True, help="folder of score maps: <image id stem>.npy (ours) or <image id>.npy (Choe et al.'s)")
+    scored = p.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--scoremaps", help="folder of score maps: <image id stem>.npy (ours) or <image id>.npy "
+                                            "(Choe et al.'s)")
+    scored.add_argument("--boxes", help="file of predicted boxes, one per image: a boxes.csv (input pixels of the "
+                                        "protocol its boxes.json names; without one, original pixels) or lines "
+                                        "'<image_id> x0 y0 x1 y1' in original pixels (docs/evaluation.md)")
     p.add_argument("--protocol", required=True, choices=EVALUATE_PROTOCOLS)
     p.add_argument("--cam-curve-interval", type=fraction, default=0.001, help="sweep step, in (0, 1]")
     p.add_argument("--threshold", type=probability, default=None,
                    help="fixed box threshold in [0, 1] (resize/wsol: default = best of the sweep; the SPOL protocols "
-                        "need it: 0.2 CUB, 0.8 ImageNet, configs/spol_*.yaml)")
+                        "need it: 0.2 CUB, 0.8 ImageNet, configs/spol_*.yaml); --scoremaps only")
     p.add_argument("--predictions", default=None,
                    help="predictions.csv of the classification stage, or the SPOL authors' top1top5.npy")
     p.add_argument("--iou-threshold", type=open_fraction, default=0.5, help="in (0, 1)")

@@ -275,6 +275,28 @@ def test_evaluator_option_out_of_range_as_a_user_runs_it(tiny_cub, tmp_path):
                     "--help)")
 
 
+def test_a_box_file_line_that_is_no_box_as_a_user_runs_it(tiny_cub, tmp_path):
+    """``--boxes``: a NaN, an inverted box (x y w h lines), an image not in the split: one line naming the
+    file and line, exit 2, nothing written; an image without a box is a warning and a miss."""
+    from utils.data.layouts import load_records
+
+    ids = [r.image_id for r in load_records(tiny_cub, "cub", "test")]
+    boxes, out = tmp_path / "boxes.txt", tmp_path / "e.json"
+    argv = ["-m", "utils.evaluation", "--data-root", str(tiny_cub), "--layout", "cub", "--split", "test",
+            "--boxes", str(boxes), "--protocol", "wsol", "--input-size", "32", "--output", str(out)]
+    for text, line, message in ((f"{ids[0]} 1 2 20 12\n{ids[1]} 2 nan 30 20\n", 2, "is not finite"),
+                                (f"{ids[0]} 12 2 8 10\n", 1, "inverted box 12 2 8 10"),
+                                (f"{ids[0]} 1 2 20 12\nother/x.jpg 1 2 3 4\n", 2, "not in split 'test'")):
+        boxes.write_text(text)
+        got = one_error(run([sys.executable, *argv]))
+        assert got.startswith(f"error: {boxes}:{line}: ") and message in got, got
+        assert not out.exists()
+    boxes.write_text(f"{ids[0]} 1 2 20 12\n")
+    proc = run([sys.executable, *argv])
+    assert proc.returncode == 0 and "1 of the 2 images of split 'test' have no box" in proc.stderr
+    assert '"images_without_box": [' in out.read_text()
+
+
 def test_pretraining_steps_zero_and_a_resource_dir_that_is_a_file(tmp_path, capsys):
     import network.pretrain as P
 

@@ -11,6 +11,7 @@ from utils.config import parse_args
 from utils.data.layouts import load_records
 from utils.errors import DataError
 from utils.data.generate import generate_dataset
+from utils.evaluation.evaluate import evaluate_boxes
 
 SIZE = ["--resize-size", "72", "--input-size", "64"]
 
@@ -71,6 +72,11 @@ def test_three_stages_end_to_end(run_stage, birds):
                               resize_size=72, iou_compare=full["iou_compare"], split="test") == full
     rows = _csv_rows(out / "localizer" / "test" / "boxes.csv")
     assert rows[0] == ["image_id", "x0", "y0", "x1", "y1"] and [r[0] for r in rows[1:]] == test_ids
+    # its boxes.csv holds the boxes it scored: python -m utils.evaluation --boxes gives its numbers
+    test = load_records(birds, "cub", "test")
+    again = evaluate_boxes(test, out / "localizer" / "test" / "boxes.csv", "wsol", input_size=64, resize_size=72)
+    assert {k: again[k] for k in ("gt_known_loc", "box_acc_per_iou")} == {k: metrics[k] for k in
+                                                                          ("gt_known_loc", "box_acc_per_iou")}
     scoremap = np.load(out / "localizer" / "test" / "scoremaps" / (test_ids[0][:-4] + ".npy"))
     assert scoremap.shape == (64, 64) and 0 <= scoremap.min() and scoremap.max() <= 1
     # pseudo boxes on the train split feed the standalone regressor
@@ -94,6 +100,10 @@ def test_three_stages_end_to_end(run_stage, birds):
     assert final["num_images"] == len(test_ids) and (final["box_scale"], final["box_stride"]) == ("stride", 16.0)
     assert final["top1_loc"] <= final["top5_loc"] <= final["gt_known_loc"] + 1e-9
     assert (out / "regressor" / "test" / "grid.png").stat().st_size > 0
+    again = evaluate_boxes(test, out / "regressor" / "test" / "boxes.csv", "wsol", input_size=64, resize_size=72,
+                           predictions=out / "classifier" / "test" / "predictions.csv")
+    for key in ("gt_known_loc", "top1_loc", "top5_loc", "box_acc_per_iou", "box_acc_mean"):
+        assert again[key] == final[key], key
     run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
               "--output-dir", str(out / "final_standalone"))
     assert json.loads((out / "final_standalone" / "metrics.json").read_text())["num_images"] == len(test_ids)
@@ -127,6 +137,11 @@ def test_regressor_prediction_goes_back_to_pixels_as_trained(run_stage, birds, s
               "--regressor-hidden", "8")
     rows = _csv_rows(out / "regressor" / "test" / "boxes.csv")[1:]
     assert len(rows) == len(test) and {tuple(float(v) for v in r[1:]) for r in rows} == {(16.0, 8.0, 48.0, 40.0)}
+    if scale == "stride":  # under the SPOL geometry too: boxes are scored without a map threshold
+        run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
+                  "--regressor-hidden", "8", "--protocol", "spol", "--output-dir", str(out / "regressor_spol"))
+        spol = json.loads((out / "regressor_spol" / "metrics.json").read_text())
+        assert (spol["protocol"], spol["num_images"], spol["num_counted"]) == ("spol", len(test), len(test))
     with pytest.raises(DataError, match="the training run used --box-scale"):
         run_stage("sltnet.regressor.test", "regressor_test", *SIZE, "--regressor-source", "regressor",
                   "--regressor-hidden", "8", "--box-scale", "input" if scale == "stride" else "stride")

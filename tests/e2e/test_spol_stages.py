@@ -27,6 +27,7 @@ from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records
 from utils.data.transforms import build_spol_transform
 from utils.evaluation.protocol import get_protocol
+from utils.evaluation.evaluate import evaluate_boxes
 from utils.data.generate import generate_dataset
 from utils.evaluation.metrics import LocalizationMeter, spol_iou
 from utils.evaluation.handoff import read_predictions
@@ -155,6 +156,11 @@ def test_seg_test_reports_both_protocols_and_rescores_identically(data, seg_dir,
             assert [(h["image_id"], h["iou"], h["hit"], h["skipped"]) for h in hits] == [
                 (o["image_id"], "" if o["iou"] is None else repr(o["iou"]), str(int(o["hit"])), o["skipped"] or "")
                 for o in per_image]
+        # and its boxes.csv (with boxes.json) scored as a box method's (--boxes): the same Loc
+        by_boxes = evaluate_boxes(test, out / "boxes.csv", protocol, predictions=cls_dir / "predictions.csv",
+                                  input_size=64, resize_size=72)
+        for key in ("top1_loc", "top5_loc", "gt_known_loc"):
+            assert by_boxes[key] == results[key]
     assert summary["spol"]["threshold_used"] == 0.2
     assert "held-out split 'train'" in summary["wsol"]["threshold_source"]
     assert summary["paper"]["top5_loc"] == 93.44

@@ -2,8 +2,9 @@
 
 Between the packages: ``utils`` (data, metrics, training loop) is the base; ``network`` (backbones,
 stand-in pretraining) builds on it; the methods ``spol`` and ``sltnet`` build on both and never on
-each other; the demo's package ``demo_birds`` sits on top (it may import all four) and nothing but
-``demo.py`` and the tests imports it. Inside ``utils``: the base (``utils/*.py``: config, options,
+each other; ``localize`` (``python -m localize``: a trained run of either method on your images) and
+the demo's package ``demo_birds`` sit on top (each may import those four, not the other) and
+nothing but ``demo.py`` and the tests imports the demo's. Inside ``utils``: the base (``utils/*.py``: config, options,
 errors, io, paths) imports no wing; ``utils/data/`` imports only the base; ``utils/evaluation/``
 the base and data; ``utils/engine/`` the base, data and evaluation. And no file of the repository
 imports, directly or through others, a file that imports it back. Every import counts: module
@@ -17,10 +18,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("utils", "network", "spol", "sltnet", "demo_birds")
+PACKAGES = ("utils", "network", "spol", "sltnet", "localize", "demo_birds")
 # what each package may import, besides itself
 ALLOWED = {"utils": set(), "network": {"utils"}, "spol": {"utils", "network"}, "sltnet": {"utils", "network"},
-           "demo_birds": {"utils", "network", "spol", "sltnet"}}
+           "localize": {"utils", "network", "spol", "sltnet"}, "demo_birds": {"utils", "network", "spol", "sltnet"}}
 # the wings of utils and what each may import, besides itself ("base": the files directly in utils/)
 WINGS = ("base", "data", "evaluation", "engine")
 WING_ALLOWED = {"base": set(), "data": {"base"}, "evaluation": {"base", "data"},

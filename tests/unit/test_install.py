@@ -7,7 +7,7 @@ import tomllib
 
 from utils.paths import REPO_ROOT
 
-TOP_LEVEL = ("utils", "network", "spol", "sltnet", "demo_birds")
+TOP_LEVEL = ("utils", "network", "spol", "sltnet", "localize", "demo_birds")
 
 
 def _name(requirement: str) -> str:

@@ -40,6 +40,21 @@ def convert_image(im: Image.Image, mode: str, path, what: str = "image") -> Imag
                                  "RGB, grey or palette image")
 
 
+def open_image(path, mode: str = "RGB", what: str = "image", hint: str = "") -> Image.Image:
+    """The file ``path`` as an 8-bit ``mode`` image (:func:`convert_image`), decoded now; a missing,
+    unreadable or corrupt file, or an image mode it cannot convert, is one ``DataError`` naming the
+    file (``hint`` is added to the "not found" message)."""
+    try:
+        with Image.open(path) as im:
+            return convert_image(im, mode, path, what)
+    except FileNotFoundError:
+        raise DataError.at(path, msg=f"{what} not found{hint}") from None
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError.at(path, msg=f"unreadable or corrupt {what}: {e}") from None
+
+
 def _id_stem(image_id: str) -> str:
     return os.path.splitext(image_id)[0]
 
@@ -99,15 +114,7 @@ class WSOLDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _open(path, mode: str, what: str, hint: str = "") -> Image.Image:
-        try:
-            with Image.open(path) as im:
-                return convert_image(im, mode, path, what)
-        except FileNotFoundError:
-            raise DataError.at(path, msg=f"{what} not found{hint}") from None
-        except DataError:
-            raise
-        except Exception as e:
-            raise DataError.at(path, msg=f"unreadable or corrupt {what}: {e}") from None
+        return open_image(path, mode, what, hint)
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]

@@ -18,11 +18,14 @@ from utils.evaluation.handoff import read_scoremap
 from utils.evaluation.masks import instance_ground_truth
 from utils.evaluation.metrics import (BoxAccumulator, LevelSweep, PxAPAccumulator, cam_threshold_list,
                                       check_scoremap_validity)
-from utils.evaluation.protocol import Protocol
+from utils.evaluation.protocol import Protocol, spol_accuracy
 
 BOX_METRICS_NOT_COMPUTED = ("not computed: OpenImages30k has instance masks and no boxes in Choe et al.'s "
                             "protocol, which scores it with PxAP alone")
 SKIP_REASONS = ("no contour", "no GT box in the crop")
+# why an image fed with accumulate_miss has no box to score (counted as a miss under every protocol)
+NO_BOX, BOX_OUTSIDE_INPUT = "no box given", "box without area in the input"
+BOX_ACC_IOUS = (30, 50, 70)  # the IoU thresholds of the one-box accuracies (box_acc_per_iou, box_acc_mean)
 
 
 @dataclass
@@ -171,7 +174,7 @@ class LocalizationEvaluator:
         self.instance_masks = any(getattr(r, "instance_mask_paths", ()) for r in self.records)
         if self.instance_masks:
             self._check_instance_masks(threshold, flags)
-        elif protocol.needs_threshold and threshold is None:
+        elif protocol.needs_threshold and threshold is None and sweep:  # without the sweep a box comes with each image
             raise ValueError(f"protocol '{protocol.name}' needs a fixed threshold (--threshold; SPOL's: "
                              "configs/spol_*.yaml seg_test.spol_threshold, 0.2 CUB, 0.8 ImageNet)")
         if flags is not None:
@@ -215,6 +218,19 @@ class LocalizationEvaluator:
         if box is None and self.threshold is None and not self.sweep:
             raise ValueError(f"{image_id}: no box: give one, a fixed threshold, or keep the sweep")
         self._submit(image_id, self.scorer, record, scoremap, box, f"<score map of {image_id}>")
+
+    def accumulate_miss(self, image_id: str, reason: str = NO_BOX) -> None:
+        """Add one image that has no box to score (``sweep=False`` only): ``NO_BOX``, a box file without
+        a line for it; ``BOX_OUTSIDE_INPUT``, its box has no area in the protocol's input (outside the
+        centre crop). A miss under every protocol, counted in every denominator: ``spol_official`` too,
+        whose skipped images are maps without a contour. The results list the images without a box."""
+        if reason not in (NO_BOX, BOX_OUTSIDE_INPUT):
+            raise ValueError(f"reason must be {NO_BOX!r} or {BOX_OUTSIDE_INPUT!r}, got {reason!r}")
+        if self.sweep:
+            raise ValueError(f"{image_id}: the sweep needs a score map of every image (an image without a box "
+                             "is for an evaluator with sweep=False)")
+        self._take(image_id)
+        self.images[image_id] = {"box": np.zeros(4), "miss": reason}
 
     def accumulate_saved(self, image_id: str, folder) -> None:
         """Add one image from its map saved under ``folder`` (read, with ``workers``, in the worker)."""
@@ -306,9 +322,14 @@ class LocalizationEvaluator:
             best_threshold = box["best_threshold"][50]
         threshold_used = best_threshold if self.threshold is None else float(self.threshold)
         boxes = [self._box(self.images[r.image_id], threshold_used) for r in records]
+        missed = [self.images[r.image_id].get("miss") for r in records]
         flags = None if self.flags is None else [tuple(bool(f) for f in self.flags[r.image_id]) for r in records]
         loc, outcomes = protocol.score(boxes, gts, flags, iou_threshold=self.iou_threshold,
                                        iou_compare=self.iou_compare, inclusive_iou=self.inclusive_iou)
+        if outcomes is not None and any(missed):  # spol_official skips maps without contour, not images without a box
+            outcomes = [{"iou": None, "hit": False, "skipped": None} if why and o["skipped"] == "no contour" else o
+                        for o, why in zip(outcomes, missed)]
+            loc = spol_accuracy(outcomes, flags)
         results["gt_known_loc"] = loc["gt_known_loc"]
         if flags is not None:
             results["top1_loc"], results["top5_loc"] = loc["top1_loc"], loc["top5_loc"]
@@ -320,6 +341,11 @@ class LocalizationEvaluator:
                                      inclusive_iou=self.inclusive_iou)
         hits = [{"image_id": r.image_id, "iou": o["iou"], "hit": o["hit"], "skipped": o["skipped"]}
                 for r, o in zip(records, outcomes)]
+        if not self.sweep:  # one box per image: its accuracy at IoU 30 / 50 / 70 (no threshold to sweep)
+            results.update(self._box_accuracy(outcomes))
+            results["num_images_without_box"] = sum(why == NO_BOX for why in missed)
+            results["images_without_box"] = [r.image_id for r, why in zip(records, missed) if why == NO_BOX]
+            results["num_boxes_outside_input"] = sum(why == BOX_OUTSIDE_INPUT for why in missed)
         if protocol.crops:  # the SPOL protocols list every image's outcome in their results
             results["per_image"] = hits
         if self.sweep:
@@ -355,6 +381,18 @@ class LocalizationEvaluator:
                 results["curves"]["pxap_precision"] = [None if np.isnan(v) else float(v) for v in px["precision"]]
                 results["curves"]["pxap_recall"] = px["recall"].tolist()
         return Evaluation(results, {r.image_id: b for r, b in zip(records, boxes)}, hits)
+
+    def _box_accuracy(self, outcomes) -> dict:
+        """The share of the counted images (not skipped) whose box has an IoU ``>=`` (``>`` with
+        ``iou_compare='>'``) 0.3, 0.5 and 0.7 with a GT box, in percent, and their mean. NOT Choe et al.'s
+        MaxBoxAccV2, which takes each IoU's best accuracy over a map's thresholds; the mean that C2AM's PSOL
+        evaluation prints as "Max Box acc" (``CVI-SZU/CCAM``, ``WSOL/PSOL/inference_CUB.py``: IoU ``>``,
+        averaged per class there)."""
+        counted = [o["iou"] for o in outcomes if o["skipped"] is None]
+        above = (lambda iou, t: iou > t) if self.iou_compare == ">" else (lambda iou, t: iou >= t)
+        per_iou = {str(k): (100.0 * sum(iou is not None and above(iou, k / 100) for iou in counted) / len(counted)
+                            if counted else float("nan")) for k in BOX_ACC_IOUS}
+        return {"box_acc_per_iou": per_iou, "box_acc_mean": float(np.mean(list(per_iou.values())))}
 
     @staticmethod
     def _box(entry: dict, threshold: float) -> np.ndarray:

@@ -100,14 +100,22 @@ def read_predictions(path, *, producer: str = DEFAULT_PRODUCER) -> dict[str, Pre
 BOXES_HEADER = ["image_id", "x0", "y0", "x1", "y1"]
 
 
+def _exact(value: float) -> str:
+    """``value`` as the shortest text that reads back as the same float64 (``12`` for 12.0)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 def write_boxes_csv(path, image_ids, boxes, *, meta: dict | None = None) -> None:
-    """Write ``boxes.csv`` (``image_id,x0,y0,x1,y1``) atomically, and ``boxes.json`` beside it."""
+    """Write ``boxes.csv`` (``image_id,x0,y0,x1,y1``) atomically, and ``boxes.json`` beside it. Each
+    coordinate reads back as the value scored (a regressor's float box too), so that scoring the file
+    (``python -m utils.evaluation --boxes``) gives the numbers of the step that wrote it."""
     boxes = np.asarray(boxes)
     with atomic_write(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(BOXES_HEADER)
         for image_id, box in zip(image_ids, boxes):
-            writer.writerow([image_id, *[f"{float(v):g}" for v in box]])
+            writer.writerow([image_id, *[_exact(float(v)) for v in box]])
     if meta is not None:
         atomic_write_json(Path(path).with_suffix(".json"), meta)
 
@@ -146,6 +154,143 @@ def read_boxes_csv(path, *, written_by: str = "sltnet/localizer/test.py",
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return boxes, meta
+
+
+# ----------------------------------------------------------------------------- box files to score
+ORIGINAL, INPUT = "original", "input"   # the frames of a box file's coordinates
+BOX_FILE_ID_COLUMNS = ("image_id", "image")  # boxes.csv of the test steps; of python -m localize
+
+
+@dataclass
+class BoxFile:
+    """A file of predicted boxes read by :func:`read_box_file` (``python -m utils.evaluation --boxes``).
+
+    ``kind``: "boxes.csv" (a header line) or "plain" (``<image_id> x0 y0 x1 y1`` lines). ``frame``:
+    :data:`INPUT` (pixels of the protocol's input that ``meta``, the ``boxes.json`` beside it, names) or
+    :data:`ORIGINAL` (pixels of the original image). ``boxes``: image id -> float64 ``(4,)``, the first
+    box given for the image; ``lines``: image id -> the line of that box. ``second_boxes``: lines of a
+    plain file that give an image another box (not scored). ``inverted``: image ids whose box has
+    ``x1 < x0`` or ``y1 < y0`` (kept as written; only an input-frame boxes.csv may hold one).
+    """
+
+    path: Path
+    kind: str
+    frame: str
+    meta: dict
+    boxes: dict
+    lines: dict
+    second_boxes: list
+    inverted: list
+
+
+def _box_values(path, line: int, fields) -> np.ndarray:
+    try:
+        box = np.array([float(v) for v in fields], dtype=np.float64)
+    except ValueError:
+        raise DataError.at(path, line, f"non-numeric box {' '.join(fields)}") from None
+    if not np.all(np.isfinite(box)):
+        raise DataError.at(path, line, f"box {' '.join(fields)} is not finite (NaN or inf)")
+    return box
+
+
+def _box_sidecar(path: Path) -> dict | None:
+    """The ``boxes.json`` beside a boxes.csv (None when there is none), checked to name a geometry."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError.at(sidecar, None, f"unreadable sidecar of {path.name} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict) or "protocol" not in meta or "input_size" not in meta:
+        raise DataError.at(sidecar, None, f"the sidecar of {path.name} must be a JSON object naming the geometry of "
+                                          "its boxes (protocol, input_size, resize_size), as the test steps write it")
+    return meta
+
+
+def read_box_file(path) -> BoxFile:
+    """Read the predicted boxes of ``path`` (one box per image) for scoring: a ``boxes.csv`` or a plain file.
+
+    - **boxes.csv** (a header ``image_id,x0,y0,x1,y1`` as the test steps write it, or ``image,x0,y0,x1,y1``
+      as ``python -m localize`` does; more columns after these five, e.g. ``score``, ``class``, are
+      read and not used): ids through the csv module (quoted when they hold a comma). With a
+      ``boxes.json`` beside it, which names the protocol and the input size (the test steps write it),
+      the boxes are in pixels of that protocol's input, scored as written; without one, in pixels
+      of the original image. An image given twice is an error; an inverted box (``x1 < x0`` or ``y1 <
+      y0``) is an error in original pixels, kept in an input-frame file (a box regressor's test step
+      writes and scores what it predicted).
+    - **plain**: one line per box, ``<image_id> x0 y0 x1 y1`` in pixels of the original image, the five
+      fields separated by white space or commas (an id holding either needs boxes.csv); blank lines
+      and lines starting with ``#`` are skipped. Several lines for an image: its first box is scored,
+      the others are listed in ``second_boxes``. An inverted box is an error (``x y w h`` lines
+      are the usual cause).
+
+    Anything else (a missing file, text that is not UTF-8, a line of another field count, a
+    non-numeric or non-finite value, an empty id, no box at all) is a ``DataError`` naming the file
+    and line. Which images the boxes are for is the caller's check (it knows the split).
+    """
+    import re
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError.at(path, None, "box file not found (--boxes: a boxes.csv of a test step or of python -m "
+                                       "localize, or lines '<image_id> x0 y0 x1 y1' in original pixels)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError.at(path, None, f"unreadable box file ({type(exc).__name__}: {exc})") from None
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise DataError.at(path, None, "no box in the file (it is empty)")
+    header = next(csv.reader([lines[first]]))
+    boxes, where, second, inverted = {}, {}, [], []
+    if header and header[0].strip() in BOX_FILE_ID_COLUMNS:
+        if [h.strip() for h in header[1:5]] != BOXES_HEADER[1:]:
+            raise DataError.at(path, first + 1, f"header must be {header[0].strip()},x0,y0,x1,y1 (more columns may "
+                                                f"follow), got {','.join(header)}")
+        meta = _box_sidecar(path)
+        kind, frame = "boxes.csv", (INPUT if meta is not None else ORIGINAL)
+        reader = csv.reader(io.StringIO("\n".join(lines[first + 1:]) + "\n"))
+        for row in reader:
+            line = first + 1 + reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise DataError.at(path, line, f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
+            image_id = row[0]
+            if not image_id:
+                raise DataError.at(path, line, "empty image id")
+            box = _box_values(path, line, row[1:5])
+            if image_id in boxes:
+                raise DataError.at(path, line, f"image {image_id} given twice (first on line {where[image_id]}): "
+                                               "a boxes.csv holds one box per image")
+            if box[2] < box[0] or box[3] < box[1]:
+                if frame == ORIGINAL:
+                    raise DataError.at(path, line, f"inverted box {','.join(row[1:5])} (need x0 <= x1, y0 <= y1)")
+                inverted.append(image_id)
+            boxes[image_id], where[image_id] = box, line
+    else:
+        meta, kind, frame = {}, "plain", ORIGINAL
+        for line, content in enumerate(lines[first:], start=first + 1):
+            content = content.strip()
+            if not content or content.startswith("#"):
+                continue
+            fields = re.split(r"[\s,]+", content)
+            if len(fields) != 5:
+                raise DataError.at(path, line, f"expected 5 fields '<image_id> x0 y0 x1 y1' separated by white space "
+                                               f"or commas, got {len(fields)}: {content[:80]}")
+            image_id, box = fields[0], _box_values(path, line, fields[1:])
+            if box[2] < box[0] or box[3] < box[1]:
+                raise DataError.at(path, line, f"inverted box {' '.join(fields[1:])} (need x0 <= x1 and y0 <= y1: "
+                                               "boxes are x0 y0 x1 y1, not x y w h)")
+            if image_id in boxes:
+                second.append(line)
+                continue
+            boxes[image_id], where[image_id] = box, line
+    if not boxes:
+        raise DataError.at(path, None, "no box in the file")
+    return BoxFile(path, kind, frame, meta or {}, boxes, where, second, inverted)
 
 
 def spol_authors_name(image_id: str) -> str:

@@ -124,6 +124,47 @@ class Protocol:
         geom = self.geometry
         return ((box + geom["offset"][0]) / float(geom["resize"][0])).tolist()
 
+    def to_image_box(self, box, size) -> np.ndarray:
+        """A box in this geometry's input pixels -> pixels of the original image of ``size`` =
+        ``(width, height)``: its fractions (:meth:`to_image_fraction`) times ``(W, H, W, H)``, clipped to
+        ``[0, W] x [0, H]``; float64 ``(4,)``. The all-zero box (no box) stays all zero."""
+        w, h = float(size[0]), float(size[1])
+        scale = np.array([w, h, w, h])
+        if not np.any(np.asarray(box, dtype=np.float64)):
+            return np.zeros(4)
+        return np.clip(np.asarray(self.to_image_fraction(box), dtype=np.float64) * scale, 0.0, scale)
+
+    def map_to_image(self, scoremap, size) -> np.ndarray:
+        """A score map at this geometry's input (``input_size`` square) -> float32 ``(H, W)`` over the
+        original image of ``size`` = ``(width, height)``: put back where the input came from in the
+        resized image (zero where a crop left the image out), then resized bilinearly to ``W x H``."""
+        import cv2
+
+        from utils.evaluation.boxes import single_thread_cv2
+
+        m = np.asarray(scoremap, dtype=np.float32)
+        geom = self.geometry
+        if self.crops:
+            rh, rw = geom["resize"]
+            ox, oy = geom["offset"]
+            canvas = np.zeros((rh, rw), np.float32)
+            canvas[oy:oy + m.shape[0], ox:ox + m.shape[1]] = m
+            m = canvas
+        w, h = int(size[0]), int(size[1])
+        with single_thread_cv2():
+            return cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    def from_image_box(self, box, size) -> np.ndarray:
+        """A box a method predicted in pixels of the original image of ``size`` = ``(width, height)``
+        -> this geometry's input, exactly as the image's GT boxes get there (:meth:`gt_boxes`), so that
+        the IoU compares the two in one frame and one convention: float64 ``(4,)``. A box left without
+        area in the input (outside a centre crop) comes back as ``[0, 0, 0, 0]``, no box: a miss."""
+        moved = self.gt_boxes(np.asarray(box, np.float64).reshape(1, 4), size)
+        return np.asarray(moved[0] if len(moved) else np.zeros(4), np.float64)
+
+    def same_geometry(self, other: "Protocol") -> bool:
+        """Whether ``other`` puts every image where this protocol does (same input, same resize and crop)."""
+        return self.geometry["resize"] == other.geometry["resize"] and self.geometry["crop"] == other.geometry["crop"]
+
     def meta(self) -> dict:
         """What a ``boxes.json`` sidecar records about the geometry."""
         return {"protocol": self.label, "input_size": self.input_size,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from utils.io import atomic_write_json, atomic_write_text
 
-_METRICS = ("gt_known_loc", "top1_loc", "top5_loc", "maxboxacc", "maxboxacc_v2", "pxap", "top1_cls", "top5_cls")
+_METRICS = ("gt_known_loc", "top1_loc", "top5_loc", "maxboxacc", "maxboxacc_v2", "box_acc_mean", "pxap", "top1_cls",
+            "top5_cls")
 
 
 def _pct(value) -> str:
@@ -21,13 +22,15 @@ def _headline(results: dict) -> tuple[list[tuple[str, str]], set]:
     """The named rows of ``results`` and the keys they show."""
     used = {"protocol", "split", "num_images", "top1_loc", "top5_loc", "gt_known_loc", "num_skipped", "num_counted",
             "num_skipped_by_reason", "maxboxacc", "best_threshold", "maxboxacc_v2", "maxboxacc_v2_per_iou", "pxap",
-            "box_metrics", "top1_cls", "top5_cls"}
+            "box_metrics", "top1_cls", "top5_cls", "box_acc_mean", "box_acc_per_iou", "num_images_without_box"}
     rows = [(name, str(results[key])) for key, name in (("protocol", "protocol"), ("split", "split"),
                                                          ("num_images", "images")) if key in results]
     if results.get("num_skipped"):
         why = ", ".join(f"{n} {k}" for k, n in results.get("num_skipped_by_reason", {}).items() if n)
         counted = f": counted {results['num_counted']}" if "num_counted" in results else ""
         rows.append(("  skipped", f"{results['num_skipped']} ({why}){counted}"))
+    if results.get("num_images_without_box"):
+        rows.append(("  without a box", f"{results['num_images_without_box']} (each a miss; images_without_box)"))
     for key, name in (("top1_loc", "Top-1 Loc"), ("top5_loc", "Top-5 Loc"), ("gt_known_loc", "GT-known Loc")):
         if results.get(key) is not None:
             rows.append((name, _pct(results[key])))
@@ -44,6 +47,10 @@ def _headline(results: dict) -> tuple[list[tuple[str, str]], set]:
         per = results.get("maxboxacc_v2_per_iou")
         rows.append(("MaxBoxAccV2", _pct(results["maxboxacc_v2"]) + ("" if per is None else " (IoU 30/50/70: "
                                     + " / ".join(_pct(per[k]) for k in ("30", "50", "70")) + ")")))
+    if "box_acc_mean" in results:
+        per = results.get("box_acc_per_iou")
+        rows.append(("BoxAcc, one box", _pct(results["box_acc_mean"]) + ("" if per is None else " (IoU 30/50/70: "
+                     + " / ".join(_pct(per[k]) for k in ("30", "50", "70")) + "; their mean, not MaxBoxAccV2)")))
     for key, name, show in (("pxap", "PxAP", _pct), ("box_metrics", "box metrics", str), ("top1_cls", "Top-1 CLS", _pct),
                             ("top5_cls", "Top-5 CLS", _pct)):
         if results.get(key) is not None:

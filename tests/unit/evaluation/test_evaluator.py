@@ -144,6 +144,44 @@ def test_boxes_and_hits_returned_by_hand():
     assert "maxboxacc" not in got.metrics and "threshold_used" not in got.metrics
 
 
+def test_boxes_without_a_map_under_every_protocol_and_images_without_a_box():
+    """An evaluator fed boxes (sweep=False) needs no threshold, the SPOL protocols too (the SLT-Net test
+    steps' boxes under --protocol spol). An image without a box is a miss that every protocol counts;
+    a [0, 0, 0, 0] box is the placeholder of a map without contour, which spol_official skips.
+    Input 8, no crop (resize 8): A's box is its GT box (IoU 1); C's box [3, 3, 7, 5] is the top half of
+    its GT box [3, 3, 7, 7]: exclusive IoU 8 / 16 = 0.5 (a hit with >= and eps 0, center_crop; a miss
+    for spol_official's > and 1e-12), inclusive (resize) 15 / 25 = 0.6; B has no box."""
+    a = Record("a.jpg", "", 0, np.array([[1, 1, 4, 4]], np.float32), (8, 8), None)
+    b = Record("b.jpg", "", 1, np.array([[2, 2, 6, 6]], np.float32), (8, 8), None)
+    c = Record("c.jpg", "", 1, np.array([[3, 3, 7, 7]], np.float32), (8, 8), None)
+    for name, counted, loc, acc in (("resize", 3, 200 / 3, [200 / 3, 200 / 3, 100 / 3]),
+                                    ("center_crop", 3, 200 / 3, [200 / 3, 200 / 3, 100 / 3]),
+                                    ("spol_official", 3, 100 / 3, [200 / 3, 100 / 3, 100 / 3])):
+        with LocalizationEvaluator([a, b, c], get_protocol(name, 8, 8), sweep=False) as evaluator:
+            evaluator.accumulate("a.jpg", box=[1, 1, 4, 4])
+            evaluator.accumulate_miss("b.jpg")
+            evaluator.accumulate("c.jpg", box=[3, 3, 7, 5])
+            got = evaluator.compute()
+        assert got.metrics["gt_known_loc"] == pytest.approx(loc), name
+        assert got.metrics["images_without_box"] == ["b.jpg"] and got.metrics["num_images_without_box"] == 1
+        assert list(got.metrics["box_acc_per_iou"].values()) == pytest.approx(acc), name
+        assert got.hits[1] == {"image_id": "b.jpg", "iou": None, "hit": False, "skipped": None}
+        assert got.metrics.get("num_counted", 3) == counted
+    # the placeholder box: a miss, and skipped by spol_official as a map without contour
+    with LocalizationEvaluator([a, b], get_protocol("spol_official", 8, 8), sweep=False) as evaluator:
+        evaluator.accumulate("a.jpg", box=[1, 1, 4, 4])
+        evaluator.accumulate("b.jpg", box=[0, 0, 0, 0])
+        got = evaluator.compute()
+    metrics = got.metrics
+    assert (metrics["num_counted"], metrics["gt_known_loc"], metrics["num_images_without_box"]) == (1, 100, 0)
+    with pytest.raises(ValueError, match="the sweep needs a score map of every image"):
+        LocalizationEvaluator([a], get_protocol("resize", 8)).accumulate_miss("a.jpg")
+    with pytest.raises(ValueError, match="reason must be"):
+        LocalizationEvaluator([a], get_protocol("resize", 8), sweep=False).accumulate_miss("a.jpg", "lost")
+    with pytest.raises(ValueError, match="no box: give one, a fixed threshold"):
+        LocalizationEvaluator([a], get_protocol("center_crop", 8, 8), sweep=False).accumulate("a.jpg", np.zeros((8, 8)))
+
+
 def test_shards_merge_to_one_evaluator(tiny_cub):
     records = load_records(tiny_cub, "cub", "train") + load_records(tiny_cub, "cub", "test") + random_records(8)
     maps = {r.image_id: blob_map(k) for k, r in enumerate(records)}

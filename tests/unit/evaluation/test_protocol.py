@@ -99,6 +99,50 @@ def test_to_image_fraction_inverts_the_geometry():
         [10 / 120, 10 / 120, 0.5, 1.0])
 
 
+
+def test_to_image_box_gives_original_pixels_of_a_non_square_image():
+    # a 300 x 150 image: x scales by 300 / 100 = 3, y by 150 / 100 = 1.5
+    box = get_protocol("resize", 100).to_image_box([10, 20, 50, 60], (300, 150))
+    assert box.tolist() == [30.0, 30.0, 150.0, 90.0]
+    # centre crop 100 of 120 (offset 10): (x + 10) / 120 * 300 and (y + 10) / 120 * 150
+    box = get_protocol("center_crop", 100, 120).to_image_box([10, 20, 50, 60], (300, 150))
+    assert box.tolist() == pytest.approx([50.0, 37.5, 150.0, 87.5])
+    # clipped to the image; the no-box placeholder stays [0, 0, 0, 0]
+    assert get_protocol("center_crop", 100, 120).to_image_box([0, 0, 110, 110], (300, 150)).tolist() == \
+        pytest.approx([25.0, 12.5, 300.0, 150.0])
+    assert get_protocol("center_crop", 100, 120).to_image_box([0, 0, 0, 0], (300, 150)).tolist() == [0, 0, 0, 0]
+
+
+def test_map_to_image_puts_the_map_back_over_the_original_image():
+    m = np.zeros((4, 4), np.float32)
+    m[:, 2:] = 1.0                                        # the right half of the input
+    whole = get_protocol("resize", 4).map_to_image(m, (8, 2))
+    assert whole.shape == (2, 8) and whole[:, :3].max() == 0 and whole[:, 5:].min() == 1
+    # centre crop 4 of 8 (offset 2): the input covers the middle half; outside it the map is 0
+    cropped = get_protocol("center_crop", 4, 8).map_to_image(np.ones((4, 4), np.float32), (16, 16))
+    assert cropped.shape == (16, 16) and cropped[6:10, 6:10].min() == 1
+    assert cropped[:, :2].max() == 0 and cropped[:2].max() == 0 and cropped[14:].max() == 0
+
+def test_from_image_box_brings_a_predicted_box_into_the_input_as_the_gt_boxes():
+    """A 300 x 150 image. resize at 100: x * 100 / 300, y * 100 / 150, truncated as Choe's resize_bbox."""
+    resize = get_protocol("resize", 100)
+    assert resize.from_image_box([30, 30, 150, 90], (300, 150)).tolist() == [10, 20, 50, 60]
+    assert resize.from_image_box([31, 31, 152, 91], (300, 150)).tolist() == [10, 20, 50, 60]  # 10.3, 20.7, ...
+    # centre crop 100 of 120 (offset 10): x / 300 * 120 - 10, y / 150 * 120 - 10
+    crop = get_protocol("center_crop", 100, 120)
+    assert crop.from_image_box([50, 37.5, 150, 87.5], (300, 150)).tolist() == pytest.approx([10, 20, 50, 60])
+    # clipped to the crop [0, 100]; a box the crop leaves out (x1 = 20 / 300 * 120 - 10 = -2) is no box
+    assert crop.from_image_box([0, 0, 299, 149], (300, 150)).tolist() == pytest.approx([0, 0, 100, 100])
+    assert crop.from_image_box([0, 0, 20, 150], (300, 150)).tolist() == [0, 0, 0, 0]
+    # the same path as the image's GT boxes, so a box equal to its GT box lands on it
+    gt = np.array([[12.5, 7, 280, 140]])
+    for protocol in (resize, crop):
+        np.testing.assert_array_equal(protocol.from_image_box(gt[0], (300, 150)), protocol.gt_boxes(gt, (300, 150))[0])
+    assert resize.same_geometry(get_protocol("wsol", 100))
+    assert crop.same_geometry(get_protocol("spol_official", 100, 120))
+    assert not crop.same_geometry(get_protocol("center_crop", 100, 128)) and not crop.same_geometry(resize)
+
+
 # ----------------------------------------------------------------------------- box rule and IoU
 def _block_map():
     m = np.zeros((8, 8))
