@@ -2,7 +2,7 @@
 each fine-tuning a pretrained backbone with its paper's recipe (scaled), as the papers do.
 
     python3 demo.py                                   # CPU, 2 cores: the one-time stand-in pretraining, then the demo
-    python3 demo.py --pretrained none                 # every stage from random weights (the old demo)
+    python3 demo.py --pretrained none                 # every stage from random weights (no pretraining)
     python3 demo.py --pretrained PATH                 # your own torchvision-layout state dict of --backbone
     python3 demo.py --device cuda --config configs/demo_gpu.yaml   # one GPU, 224 px preset
     torchrun --nproc_per_node 2 demo.py --device cuda # several GPUs (the stages run under DDP)

@@ -29,11 +29,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# run by its path: the repository root first on sys.path (its packages), then benchmarks/ (timing.py)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
 from utils.io import atomic_write_json
 from utils.evaluation.metrics import (BoxAccumulator, best_iou_per_threshold, cam_threshold_list,
                                       reference_best_iou_per_threshold)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import paired_ratios, spread  # noqa: E402  (benchmarks/timing.py)
 
 MODES = (("largest", (False,)), ("multi", (True,)), ("both", (False, True)))

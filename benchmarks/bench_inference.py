@@ -46,6 +46,9 @@ from types import SimpleNamespace
 
 import torch
 
+# run by its path: the repository root first on sys.path (its packages), then benchmarks/ (timing.py)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
 from utils.data.transforms import build_transform
@@ -55,7 +58,6 @@ from utils.data.generate import generate_dataset
 from utils.engine.inference import last_stats
 from utils.io import atomic_write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved, paired_ratios, spread  # noqa: E402  (benchmarks/timing.py)
 
 

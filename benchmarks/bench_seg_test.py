@@ -1,5 +1,5 @@
 """Benchmark: ``spol/seg/test.py`` end to end, scoring included, against the same script of another
-checkout (e.g. an earlier commit in a scratch worktree: ``git worktree add /tmp/old <commit>``), as
+checkout (e.g. another commit in a scratch worktree: ``git worktree add /tmp/old <commit>``), as
 a ratio of seconds per image measured side by side.
 
 Each run is the whole test step (``run_cli(main)``, as ``demo.py`` runs it: model load, inference,

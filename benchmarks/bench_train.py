@@ -29,6 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+# run by its path: the repository root first on sys.path (its packages), then benchmarks/ (timing.py)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
 from utils.config import parse_args
 from utils.data.dataset import WSOLDataset
 from utils.data.layouts import load_records, num_classes
@@ -39,7 +42,6 @@ from utils.engine.trainer import Trainer, build_optimizer
 from utils.data.generate import generate_dataset
 from utils.io import atomic_write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved, paired_ratios, spread  # noqa: E402  (benchmarks/timing.py)
 
 STAGES = ("sltnet_localizer", "spol_cam")

@@ -27,6 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+if __name__ == "__main__":  # run by its path (python3 tests/toy_train.py, torchrun): the repository root first
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from utils.engine import rundir
 from utils.config import add_common_args
 from utils.engine.rundir import run_cli

@@ -104,6 +104,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, train: bool = True) -> a
     g.add_argument("--batch-size", type=positive_int, default=32, help="images per GPU (per process)")
     if train:
         g.add_argument("--epochs", type=positive_int, default=1)
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=False,
+                   help="also log to <output-dir>/tensorboard/ (training: the log.jsonl scalars; test: the "
+                        "metrics and grid.png); needs the tensorboard package")
     g.add_argument("--pretrained", type=str, default="imagenet", metavar="imagenet|none|PATH",
                    help="backbone initialisation: ImageNet weights from resource/, random (none), or "
                         "PATH = a state dict in torchvision's layout for the backbone (checked strictly)"

@@ -66,6 +66,17 @@ open_fraction = Range(float, 0, 1, low_open=True, high_open=True)   # (0, 1): Io
 momentum = Range(float, 0, 1, high_open=True)                       # [0, 1): SGD momentum
 
 
+TENSORBOARD_MISSING = ("--tensorboard: the tensorboard package is not installed: pip install tensorboard "
+                       "(or pip install \".[tensorboard]\"), or leave out --tensorboard")
+
+
+def tensorboard_missing() -> bool:
+    """True when the ``tensorboard`` package cannot be found (looked for without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is None
+
+
 def _fail(message: str):
     from utils.errors import DataError
 
@@ -75,10 +86,13 @@ def _fail(message: str):
 def check_options(args, only: set[str] | None = None) -> None:
     """The ranges one option cannot check alone, on whatever ``args`` holds (an option missing or
     None is not checked yet): ``--input-size`` <= ``--resize-size`` (the crop fits in the resized
-    image), ``LOW <= HIGH`` pairs, and a ``--split`` the layout has. One ``DataError`` line naming
-    the options. ``only``: check just the options named there (the ones given, at parse time: a
-    default may still be replaced, e.g. by a test step's training run)."""
+    image), ``LOW <= HIGH`` pairs, a ``--split`` the layout has, and ``--tensorboard`` only with the
+    tensorboard package installed. One ``DataError`` line naming the options. ``only``: check just
+    the options named there (the ones given, at parse time: a default may still be replaced, e.g. by
+    a test step's training run)."""
     get = lambda name: getattr(args, name, None) if only is None or name in only else None  # noqa: E731
+    if get("tensorboard") and tensorboard_missing():
+        _fail(TENSORBOARD_MISSING)
     crop, resize = get("input_size"), get("resize_size")
     if crop is not None and resize is not None and crop > resize:
         _fail(f"--input-size {crop} is larger than --resize-size {resize}: the crop is cut from the resized "

@@ -13,13 +13,18 @@ ILSVRC (torchvision's ImageNet weights as they are, from resource/):
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/classifier/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import classifier_test_parser as get_args_parser
 from utils.config import parse_early
 
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "classifier_test")
 
-from pathlib import Path
 
 from network import build_classifier
 from sltnet.options import CLASSIFIER_TEST_INHERITS, CLASSIFIER_TEST_OUTPUTS, PRODUCER, resolve_defaults
@@ -29,6 +34,7 @@ from utils.engine.rundir import run_cli
 from utils.data.layouts import load_records, num_classes
 from utils.engine.stage import save_args, start_run
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 
 STAGE = "classifier_test"
 
@@ -48,7 +54,9 @@ def main(args):
         out = Path(args.output_dir)
         result = write_classification(model, records, eval_transform(args), args, ctx, out / "predictions.csv")
         if ctx.is_main:
-            write_metrics(out / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop, **result})
+            metrics = {"split": args.split, "ten_crop": args.ten_crop, **result}
+            write_metrics(out / "metrics.json", metrics)
+            log_test_step(args, ctx, metrics)
             print(f"{STAGE}: Top-1 CLS {result['top1_cls']:.2f}  Top-5 CLS {result['top5_cls']:.2f} "
                   f"({result['num_images']} images) -> {out / 'predictions.csv'}", flush=True)
     return out

@@ -13,6 +13,12 @@ Writes output/sltnet/<dataset>/<backbone>/classifier/{model.pth, checkpoint.pth,
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/classifier/train.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import classifier_train_parser as get_args_parser
 from utils.config import parse_early
 

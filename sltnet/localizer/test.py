@@ -27,6 +27,12 @@ are the standalone regressor's training targets.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/localizer/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import localizer_test_parser as get_args_parser
 from utils.config import parse_early
 
@@ -34,7 +40,6 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "localizer_test")
 
 from contextlib import ExitStack
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,6 +63,7 @@ from utils.evaluation.evaluator import LocalizationEvaluator
 from utils.evaluation.handoff import save_scoremap, write_boxes_csv
 from utils.evaluation.protocol import get_protocol
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 from utils.io import atomic_write_json
 
 STAGE = "localizer_test"
@@ -228,6 +234,7 @@ def evaluate(args, ctx) -> Path:
                                                      "pxap") if k in full})
                 metrics["gt_known_loc_choe_rule"] = full["gt_known_loc"]   # same threshold, the protocol's rule
             print(write_metrics(out_dir / "metrics.json", metrics), end="", flush=True)
+            log_test_step(args, ctx, metrics)
         elif args.box_threshold == "best":   # some images without GT boxes: the choice alone
             write_metrics(out_dir / "metrics.json", {
                 "split": args.split, "protocol": protocol.label, "box_threshold": threshold, **chosen,

@@ -23,6 +23,12 @@ Tiny CPU run on generated data:
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/localizer/train.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import localizer_train_parser as get_args_parser
 from utils.config import parse_early
 

@@ -23,6 +23,12 @@ run's args.yaml, and one given with another value is refused (sltnet.options.REG
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/regressor/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import regressor_test_parser as get_args_parser
 from utils.config import parse_early
 
@@ -30,7 +36,6 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "regressor_test")
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +58,7 @@ from utils.evaluation.evaluator import LocalizationEvaluator
 from utils.evaluation.handoff import read_boxes_csv, read_predictions, scoremap_path, write_boxes_csv
 from utils.evaluation.protocol import canonical, get_protocol
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 from utils.evaluation.visualize import BLUE, GREEN, RED, box_grid
 from utils.io import atomic_save_png
 from utils.paths import missing_output, require_output
@@ -147,6 +153,7 @@ def evaluate(args, ctx) -> Path:
                         meta={**protocol.meta(), "source": "regressor", "split": args.split})
         write_grid(out_dir / "grid.png", sorted(shown, key=lambda t: t[0]), records, boxes, gts, args)
         print(text, end="", flush=True)
+        log_test_step(args, ctx, metrics, {"test/grid": out_dir / "grid.png"})
     return out_dir
 
 

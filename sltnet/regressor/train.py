@@ -30,13 +30,18 @@ Writes output/sltnet/<dataset>/<backbone>/regressor/{model.pth, checkpoint.pth, 
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 sltnet/regressor/train.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from sltnet.options import regressor_train_parser as get_args_parser
 from utils.config import parse_early
 
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "regressor_train")
 
-from pathlib import Path
 
 import torch
 

@@ -26,6 +26,12 @@ SPOL cam state dict or one of ours, loaded strictly (fp16 -> fp32).
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 spol/cam/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from spol.options import cam_test_parser as get_args_parser
 from utils.config import parse_early
 
@@ -33,7 +39,6 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "cam_test")
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -17,6 +17,12 @@ Needs ``resource/resnet50-19c8e357.pth`` unless ``--pretrained none``.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 spol/cam/train.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from spol.options import cam_train_parser as get_args_parser
 from utils.config import parse_early
 

@@ -17,13 +17,18 @@ the image resized to ``--resize-size``.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 spol/cls/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from spol.options import cls_test_parser as get_args_parser
 from utils.config import parse_early
 
 # run as a script: --help and bad options are answered before torch loads
 ARGS = parse_early(__name__, get_args_parser, "cls_test")
 
-from pathlib import Path
 
 from network.backbones import build_classifier
 from spol.options import CLS_TEST_INHERITS, CLS_TEST_OUTPUTS, load_split, resolve_defaults
@@ -33,6 +38,7 @@ from utils.engine.rundir import run_cli
 from utils.data.layouts import num_classes
 from utils.engine.stage import save_args, start_run
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 
 
 def load_classifier(args, classes: int):
@@ -53,8 +59,9 @@ def main(args):
         path = Path(args.output_dir) / "predictions.csv"
         stats = write_classification(model, records, eval_transform(args), args, ctx, path)
         if ctx.is_main:
-            write_metrics(Path(args.output_dir) / "metrics.json", {"split": args.split, "ten_crop": args.ten_crop,
-                                                                   **stats})
+            metrics = {"split": args.split, "ten_crop": args.ten_crop, **stats}
+            write_metrics(Path(args.output_dir) / "metrics.json", metrics)
+            log_test_step(args, ctx, metrics)
             print(f"Top-1 {stats['top1_cls']:.2f}  Top-5 {stats['top5_cls']:.2f}  ({stats['num_images']} images) "
                   f"-> {path}", flush=True)
     return path

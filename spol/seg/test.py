@@ -37,6 +37,12 @@ numbers, ``<output>/test_args.yaml`` (this step's options; ``args.yaml`` beside 
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 spol/seg/test.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from spol.options import seg_test_parser as get_args_parser
 from utils.config import parse_early
 
@@ -45,7 +51,6 @@ ARGS = parse_early(__name__, get_args_parser, "seg_test")
 
 import os
 import shlex
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +72,7 @@ from utils.evaluation.handoff import classification_flags, save_scoremap, write_
 from utils.evaluation.protocol import expand as expand_protocols
 from utils.evaluation.protocol import get_protocol
 from utils.evaluation.results import write_metrics
+from utils.engine.tensorboard import log_test_step
 from utils.io import atomic_write_text
 from utils.paths import require_output
 
@@ -248,6 +254,8 @@ def evaluate(args, ctx, checkpoint: str, predictions_path: str) -> dict:
         report["paper"] = PAPER[name]
         report["checkpoint"] = str(Path(checkpoint).resolve())
         print(write_metrics(Path(args.output_dir) / "metrics.json", report), end="", flush=True)
+        log_test_step(args, ctx, {p: report[p] for p in protocols},
+                      {f"test/{p}/grid": Path(args.output_dir) / p / "grid.png" for p in protocols})
     return summary
 
 

@@ -20,6 +20,12 @@ written by ``spol/cam/test.py``); writes ``output/spol/<dataset>/seg/model.pth``
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by its path (python3 spol/seg/train.py): the repository root first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from spol.options import seg_train_parser as get_args_parser
 from utils.config import parse_early
 
@@ -27,7 +33,6 @@ from utils.config import parse_early
 ARGS = parse_early(__name__, get_args_parser, "seg_train")
 
 import functools
-from pathlib import Path
 
 from spol.options import default_path, load_split, resolve_defaults
 from spol.losses import TARGET_THRESHOLD, seg_loss

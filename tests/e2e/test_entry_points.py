@@ -8,9 +8,13 @@ glob, so a new stage is covered as soon as it exists.
 Importing torch costs seconds of CPU per process, so the scripts run in two batch
 processes (one per way), each running every script as ``__main__`` with ``runpy`` after
 removing every module loaded from the repository, so no script sees another's imports.
+The batch processes run with ``python -S`` and site-packages on ``PYTHONPATH``: no ``.pth`` file
+runs, so an installed copy of the repository's packages (an editable install's finder) is never
+found, and a script run by its path finds them by its own first lines or fails.
 """
 import json
 import os
+import site
 import subprocess
 import sys
 
@@ -62,12 +66,20 @@ print("RESULTS " + json.dumps(results))
 '''
 
 
-@pytest.fixture(scope="module")
-def help_runs():
+def without_install(*first: str) -> dict:
+    """The environment of a ``python -S`` process that sees site-packages' modules but runs none of
+    their ``.pth`` files (no installed copy of this repository), with ``first`` ahead of them."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([*first, *site.getsitepackages()])
+    return env
+
+
+@pytest.fixture(scope="module")
+def help_runs():
+    env = without_install()
     root = os.path.realpath(REPO_ROOT)
-    procs = {mode: subprocess.Popen([sys.executable, "-c", RUNNER, mode, root,
+    procs = {mode: subprocess.Popen([sys.executable, "-S", "-c", RUNNER, mode, root,
                                      *[os.path.realpath(s) for s in SCRIPTS]],
                                     cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for mode in ("script", "module")}
@@ -105,9 +117,19 @@ def test_runner_catches_a_shadowing_module_and_a_crash(tmp_path):
     (tmp_path / "pkg" / "shadow" / "utils.py").write_text("")  # shadows the utils package
     root = os.path.realpath(tmp_path)
     scripts = [os.path.join(root, "pkg", s, "train.py") for s in ("good", "shadow", "crash")]
-    proc = subprocess.run([sys.executable, "-c", RUNNER, "script", root, *scripts], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run([sys.executable, "-S", "-c", RUNNER, "script", root, *scripts], capture_output=True,
+                          text=True, timeout=300, env=without_install(str(REPO_ROOT)))
     results = json.loads(proc.stdout.split("RESULTS ", 1)[1])
     assert results[scripts[0]]["code"] == 0 and results[scripts[0]]["has_config"]
     assert results[scripts[1]]["code"] == 1 and "utils" in results[scripts[1]]["stderr"]
     assert results[scripts[2]]["code"] == 1 and "boom" in results[scripts[2]]["stderr"]
+
+
+@pytest.mark.parametrize("script", ["demo.py", "benchmarks/bench_evaluator.py", "benchmarks/bench_inference.py",
+                                    "benchmarks/bench_train.py", "benchmarks/bench_seg_test.py", "tests/toy_train.py"])
+def test_scripts_outside_the_packages_run_by_their_path(script, tmp_path):
+    """``python3 benchmarks/bench_train.py --help`` from any folder, with no installed copy of the packages."""
+    proc = subprocess.run([sys.executable, "-S", str(REPO_ROOT / script), "--help"], cwd=tmp_path,
+                          env=without_install(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("usage:"), proc.stdout[:500]

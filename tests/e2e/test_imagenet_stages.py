@@ -145,14 +145,14 @@ def test_sltnet_localizer_regressor_classifier_train_resume_and_refuse_on_imagen
 
 
 def test_the_hash_of_a_dataset_with_boxes_is_unchanged_and_empty_boxes_hash(tiny_cub, tmp_path):
-    """A run's identity holds a hash of its annotations: the fix that lets box-less records hash must
-    give every dataset with boxes its earlier hash (runs made before still resume)."""
+    """A run's identity holds a hash of its annotations: box-less records hash, and a dataset with boxes
+    keeps the hash of the formula below, which stored checkpoints hold (their runs resume)."""
     import numpy as np
     from hashlib import blake2b
 
     from utils.data.layouts import load_records
 
-    def earlier(records):  # the formula checkpoints were written with
+    def stored(records):  # the formula of the hashes stored in checkpoints
         h = blake2b(digest_size=12)
         h.update(str(records.num_classes).encode())
         for r in records:
@@ -162,7 +162,7 @@ def test_the_hash_of_a_dataset_with_boxes_is_unchanged_and_empty_boxes_hash(tiny
 
     for split in ("train", "test"):
         records = load_records(tiny_cub, "cub", split)
-        assert rundir.records_hash(records) == earlier(records)
+        assert rundir.records_hash(records) == stored(records)
     ilsvrc = make_tiny_ilsvrc(tmp_path / "il")
     train = load_records(ilsvrc, "ilsvrc", "train")
     assert all(r.boxes.shape == (0, 4) for r in train)

@@ -36,7 +36,7 @@ RUN_FILES = ("checkpoint.pth", "model.pth")  # what makes a folder hold a traini
 # (batch_size: a resume maps the position to another batch size or process count.)
 NOT_IDENTITY = {"output_dir", "config", "device", "workers", "resume", "overwrite", "log_every",
                 "save_every_steps", "batch_size", "deterministic", "eval_workers", "mask_workers",
-                "grid_images"}
+                "grid_images", "tensorboard"}
 
 _held: dict[str, int] = {}
 

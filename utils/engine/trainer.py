@@ -1,5 +1,6 @@
 """The one training loop of every stage (:class:`Trainer`): devices, mixed precision, torchrun,
-exact resume from ``checkpoint.pth``, ``log.jsonl``; and :func:`build_optimizer`. A stage script
+exact resume from ``checkpoint.pth``, ``log.jsonl`` (and TensorBoard with ``--tensorboard``:
+``utils.engine.tensorboard``); and :func:`build_optimizer`. A stage script
 runs it inside its frame (``with utils.engine.stage.start_run(args) as ctx``), which holds the
 output folder."""
 from __future__ import annotations
@@ -27,6 +28,7 @@ from utils.io import atomic_write_text
 from utils.data.samplers import ResumableSampler
 from utils.engine.seeding import PerSampleSeeded, configure_determinism, seed_everything
 from utils.engine import rundir
+from utils.engine.tensorboard import open_writer
 
 
 def build_optimizer(param_groups: Iterable, args) -> torch.optim.Optimizer:
@@ -134,7 +136,8 @@ class Trainer:
     """Train ``model`` with ``optimizer`` for ``args.epochs`` epochs, resuming exactly.
 
     Uses from ``args``: output_dir, batch_size, epochs, workers, seed, amp, deterministic,
-    resume, log_every, save_every_steps, max_steps_per_epoch.
+    resume, log_every, save_every_steps, max_steps_per_epoch, tensorboard (every ``log.jsonl``
+    line also as TensorBoard scalars in ``<output_dir>/tensorboard/``).
     ``lr_lambda(global_step)`` multiplies every group's base lr (``LambdaLR`` stepped per
     optimizer step). ``fit(dataset, loss_fn)``: ``loss_fn(model, batch) -> (loss, {"name": float})``
     gets the batch on the device and the (possibly DDP-wrapped) model (``unwrap(model)`` reaches
@@ -169,6 +172,7 @@ class Trainer:
         self.drop_last, self.clip_grad_norm, self.shuffle = drop_last, clip_grad_norm, shuffle
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.epoch_meter, self.window = _Meter(), _Meter()
+        self.tensorboard = None  # opened by fit() on rank 0 with --tensorboard
         configure_determinism(bool(getattr(args, "deterministic", False)))
 
     # -- bookkeeping ------------------------------------------------------------------
@@ -190,6 +194,9 @@ class Trainer:
         with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.add_record(record, int(record["global_step"]),
+                                        "epoch" if record.get("event") == "epoch_end" else "train")
 
     def _truncate_log(self) -> None:
         """Drop log lines of steps after the checkpoint: they are trained (and logged) again."""
@@ -318,7 +325,7 @@ class Trainer:
         self._dataset = dataset
         if ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.resume()
+        resumed = self.resume()
         steps = self.steps_per_epoch(len(dataset))
         if steps <= 0:
             raise RunError.at(getattr(args, "data_root", None) or self.output_dir, None,
@@ -326,6 +333,22 @@ class Trainer:
                               f"size {args.batch_size}, {ctx.world_size} processes): use a smaller --batch-size")
         log_every = int(getattr(args, "log_every", 0) or 0)
         save_every = int(getattr(args, "save_every_steps", 0) or 0)
+        # a resumed run trains the steps after its checkpoint again: their events go, as their log lines
+        self.tensorboard = open_writer(args, ctx, purge_step=self.global_step + 1 if resumed else None)
+        try:
+            self._epochs(dataset, loss_fn, collate_fn, on_epoch_end, steps, log_every, save_every)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
+        if ctx.is_main:
+            save_checkpoint(self.output_dir / "model.pth", self.model.state_dict())
+        barrier(ctx)
+        return self.model
+
+    def _epochs(self, dataset, loss_fn, collate_fn, on_epoch_end, steps: int, log_every: int, save_every: int):
+        """``fit``'s epoch loop: train, log every ``log_every`` steps and at each epoch's end, checkpoint."""
+        args, ctx = self.args, self.ctx
         for epoch in range(self.epoch, int(args.epochs)):
             self.epoch = epoch
             start = self.step_in_epoch
@@ -365,7 +388,3 @@ class Trainer:
             self.epoch, self.step_in_epoch = epoch + 1, 0
             self.epoch_meter.reset()
             self.save()
-        if ctx.is_main:
-            save_checkpoint(self.output_dir / "model.pth", self.model.state_dict())
-        barrier(ctx)
-        return self.model

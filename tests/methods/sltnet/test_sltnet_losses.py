@@ -168,7 +168,7 @@ def test_boxes_csv_inverted_box_refused_unless_allowed(tmp_path):
         read_boxes_csv(path, allow_inverted=True)
 
 
-# ----------------------------------------------------------------------------- issue 9: the letter of the paper
+# ----------------------------------------------------------------------------- the letter of the paper
 def test_vst_loss_is_eq13_summed_over_the_class_maps():
     """Eq. 13: L_VST = 1/(W x H) * ||M^o - M^it||_2^2 with M in R^{W x H x C}: sum over C, mean over W x H.
 

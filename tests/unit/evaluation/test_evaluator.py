@@ -235,13 +235,13 @@ def test_worker_processes_give_the_same_results(tiny_cub):
 # ----------------------------------------------------------------------------- 2 processes (torchrun, gloo)
 WORKER = """
 import json, sys
+sys.path.insert(0, sys.argv[2])  # the repository root: its packages and tests
 import numpy as np
 import torch
 from utils.engine.distributed import DistContext, cleanup, init_distributed, merged_on_main
 from utils.engine.inference import run_inference
 from utils.evaluation.evaluator import LocalizationEvaluator
 from utils.evaluation.protocol import get_protocol
-sys.path.insert(0, sys.argv[2])
 from tests.unit.evaluation.test_evaluator import blob_map, random_records
 
 def evaluate(ctx):
