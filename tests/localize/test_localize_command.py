@@ -165,6 +165,7 @@ def test_a_corrupt_image_is_one_line_and_the_others_go_through(made_runs, photos
     assert [r[0] for r in rows(out / "boxes.csv")[1:]] == sorted(SIZES)
 
 
+@pytest.mark.slow  # a worker process
 def test_a_corrupt_image_read_by_a_worker_process_is_the_same_line(made_runs, photos, tmp_path, capsys):
     (photos / "broken.png").write_bytes(b"\x89PNG not a PNG")
     args = get_args_parser().parse_args(["--run", str(made_runs["seg"]), "--images", str(photos),
@@ -242,6 +243,7 @@ def test_a_second_command_replaces_its_own_outputs(made_runs, photos, tmp_path, 
     assert json.loads((out / "predictions.json").read_text())["kind"] == "sltnet-final"
 
 
+@pytest.mark.slow  # a killed subprocess
 def test_what_a_killed_command_left_is_put_back_by_the_next(made_runs, photos, tmp_path, capsys):
     """A command killed while it wrote leaves its predecessor's outputs in ``.previous.<PID>`` (moved there
     by utils.engine.rundir.protect_outputs) and half of its own: the next command is not refused for

@@ -217,6 +217,7 @@ cleanup(ctx)
 """
 
 
+@pytest.mark.slow  # two processes under torchrun
 def test_vst_bn_frozen_under_two_process_ddp(tmp_path):
     """torchrun --nproc_per_node 2 (gloo): under DDP (buffers broadcast from rank 0 at each forward) a
     frozen step leaves every rank with the statistics of its own original images; update does not."""
