@@ -212,6 +212,8 @@ def test_table6_configs_train_every_regressor_on_one_localizers_boxes():
         dataset, source = ("cub", "vgg16") if "_cub_" in path.name else ("imagenet", "inception_v3")
         args = resolve_defaults(parse_args(train(), ["--config", str(path)], stage="regressor_train"), "regressor")
         assert args.pseudo_box_backbone == source, path.name
+        # the standalone regressor's head: a 4x4 grid and a linear output (docs/demo.md)
+        assert (args.regressor_pool, args.regressor_grid, args.regressor_final_relu) == ("grid", 4, False), path.name
         assert args.localizer_dir == str(OUTPUT_ROOT / "sltnet" / dataset / source / "localizer"), path.name
         assert args.output_dir == str(OUTPUT_ROOT / "sltnet" / dataset / args.backbone / "regressor"), path.name
         final = parse_args(test(), ["--config", str(path)], stage="regressor_test")
