@@ -193,3 +193,10 @@ def evaluate_in_memory(records, maps: dict, protocol: str, *, input_size: int = 
         for record in records:
             evaluator.accumulate(record.image_id, maps[record.image_id])
         return evaluator.compute().metrics
+
+
+def edit_line(path, lineno, new):
+    """Replace line ``lineno`` (1-based) of a text file with ``new``."""
+    lines = Path(path).read_text().splitlines()
+    lines[lineno - 1] = new
+    Path(path).write_text("\n".join(lines) + "\n")

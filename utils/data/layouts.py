@@ -574,6 +574,17 @@ def _metadata_names(meta: Path) -> tuple[list[str], str]:
     return [str(i) for i in range(n + 1)], "largest label of the split folders"
 
 
+def _image_ids(path: Path) -> dict[str, int]:
+    """Image id -> its line in ``image_ids.txt`` (metadata and OpenImages layouts); an id listed twice
+    is one error naming both lines."""
+    ids: dict[str, int] = {}
+    for lineno, line in _lines(path):
+        if line in ids:
+            raise DataError.at(path, lineno, f"image id {line} listed twice (first on line {ids[line]})")
+        ids[line] = lineno
+    return ids
+
+
 def _load_metadata(root: Path, meta: Path, split: str, exclude: set[str], tolerance: float) -> RecordList:
     _require(meta, "metadata", "metadata", folder=True)
     folder = _require(meta / split, f"split '{split}'", "metadata", folder=True)
@@ -583,11 +594,7 @@ def _load_metadata(root: Path, meta: Path, split: str, exclude: set[str], tolera
     loc_file = folder / "localization.txt"
     if split != "train":
         _require(loc_file, "box (localization)", "metadata")
-    ids: dict[str, int] = {}
-    for lineno, line in _lines(ids_file):
-        if line in ids:
-            raise DataError.at(ids_file, lineno, f"image id {line} listed twice (first on line {ids[line]})")
-        ids[line] = lineno
+    ids = _image_ids(ids_file)
 
     def table(path: Path, n: int, form: str, multi: bool = False) -> dict[str, list]:
         out: dict[str, list] = {}
@@ -660,11 +667,7 @@ def _load_openimages(root: Path, meta: Path, split: str, exclude: set[str]) -> R
     loc_file = folder / "localization.txt"
     if split != "train":
         _require(loc_file, "mask list (localization)", "openimages")
-    ids: dict[str, int] = {}
-    for lineno, line in _lines(ids_file):
-        if line in ids:
-            raise DataError.at(ids_file, lineno, f"image id {line} listed twice (first on line {ids[line]})")
-        ids[line] = lineno
+    ids = _image_ids(ids_file)
     labels: dict[str, tuple[int, str]] = {}
     for lineno, line in _lines(labels_file):
         image_id, label = _fields(labels_file, lineno, line, 2, ",", "<image_id>,<label>")

@@ -16,15 +16,9 @@ from utils.data.transforms import build_spol_transform, build_transform
 from utils.errors import DataError
 
 try:
-    from tests.builders import make_tiny_cub, make_tiny_ilsvrc, voc_xml
+    from tests.builders import edit_line, make_tiny_cub, make_tiny_ilsvrc, voc_xml
 except ImportError:  # plain `pytest` puts tests/ itself on sys.path
-    from builders import make_tiny_cub, make_tiny_ilsvrc, voc_xml
-
-
-def edit_line(path, lineno, new):
-    lines = path.read_text().splitlines()
-    lines[lineno - 1] = new
-    path.write_text("\n".join(lines) + "\n")
+    from builders import edit_line, make_tiny_cub, make_tiny_ilsvrc, voc_xml
 
 
 def drop_line(path, lineno):

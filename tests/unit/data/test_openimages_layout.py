@@ -13,15 +13,9 @@ from utils.data.layouts import class_names, load_records, num_classes
 from utils.errors import DataError
 
 try:
-    from tests.builders import make_tiny_openimages
+    from tests.builders import edit_line, make_tiny_openimages
 except ImportError:  # plain `pytest` puts tests/ itself on sys.path
-    from builders import make_tiny_openimages
-
-
-def edit_line(path, lineno, new):
-    lines = path.read_text().splitlines()
-    lines[lineno - 1] = new
-    path.write_text("\n".join(lines) + "\n")
+    from builders import edit_line, make_tiny_openimages
 
 
 def error_of(*args, **kwargs) -> str:
