@@ -125,3 +125,10 @@ def test_missing_image_and_label_out_of_range(tiny_openimages):
     (tiny_openimages / "metadata/class_names.txt").write_text("cat\n")
     assert "val/class_labels.txt:2: label 1 out of range [0, 1) (class_names.txt)" in \
         error_of(tiny_openimages, "openimages", "val")
+
+
+def test_an_image_id_listed_twice_names_both_lines(tiny_openimages):
+    ids = tiny_openimages / "metadata/val/image_ids.txt"
+    ids.write_text(ids.read_text() + "val/0a/v_0001.jpg\n")
+    assert "val/image_ids.txt:3: image id val/0a/v_0001.jpg listed twice (first on line 1)" in \
+        error_of(tiny_openimages, "openimages", "val")
